@@ -1,0 +1,3 @@
+from insite_console.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Progress reporting and cancellation shared by every engine operation.
+
+The engine reports through a `ProgressReporter`, which throttles to about ten updates a second
+so neither the TUI's message queue nor the catalog is flooded (see STYLE.md: an unthrottled
+stream of 200k events took Textual 99 s to absorb). Phase changes are always delivered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from insite_console.errors import Cancelled
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of one operation's progress; immutable so it can cross threads safely."""
+
+    operation: str  # backup | restore | verify | prune | copy | ...
+    phase: str  # scanning | reading | uploading | finishing | done | ...
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    files_done: int = 0
+    files_total: int | None = None
+    current: str = ""
+    started: float = field(default_factory=time.monotonic)
+    run_id: str | None = None
+    message: str = ""
+
+    @property
+    def elapsed(self) -> float:
+        return max(1e-9, time.monotonic() - self.started)
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bytes_done / self.elapsed
+
+    @property
+    def fraction(self) -> float | None:
+        if self.bytes_total:
+            return min(1.0, self.bytes_done / self.bytes_total)
+        if self.files_total:
+            return min(1.0, self.files_done / self.files_total)
+        return None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        fraction = self.fraction
+        if not fraction or fraction <= 0 or fraction >= 1:
+            return None
+        return self.elapsed * (1 - fraction) / fraction
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class ProgressReporter:
+    """Holds the current Progress and forwards it to callbacks at most `rate` times a second."""
+
+    def __init__(self, operation: str, callbacks: list[ProgressCallback | None] | None = None, rate: float = 10.0):
+        self._callbacks = [cb for cb in (callbacks or []) if cb is not None]
+        self._interval = 1.0 / rate
+        self._last_sent = 0.0
+        self._lock = threading.Lock()
+        self.current = Progress(operation=operation, phase="starting")
+
+    def add_callback(self, callback: ProgressCallback) -> None:
+        self._callbacks.append(callback)
+
+    def update(self, force: bool = False, **changes) -> None:
+        with self._lock:
+            if "phase" in changes and changes["phase"] != self.current.phase:
+                force = True
+            self.current = replace(self.current, **changes)
+            now = time.monotonic()
+            if not force and now - self._last_sent < self._interval:
+                return
+            self._last_sent = now
+            snapshot = self.current
+        for callback in self._callbacks:
+            callback(snapshot)
+
+    def advance(self, bytes_done: int = 0, files_done: int = 0, current: str | None = None) -> None:
+        """Add to the counters (thread-safe) and maybe report."""
+        with self._lock:
+            changes = {
+                "bytes_done": self.current.bytes_done + bytes_done,
+                "files_done": self.current.files_done + files_done,
+            }
+            if current is not None:
+                changes["current"] = current
+            self.current = replace(self.current, **changes)
+        self.update()
+
+
+class CancelToken:
+    """Set by the operator (TUI button, SIGINT); engine loops call `check()` between units of work."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = "cancelled by the operator"
+
+    def cancel(self, reason: str | None = None) -> None:
+        if reason:
+            self.reason = reason
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled(self.reason)

@@ -1,0 +1,138 @@
+"""Local directory storage: atomic writes by temp file + fsync + rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from insite_console.errors import ObjectNotFound, StorageError
+from insite_console.storage.base import ObjectInfo, Storage
+
+_TEMP_MARK = ".insite-tmp-"
+
+
+class LocalStorage(Storage):
+    def __init__(self, name: str, path: str | os.PathLike):
+        self.name = name
+        self.root = Path(path)
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"storage {self.name}: invalid object key {key!r}")
+        return self.root / key
+
+    def _fail(self, action: str, key: str, exc: OSError) -> StorageError:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.ENOSPC:
+            reason = "no space left on device"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            reason = f"not writable ({exc.strerror})"
+        return StorageError(f"storage {self.name} ({self.root}): cannot {action} {key}: {reason}")
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        self._write(key, lambda handle: handle.write(data))
+
+    def put_file(self, key: str, fileobj: BinaryIO, size: int) -> None:
+        def copy(handle):
+            while block := fileobj.read(4 << 20):
+                handle.write(block)
+
+        self._write(key, copy)
+
+    def _write(self, key: str, writer) -> None:
+        path = self._path(key)
+        temp = path.with_name(path.name + _TEMP_MARK + secrets.token_hex(4))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as handle:
+                writer(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            try:
+                temp.unlink()
+            except OSError:
+                pass
+            raise self._fail("write", key, exc) from exc
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                if offset:
+                    handle.seek(offset)
+                return handle.read() if length is None else handle.read(length)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"storage {self.name} ({self.root}): object {key} does not exist") from None
+        except OSError as exc:
+            raise self._fail("read", key, exc) from exc
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the directory the prefix points into, then filter on the full key.
+        directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / directory if directory else self.root
+        if not start.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for filename in sorted(filenames):
+                if _TEMP_MARK in filename:
+                    continue
+                key = filename if rel_dir == "." else f"{rel_dir}/{filename}".replace(os.sep, "/")
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    size = os.stat(os.path.join(dirpath, filename)).st_size
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(key, size)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self._path(key).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise self._fail("delete", key, exc) from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            return ObjectInfo(key, self._path(key).stat().st_size)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"storage {self.name} ({self.root}): object {key} does not exist") from None
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files a killed writer left behind; returns how many."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for dirpath, _dirs, filenames in os.walk(self.root):
+            for filename in filenames:
+                if _TEMP_MARK in filename:
+                    try:
+                        os.unlink(os.path.join(dirpath, filename))
+                        removed += 1
+                    except OSError:
+                        pass
+        return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
