@@ -1,0 +1,239 @@
+"""Run one backup: scan a source, store new content, write the manifest, record it.
+
+The order of writes is what makes a crash harmless: data packs, then the index, then the
+manifest, and only then the catalog says `succeeded`. A run killed anywhere before the
+manifest leaves packs that the next run indexes and reuses (repo.recover_unindexed_packs),
+and a catalog row that the next process marks failed (Catalog.reap_dead_runs).
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+from typing import Any
+
+from insite_console import clock
+from insite_console.catalog.db import public_backup
+from insite_console.errors import Cancelled, InsiteError
+from insite_console.events import CancelToken, Progress, ProgressCallback, ProgressReporter
+from insite_console.repo.repository import MANIFEST_VERSION, PendingStream, Repository
+from insite_console.repo.tree import TreeReader, TreeWriter
+from insite_console.sources import make_source
+from insite_console.sources.base import Entry, ScanContext
+from insite_console.sources.files import FileChangedWhileReading
+
+MAX_WARNINGS_KEPT = 200
+
+
+def choose_parent(catalog, policy_name: str, storage: str, backup_type: str) -> dict | None:
+    """Incremental: the last successful backup of the policy; differential: the last full."""
+    if backup_type == "full":
+        return None
+    types = ["full"] if backup_type == "differential" else None
+    parent = catalog.last_backup(policy_name, types=types)
+    if parent is not None and parent["storage"] != storage:
+        return None
+    return parent
+
+
+def catalog_writer(catalog, run_id: str, interval: float = 1.0) -> ProgressCallback:
+    """Mirror progress into the catalog about once a second, so other processes (the console,
+    `status`) can watch a run they did not start."""
+    last = [0.0, ""]
+
+    def write(progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.phase == last[1] and now - last[0] < interval:
+            return
+        last[0], last[1] = now, progress.phase
+        catalog.update_run(run_id, phase=progress.phase, bytes_done=progress.bytes_done,
+                           bytes_total=progress.bytes_total, files_done=progress.files_done,
+                           files_total=progress.files_total, current=progress.current[-500:])
+    return write
+
+
+def run(ws, policy_name: str, backup_type: str | None = None, progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None) -> dict[str, Any]:
+    """Run one backup of a policy now; returns the contract's JSON object for it."""
+    policy = ws.config.policy(policy_name)
+    source_name, storage_name = policy["source"], policy["storage"]
+    source_settings = ws.config.sources[source_name]
+    cancel = cancel or CancelToken()
+    catalog = ws.catalog
+    backup_type = backup_type or policy["type"]
+    parent = choose_parent(catalog, policy_name, storage_name, backup_type)
+    if parent is None and backup_type != "full":
+        backup_type = "full"
+    backup_id = clock.new_id()
+    started = clock.now()
+    catalog.start_run(backup_id, "backup", policy_name)
+    catalog.insert_backup({
+        "id": backup_id, "policy": policy_name, "source": source_name, "source_type": source_settings["type"],
+        "storage": storage_name, "type": backup_type, "status": "running", "started_at": clock.iso(started),
+        "parent_id": parent["id"] if parent else None, "run_id": backup_id,
+    })
+    catalog.event(backup_id, f"{backup_type} backup of {policy_name} to {storage_name} started"
+                  + (f" (parent {parent['id']})" if parent else ""))
+    reporter = ProgressReporter("backup", [progress, catalog_writer(catalog, backup_id)])
+    reporter.update(run_id=backup_id, phase="opening", force=True)
+    warnings: list[str] = []
+    repo: Repository | None = None
+    try:
+        repo = ws.repository(storage_name)
+        recovered = repo.recover_unindexed_packs()
+        if recovered:
+            catalog.event(backup_id, f"indexed {recovered} pack(s) left by an interrupted run; their data is reused")
+        parent_tree = None
+        if parent is not None:
+            parent_tree = TreeReader(repo, repo.load_manifest(parent["id"])["tree"])
+        source = make_source(source_name, source_settings)
+
+        def warn(message: str) -> None:
+            if len(warnings) < MAX_WARNINGS_KEPT:
+                warnings.append(message)
+            catalog.event(backup_id, message, level="warning")
+
+        ctx = ScanContext(parent=parent_tree, reporter=reporter, cancel=cancel, warn=warn, backup_type=backup_type)
+        _start_size_estimate(source, reporter)
+        stored_before = repo.stats["bytes_stored"]
+        reporter.update(phase="reading", force=True)
+        totals = _store_items(repo, source, ctx, policy["compression"], reporter, warn)
+        cancel.check()
+        reporter.update(phase="finishing", current="", force=True)
+        repo.flush()
+        tree_chunks = totals.pop("tree").save(repo)
+        repo.flush()
+        finished = clock.now()
+        totals["bytes_stored"] = repo.stats["bytes_stored"] - stored_before
+        manifest = {
+            "version": MANIFEST_VERSION, "id": backup_id, "policy": policy_name, "source": source_name,
+            "source_type": source_settings["type"], "type": backup_type,
+            "parent_id": parent["id"] if parent else None, "started_at": clock.iso(started),
+            "finished_at": clock.iso(finished), "hostname": socket.gethostname(),
+            "paths": source_settings.get("paths", []), "compression": policy["compression"],
+            "tree": tree_chunks, "totals": totals, "source_info": source.metadata(), "warnings": warnings,
+        }
+        repo.save_manifest(manifest)
+        catalog.update_backup(backup_id, status="succeeded", finished_at=clock.iso(finished),
+                              bytes_read=totals["bytes_read"], bytes_stored=totals["bytes_stored"],
+                              files=totals["files"], repo_id=repo.id,
+                              info={"totals": totals, "warnings": warnings[:20], "source_info": manifest["source_info"]})
+        catalog.add_backup_storage(backup_id, storage_name)
+        catalog.finish_run(backup_id, "succeeded")
+        catalog.event(backup_id, f"backup {backup_id} succeeded: {totals['files']} files, "
+                      f"{totals['bytes_read']} bytes read, {totals['bytes_stored']} stored"
+                      + (f", {len(warnings)} warning(s)" if warnings else ""))
+        reporter.update(phase="done", force=True)
+    except BaseException as exc:
+        if repo is not None:
+            repo.abandon()
+        status = "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed"
+        message = str(exc) if isinstance(exc, InsiteError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        catalog.update_backup(backup_id, status=status, error=message, finished_at=clock.iso(clock.now()))
+        catalog.finish_run(backup_id, status, message)
+        catalog.event(backup_id, f"backup {backup_id} {status}: {message}", level="error")
+        reporter.update(phase=status, message=message, force=True)
+        raise
+    result = public_backup(catalog.backup(backup_id), catalog.backup_storages(backup_id))
+    result["warnings"] = warnings
+    return result
+
+
+def _start_size_estimate(source, reporter: ProgressReporter) -> None:
+    """Count the bytes to read in the background, so progress gets a total and an ETA."""
+
+    def estimate() -> None:
+        try:
+            total = source.estimate_size()
+        except Exception:
+            return
+        if total is not None:
+            reporter.update(bytes_total=total)
+
+    threading.Thread(target=estimate, name="insite-estimate", daemon=True).start()
+
+
+def _store_items(repo: Repository, source, ctx: ScanContext, method: str, reporter: ProgressReporter,
+                 warn) -> dict[str, Any]:
+    """Feed every item through the repository pipeline; write tree lines in order as their
+    chunks complete, so memory holds only the items still in flight."""
+    tree = TreeWriter()
+    totals = {"files": 0, "dirs": 0, "symlinks": 0, "bytes_read": 0, "bytes_reused": 0, "files_reused": 0}
+    in_flight: collections.deque[tuple[Entry, PendingStream | None]] = collections.deque()
+
+    def drain(wait: bool) -> None:
+        while in_flight and (wait or in_flight[0][1] is None or in_flight[0][1].done()):
+            entry, pending = in_flight.popleft()
+            if pending is not None:
+                entry.chunks = pending.result()
+                entry.size = pending.size
+            tree.add(entry)
+
+    for item in source.scan(ctx):
+        ctx.cancel.check()
+        entry = item.entry
+        pending = None
+        if entry.type == "file":
+            if entry.chunks is not None and all(repo.known(bytes.fromhex(cid)) for cid, _ in entry.chunks):
+                totals["files_reused"] += 1
+                totals["bytes_reused"] += entry.size
+                reporter.advance(files_done=1, current="/" + entry.path)
+            elif item.open is not None:
+                reporter.update(current="/" + entry.path)
+                try:
+                    with item.open() as handle:
+                        pending = repo.submit_stream(handle, method, on_bytes=lambda n: reporter.advance(n),
+                                                     cancel=ctx.cancel)
+                except FileChangedWhileReading:
+                    warn(f"/{entry.path}: changed while being read; the stored copy may mix old and new content")
+                except FileNotFoundError:
+                    warn(f"/{entry.path}: vanished before it could be read")
+                    continue
+                except PermissionError as exc:
+                    warn(f"/{entry.path}: cannot read: {exc.strerror}")
+                    continue
+                except IsADirectoryError:
+                    warn(f"/{entry.path}: replaced by a directory while being read")
+                    continue
+                except OSError as exc:
+                    warn(f"/{entry.path}: read error: {exc.strerror or exc}")
+                    continue
+                if pending is None:
+                    continue
+                totals["bytes_read"] += pending.size
+                reporter.advance(files_done=1)
+            totals["files"] += 1
+        elif entry.type == "dir":
+            totals["dirs"] += 1
+        else:
+            totals["symlinks"] += 1
+        in_flight.append((entry, pending))
+        drain(wait=False)
+    drain(wait=True)
+    totals["entries"] = tree.count
+    totals["tree"] = tree
+    return totals
+
+
+def run_with_retries(ws, policy_name: str, backup_type: str | None = None, progress=None, cancel=None,
+                     sleep=time.sleep) -> dict[str, Any]:
+    """The scheduler's entry: retry a failed backup as the policy says (`retries`, `retry_delay`)."""
+    policy = ws.config.policy(policy_name)
+    attempts = 1 + int(policy.get("retries", 0))
+    delay = clock.parse_duration(policy.get("retry_delay", "1m")).total_seconds()
+    for attempt in range(1, attempts + 1):
+        try:
+            return run(ws, policy_name, backup_type, progress, cancel)
+        except Cancelled:
+            raise
+        except InsiteError as exc:
+            if attempt == attempts:
+                raise
+            ws.catalog.event(None, f"{policy_name}: attempt {attempt} of {attempts} failed ({exc}); "
+                             f"retrying in {int(delay)}s", level="warning")
+            sleep(delay * attempt)
+    raise AssertionError("unreachable")

@@ -1,0 +1,313 @@
+"""The local catalog: a SQLite file (WAL mode) indexing backups, runs, events, restores and
+verifications. It is a cache of the repositories: `catalog rebuild` recreates the backup
+rows from the manifests on storage. Schema changes are migrations keyed by PRAGMA user_version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+from insite_console import clock
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE backups (
+        id TEXT PRIMARY KEY, policy TEXT NOT NULL, source TEXT NOT NULL, source_type TEXT NOT NULL,
+        storage TEXT NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL,
+        started_at TEXT NOT NULL, finished_at TEXT, bytes_read INTEGER NOT NULL DEFAULT 0,
+        bytes_stored INTEGER NOT NULL DEFAULT 0, files INTEGER NOT NULL DEFAULT 0,
+        parent_id TEXT, error TEXT, repo_id TEXT, run_id TEXT, info TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX backups_started ON backups(started_at DESC);
+    CREATE INDEX backups_policy ON backups(policy, started_at DESC);
+    CREATE TABLE backup_storages (
+        backup_id TEXT NOT NULL, storage TEXT NOT NULL, copied_at TEXT NOT NULL,
+        PRIMARY KEY (backup_id, storage)
+    );
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, status TEXT NOT NULL,
+        pid INTEGER, host TEXT, started_at TEXT NOT NULL, finished_at TEXT, error TEXT,
+        phase TEXT, bytes_done INTEGER DEFAULT 0, bytes_total INTEGER, files_done INTEGER DEFAULT 0,
+        files_total INTEGER, current TEXT, updated_at TEXT
+    );
+    CREATE INDEX runs_started ON runs(started_at DESC);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, at TEXT NOT NULL,
+        level TEXT NOT NULL, message TEXT NOT NULL
+    );
+    CREATE INDEX events_run ON events(run_id, id);
+    CREATE TABLE restores (
+        id TEXT PRIMARY KEY, backup_id TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
+        files INTEGER NOT NULL DEFAULT 0, bytes_written INTEGER NOT NULL DEFAULT 0,
+        started_at TEXT NOT NULL, finished_at TEXT, error TEXT, dry_run INTEGER NOT NULL DEFAULT 0,
+        info TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE verifications (
+        id TEXT PRIMARY KEY, backup_id TEXT NOT NULL, storage TEXT NOT NULL, deep INTEGER NOT NULL,
+        status TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT, objects INTEGER DEFAULT 0,
+        bytes INTEGER DEFAULT 0, problems TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX verifications_backup ON verifications(backup_id, started_at DESC);
+    """,
+]
+
+BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
+                 "bytes_read", "bytes_stored", "files", "parent_id", "error")
+
+
+class Catalog:
+    """Thread-safe access to the catalog; each thread gets its own connection."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        db = self.db
+        db.execute("PRAGMA journal_mode=WAL")
+        self._migrate(db)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute("PRAGMA user_version").fetchone()[0] < number:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {number}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ----- runs and events -----------------------------------------------------------
+
+    def start_run(self, run_id: str, kind: str, subject: str) -> None:
+        now = clock.iso_precise(clock.now())
+        self.db.execute(
+            "INSERT INTO runs (id, kind, subject, status, pid, host, started_at, updated_at, phase) "
+            "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, 'starting')",
+            (run_id, kind, subject, os.getpid(), socket.gethostname(), now, now),
+        )
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        fields["updated_at"] = clock.iso_precise(clock.now())
+        names = ", ".join(f"{key} = ?" for key in fields)
+        self.db.execute(f"UPDATE runs SET {names} WHERE id = ?", (*fields.values(), run_id))
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        self.update_run(run_id, status=status, error=error, finished_at=clock.iso_precise(clock.now()),
+                        phase="done" if status == "succeeded" else status)
+
+    def event(self, run_id: str | None, message: str, level: str = "info") -> None:
+        self.db.execute("INSERT INTO events (run_id, at, level, message) VALUES (?, ?, ?, ?)",
+                        (run_id, clock.iso_precise(clock.now()), level, message))
+
+    def runs(self, limit: int = 50, status: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM runs"
+        args: list[Any] = []
+        if status:
+            sql += " WHERE status = ?"
+            args.append(status)
+        sql += " ORDER BY started_at DESC LIMIT ?"
+        args.append(limit)
+        return [dict(row) for row in self.db.execute(sql, args)]
+
+    def run(self, run_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def events(self, run_id: str | None = None, limit: int = 100, after_id: int = 0) -> list[dict]:
+        if run_id:
+            rows = self.db.execute("SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id DESC LIMIT ?",
+                                   (run_id, after_id, limit))
+        else:
+            rows = self.db.execute("SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?", (after_id, limit))
+        return [dict(row) for row in rows]
+
+    def reap_dead_runs(self) -> list[str]:
+        """Mark runs whose process died (kill -9, power loss) as failed, with their backups."""
+        reaped = []
+        host = socket.gethostname()
+        for row in self.db.execute("SELECT id, kind, pid, host FROM runs WHERE status = 'running'").fetchall():
+            if row["host"] == host and row["pid"] and not _pid_alive(row["pid"]):
+                message = f"interrupted: process {row['pid']} ended without finishing"
+                self.finish_run(row["id"], "failed", message)
+                self.db.execute("UPDATE backups SET status = 'failed', error = ?, finished_at = COALESCE(finished_at, ?) "
+                                "WHERE run_id = ? AND status = 'running'", (message, clock.iso(clock.now()), row["id"]))
+                self.db.execute("UPDATE restores SET status = 'failed', error = ? WHERE id = ? AND status = 'running'",
+                                (message, row["id"]))
+                reaped.append(row["id"])
+        return reaped
+
+    # ----- backups ---------------------------------------------------------------------
+
+    def insert_backup(self, row: dict) -> None:
+        info = json.dumps(row.pop("info", {}) or {})
+        names = list(row) + ["info"]
+        self.db.execute(f"INSERT OR REPLACE INTO backups ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                        (*row.values(), info))
+
+    def update_backup(self, backup_id: str, **fields: Any) -> None:
+        if "info" in fields:
+            fields["info"] = json.dumps(fields["info"])
+        names = ", ".join(f"{key} = ?" for key in fields)
+        self.db.execute(f"UPDATE backups SET {names} WHERE id = ?", (*fields.values(), backup_id))
+
+    def add_backup_storage(self, backup_id: str, storage: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO backup_storages VALUES (?, ?, ?)",
+                        (backup_id, storage, clock.iso(clock.now())))
+
+    def backup_storages(self, backup_id: str) -> list[str]:
+        return [row[0] for row in self.db.execute(
+            "SELECT storage FROM backup_storages WHERE backup_id = ? ORDER BY copied_at", (backup_id,))]
+
+    def backup(self, backup_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM backups WHERE id = ?", (backup_id,)).fetchone()
+        if row is None:
+            rows = self.db.execute("SELECT * FROM backups WHERE id LIKE ?", (backup_id + "%",)).fetchall()
+            row = rows[0] if len(rows) == 1 else None
+        return _backup_dict(row) if row else None
+
+    def backups(self, policy: str | None = None, status: str | None = None, source: str | None = None,
+                search: str | None = None, limit: int | None = None, offset: int = 0,
+                order: str = "started_at DESC") -> list[dict]:
+        sql, args = self._backup_filter(policy, status, source, search)
+        if order not in _ORDERS:
+            order = "started_at DESC"
+        sql = "SELECT * FROM backups" + sql + f" ORDER BY {order}, rowid DESC"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+        return [_backup_dict(row) for row in self.db.execute(sql, args)]
+
+    def count_backups(self, policy: str | None = None, status: str | None = None, source: str | None = None,
+                      search: str | None = None) -> int:
+        sql, args = self._backup_filter(policy, status, source, search)
+        return self.db.execute("SELECT COUNT(*) FROM backups" + sql, args).fetchone()[0]
+
+    @staticmethod
+    def _backup_filter(policy, status, source, search) -> tuple[str, list]:
+        clauses, args = [], []
+        for column, value in (("policy", policy), ("status", status), ("source", source)):
+            if value:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if search:
+            clauses.append("(id LIKE ? OR policy LIKE ? OR source LIKE ? OR type LIKE ? OR status LIKE ? OR storage LIKE ?)")
+            args += [f"%{search}%"] * 6
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+    def last_backup(self, policy: str, status: str = "succeeded", types: Iterable[str] | None = None) -> dict | None:
+        sql = "SELECT * FROM backups WHERE policy = ? AND status = ?"
+        args: list[Any] = [policy, status]
+        if types:
+            types = list(types)
+            sql += f" AND type IN ({', '.join('?' * len(types))})"
+            args += types
+        row = self.db.execute(sql + " ORDER BY started_at DESC, rowid DESC LIMIT 1", args).fetchone()
+        return _backup_dict(row) if row else None
+
+    def delete_backup(self, backup_id: str) -> None:
+        self.db.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+        self.db.execute("DELETE FROM backup_storages WHERE backup_id = ?", (backup_id,))
+
+    # ----- restores and verifications ------------------------------------------------
+
+    def insert_restore(self, row: dict) -> None:
+        row = dict(row)
+        row["info"] = json.dumps(row.get("info", {}))
+        names = list(row)
+        self.db.execute(f"INSERT OR REPLACE INTO restores ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                        tuple(row.values()))
+
+    def restores(self, limit: int = 50) -> list[dict]:
+        return [dict(row) for row in self.db.execute("SELECT * FROM restores ORDER BY started_at DESC LIMIT ?", (limit,))]
+
+    def restore_throughput(self) -> float | None:
+        """Average bytes/s of past real restores, for a dry run's time estimate."""
+        rows = self.db.execute(
+            "SELECT bytes_written, started_at, finished_at FROM restores WHERE status = 'succeeded' AND dry_run = 0 "
+            "AND bytes_written > 1048576 ORDER BY started_at DESC LIMIT 10").fetchall()
+        total_bytes = total_seconds = 0.0
+        for row in rows:
+            seconds = (clock.parse_iso(row["finished_at"]) - clock.parse_iso(row["started_at"])).total_seconds()
+            if seconds > 0:
+                total_bytes += row["bytes_written"]
+                total_seconds += seconds
+        return total_bytes / total_seconds if total_seconds else None
+
+    def insert_verification(self, row: dict) -> None:
+        row = dict(row)
+        row["problems"] = json.dumps(row.get("problems", []))
+        names = list(row)
+        self.db.execute(f"INSERT OR REPLACE INTO verifications ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                        tuple(row.values()))
+
+    def verifications(self, backup_id: str | None = None, limit: int = 20) -> list[dict]:
+        if backup_id:
+            rows = self.db.execute("SELECT * FROM verifications WHERE backup_id = ? ORDER BY started_at DESC LIMIT ?",
+                                   (backup_id, limit))
+        else:
+            rows = self.db.execute("SELECT * FROM verifications ORDER BY started_at DESC LIMIT ?", (limit,))
+        result = []
+        for row in rows:
+            item = dict(row)
+            item["problems"] = json.loads(item["problems"])
+            item["deep"] = bool(item["deep"])
+            result.append(item)
+        return result
+
+
+_ORDERS = {f"{column} {direction}" for column in ("started_at", "finished_at", "policy", "source", "type", "status",
+                                                   "bytes_read", "bytes_stored", "files", "storage", "id")
+           for direction in ("ASC", "DESC")}
+
+
+def _backup_dict(row: sqlite3.Row) -> dict:
+    item = dict(row)
+    item["info"] = json.loads(item.get("info") or "{}")
+    return item
+
+
+def public_backup(item: dict, storages: list[str] | None = None) -> dict:
+    """The contract's JSON object for a backup."""
+    result = {key: item.get(key) for key in BACKUP_FIELDS}
+    if storages is not None:
+        result["storages"] = storages
+    return result
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

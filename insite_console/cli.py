@@ -1,0 +1,501 @@
+"""The command line: the same engine as the console, for cron, scripts and operators.
+
+Exit status: 0 done, 1 the operation failed, 2 usage or configuration error. Expected errors
+print one clear message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from insite_console import clock
+from insite_console.errors import Cancelled, InsiteError, UsageError
+from insite_console.events import CancelToken, Progress
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _progress_printer(enabled: bool):
+    """A one-line progress display on stderr when it is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+
+    def show(progress: Progress) -> None:
+        parts = [f"{progress.operation} {progress.phase}"]
+        if progress.bytes_total:
+            parts.append(f"{clock.human_bytes(progress.bytes_done)}/{clock.human_bytes(progress.bytes_total)}")
+        elif progress.bytes_done:
+            parts.append(clock.human_bytes(progress.bytes_done))
+        if progress.files_done:
+            parts.append(f"{progress.files_done} files")
+        parts.append(f"{clock.human_bytes(progress.bytes_per_second)}/s")
+        if progress.eta_seconds is not None:
+            parts.append(f"ETA {clock.human_duration(progress.eta_seconds)}")
+        line = "  ".join(parts)
+        sys.stderr.write("\r\033[K" + line[: os.get_terminal_size(2).columns - 1])
+        if progress.phase in ("done", "failed", "cancelled"):
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _cancel_on_signals() -> CancelToken:
+    """Ctrl-C or SIGTERM cancel cleanly: the engine stops between units of work and cleans up."""
+    token = CancelToken()
+
+    def handler(signum, _frame):
+        if token.cancelled:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        token.cancel(f"cancelled by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return token
+
+
+def _workspace(args):
+    from insite_console.workspace import Workspace
+
+    return Workspace.load(args.config)
+
+
+# ----- commands --------------------------------------------------------------------------
+
+
+def cmd_init(args) -> int:
+    ws = _workspace(args)
+    ws.create_containers = args.create
+    names = [args.storage] if args.storage else sorted(ws.config.storages)
+    if args.storage and args.storage not in ws.config.storages:
+        raise UsageError(f"{ws.config.path}: no storage named {args.storage!r}")
+    results = []
+    for name in names:
+        repo = ws.init_repository(name)
+        results.append({"storage": name, "repository_id": repo.id, "location": repo.storage.describe()})
+    if args.json:
+        _print_json(results)
+    else:
+        for item in results:
+            print(f"initialised repository {item['repository_id'][:16]} on {item['storage']} ({item['location']})")
+    return 0
+
+
+def cmd_backup(args) -> int:
+    from insite_console import backup
+
+    ws = _workspace(args)
+    token = _cancel_on_signals()
+    result = backup.run(ws, args.policy, args.type, progress=_progress_printer(not args.json), cancel=token)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"backup {result['id']} of {result['policy']} {result['status']}: {result['type']}, "
+              f"{result['files']} files, {clock.human_bytes(result['bytes_read'])} read, "
+              f"{clock.human_bytes(result['bytes_stored'])} stored")
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _backup_table(rows: list[dict]) -> None:
+    header = f"{'ID':<16}  {'STARTED (UTC)':<20}  {'POLICY':<14}  {'TYPE':<12}  {'STATUS':<9}  {'READ':>10}  {'STORED':>10}  FILES"
+    print(header)
+    for row in rows:
+        print(f"{row['id']:<16}  {row['started_at']:<20}  {row['policy'][:14]:<14}  {row['type']:<12}  "
+              f"{row['status']:<9}  {clock.human_bytes(row['bytes_read'] or 0):>10}  "
+              f"{clock.human_bytes(row['bytes_stored'] or 0):>10}  {row['files']}")
+        if row.get("error"):
+            print(f"{'':<16}  error: {row['error']}")
+
+
+def cmd_backups(args) -> int:
+    from insite_console.catalog.db import public_backup
+
+    ws = _workspace(args)
+    rows = ws.catalog.backups(policy=args.policy)
+    if args.json:
+        _print_json([public_backup(r, ws.catalog.backup_storages(r["id"])) for r in rows])
+    elif not rows:
+        print("no backups in the catalog" + (f" for policy {args.policy}" if args.policy else ""))
+    else:
+        _backup_table(rows)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from insite_console.catalog.db import public_backup
+
+    ws = _workspace(args)
+    row = ws.catalog.backup(args.backup_id)
+    if row is None:
+        raise UsageError(f"no backup {args.backup_id!r} in the catalog (see `insite-console backups`)")
+    result = public_backup(row, ws.catalog.backup_storages(row["id"]))
+    result["source_type"] = row["source_type"]
+    result["info"] = row["info"]
+    result["verifications"] = ws.catalog.verifications(row["id"], limit=5)
+    if args.json:
+        _print_json(result)
+    else:
+        for key in ("id", "policy", "source", "source_type", "storage", "type", "status", "started_at",
+                    "finished_at", "parent_id", "files", "bytes_read", "bytes_stored", "error"):
+            print(f"{key:>13}: {result.get(key)}")
+        print(f"{'storages':>13}: {', '.join(result['storages'])}")
+        for name, value in (row["info"].get("source_info") or {}).items():
+            if name == "baselines" and isinstance(value, dict):
+                print(f"{'baselines':>13}: {len(value)} item(s)")
+                for table, count in list(value.items())[:20]:
+                    print(f"{'':>15}{table}: {count}")
+            else:
+                print(f"{name:>13}: {value}")
+        for warning in row["info"].get("warnings", []):
+            print(f"{'warning':>13}: {warning}")
+        for check in result["verifications"]:
+            print(f"{'verified':>13}: {check['finished_at']} {'deep' if check['deep'] else 'quick'} {check['status']}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from insite_console import verify
+
+    ws = _workspace(args)
+    if args.all:
+        ids = [row["id"] for row in ws.catalog.backups(status="succeeded")]
+    elif args.backup_id:
+        ids = [args.backup_id]
+    else:
+        raise UsageError("verify needs a BACKUP_ID or --all")
+    token = _cancel_on_signals()
+    results = [verify.run(ws, backup_id, deep=args.deep, progress=_progress_printer(not args.json), cancel=token)
+               for backup_id in ids]
+    if args.json:
+        _print_json(results if args.all else results[0])
+    else:
+        for result in results:
+            kind = "deep" if result["deep"] else "quick"
+            if result["status"] == "ok":
+                print(f"{result['backup_id']}: {kind} verify ok ({result['objects']} packs"
+                      + (f", {clock.human_bytes(result['bytes'])} read" if result["deep"] else "") + ")")
+            else:
+                print(f"{result['backup_id']}: {kind} verify FAILED")
+                for problem in result["problems"]:
+                    print(f"  - {problem}")
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+def cmd_restore(args) -> int:
+    from insite_console import restore
+
+    ws = _workspace(args)
+    at = None
+    if args.at:
+        try:
+            at = clock.parse_iso(args.at)
+        except ValueError as exc:
+            raise UsageError(f"--at: {exc}") from None
+    options = {"pause": args.pause, "start_port": args.start_port}
+    token = _cancel_on_signals()
+    result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
+                         yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
+                         options=options)
+    if args.json:
+        _print_json(result)
+        return 0
+    summary = result.get("summary", {})
+    if args.dry_run:
+        print(f"plan for restoring {result['backup_id']} into {result['target']} (nothing written):")
+        for item in result.get("plan", []):
+            if item["action"] != "skip" or item["type"] != "dir":
+                print(f"  {item['action']:<9} {item['type']:<7} {item['path']}  {clock.human_bytes(item['bytes'])}")
+        if result.get("plan_truncated"):
+            print("  … (plan truncated; totals below count everything)")
+    if summary:
+        print(f"create {summary.get('to_create', 0)}, overwrite {summary.get('to_overwrite', 0)}, "
+              f"already identical {summary.get('identical', 0)}; "
+              f"{clock.human_bytes(summary.get('bytes_to_write', 0))} to write, "
+              f"about {clock.human_duration(summary.get('estimated_seconds', 0))} "
+              f"({summary.get('estimate_basis', '')})")
+    for line in result.get("notes", []):
+        print(line)
+    if not args.dry_run:
+        print(f"restore {result['id']} {result['status']}: {result['files']} files, "
+              f"{clock.human_bytes(result['bytes_written'])} written into {result['target']}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from insite_console import retention
+
+    ws = _workspace(args)
+    result = retention.prune(ws, args.policy, dry_run=args.dry_run)
+    if args.json:
+        _print_json(result)
+        return 0
+    for decision in result["backups"]:
+        reasons = ", ".join(decision["reasons"])
+        print(f"{decision['action']:<6} {decision['id']}  {decision['started_at']}  {decision['policy']}"
+              + (f"  ({reasons})" if reasons else ""))
+    verb = "would forget" if args.dry_run else "forgot"
+    print(f"{verb} {len(result['forgotten'])} backup(s); deleted {result['packs_deleted']} pack(s), "
+          f"freed {clock.human_bytes(result['bytes_freed'])}")
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    from insite_console.catalog.rebuild import rebuild
+
+    ws = _workspace(args)
+    result = rebuild(ws, args.storage)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"catalog rebuilt from {', '.join(result['storages'])}: {result['backups']} backup(s) found")
+        for problem in result["problems"]:
+            print(f"problem: {problem}", file=sys.stderr)
+    return 1 if result["problems"] else 0
+
+
+def cmd_status(args) -> int:
+    from insite_console import status
+
+    ws = _workspace(args)
+    rows = status.overview(ws)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        age = clock.human_duration(row["age_seconds"]) if row["age_seconds"] is not None else "-"
+        rpo = clock.human_duration(row["rpo_seconds"]) if row["rpo_seconds"] else "-"
+        print(f"{status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  last ok {age} ago (RPO {rpo})  "
+              f"next {row['next_run_at'] or '-'}" + ("  LAST RUN FAILED: " + row["last_failure_error"]
+                                                       if row["failing"] else ""))
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from insite_console import scheduler
+
+    ws = _workspace(args)
+    if args.once:
+        results = scheduler.run_due(ws, log=lambda m: print(m, file=sys.stderr))
+        if args.json:
+            _print_json(results)
+        return 1 if any(r.get("status") == "failed" for r in results) else 0
+    scheduler.loop(ws)
+    return 0
+
+
+def cmd_key(args) -> int:
+    from insite_console.repo import keys
+
+    ws = _workspace(args)
+    storage = args.storage or sorted(ws.config.storages)[0]
+    repo = ws.repository(storage)
+    if args.key_command == "list":
+        rows = [{"id": key_id, "label": data.get("label", ""), "created_at": data.get("created_at"),
+                 "host": data.get("host"), "current": key_id == repo.key_id}
+                for key_id, data in keys.list_keys(repo.storage)]
+        if args.json:
+            _print_json(rows)
+        else:
+            for row in rows:
+                print(f"{'*' if row['current'] else ' '} {row['id']}  {row['created_at']}  {row['host']}  {row['label']}")
+        return 0
+    if args.key_command == "add":
+        variable = args.new_passphrase_env
+        new = os.environ.get(variable)
+        if not new:
+            raise UsageError(f"environment variable {variable} (--new-passphrase-env) is not set")
+        key_id = keys.add_key(repo.storage, repo.master, new, label=args.label or "")
+        print(f"added key {key_id} to the repository on {storage}")
+        return 0
+    keys.remove_key(repo.storage, args.key_id, repo.key_id)
+    print(f"removed key {args.key_id} from the repository on {storage}")
+    return 0
+
+
+def cmd_copy(args) -> int:
+    from insite_console import copy
+
+    ws = _workspace(args)
+    token = _cancel_on_signals()
+    result = copy.run(ws, args.backup_id, args.to, progress=_progress_printer(not args.json), cancel=token)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"copied backup {result['backup_id']} to {result['storage']}: "
+              f"{clock.human_bytes(result['bytes_stored'])} new data stored")
+    return 0
+
+
+def cmd_wal_push(args) -> int:
+    from insite_console import wal
+
+    return wal.push(_workspace(args), args.source, args.path) or 0
+
+
+def cmd_wal_fetch(args) -> int:
+    from insite_console import wal
+
+    return wal.fetch(_workspace(args), args.source, args.name, args.path) or 0
+
+
+def cmd_demo(args) -> int:
+    from insite_console import demo
+
+    config_path = demo.make_demo(args.dir, log=lambda m: print(m, file=sys.stderr))
+    if args.no_tui:
+        print(config_path)
+        return 0
+    return _open_console(str(config_path), read_only=False, theme=None)
+
+
+def _open_console(config_path: str | None, read_only: bool, theme: str | None) -> int:
+    try:
+        from insite_console.tui.app import run_console
+    except ImportError as exc:
+        raise InsiteError(f"the console is not available: {exc}") from None
+    return run_console(config_path, read_only=read_only, theme=theme) or 0
+
+
+def cmd_drill(args) -> int:
+    raise UsageError("DR drills are not implemented yet in this version of insite-console")
+
+
+# ----- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                        help="config file (default: $INSITE_CONFIG, then ./config.toml)")
+    common.add_argument("--limit-upload", default=argparse.SUPPRESS, help="bandwidth limit for uploads, e.g. 20MiB/s")
+    common.add_argument("--limit-download", default=argparse.SUPPRESS, help="bandwidth limit for downloads")
+
+    parser = argparse.ArgumentParser(prog="insite-console", parents=[common],
+                                     description="Backup, restore and DR drills for PostgreSQL, Redis and file trees.")
+    parser.add_argument("--read-only", action="store_true", help="open the console with every write action hidden")
+    parser.add_argument("--theme", help="console theme")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, func, help_text, json_flag=True):
+        command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        if json_flag:
+            command.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return command
+
+    p = add("demo", cmd_demo, "make a self-contained demo workspace, back it up and open the console", json_flag=False)
+    p.add_argument("--dir", default="demo-workspace", help="where to create it (default: ./demo-workspace)")
+    p.add_argument("--no-tui", action="store_true", help="stop after the set-up and print the config path")
+
+    p = add("init", cmd_init, "create the repository on each configured storage, or one")
+    p.add_argument("storage", nargs="?")
+    p.add_argument("--create", action="store_true", help="create a missing bucket or container")
+
+    p = add("backup", cmd_backup, "run one backup of a policy now")
+    p.add_argument("policy")
+    p.add_argument("--type", choices=["full", "incremental", "differential"])
+
+    p = add("backups", cmd_backups, "list the catalog, newest first")
+    p.add_argument("--policy")
+
+    p = add("show", cmd_show, "one backup with its contents summary")
+    p.add_argument("backup_id")
+
+    p = add("verify", cmd_verify, "check that a backup's data is on storage (--deep: read and authenticate all of it)")
+    p.add_argument("backup_id", nargs="?")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--deep", action="store_true")
+
+    p = add("restore", cmd_restore, "restore a backup (see --dry-run for the plan)")
+    p.add_argument("backup_id", help="a backup id, or a policy/source name (with --at: the restore point before it)")
+    p.add_argument("--target", required=True)
+    p.add_argument("--at", help="point in time (ISO 8601 with offset, e.g. 2026-11-27T02:15:00Z)")
+    p.add_argument("--include", action="append", default=[], help="glob / schema.table / key pattern (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--yes", action="store_true", help="allow overwriting what exists")
+    p.add_argument("--pause", action="store_true", help="PostgreSQL PITR: pause at the target instead of promoting")
+    p.add_argument("--start-port", type=int, help="PostgreSQL PITR: start a throwaway server on this port")
+
+    p = add("prune", cmd_prune, "apply retention, then delete data no kept backup references")
+    p.add_argument("--policy")
+    p.add_argument("--dry-run", action="store_true")
+
+    p = add("catalog", cmd_catalog, "rebuild the local catalog from the repositories on storage")
+    p.add_argument("action", choices=["rebuild"])
+    p.add_argument("storage", nargs="?")
+
+    p = add("schedule", cmd_schedule, "run policies when their cron schedule is due")
+    p.add_argument("--once", action="store_true", help="run what is due now, then exit")
+
+    add("status", cmd_status, "health per policy: last success against the RPO, next run, failures")
+
+    p = add("key", cmd_key, "list, add or remove the passphrases that open a repository")
+    p.add_argument("key_command", choices=["list", "add", "remove"])
+    p.add_argument("key_id", nargs="?", help="for remove")
+    p.add_argument("--storage")
+    p.add_argument("--new-passphrase-env", default="INSITE_NEW_PASSPHRASE",
+                   help="environment variable holding the passphrase to add (default INSITE_NEW_PASSPHRASE)")
+    p.add_argument("--label")
+
+    p = add("copy", cmd_copy, "copy a backup to another storage (the off-site copy)")
+    p.add_argument("backup_id")
+    p.add_argument("--to", required=True)
+
+    p = add("wal-push", cmd_wal_push, "PostgreSQL archive_command helper", json_flag=False)
+    p.add_argument("source")
+    p.add_argument("path")
+    p = add("wal-fetch", cmd_wal_fetch, "PostgreSQL restore_command helper", json_flag=False)
+    p.add_argument("source")
+    p.add_argument("name")
+    p.add_argument("path")
+
+    p = add("drill", cmd_drill, "DR scenarios, drill playback, the DR report")
+    p.add_argument("drill_command", choices=["list", "run", "report"])
+    p.add_argument("scenario", nargs="?")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    if args.command == "key" and args.key_command == "remove" and not args.key_id:
+        parser.error("key remove needs a KEY_ID")
+    try:
+        limits = {k: getattr(args, k) for k in ("limit_upload", "limit_download") if hasattr(args, k)}
+        if limits:
+            from insite_console.config import parse_size
+            from insite_console.storage.ratelimit import set_global_limits
+
+            try:
+                set_global_limits(upload=parse_size(limits["limit_upload"]) if "limit_upload" in limits else None,
+                                  download=parse_size(limits["limit_download"]) if "limit_download" in limits else None)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        if args.command is None:
+            return _open_console(args.config, read_only=args.read_only, theme=args.theme)
+        if args.command == "key" and args.key_command == "remove" and args.key_id is None:
+            raise UsageError("key remove needs a KEY_ID")
+        return args.func(args)
+    except Cancelled as exc:
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return 130
+    except InsiteError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,332 @@
+"""config.toml: load, validate every key, report each problem with file, key and expectation.
+
+Validation collects all problems before failing, so an operator fixes a file in one pass.
+Secrets are never read from here: the file names the environment variable or file holding them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from insite_console.clock import parse_duration
+from insite_console.errors import ConfigError
+
+CONFIG_ENV = "INSITE_CONFIG"
+
+Check = Callable[[Any], str | None]  # returns what was expected, or None if fine
+
+
+def _is_str(value: Any) -> str | None:
+    return None if isinstance(value, str) and value != "" else "a non-empty string"
+
+
+def _is_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _is_pos_int(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) and value > 0 else "a positive integer"
+
+
+def _is_str_list(value: Any) -> str | None:
+    if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+        return None
+    return "a list of non-empty strings"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in choices else "one of " + ", ".join(f'"{c}"' for c in choices)
+    return check
+
+
+def _is_duration(value: Any) -> str | None:
+    try:
+        parse_duration(value) if isinstance(value, str) else (_ for _ in ()).throw(ValueError)
+        return None
+    except ValueError:
+        return 'a duration such as "15m", "1h" or "1d"'
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB|K|M|G|T)?\s*(/s)?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+               "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4, "tib": 1024**4, "tb": 1000**4}
+
+
+def parse_size(value: Any) -> int:
+    """'64MiB' or '20MiB/s' or 1048576 -> bytes (per second for rates)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(str(value)) if isinstance(value, str) else None
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not a size like 64MiB or 20MiB/s")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()])
+
+
+def _is_size(value: Any) -> str | None:
+    try:
+        parse_size(value)
+        return None
+    except ValueError:
+        return 'a size such as 1048576, "64MiB" or "20MiB/s"'
+
+
+def _is_cron(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return 'a cron expression such as "*/15 * * * *"'
+    from croniter import croniter
+
+    return None if croniter.is_valid(value) else 'a valid 5-field cron expression such as "*/15 * * * *"'
+
+
+RETENTION_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+
+
+def _is_retention(value: Any) -> str | None:
+    expected = "a table of " + ", ".join(RETENTION_KEYS) + " with non-negative integers"
+    if not isinstance(value, dict) or not value:
+        return expected
+    for key, number in value.items():
+        if key not in RETENTION_KEYS and key != "keep_within":
+            return expected + f' (unknown key "{key}")'
+        if key == "keep_within":
+            if _is_duration(number):
+                return 'keep_within as a duration such as "7d"'
+        elif not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            return expected + f' ({key} = {number!r})'
+    if not any(value.get(k) for k in RETENTION_KEYS) and not value.get("keep_within"):
+        return expected + " (at least one must be above zero, or every backup would be deleted)"
+    return None
+
+
+_LIMITS = {"limit_upload": _is_size, "limit_download": _is_size, "retries": _is_pos_int,
+           "part_size": _is_size, "concurrency": _is_pos_int}
+
+# key -> (check, required)
+SCHEMAS: dict[str, dict[str, dict[str, tuple[Check, bool]]]] = {
+    "storage": {
+        "local": {"path": (_is_str, True)},
+        "s3": {"bucket": (_is_str, True), "prefix": (lambda v: None if isinstance(v, str) else "a string", False),
+               "endpoint_url": (_is_str, False), "region": (_is_str, False), "profile": (_is_str, False),
+               "access_key_id_env": (_is_str, False), "secret_access_key_env": (_is_str, False),
+               "addressing_style": (_one_of("path", "virtual", "auto"), False),
+               **{k: (v, False) for k, v in _LIMITS.items()}},
+        "gcs": {"bucket": (_is_str, True), "prefix": (lambda v: None if isinstance(v, str) else "a string", False),
+                "project": (_is_str, False), "credentials_file": (_is_str, False),
+                **{k: (v, False) for k, v in _LIMITS.items()}},
+        "azure": {"container": (_is_str, True), "prefix": (lambda v: None if isinstance(v, str) else "a string", False),
+                  "connection_string_env": (_is_str, False), "account_url": (_is_str, False),
+                  **{k: (v, False) for k, v in _LIMITS.items()}},
+    },
+    "source": {
+        "files": {"paths": (_is_str_list, True), "exclude": (_is_str_list, False),
+                  "one_file_system": (_is_bool, False)},
+        "postgresql": {"dsn": (_is_str, True), "mode": (_one_of("logical", "physical"), False),
+                       "password_env": (_is_str, False), "jobs": (_is_pos_int, False),
+                       "exact_counts": (_is_bool, False), "pg_bin": (_is_str, False),
+                       "archive_lag_alert": (_is_duration, False)},
+        "redis": {"url": (_is_str, True), "password_env": (_is_str, False), "data_dir": (_is_str, False)},
+    },
+}
+
+POLICY_KEYS: dict[str, tuple[Check, bool]] = {
+    "source": (_is_str, True), "storage": (_is_str, True), "schedule": (_is_cron, False),
+    "type": (_one_of("full", "incremental", "differential"), False),
+    "compression": (_one_of("zstd", "gzip", "none"), False), "encryption": (_is_bool, False),
+    "verify": (_is_bool, False), "rpo": (_is_duration, False), "retention": (_is_retention, False),
+    "retries": (lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "an integer >= 0", False),
+    "retry_delay": (_is_duration, False), "copy_to": (_is_str_list, False), "full_every": (_is_pos_int, False),
+}
+
+TOP_TABLES = {
+    "catalog": {"path": (_is_str, False)},
+    "encryption": {"passphrase_env": (_is_str, False), "passphrase_file": (_is_str, False)},
+    "engine": {"threads": (_is_pos_int, False), "memory_limit": (_is_size, False), "pack_size": (_is_size, False),
+               "restore_threads": (_is_pos_int, False)},
+    "console": {"theme": (_is_str, False), "refresh_seconds": (_is_pos_int, False), "keymap": (lambda v: None if isinstance(v, dict) else "a table", False)},
+    "dr": {"rto": (_is_duration, False), "rpo": (_is_duration, False), "scenarios_file": (_is_str, False)},
+}
+
+
+@dataclass
+class Config:
+    path: Path
+    base_dir: Path
+    catalog_path: Path
+    encryption: dict[str, str]
+    engine: dict[str, Any]
+    console: dict[str, Any]
+    dr: dict[str, Any]
+    storages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, path: str) -> Path:
+        """Relative paths in config resolve against the folder of the config file."""
+        candidate = Path(os.path.expanduser(path))
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+    @property
+    def state_dir(self) -> Path:
+        return self.catalog_path.parent
+
+    def policy(self, name: str) -> dict[str, Any]:
+        if name not in self.policies:
+            known = ", ".join(sorted(self.policies)) or "none"
+            raise ConfigError(f"{self.path}: no policy named {name!r} (policies: {known})")
+        return self.policies[name]
+
+
+def find_config_path(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return Path("config.toml")
+
+
+def load(path: str | os.PathLike) -> Config:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (use -c PATH, set {CONFIG_ENV}, "
+                          "or run `insite-console demo` for a working example)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return validate(raw, path)
+
+
+def validate(raw: dict[str, Any], path: Path) -> Config:
+    problems: list[str] = []
+    where = str(path)
+    base_dir = path.resolve().parent
+
+    def check_table(table: Any, schema: dict[str, tuple[Check, bool]], prefix: str, allow: tuple[str, ...] = ()) -> dict:
+        if not isinstance(table, dict):
+            problems.append(f"{where}: [{prefix}] must be a table")
+            return {}
+        for key, value in table.items():
+            if key in allow:
+                continue
+            if key not in schema:
+                known = ", ".join(sorted(list(schema) + list(allow)))
+                problems.append(f"{where}: {prefix}.{key}: unknown key (expected one of: {known})")
+                continue
+            expected = schema[key][0](value)
+            if expected:
+                problems.append(f"{where}: {prefix}.{key}: expected {expected}, got {value!r}")
+        for key, (_check, required) in schema.items():
+            if required and key not in table:
+                problems.append(f"{where}: {prefix}.{key}: missing (required)")
+        return table
+
+    known_top = set(TOP_TABLES) | {"storage", "source", "policy"}
+    for key in raw:
+        if key not in known_top:
+            problems.append(f"{where}: [{key}]: unknown table (expected one of: {', '.join(sorted(known_top))})")
+    tops = {name: check_table(raw.get(name, {}), schema, name) for name, schema in TOP_TABLES.items()}
+
+    groups: dict[str, dict[str, dict]] = {}
+    for group in ("storage", "source"):
+        groups[group] = {}
+        tables = raw.get(group, {})
+        if not isinstance(tables, dict):
+            problems.append(f"{where}: [{group}] must contain named tables like [{group}.NAME]")
+            continue
+        for name, table in tables.items():
+            label = f"{group}.{name}"
+            if not isinstance(table, dict):
+                problems.append(f"{where}: {label}: must be a table")
+                continue
+            kind = table.get("type")
+            kinds = SCHEMAS[group]
+            if kind not in kinds:
+                problems.append(f"{where}: {label}.type: expected one of {', '.join(repr(k) for k in kinds)}, got {kind!r}")
+                continue
+            check_table(table, kinds[kind], label, allow=("type",))
+            groups[group][name] = dict(table)
+
+    # Paths: resolve relative ones and make sure file-tree sources exist.
+    for name, table in groups["storage"].items():
+        if table["type"] == "local" and isinstance(table.get("path"), str):
+            table["path"] = str(_resolve(base_dir, table["path"]))
+    for name, table in groups["source"].items():
+        if table["type"] == "files" and not _is_str_list(table.get("paths")):
+            resolved = []
+            for i, entry in enumerate(table["paths"]):
+                full = _resolve(base_dir, entry)
+                if not os.path.lexists(full):
+                    problems.append(f"{where}: source.{name}.paths[{i}]: path {full} does not exist")
+                resolved.append(str(full))
+            table["paths"] = resolved
+
+    policies: dict[str, dict] = {}
+    raw_policies = raw.get("policy", {})
+    if not isinstance(raw_policies, dict):
+        problems.append(f"{where}: [policy] must contain named tables like [policy.NAME]")
+        raw_policies = {}
+    for name, table in raw_policies.items():
+        label = f"policy.{name}"
+        if not isinstance(table, dict):
+            problems.append(f"{where}: {label}: must be a table")
+            continue
+        check_table(table, POLICY_KEYS, label)
+        source, storage = table.get("source"), table.get("storage")
+        if isinstance(source, str) and source not in groups["source"]:
+            problems.append(f"{where}: {label}.source: no [source.{source}] is defined "
+                            f"(sources: {', '.join(sorted(groups['source'])) or 'none'})")
+        if isinstance(storage, str) and storage not in groups["storage"]:
+            problems.append(f"{where}: {label}.storage: no [storage.{storage}] is defined "
+                            f"(storages: {', '.join(sorted(groups['storage'])) or 'none'})")
+        for i, target in enumerate(table.get("copy_to", []) if isinstance(table.get("copy_to"), list) else []):
+            if target not in groups["storage"]:
+                problems.append(f"{where}: {label}.copy_to[{i}]: no [storage.{target}] is defined")
+        if table.get("encryption") is False:
+            problems.append(f"{where}: {label}.encryption: repository format 1 always encrypts "
+                            "(AES-256-GCM); remove the key or set it to true")
+        policy = {"type": "incremental", "compression": "zstd", "encryption": True, "verify": False,
+                  "retries": 0, "retry_delay": "1m", "copy_to": []}
+        policy.update(table)
+        policies[name] = policy
+
+    encryption = tops["encryption"]
+    if "passphrase_env" not in encryption and "passphrase_file" not in encryption:
+        encryption = {"passphrase_env": "INSITE_PASSPHRASE", **encryption}
+    if "passphrase_file" in encryption and isinstance(encryption["passphrase_file"], str):
+        encryption["passphrase_file"] = str(_resolve(base_dir, encryption["passphrase_file"]))
+
+    if problems:
+        raise ConfigError(problems)
+
+    catalog_path = _resolve(base_dir, tops["catalog"].get("path", "state/catalog.sqlite"))
+    return Config(
+        path=path, base_dir=base_dir, catalog_path=catalog_path, encryption=encryption,
+        engine=tops["engine"], console=tops["console"], dr=tops["dr"],
+        storages=groups["storage"], sources=groups["source"], policies=policies, raw=raw,
+    )
+
+
+def _resolve(base_dir: Path, value: str) -> Path:
+    candidate = Path(os.path.expanduser(value))
+    return candidate if candidate.is_absolute() else (base_dir / candidate)
+
+
+def write(raw: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a config back (the TUI's settings): validate first, then replace atomically."""
+    import tomli_w
+
+    path = Path(path)
+    validate(raw, path)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_bytes(tomli_w.dumps(raw).encode())
+    os.replace(temp, path)

@@ -1,0 +1,126 @@
+"""The chunk index: which pack holds each blob, kept on disk in SQLite, never all in RAM.
+
+The storage holds the truth as `index/<id>` objects (each lists some packs and their blobs,
+sealed). This local SQLite file is a cache of them: on open, index objects not yet loaded are
+merged in. Memory stays bounded however large the repository grows (restic users hit OOM on
+small hosts when a shared repository grew).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL,
+    length INTEGER NOT NULL, plain_length INTEGER NOT NULL, type INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
+CREATE TABLE IF NOT EXISTS packs (id TEXT PRIMARY KEY, size INTEGER NOT NULL, index_id TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS loaded_indexes (id TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    pack: str
+    offset: int
+    length: int
+    plain_length: int
+    type: int
+
+
+class IndexCache:
+    """A thread-safe SQLite cache of the repository's index objects."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def loaded_index_ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM loaded_indexes")}
+
+    def add_index(self, index_id: str, packs: list[dict]) -> None:
+        """Merge one index object (already decoded) in a single transaction."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for pack in packs:
+                    self._db.execute("INSERT OR REPLACE INTO packs VALUES (?, ?, ?)", (pack["id"], pack["size"], index_id))
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, ?)",
+                        ((bytes.fromhex(b[0]), pack["id"], b[2], b[3], b[4], b[1]) for b in pack["blobs"]),
+                    )
+                self._db.execute("INSERT OR IGNORE INTO loaded_indexes VALUES (?)", (index_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def forget_index(self, index_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM loaded_indexes WHERE id = ?", (index_id,))
+
+    def drop_packs(self, pack_ids: list[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            for pack_id in pack_ids:
+                self._db.execute("DELETE FROM blobs WHERE pack = ?", (pack_id,))
+                self._db.execute("DELETE FROM packs WHERE id = ?", (pack_id,))
+            self._db.execute("COMMIT")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._db.executescript("DELETE FROM blobs; DELETE FROM packs; DELETE FROM loaded_indexes;")
+
+    def lookup(self, blob_id: bytes) -> BlobLocation | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pack, offset, length, plain_length, type FROM blobs WHERE id = ?", (blob_id,)
+            ).fetchone()
+        return BlobLocation(*row) if row else None
+
+    def has(self, blob_id: bytes) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None
+
+    def packs(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT id, size FROM packs"))
+
+    def pack_index_ids(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT id, index_id FROM packs"))
+
+    def blobs_in_pack(self, pack_id: str) -> list[tuple[bytes, BlobLocation]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, pack, offset, length, plain_length, type FROM blobs WHERE pack = ? ORDER BY offset",
+                (pack_id,),
+            ).fetchall()
+        return [(row[0], BlobLocation(*row[1:])) for row in rows]
+
+    def pack_sizes_for(self, blob_ids) -> dict[str, int]:
+        """The packs holding the given blobs, with their sizes (for quick verify)."""
+        result: dict[str, int] = {}
+        with self._lock:
+            for blob_id in blob_ids:
+                row = self._db.execute(
+                    "SELECT b.pack, p.size FROM blobs b JOIN packs p ON p.id = b.pack WHERE b.id = ?", (blob_id,)
+                ).fetchone()
+                if row:
+                    result[row[0]] = row[1]
+        return result

@@ -1,0 +1,118 @@
+"""Key files: one random master key, wrapped by any number of passphrases.
+
+`keys/<id>` holds scrypt parameters, a salt and the master key material sealed with the key
+derived from that passphrase. Adding or removing a passphrase rewrites one small object and
+never touches data, so a passphrase can be rotated or a recovery key escrowed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+from dataclasses import dataclass
+
+from insite_console import clock
+from insite_console.errors import IntegrityError, RepositoryError, WrongPassphrase
+from insite_console.repo.crypto import DEFAULT_SCRYPT, Cipher, derive_key
+from insite_console.storage.base import Storage
+
+KEYS_PREFIX = "keys/"
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """The secrets of a repository: AES key, chunk-id MAC key and chunker seed."""
+
+    encryption_key: bytes
+    mac_key: bytes
+    chunker_seed: int
+
+    @classmethod
+    def generate(cls) -> "MasterKey":
+        return cls(os.urandom(32), os.urandom(32), int.from_bytes(os.urandom(4), "little"))
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({
+            "encryption_key": _b64(self.encryption_key),
+            "mac_key": _b64(self.mac_key),
+            "chunker_seed": self.chunker_seed,
+        }).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "MasterKey":
+        raw = json.loads(data)
+        return cls(_unb64(raw["encryption_key"]), _unb64(raw["mac_key"]), int(raw["chunker_seed"]))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def wrap(master: MasterKey, passphrase: str, label: str = "", scrypt: dict | None = None) -> dict:
+    params = dict(scrypt or DEFAULT_SCRYPT)
+    salt = os.urandom(16)
+    kek = derive_key(passphrase, salt, **params)
+    return {
+        "kdf": "scrypt", **params, "salt": _b64(salt),
+        "created_at": clock.iso(clock.now()), "host": socket.gethostname(), "label": label,
+        "data": _b64(Cipher(kek).seal(master.to_bytes(), b"key")),
+    }
+
+
+def unwrap(key_file: dict, passphrase: str) -> MasterKey | None:
+    """The master key if this passphrase opens this key file, else None."""
+    if key_file.get("kdf") != "scrypt":
+        raise RepositoryError(f"key file uses unknown kdf {key_file.get('kdf')!r}")
+    kek = derive_key(passphrase, _unb64(key_file["salt"]), key_file["n"], key_file["r"], key_file["p"])
+    try:
+        return MasterKey.from_bytes(Cipher(kek).open(_unb64(key_file["data"]), b"key"))
+    except IntegrityError:
+        return None
+
+
+def list_keys(storage: Storage) -> list[tuple[str, dict]]:
+    keys = []
+    for info in storage.list(KEYS_PREFIX):
+        keys.append((info.key[len(KEYS_PREFIX):], json.loads(storage.get(info.key))))
+    return keys
+
+
+def add_key(storage: Storage, master: MasterKey, passphrase: str, label: str = "", scrypt: dict | None = None) -> str:
+    key_id = os.urandom(8).hex()
+    storage.put(KEYS_PREFIX + key_id, json.dumps(wrap(master, passphrase, label, scrypt), indent=1).encode())
+    return key_id
+
+
+def unlock(storage: Storage, passphrase: str) -> tuple[MasterKey, str]:
+    """Try each key file; return the master key and the id of the key file that opened."""
+    keys = list_keys(storage)
+    if not keys:
+        raise RepositoryError(f"storage {storage.name} ({storage.describe()}): repository has no key files")
+    for key_id, key_file in keys:
+        master = unwrap(key_file, passphrase)
+        if master is not None:
+            return master, key_id
+    raise WrongPassphrase(
+        f"wrong passphrase: none of the {len(keys)} key(s) of the repository on storage "
+        f"{storage.name} ({storage.describe()}) opens with it"
+    )
+
+
+def remove_key(storage: Storage, key_id: str, current_key_id: str) -> None:
+    keys = dict(list_keys(storage))
+    if key_id not in keys:
+        raise RepositoryError(f"storage {storage.name}: no key {key_id} (see `insite-console key list`)")
+    if key_id == current_key_id:
+        raise RepositoryError(
+            f"refusing to remove key {key_id}: it is the one this passphrase opened; "
+            "unlock with another passphrase to remove it"
+        )
+    if len(keys) == 1:
+        raise RepositoryError("refusing to remove the last key: the repository would be unreadable")
+    storage.delete([KEYS_PREFIX + key_id])

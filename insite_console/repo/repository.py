@@ -1,0 +1,486 @@
+"""The repository on storage: content-addressed, deduplicated, compressed, encrypted.
+
+Objects (see docs/FORMAT.md):
+  config               plain JSON: format, version, repository id, chunker sizes
+  keys/<id>            the master key wrapped by one passphrase (keys.py)
+  data/<xx>/<pack id>  packs of sealed blobs (packs.py)
+  index/<id>           sealed list of packs and the blobs in each
+  snapshots/<id>       sealed manifest of one backup
+  sealed/<name>        standalone sealed objects (e.g. PostgreSQL WAL segments)
+
+Writes go in the order packs → index → manifest, each object atomic, so whatever moment a
+process dies at, every manifest on storage refers only to data that is there; packs a dead
+run uploaded without an index are found and indexed by the next writer (`recover_unindexed_packs`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from pyfastcdc import FastCDC
+
+from insite_console import clock
+from insite_console.errors import IntegrityError, ObjectNotFound, RepositoryError
+from insite_console.events import CancelToken
+from insite_console.repo import compression, keys
+from insite_console.repo.crypto import Cipher
+from insite_console.repo.index import BlobLocation, IndexCache
+from insite_console.repo.packs import DATA, TREE, PackBuilder, pack_id_from_key, pack_key, read_header
+from insite_console.storage.base import Storage
+
+FORMAT_NAME = "insite-repository"
+FORMAT_VERSION = 1
+MANIFEST_VERSION = 1
+CONFIG_KEY = "config"
+SNAPSHOTS = "snapshots/"
+INDEX = "index/"
+SEALED = "sealed/"
+
+# FastCDC emits chunks of avg_size + min_size on average: ~1 MiB here.
+CHUNK_MIN = 256 * 1024
+CHUNK_AVG = 768 * 1024
+CHUNK_MAX = 4 * 1024 * 1024
+PACK_TARGET = 8 * 1024 * 1024
+INDEX_CHECKPOINT_PACKS = 64
+
+
+class _ByteBudget:
+    """Bounds the bytes in flight between reader and workers: memory is set here, not by file sizes."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, amount: int, cancel: CancelToken | None = None) -> None:
+        with self._cond:
+            while self.used > 0 and self.used + amount > self.limit:
+                self._cond.wait(0.2)
+                if cancel is not None:
+                    cancel.check()
+            self.used += amount
+
+    def release(self, amount: int) -> None:
+        with self._cond:
+            self.used -= amount
+            self._cond.notify_all()
+
+
+class PendingStream:
+    """A content stream whose chunks are still being processed by the workers."""
+
+    def __init__(self) -> None:
+        self.futures: list[Future] = []
+        self.size = 0
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def result(self) -> list[tuple[str, int]]:
+        return [f.result() for f in self.futures]
+
+
+class Repository:
+    """An unlocked repository. Thread-safe for concurrent writers within one process."""
+
+    def __init__(self, storage: Storage, config: dict, master: keys.MasterKey, key_id: str, cache_dir: Path,
+                 threads: int | None = None, memory_limit: int = 128 * 1024 * 1024, pack_size: int = PACK_TARGET):
+        self.storage = storage
+        self.config = config
+        self.id = config["id"]
+        self.key_id = key_id
+        self._master = master
+        self._cipher = Cipher(master.encryption_key)
+        self._mac_key = master.mac_key
+        chunker = config["chunker"]
+        self._chunker_args = dict(avg_size=chunker["avg"], min_size=chunker["min"], max_size=chunker["max"],
+                                  seed=master.chunker_seed % (2**31))
+        self.index = IndexCache(Path(cache_dir) / self.id / "index.sqlite")
+        self._threads = threads or max(2, os.cpu_count() or 2)
+        self._memory_limit = memory_limit
+        self._pack_size = pack_size
+        self._workers: ThreadPoolExecutor | None = None
+        self._uploaders: ThreadPoolExecutor | None = None
+        self._budget = _ByteBudget(memory_limit)
+        self._upload_slots = threading.BoundedSemaphore(3)
+        self._state_lock = threading.Lock()
+        self._pack_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._claimed: set[bytes] = set()
+        self._pending: dict[bytes, BlobLocation] = {}  # uploaded, not yet in an index object
+        self._pending_packs: list[dict] = []
+        self._builder = PackBuilder()
+        self._upload_futures: list[Future] = []
+        self._upload_error: BaseException | None = None
+        self.stats = {"blobs_new": 0, "bytes_new": 0, "bytes_stored": 0, "packs_written": 0}
+
+    # ----- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, storage: Storage, passphrase: str, cache_dir: Path, **options) -> "Repository":
+        try:
+            storage.stat(CONFIG_KEY)
+            raise RepositoryError(f"storage {storage.name} ({storage.describe()}) already holds a repository")
+        except ObjectNotFound:
+            pass
+        config = {
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "id": os.urandom(16).hex(),
+            "created_at": clock.iso(clock.now()),
+            "chunker": {"algorithm": "fastcdc2020", "min": CHUNK_MIN, "avg": CHUNK_AVG, "max": CHUNK_MAX},
+        }
+        master = keys.MasterKey.generate()
+        key_id = keys.add_key(storage, master, passphrase, label="initial")
+        storage.put(CONFIG_KEY, json.dumps(config, indent=1).encode())
+        return cls(storage, config, master, key_id, cache_dir, **options)
+
+    @classmethod
+    def open(cls, storage: Storage, passphrase: str, cache_dir: Path, **options) -> "Repository":
+        config = read_config(storage)
+        master, key_id = keys.unlock(storage, passphrase)
+        repo = cls(storage, config, master, key_id, cache_dir, **options)
+        repo.sync_index()
+        return repo
+
+    def close(self) -> None:
+        for pool in (self._workers, self._uploaders):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._workers = self._uploaders = None
+        self.index.close()
+
+    @property
+    def master(self) -> keys.MasterKey:
+        return self._master
+
+    # ----- index -----------------------------------------------------------------------
+
+    def sync_index(self) -> int:
+        """Load index objects written since the cache last looked (by any process or host)."""
+        loaded = self.index.loaded_index_ids()
+        on_storage = {info.key[len(INDEX):] for info in self.storage.list(INDEX)}
+        for index_id in sorted(on_storage - loaded):
+            self.index.add_index(index_id, self._read_index_object(index_id))
+        gone = loaded - on_storage
+        if gone:  # a prune rewrote the index elsewhere: start again from storage
+            self.index.clear()
+            for index_id in sorted(on_storage):
+                self.index.add_index(index_id, self._read_index_object(index_id))
+        return len(on_storage - loaded)
+
+    def _read_index_object(self, index_id: str) -> list[dict]:
+        return json.loads(self.get_sealed_object(INDEX + index_id, aad=b"index"))["packs"]
+
+    def _write_index_object(self, packs: list[dict]) -> str:
+        data = json.dumps({"packs": packs}, separators=(",", ":")).encode()
+        index_id = hashlib.sha256(data).hexdigest()
+        self.put_sealed_object(INDEX + index_id, data, aad=b"index")
+        self.index.add_index(index_id, packs)
+        return index_id
+
+    def known(self, blob_id: bytes) -> bool:
+        return blob_id in self._pending or self.index.has(blob_id)
+
+    def locate(self, blob_id: bytes) -> BlobLocation:
+        location = self._pending.get(blob_id) or self.index.lookup(blob_id)
+        if location is None:
+            raise IntegrityError(f"chunk {blob_id.hex()[:16]} is not in the repository index (missing data)")
+        return location
+
+    def recover_unindexed_packs(self) -> int:
+        """Index packs that a killed run uploaded but never indexed, so their data is reused."""
+        known = self.index.packs()
+        orphans = [info for info in self.storage.list("data/")
+                   if pack_id_from_key(info.key) not in known and pack_id_from_key(info.key) not in
+                   {p["id"] for p in self._pending_packs}]
+        packs = []
+        for info in orphans:
+            try:
+                packs.append(self._describe_pack(pack_id_from_key(info.key), info.size))
+            except IntegrityError:
+                self.storage.delete([info.key])  # a torn or foreign pack: nothing references it
+        if packs:
+            self._write_index_object(packs)
+        return len(packs)
+
+    def _describe_pack(self, pack_id: str, size: int) -> dict:
+        what = f"pack {pack_id[:16]}"
+        tail = self.storage.get(pack_key(pack_id), max(0, size - 65536), min(size, 65536))
+        try:
+            entries = read_header(self._cipher, tail, size, what)
+        except IntegrityError:
+            entries = read_header(self._cipher, self.storage.get(pack_key(pack_id)), size, what)
+        return {"id": pack_id, "size": size,
+                "blobs": [[bid.hex(), t, off, length, plain] for t, bid, off, length, plain in entries]}
+
+    def read_pack_header(self, pack_id: str, size: int) -> dict:
+        return self._describe_pack(pack_id, size)
+
+    # ----- writing ---------------------------------------------------------------------
+
+    def blob_id(self, data: bytes | memoryview) -> bytes:
+        return hmac.digest(self._mac_key, data, "sha256")
+
+    def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(self._threads, thread_name_prefix="insite-chunk")
+            self._uploaders = ThreadPoolExecutor(3, thread_name_prefix="insite-upload")
+        return self._workers, self._uploaders
+
+    def chunker(self) -> FastCDC:
+        return FastCDC(**self._chunker_args)
+
+    def submit_stream(self, fileobj: BinaryIO, method: str = "zstd", blob_type: int = DATA,
+                      on_bytes: Callable[[int], None] | None = None, cancel: CancelToken | None = None) -> PendingStream:
+        """Chunk a stream in this thread; hash, compress, encrypt and pack in the workers."""
+        workers, _ = self._pools()
+        pending = PendingStream()
+        for chunk in self.chunker().cut_stream(fileobj):
+            if cancel is not None:
+                cancel.check()
+            self._raise_upload_error()
+            data = bytes(chunk.data)
+            self._budget.acquire(len(data), cancel)
+            pending.futures.append(workers.submit(self._store_chunk, data, method, blob_type))
+            pending.size += len(data)
+            if on_bytes is not None:
+                on_bytes(len(data))
+        return pending
+
+    def save_stream(self, fileobj: BinaryIO, method: str = "zstd", blob_type: int = DATA,
+                    on_bytes: Callable[[int], None] | None = None, cancel: CancelToken | None = None) -> list[tuple[str, int]]:
+        return self.submit_stream(fileobj, method, blob_type, on_bytes, cancel).result()
+
+    def save_bytes(self, data: bytes, method: str = "zstd", blob_type: int = DATA) -> list[tuple[str, int]]:
+        return self.save_stream(io.BytesIO(data), method, blob_type)
+
+    def _store_chunk(self, data: bytes, method: str, blob_type: int) -> tuple[str, int]:
+        try:
+            blob_id = self.blob_id(data)
+            with self._state_lock:
+                duplicate = blob_id in self._claimed or self.known(blob_id)
+                if not duplicate:
+                    self._claimed.add(blob_id)
+            if not duplicate:
+                sealed = self._cipher.seal(compression.compress(data, method), blob_id)
+                self._add_to_pack(blob_type, blob_id, sealed, len(data))
+            return blob_id.hex(), len(data)
+        finally:
+            self._budget.release(len(data))
+
+    def _add_to_pack(self, blob_type: int, blob_id: bytes, sealed: bytes, plain_length: int) -> None:
+        with self._pack_lock:
+            self._builder.add(blob_type, blob_id, sealed, plain_length)
+            self.stats["blobs_new"] += 1
+            self.stats["bytes_new"] += plain_length
+            if self._builder.size < self._pack_size:
+                return
+            full, self._builder = self._builder, PackBuilder()
+        self._upload(full)
+
+    def _upload(self, builder: PackBuilder) -> None:
+        pack_id, data = builder.finish(self._cipher)
+        _, uploaders = self._pools()
+        self._upload_slots.acquire()
+        future = uploaders.submit(self._upload_pack, pack_id, data, builder.entries)
+        with self._pack_lock:
+            self._upload_futures.append(future)
+
+    def _upload_pack(self, pack_id: str, data: bytes, entries) -> None:
+        try:
+            self.storage.put(pack_key(pack_id), data)
+            blobs = [[bid.hex(), t, off, length, plain] for t, bid, off, length, plain in entries]
+            with self._state_lock:
+                for t, bid, off, length, plain in entries:
+                    self._pending[bid] = BlobLocation(pack_id, off, length, plain, t)
+                    self._claimed.discard(bid)
+                self._pending_packs.append({"id": pack_id, "size": len(data), "blobs": blobs})
+                self.stats["bytes_stored"] += len(data)
+                self.stats["packs_written"] += 1
+                checkpoint = len(self._pending_packs) >= INDEX_CHECKPOINT_PACKS
+            if checkpoint:
+                self._write_pending_index()
+        except BaseException as exc:  # surfaced to the writer on its next call
+            self._upload_error = exc
+            raise
+        finally:
+            self._upload_slots.release()
+
+    def _raise_upload_error(self) -> None:
+        if self._upload_error is not None:
+            raise self._upload_error
+
+    def _write_pending_index(self) -> None:
+        with self._index_lock:
+            with self._state_lock:
+                packs, self._pending_packs = self._pending_packs, []
+            if not packs:
+                return
+            try:
+                self._write_index_object(packs)
+            except BaseException:
+                with self._state_lock:
+                    self._pending_packs = packs + self._pending_packs
+                raise
+            with self._state_lock:
+                for pack in packs:
+                    for blob in pack["blobs"]:
+                        self._pending.pop(bytes.fromhex(blob[0]), None)
+
+    def flush(self) -> None:
+        """Upload the open pack, wait for every upload and write the index: after this, every
+        chunk returned so far is durably on storage and findable."""
+        with self._pack_lock:
+            builder, self._builder = self._builder, PackBuilder()
+        if builder.entries:
+            self._upload(builder)
+        with self._pack_lock:
+            futures, self._upload_futures = self._upload_futures, []
+        for future in futures:
+            future.result()
+        self._raise_upload_error()
+        self._write_pending_index()
+
+    def abandon(self) -> None:
+        """After a failed or cancelled run: drop what was not uploaded, index what was."""
+        with self._pack_lock:
+            self._builder = PackBuilder()
+            futures, self._upload_futures = self._upload_futures, []
+        for future in futures:
+            try:
+                future.result()
+            except BaseException:
+                pass
+        self._upload_error = None
+        with self._state_lock:
+            self._claimed.clear()
+        try:
+            self._write_pending_index()
+        except BaseException:
+            pass  # the next run's recover_unindexed_packs will index them
+
+    # ----- sealed standalone objects ---------------------------------------------------
+
+    def put_sealed_object(self, key: str, data: bytes, aad: bytes, method: str = "zstd") -> None:
+        self.storage.put(key, self._cipher.seal(compression.compress(data, method), aad))
+
+    def get_sealed_object(self, key: str, aad: bytes) -> bytes:
+        what = f"object {key} on storage {self.storage.name}"
+        return compression.decompress(self._cipher.open(self.storage.get(key), aad, what=what), what)
+
+    def put_sealed(self, name: str, data: bytes, method: str = "zstd") -> None:
+        self.put_sealed_object(SEALED + name, data, aad=b"sealed:" + name.encode(), method=method)
+
+    def get_sealed(self, name: str) -> bytes:
+        return self.get_sealed_object(SEALED + name, aad=b"sealed:" + name.encode())
+
+    # ----- reading ---------------------------------------------------------------------
+
+    def read_blob(self, blob_id_hex: str) -> bytes:
+        blob_id = bytes.fromhex(blob_id_hex)
+        location = self.locate(blob_id)
+        what = f"chunk {blob_id_hex[:16]} in pack {location.pack[:16]}"
+        sealed = self.storage.get(pack_key(location.pack), location.offset, location.length)
+        if len(sealed) != location.length:
+            raise IntegrityError(f"{what} is truncated ({len(sealed)} of {location.length} bytes)")
+        data = compression.decompress(self._cipher.open(sealed, blob_id, what=what), what)
+        if not hmac.compare_digest(self.blob_id(data), blob_id):
+            raise IntegrityError(f"{what}: content does not match its id")
+        return data
+
+    def iter_chunks(self, chunks: Iterable[tuple[str, int]], prefetch: int = 4) -> Iterator[bytes]:
+        """Each chunk's plain bytes in order, fetching a few ahead in parallel."""
+        workers, _ = self._pools()
+        queue: list[Future] = []
+        iterator = iter(chunks)
+        for chunk_id, _length in iterator:
+            queue.append(workers.submit(self.read_blob, chunk_id))
+            if len(queue) >= prefetch:
+                break
+        while queue:
+            data = queue.pop(0).result()
+            nxt = next(iterator, None)
+            if nxt is not None:
+                queue.append(workers.submit(self.read_blob, nxt[0]))
+            yield data
+
+    def open_chunks(self, chunks: Iterable[tuple[str, int]]) -> BinaryIO:
+        return io.BufferedReader(_ChunkStream(self.iter_chunks(chunks)), buffer_size=1 << 20)
+
+    # ----- manifests ---------------------------------------------------------------------
+
+    def save_manifest(self, manifest: dict) -> None:
+        data = json.dumps(manifest, separators=(",", ":")).encode()
+        self.put_sealed_object(SNAPSHOTS + manifest["id"], data, aad=b"manifest:" + manifest["id"].encode())
+
+    def load_manifest(self, backup_id: str) -> dict:
+        try:
+            data = self.get_sealed_object(SNAPSHOTS + backup_id, aad=b"manifest:" + backup_id.encode())
+        except ObjectNotFound:
+            raise RepositoryError(
+                f"backup {backup_id} has no manifest on storage {self.storage.name} ({self.storage.describe()})"
+            ) from None
+        manifest = json.loads(data)
+        if manifest.get("version", 0) > MANIFEST_VERSION:
+            raise RepositoryError(
+                f"backup {backup_id} was written in manifest format version {manifest['version']}, newer than "
+                f"this insite-console reads ({MANIFEST_VERSION}); upgrade insite-console to restore it"
+            )
+        return manifest
+
+    def list_manifest_ids(self) -> list[str]:
+        return [info.key[len(SNAPSHOTS):] for info in self.storage.list(SNAPSHOTS)]
+
+    def delete_manifest(self, backup_id: str) -> None:
+        self.storage.delete([SNAPSHOTS + backup_id])
+
+
+class _ChunkStream(io.RawIOBase):
+    """A read-only raw stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._current = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._current:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._current = memoryview(nxt)
+        count = min(len(buffer), len(self._current))
+        buffer[:count] = self._current[:count]
+        self._current = self._current[count:]
+        return count
+
+
+def read_config(storage: Storage) -> dict:
+    """The repository's plain config; checks the format version before any key is tried."""
+    try:
+        config = json.loads(storage.get(CONFIG_KEY))
+    except ObjectNotFound:
+        raise RepositoryError(
+            f"no repository on storage {storage.name} ({storage.describe()}): run `insite-console init {storage.name}`"
+        ) from None
+    except ValueError:
+        raise RepositoryError(f"storage {storage.name}: repository config is not valid JSON") from None
+    if config.get("format") != FORMAT_NAME:
+        raise RepositoryError(f"storage {storage.name} ({storage.describe()}) does not hold an insite-console repository")
+    if config.get("version", 0) > FORMAT_VERSION:
+        raise RepositoryError(
+            f"repository on storage {storage.name} is format version {config['version']}, newer than this "
+            f"insite-console supports ({FORMAT_VERSION}); upgrade insite-console"
+        )
+    return config
+
+

@@ -1,0 +1,460 @@
+"""Restore a backup: plan first, then write in parallel, never outside the target.
+
+A file-tree restore streams the stored tree twice: once to plan (what is created, what would
+be overwritten, what is already identical and skipped), once to write. Every file is written
+to a temporary name and renamed into place, so an interrupted restore leaves whole files
+only, and running it again fetches just what is missing. Directories are opened component by
+component with O_NOFOLLOW relative to the target, so no manifest can make a restore write
+through a symlink or outside its target.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+import threading
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterator
+
+from insite_console import clock, globs
+from insite_console.errors import Cancelled, InsiteError, IntegrityError, RestoreRefused, UsageError
+from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
+from insite_console.repo.repository import Repository
+from insite_console.repo.tree import TreeReader
+from insite_console.sources import source_module
+from insite_console.sources.base import Entry
+
+DEFAULT_THROUGHPUT = 150 * 1024 * 1024  # bytes/s assumed for an estimate before any restore was measured
+PLAN_LIMIT = 1000  # plan items listed in full; the totals always count everything
+_TEMP = ".insite-restore-"
+
+
+@dataclass
+class RestoreContext:
+    """Everything a source's restore function needs."""
+
+    ws: Any
+    repo: Repository
+    backup: dict
+    manifest: dict
+    target: str
+    includes: list[str]
+    dry_run: bool
+    yes: bool
+    at: datetime | None
+    reporter: ProgressReporter
+    cancel: CancelToken
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def entries(self) -> Iterator[Entry]:
+        return iter(TreeReader(self.repo, self.manifest["tree"]))
+
+    def open_entry(self, entry: Entry):
+        return self.repo.open_chunks(entry.chunks or [])
+
+    def estimate_seconds(self, byte_count: int) -> tuple[float, str]:
+        measured = self.ws.catalog.restore_throughput()
+        rate = measured or DEFAULT_THROUGHPUT
+        basis = "measured from past restores" if measured else "assumed 150 MiB/s (no restore measured yet)"
+        return byte_count / rate, basis
+
+
+def resolve_backup(ws, reference: str, at: datetime | None) -> dict:
+    """A backup id (or unique prefix); or a policy/source name, then the newest restore point
+    at or before `at` (or the newest of all)."""
+    catalog = ws.catalog
+    backup = catalog.backup(reference)
+    if backup is None:
+        candidates = [b for b in catalog.backups(status="succeeded")
+                      if reference in (b["policy"], b["source"])]
+        if at is not None:
+            candidates = [b for b in candidates if clock.parse_iso(b["started_at"]) <= at]
+        if not candidates:
+            raise UsageError(f"no backup {reference!r}: not a backup id, or no restorable backup of a policy or "
+                             "source by that name" + (f" before {clock.iso(at)}" if at else ""))
+        backup = candidates[0]
+    if backup["status"] != "succeeded":
+        raise RestoreRefused(f"backup {backup['id']} is {backup['status']}"
+                             + (f" ({backup['error']})" if backup.get("error") else "")
+                             + "; it is not a restore point")
+    return backup
+
+
+def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry_run: bool = False,
+        yes: bool = False, at: datetime | None = None, progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Restore a backup (or plan it with dry_run); returns the contract's restore JSON."""
+    backup = resolve_backup(ws, backup_ref, at)
+    cancel = cancel or CancelToken()
+    catalog = ws.catalog
+    restore_id = clock.new_id()
+    started = clock.now()
+    reporter = ProgressReporter("restore", [progress])
+    reporter.update(run_id=restore_id, phase="planning", force=True)
+    row = {"id": restore_id, "backup_id": backup["id"], "target": target, "status": "running",
+           "started_at": clock.iso(started), "dry_run": int(dry_run)}
+    if not dry_run:
+        from insite_console.backup import catalog_writer
+
+        catalog.start_run(restore_id, "restore", backup["id"])
+        catalog.insert_restore(row)
+        reporter.add_callback(catalog_writer(catalog, restore_id))
+        catalog.event(restore_id, f"restore of {backup['id']} into {target} started")
+    try:
+        repo = ws.repository(ws.storage_for_backup(backup))
+        manifest = repo.load_manifest(backup["id"])
+        ctx = RestoreContext(ws, repo, backup, manifest, target, list(includes or []), dry_run, yes, at,
+                             reporter, cancel, dict(options or {}))
+        if manifest["source_type"] == "files":
+            outcome = restore_files(ctx)
+        else:
+            module = source_module(manifest["source_type"])
+            outcome = module.restore(ctx)
+    except BaseException as exc:
+        if not dry_run:
+            status = "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed"
+            message = str(exc) if isinstance(exc, InsiteError) else f"{type(exc).__name__}: {exc}"
+            catalog.insert_restore({**row, "status": status, "error": message,
+                                    "finished_at": clock.iso(clock.now())})
+            catalog.finish_run(restore_id, status, message)
+            catalog.event(restore_id, f"restore {restore_id} {status}: {message}", level="error")
+        raise
+    finished = clock.now()
+    result = {"id": restore_id, "backup_id": backup["id"], "status": "planned" if dry_run else "succeeded",
+              "target": target, "files": outcome.get("files", 0), "bytes_written": outcome.get("bytes_written", 0),
+              "started_at": clock.iso(started), "finished_at": clock.iso(finished), "error": None}
+    for key, value in outcome.items():
+        if key not in result:
+            result[key] = value
+    if not dry_run:
+        catalog.insert_restore({**row, "status": "succeeded", "files": result["files"],
+                                "bytes_written": result["bytes_written"], "finished_at": clock.iso(finished),
+                                "info": {k: v for k, v in outcome.items() if k not in ("plan",)}})
+        catalog.finish_run(restore_id, "succeeded")
+        catalog.event(restore_id, f"restore {restore_id} succeeded: {result['files']} files, "
+                      f"{result['bytes_written']} bytes into {target}")
+    reporter.update(phase="done", force=True)
+    return result
+
+
+# ----- file trees ----------------------------------------------------------------------
+
+
+def check_relative_path(path: str) -> list[str]:
+    """The path's components, or RestoreRefused if it could escape the target."""
+    if not path or "\x00" in path or path.startswith("/"):
+        raise RestoreRefused(f"refusing stored path {path!r}: absolute or empty")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise RestoreRefused(f"refusing stored path {path!r}: contains '..', '.' or an empty component")
+    return parts
+
+
+def _selected(entry: Entry, includes: list[str]) -> bool:
+    if not includes:
+        return True
+    path = "/" + entry.path
+    if any(globs.matches(p, path) for p in includes):
+        return True
+    return entry.type == "dir" and any(globs.could_match_below(p, path) for p in includes)
+
+
+def _same_content(repo: Repository, fd: int, entry: Entry) -> bool:
+    """Is the open file byte-identical to the stored entry? Hash it along the stored chunk boundaries."""
+    for chunk_id, length in entry.chunks or []:
+        data = os.read(fd, length) if length else b""
+        while len(data) < length:
+            more = os.read(fd, length - len(data))
+            if not more:
+                return False
+            data += more
+        if repo.blob_id(data).hex() != chunk_id:
+            return False
+    return os.read(fd, 1) == b""
+
+
+class _Target:
+    """The target directory, opened once; every path below it is reached without following symlinks."""
+
+    def __init__(self, root: str, create: bool):
+        if create:
+            os.makedirs(root, exist_ok=True)
+        self.root = root
+        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def open_dir(self, parts: list[str], create: bool) -> int | None:
+        """fd of the directory T/parts..., creating missing ones; None if missing and not create."""
+        fd = os.dup(self.fd)
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        os.close(fd)
+                        return None
+                    try:
+                        os.mkdir(part, 0o700, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        where = os.path.join(self.root, *parts[: i + 1])
+                        raise RestoreRefused(f"refusing to write through {where}: it is a symlink or not a "
+                                             "directory") from None
+                    raise
+                os.close(fd)
+                fd = nxt
+            return fd
+        except BaseException:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            raise
+
+    def lstat(self, parts: list[str]) -> os.stat_result | None:
+        dir_fd = self.open_dir(parts[:-1], create=False)
+        if dir_fd is None:
+            return None
+        try:
+            return os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(dir_fd)
+
+
+def _plan_files(ctx: RestoreContext, target: _Target | None) -> dict[str, Any]:
+    """Classify every selected entry: create, overwrite or skip (already identical)."""
+    plan: list[dict] = []
+    counts = {"create": 0, "overwrite": 0, "skip": 0}
+    byte_counts = {"create": 0, "overwrite": 0, "skip": 0}
+    identical: set[str] = set()
+    overwrite_examples: list[str] = []
+    for entry in ctx.entries():
+        ctx.cancel.check()
+        if not _selected(entry, ctx.includes):
+            continue
+        parts = check_relative_path(entry.path)
+        existing = target.lstat(parts) if target is not None else None
+        action = "create"
+        if existing is not None:
+            if entry.type == "dir" and stat.S_ISDIR(existing.st_mode):
+                action = "skip"
+            elif entry.type == "symlink" and stat.S_ISLNK(existing.st_mode):
+                dir_fd = target.open_dir(parts[:-1], create=False)
+                try:
+                    action = "skip" if os.readlink(parts[-1], dir_fd=dir_fd) == entry.target else "overwrite"
+                finally:
+                    os.close(dir_fd)
+            elif entry.type == "file" and stat.S_ISREG(existing.st_mode) and existing.st_size == entry.size:
+                dir_fd = target.open_dir(parts[:-1], create=False)
+                try:
+                    fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                    try:
+                        action = "skip" if _same_content(ctx.repo, fd, entry) else "overwrite"
+                    finally:
+                        os.close(fd)
+                finally:
+                    os.close(dir_fd)
+            else:
+                action = "overwrite"
+        if action == "skip" and entry.type != "dir":
+            identical.add(entry.path)
+        if action == "overwrite" and len(overwrite_examples) < 5:
+            overwrite_examples.append(os.path.join(ctx.target, entry.path))
+        size = entry.size if entry.type == "file" else 0
+        counts[action] += 1
+        byte_counts[action] += size
+        if len(plan) < PLAN_LIMIT:
+            plan.append({"path": "/" + entry.path, "type": entry.type, "action": action, "bytes": size})
+    return {"plan": plan, "counts": counts, "bytes": byte_counts, "identical": identical,
+            "overwrite_examples": overwrite_examples}
+
+
+def restore_files(ctx: RestoreContext) -> dict[str, Any]:
+    target_exists = os.path.isdir(ctx.target)
+    if os.path.lexists(ctx.target) and not target_exists:
+        raise RestoreRefused(f"target {ctx.target} exists and is not a directory")
+    target = _Target(ctx.target, create=False) if target_exists else None
+    try:
+        planned = _plan_files(ctx, target)
+    finally:
+        if target is not None:
+            target.close()
+    counts, byte_counts = planned["counts"], planned["bytes"]
+    to_write = byte_counts["create"] + byte_counts["overwrite"]
+    seconds, basis = ctx.estimate_seconds(to_write)
+    summary = {
+        "to_create": counts["create"], "to_overwrite": counts["overwrite"], "identical": counts["skip"],
+        "bytes_to_write": to_write, "estimated_seconds": round(seconds, 1), "estimate_basis": basis,
+    }
+    if ctx.dry_run:
+        return {"files": counts["create"] + counts["overwrite"], "bytes_written": 0, "summary": summary,
+                "plan": planned["plan"], "plan_truncated": sum(counts.values()) > PLAN_LIMIT}
+    if counts["overwrite"] and not ctx.yes:
+        examples = ", ".join(planned["overwrite_examples"])
+        raise RestoreRefused(f"refusing to overwrite {counts['overwrite']} existing item(s) in {ctx.target} "
+                             f"(e.g. {examples}); use --yes to overwrite, or --dry-run to see the plan")
+    ctx.reporter.update(phase="restoring", bytes_total=to_write, files_total=counts["create"] + counts["overwrite"],
+                        force=True)
+    try:
+        target = _Target(ctx.target, create=True)
+    except OSError as exc:
+        raise RestoreRefused(f"cannot create target {ctx.target}: {exc.strerror}") from None
+    try:
+        written = _write_tree(ctx, target, planned["identical"])
+    finally:
+        target.close()
+    return {"files": written["files"], "bytes_written": written["bytes"], "summary": summary,
+            "skipped_identical": counts["skip"], "verified": True}
+
+
+def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str]) -> dict[str, int]:
+    threads = int(ctx.ws.config.engine.get("restore_threads", 4))
+    done = {"files": 0, "bytes": 0}
+    lock = threading.Lock()
+    dirs: list[Entry] = []
+    slots = threading.BoundedSemaphore(threads * 2)
+    futures: list[Future] = []
+    failure: list[BaseException] = []
+
+    def finished(future: Future) -> None:
+        slots.release()
+        if future.exception() is not None and not failure:
+            failure.append(future.exception())
+            ctx.cancel.cancel("a file failed to restore")
+
+    def write_file(entry: Entry, parts: list[str]) -> None:
+        ctx.cancel.check()
+        size = _restore_file(ctx, target, entry, parts)
+        with lock:
+            done["files"] += 1
+            done["bytes"] += size
+        ctx.reporter.advance(bytes_done=size, files_done=1, current="/" + entry.path)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="insite-restore") as pool:
+        try:
+            for entry in ctx.entries():
+                if failure:
+                    break
+                ctx.cancel.check()
+                if not _selected(entry, ctx.includes):
+                    continue
+                parts = check_relative_path(entry.path)
+                if entry.type == "dir":
+                    fd = target.open_dir(parts, create=True)
+                    os.close(fd)
+                    dirs.append(entry)
+                elif entry.path in identical:
+                    continue
+                elif entry.type == "symlink":
+                    _restore_symlink(ctx, target, entry, parts)
+                    with lock:
+                        done["files"] += 1
+                else:
+                    slots.acquire()
+                    future = pool.submit(write_file, entry, parts)
+                    future.add_done_callback(finished)
+                    futures.append(future)
+                    if len(futures) > 1000:
+                        futures = [f for f in futures if not f.done()]
+        finally:
+            wait(futures, return_when=FIRST_EXCEPTION if failure else "ALL_COMPLETED")
+    if failure:
+        raise failure[0]
+    for future in futures:
+        future.result()
+    # Directory modes and mtimes last (deepest first): writing files inside changes them.
+    for entry in reversed(dirs):
+        fd = target.open_dir(check_relative_path(entry.path), create=True)
+        try:
+            _apply_metadata(fd, entry)
+        finally:
+            os.close(fd)
+    return done
+
+
+def _apply_metadata(fd: int, entry: Entry) -> None:
+    if os.geteuid() == 0:
+        try:
+            os.fchown(fd, entry.uid, entry.gid)
+        except OSError:
+            pass
+    os.fchmod(fd, entry.mode & 0o7777)
+    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def _restore_file(ctx: RestoreContext, target: _Target, entry: Entry, parts: list[str]) -> int:
+    dir_fd = target.open_dir(parts[:-1], create=True)
+    temp = f"{_TEMP}{secrets.token_hex(6)}"
+    written = 0
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+        try:
+            try:
+                for data in ctx.repo.iter_chunks(entry.chunks or []):
+                    ctx.cancel.check()
+                    view = memoryview(data)
+                    while view:
+                        count = os.write(fd, view)
+                        view = view[count:]
+                    written += len(data)
+            except IntegrityError as exc:
+                raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: {exc}") from None
+            if written != entry.size:
+                raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: restored {written} bytes, "
+                                     f"expected {entry.size}")
+            _apply_metadata(fd, entry)
+        finally:
+            os.close(fd)
+        existing = _lstat_at(dir_fd, parts[-1])
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            raise RestoreRefused(f"{os.path.join(ctx.target, entry.path)} is a directory; not replacing it with a file")
+        os.replace(temp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(temp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    finally:
+        os.close(dir_fd)
+    return written
+
+
+def _restore_symlink(ctx: RestoreContext, target: _Target, entry: Entry, parts: list[str]) -> None:
+    dir_fd = target.open_dir(parts[:-1], create=True)
+    temp = f"{_TEMP}{secrets.token_hex(6)}"
+    try:
+        os.symlink(entry.target or "", temp, dir_fd=dir_fd)
+        try:
+            os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            pass
+        existing = _lstat_at(dir_fd, parts[-1])
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            os.unlink(temp, dir_fd=dir_fd)
+            raise RestoreRefused(f"{os.path.join(ctx.target, entry.path)} is a directory; not replacing it with a symlink")
+        os.replace(temp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+

@@ -1,0 +1,138 @@
+"""Retention and prune: decide which backups a policy keeps, forget the rest, then delete the
+packs no kept backup references.
+
+Keep rules work like restic's `forget`: keep_last N, and the newest backup in each of the last
+N hours/days/weeks/months/years. A differential or incremental backup also keeps the chain it
+depends on (its parent, and so on), since restoring it needs nothing but its own manifest —
+yet forgetting a parent would change what "incremental" means to an operator reading the list.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from insite_console import clock
+from insite_console.repo.packs import pack_key
+from insite_console.repo.repository import Repository
+from insite_console.repo.tree import TreeReader
+
+_BUCKETS = {
+    "keep_hourly": lambda t: t.strftime("%Y-%m-%d %H"),
+    "keep_daily": lambda t: t.strftime("%Y-%m-%d"),
+    "keep_weekly": lambda t: "%04d-W%02d" % t.isocalendar()[:2],
+    "keep_monthly": lambda t: t.strftime("%Y-%m"),
+    "keep_yearly": lambda t: t.strftime("%Y"),
+}
+
+
+def select_kept(backups: list[dict], rules: dict[str, Any], now: datetime | None = None) -> dict[str, list[str]]:
+    """backup id -> reasons to keep it; `backups` are one policy's succeeded backups, newest first."""
+    reasons: dict[str, list[str]] = {}
+    for i, backup in enumerate(backups):
+        if i < rules.get("keep_last", 0):
+            reasons.setdefault(backup["id"], []).append("last")
+    for rule, bucket_of in _BUCKETS.items():
+        limit = rules.get(rule, 0)
+        seen: list[str] = []
+        for backup in backups:
+            bucket = bucket_of(clock.parse_iso(backup["started_at"]))
+            if bucket in seen:
+                continue
+            if len(seen) >= limit:
+                break
+            seen.append(bucket)
+            reasons.setdefault(backup["id"], []).append(rule.replace("keep_", ""))
+    if "keep_within" in rules:
+        horizon = (now or clock.now()) - clock.parse_duration(rules["keep_within"])
+        for backup in backups:
+            if clock.parse_iso(backup["started_at"]) >= horizon:
+                reasons.setdefault(backup["id"], []).append("within")
+    by_id = {b["id"]: b for b in backups}
+    for backup_id in list(reasons):
+        parent = by_id.get(backup_id, {}).get("parent_id")
+        while parent and parent in by_id and parent not in reasons:
+            reasons[parent] = ["parent of a kept backup"]
+            parent = by_id[parent].get("parent_id")
+    return reasons
+
+
+def plan(ws, policy: str | None = None) -> list[dict]:
+    """Per backup: keep or forget, with the reasons."""
+    decisions = []
+    names = [policy] if policy else sorted(ws.config.policies)
+    for name in names:
+        settings = ws.config.policy(name)
+        rules = settings.get("retention")
+        backups = ws.catalog.backups(policy=name, status="succeeded")
+        kept = select_kept(backups, rules) if rules else {b["id"]: ["no retention set"] for b in backups}
+        for backup in backups:
+            decisions.append({"id": backup["id"], "policy": name, "started_at": backup["started_at"],
+                              "type": backup["type"], "storage": backup["storage"],
+                              "action": "keep" if backup["id"] in kept else "forget",
+                              "reasons": kept.get(backup["id"], [])})
+    return decisions
+
+
+def referenced_blobs(repo: Repository) -> set[bytes]:
+    """Every blob any manifest on this repository references (trees and file contents)."""
+    used: set[bytes] = set()
+    for backup_id in repo.list_manifest_ids():
+        manifest = repo.load_manifest(backup_id)
+        for chunk_id, _ in manifest["tree"]:
+            used.add(bytes.fromhex(chunk_id))
+        for entry in TreeReader(repo, manifest["tree"]):
+            for chunk_id, _ in entry.chunks or []:
+                used.add(bytes.fromhex(chunk_id))
+    return used
+
+
+def prune(ws, policy: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Forget backups outside retention, then delete packs nothing references.
+
+    Packs that hold a mix of used and unused blobs are kept whole (no repacking in format 1):
+    the space is reclaimed once every blob in them is unused.
+    """
+    decisions = plan(ws, policy)
+    forget = [d for d in decisions if d["action"] == "forget"]
+    result: dict[str, Any] = {"dry_run": dry_run, "backups": decisions, "forgotten": [d["id"] for d in forget],
+                              "packs_deleted": 0, "bytes_freed": 0}
+    if dry_run:
+        return result
+    storages = {d["storage"] for d in decisions}
+    for decision in forget:
+        repo = ws.repository(decision["storage"])
+        repo.delete_manifest(decision["id"])
+        ws.catalog.delete_backup(decision["id"])
+        ws.catalog.event(None, f"forgot backup {decision['id']} of {decision['policy']} (outside retention)")
+    for storage in sorted(storages):
+        repo = ws.repository(storage)
+        repo.flush()
+        used = referenced_blobs(repo)
+        deletable, freed = [], 0
+        index_owners = repo.index.pack_index_ids()
+        for pack_id, size in repo.index.packs().items():
+            blobs = repo.index.blobs_in_pack(pack_id)
+            if blobs and all(blob_id not in used for blob_id, _ in blobs):
+                deletable.append(pack_id)
+                freed += size
+        if not deletable:
+            continue
+        # Rewrite the index without those packs first, then delete them: a crash in between
+        # leaves unreferenced packs (harmless), never an index pointing at missing packs.
+        keep_packs = []
+        affected_indexes = {index_owners[p] for p in deletable}
+        for pack_id, index_id in index_owners.items():
+            if index_id in affected_indexes and pack_id not in deletable:
+                keep_packs.append(pack_id)
+        if keep_packs:
+            repo._write_index_object([repo.read_pack_header(p, repo.index.packs()[p]) for p in keep_packs])
+        repo.storage.delete([f"index/{i}" for i in affected_indexes])
+        repo.storage.delete([pack_key(p) for p in deletable])
+        repo.index.drop_packs(deletable)
+        for index_id in affected_indexes:
+            repo.index.forget_index(index_id)
+        result["packs_deleted"] += len(deletable)
+        result["bytes_freed"] += freed
+        ws.catalog.event(None, f"prune on {storage}: deleted {len(deletable)} unreferenced pack(s), {freed} bytes")
+    return result

@@ -1,0 +1,53 @@
+"""Health per policy: last success, its age against the RPO target, next run, failures."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from insite_console import clock
+
+
+def next_run(schedule: str | None, after: datetime) -> datetime | None:
+    if not schedule:
+        return None
+    from croniter import croniter
+
+    return croniter(schedule, after).get_next(datetime)
+
+
+def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
+    now = now or clock.now()
+    policy = ws.config.policy(name)
+    catalog = ws.catalog
+    last_ok = catalog.last_backup(name)
+    last_failed = catalog.last_backup(name, status="failed")
+    running = catalog.last_backup(name, status="running")
+    rpo = clock.parse_duration(policy["rpo"]).total_seconds() if policy.get("rpo") else None
+    age = (now - clock.parse_iso(last_ok["finished_at"])).total_seconds() if last_ok else None
+    if last_ok is None:
+        health = "never"
+    elif rpo is not None and age > rpo:
+        health = "breach"
+    elif rpo is not None and age > rpo * 0.8:
+        health = "warning"
+    else:
+        health = "ok"
+    failing = bool(last_failed and (not last_ok or last_failed["started_at"] > last_ok["started_at"]))
+    upcoming = next_run(policy.get("schedule"), now)
+    return {
+        "policy": name, "source": policy["source"], "storage": policy["storage"], "health": health,
+        "rpo_seconds": rpo, "last_success_at": last_ok["finished_at"] if last_ok else None,
+        "last_success_id": last_ok["id"] if last_ok else None, "age_seconds": age,
+        "last_failure_at": last_failed["started_at"] if last_failed else None,
+        "last_failure_error": last_failed["error"] if last_failed else None, "failing": failing,
+        "running": running["id"] if running else None, "schedule": policy.get("schedule"),
+        "next_run_at": clock.iso(upcoming) if upcoming else None,
+    }
+
+
+def overview(ws, now: datetime | None = None) -> list[dict[str, Any]]:
+    return [policy_health(ws, name, now) for name in sorted(ws.config.policies)]
+
+
+HEALTH_WORDS = {"ok": "OK", "warning": "WARN", "breach": "RPO BREACH", "never": "NEVER RUN"}

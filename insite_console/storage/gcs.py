@@ -1,0 +1,456 @@
+"""Google Cloud Storage through google-cloud-storage (JSON API).
+
+The SDK is imported on first use. Each thread gets its own `storage.Client` (its HTTP session
+is not documented as thread-safe) sharing one credentials object.
+
+Credentials: `credentials_file` (a service account JSON) if set; else, when
+STORAGE_EMULATOR_HOST is set, anonymous credentials against the emulator; else Application
+Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud's ADC file, the metadata server).
+
+Integrity: a single upload sends the object's CRC32C and MD5 in its metadata, so GCS rejects
+a body that does not match; a resumable upload (objects over `part_size`) has the SDK check
+the CRC32C GCS computed when the upload ends. Full reads are checked against the CRC32C GCS
+reports; ranged reads are authenticated by the repository's AES-GCM.
+
+Large objects go up as one resumable upload in `part_size` chunks (GCS has no parallel
+multipart in the JSON API; the XML API's is not in the emulator). A failed upload restarts
+from the beginning of the object, within the retry budget.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, Iterator
+
+from insite_console.errors import StorageError
+from insite_console.storage import ratelimit
+from insite_console.storage.base import ObjectInfo, Storage
+from insite_console.storage.retry import (
+    NOT_FOUND,
+    PERMANENT,
+    TRANSIENT,
+    CORRUPT,
+    Failure,
+    Retrier,
+    TransientError,
+    classify_common,
+    is_transient_status,
+)
+from insite_console.storage.s3 import check_key, read_exact
+
+MIB = 1024 * 1024
+DEFAULT_PART_SIZE = 16 * MIB
+CHUNK_QUANTUM = 256 * 1024  # resumable chunks must be multiples of 256 KiB
+
+
+class _ThrottledFile(io.RawIOBase):
+    """A read-only window of `size` bytes over a file from its current position; reads are
+    charged to the upload bucket (bytes read again after a seek back are not charged twice)."""
+
+    def __init__(self, raw: BinaryIO, size: int):
+        super().__init__()
+        self._raw = raw
+        self._size = size
+        self._pos = 0
+        self._charged = 0
+        try:
+            self._start = raw.tell()
+        except (OSError, AttributeError):
+            self._start = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._start is not None
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            offset += self._size
+        offset = max(0, min(offset, self._size))
+        if offset != self._pos:
+            if self._start is None:
+                raise io.UnsupportedOperation("seek")
+            self._raw.seek(self._start + offset)
+            self._pos = offset
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._size - self._pos
+        if left <= 0:
+            return b""
+        want = left if size is None or size < 0 else min(size, left)
+        data = self._raw.read(want)
+        self._pos += len(data)
+        if self._pos > self._charged:
+            ratelimit.throttle_upload(self._pos - self._charged)
+            self._charged = self._pos
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _ThrottledSink(io.RawIOBase):
+    """Collects a download, charging every write to the download bucket."""
+
+    def __init__(self):
+        super().__init__()
+        self.chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        ratelimit.throttle_download(len(data))
+        self.chunks.append(data)
+        return len(data)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class _Missing(Exception):
+    """get_blob found nothing."""
+
+
+class GCSStorage(Storage):
+    #: objects per list page (the emulator ignores it and returns one page)
+    list_page_size = 1000
+
+    def __init__(self, name: str, settings: dict):
+        self.name = name
+        self.settings = dict(settings)
+        self.bucket_name = settings["bucket"]
+        self.prefix = (settings.get("prefix") or "").strip("/")
+        self.project = settings.get("project") or None
+        part = int(settings.get("part_size") or DEFAULT_PART_SIZE)
+        self.part_size = max(CHUNK_QUANTUM, part // CHUNK_QUANTUM * CHUNK_QUANTUM)
+        self.concurrency = max(1, int(settings.get("concurrency") or 4))
+        self.timeout = (float(settings.get("connect_timeout", 10)), float(settings.get("read_timeout", 60)))
+        self._local = threading.local()
+        self._credentials = None
+        self._lock = threading.Lock()
+        self._retry = Retrier.from_settings(name, self.describe(), self._classify, self.settings)
+        ratelimit.register(self, settings.get("limit_upload"), settings.get("limit_download"))
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"gs://{self.bucket_name}/{self.prefix}" if self.prefix else f"gs://{self.bucket_name}"
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _strip(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def _emulator(self) -> str | None:
+        return self.settings.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST") or None
+
+    def _resolve_credentials(self):
+        from google.auth.credentials import AnonymousCredentials
+
+        path = self.settings.get("credentials_file")
+        if path:
+            from google.oauth2 import service_account
+
+            try:
+                return service_account.Credentials.from_service_account_file(
+                    os.path.expanduser(path), scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
+                )
+            except (OSError, ValueError) as exc:
+                raise StorageError(
+                    f"storage {self.name} ({self.describe()}): cannot read credentials_file {path}: {exc}"
+                ) from None
+        if self._emulator():
+            return AnonymousCredentials()
+        return None  # Application Default Credentials, resolved by the client
+
+    @property
+    def client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            from google.cloud import storage
+
+            with self._lock:
+                if self._credentials is None:
+                    self._credentials = self._resolve_credentials() or False
+            credentials = self._credentials or None
+            options = None
+            endpoint = self.settings.get("endpoint_url")
+            if endpoint:
+                options = {"api_endpoint": endpoint}
+            project = self.project or ("insite-emulator" if self._emulator() else None)
+            try:
+                client = storage.Client(project=project, credentials=credentials, client_options=options)
+            except Exception as exc:  # noqa: BLE001 - DefaultCredentialsError and friends
+                failure = self._classify(exc)
+                if failure is None:
+                    raise
+                raise self._retry.error("connect to", None, failure) from None
+            self._local.client = client
+        return client
+
+    def _bucket(self):
+        return self.client.bucket(self.bucket_name)
+
+    def _classify(self, exc: BaseException) -> Failure | None:
+        from google.api_core import exceptions as gex
+
+        if isinstance(exc, _Missing):
+            return Failure(NOT_FOUND, "not found")
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "DataCorruption" in names:
+            return Failure(CORRUPT, f"checksum mismatch: {exc}")
+        if isinstance(exc, gex.GoogleAPICallError):
+            status = exc.code
+            message = getattr(exc, "message", "") or str(exc)
+            reason = f"HTTP {status}: {message}"
+            if status == 404:
+                if "bucket" in message.lower():
+                    return Failure(PERMANENT, f"bucket {self.bucket_name} does not exist", self._create_hint())
+                return Failure(NOT_FOUND, reason)
+            if is_transient_status(status):
+                return Failure(TRANSIENT, reason)
+            if status in (401, 403):
+                return Failure(PERMANENT, f"access denied ({reason})", self._credentials_hint())
+            return Failure(PERMANENT, reason)
+        if "InvalidResponse" in names:
+            response = getattr(exc, "response", None)
+            status = getattr(response, "status_code", None)
+            reason = f"HTTP {status}: {exc}"
+            if status == 404:
+                return Failure(NOT_FOUND, reason)
+            if is_transient_status(status):
+                return Failure(TRANSIENT, reason)
+            if status in (401, 403):
+                return Failure(PERMANENT, f"access denied ({reason})", self._credentials_hint())
+            return Failure(PERMANENT, reason)
+        if "DefaultCredentialsError" in names or "RefreshError" in names:
+            return Failure(PERMANENT, f"no usable Google credentials ({exc})", self._credentials_hint())
+        if "TransportError" in names:
+            return Failure(TRANSIENT, f"connection failed: {exc}")
+        return classify_common(exc)
+
+    def _credentials_hint(self) -> str:
+        return (
+            "Set credentials_file to a service account JSON key, or set up Application Default "
+            "Credentials (`gcloud auth application-default login`, GOOGLE_APPLICATION_CREDENTIALS), "
+            f"with read/write access to gs://{self.bucket_name}."
+        )
+
+    def _create_hint(self) -> str:
+        return (
+            f"Create it with `gcloud storage buckets create gs://{self.bucket_name}` "
+            "or let `insite-console init --create` create it."
+        )
+
+    # -- operations -------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        import google_crc32c
+
+        check_key(self, key)
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        full = self._full(key)
+
+        def op():
+            blob = self._bucket().blob(full, chunk_size=self.part_size)
+            blob.crc32c = crc  # sent with the upload: GCS refuses a body that does not match
+            blob.md5_hash = md5
+            self._upload(blob, ratelimit.ThrottledReader(data), len(data), checksum=None)
+
+        self._retry.call("upload", key, op)
+
+    def _upload(self, blob, stream, size: int, checksum) -> None:
+        try:
+            blob.upload_from_file(
+                stream,
+                size=size,
+                rewind=False,
+                content_type="application/octet-stream",
+                checksum=checksum,
+                retry=None,
+                timeout=self.timeout,
+            )
+        except Exception as exc:  # noqa: BLE001
+            names = {cls.__name__ for cls in type(exc).__mro__}
+            if "DataCorruption" in names:  # damaged in transit; the SDK deleted the bad object
+                raise TransientError(f"upload checksum mismatch: {exc}") from exc
+            raise
+
+    def put_file(self, key: str, fileobj: BinaryIO, size: int) -> None:
+        check_key(self, key)
+        if size <= self.part_size:
+            data = read_exact(fileobj, size)
+            if len(data) != size:
+                raise StorageError(
+                    f"storage {self.name} ({self.describe()}): cannot upload {key}: the source ended "
+                    f"after {len(data)} of {size} bytes"
+                )
+            self.put(key, data)
+            return
+        full = self._full(key)
+        try:
+            start = fileobj.tell()
+        except (OSError, AttributeError):
+            start = None
+
+        def op():
+            if start is not None:
+                fileobj.seek(start)
+            blob = self._bucket().blob(full, chunk_size=self.part_size)
+            self._upload(blob, _ThrottledFile(fileobj, size), size, checksum="crc32c")
+
+        retry = self._retry
+        if start is None:  # cannot rewind: one attempt
+            retry = Retrier(self.name, self.describe(), self._classify, retries=0)
+        retry.call("upload", key, op)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_key(self, key)
+        if length is not None and length <= 0:
+            self.stat(key)
+            return b""
+        full = self._full(key)
+        whole = offset == 0 and length is None
+
+        def op() -> bytes:
+            from google.api_core import exceptions as gex
+
+            sink = _ThrottledSink()
+            blob = self._bucket().blob(full)
+            try:
+                blob.download_to_file(
+                    sink,
+                    start=offset if offset else None,
+                    end=offset + length - 1 if length is not None else None,
+                    checksum="crc32c" if whole else None,
+                    retry=None,
+                    timeout=self.timeout,
+                )
+            except gex.RequestRangeNotSatisfiable:
+                return b""
+            return sink.getvalue()
+
+        return self._retry.call("read", key, op)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        token = None
+        while True:
+
+            def page_op(token=token):
+                iterator = self.client.list_blobs(
+                    self.bucket_name,
+                    prefix=full or None,
+                    page_size=self.list_page_size,
+                    page_token=token,
+                    retry=None,
+                    timeout=self.timeout,
+                )
+                page = next(iterator.pages, None)
+                items = [] if page is None else [(blob.name, blob.size) for blob in page]
+                return items, iterator.next_page_token
+
+            items, token = self._retry.call("list", prefix or "(all)", page_op)
+            for name, size in items:
+                yield ObjectInfo(self._strip(name), int(size or 0))
+            if not token:
+                return
+
+    def delete(self, keys: list[str]) -> None:
+        keys = list(keys)
+        for key in keys:
+            check_key(self, key)
+        if not keys:
+            return
+
+        def delete_one(key: str) -> None:
+            from google.api_core import exceptions as gex
+
+            def op():
+                try:
+                    self._bucket().blob(self._full(key)).delete(retry=None, timeout=self.timeout)
+                except gex.NotFound:
+                    pass
+
+            self._retry.call("delete", key, op)
+
+        if len(keys) == 1:
+            delete_one(keys[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(self.concurrency * 2, len(keys)), thread_name_prefix="insite-del") as pool:
+            for future in [pool.submit(delete_one, key) for key in keys]:
+                future.result()
+
+    def stat(self, key: str) -> ObjectInfo:
+        check_key(self, key)
+        full = self._full(key)
+
+        def op():
+            blob = self._bucket().get_blob(full, retry=None, timeout=self.timeout)
+            if blob is None:
+                raise _Missing()
+            return int(blob.size or 0)
+
+        return ObjectInfo(key, self._retry.call("stat", key, op))
+
+    def ensure_container(self, create: bool = False) -> None:
+        """Make sure the bucket exists; create it when `create`, else explain how to."""
+        found = self._retry.call(
+            "find bucket",
+            self.bucket_name,
+            lambda: self.client.lookup_bucket(self.bucket_name, retry=None, timeout=self.timeout),
+        )
+        if found is not None:
+            return
+        if not create:
+            raise StorageError(
+                f"storage {self.name} ({self.describe()}): bucket {self.bucket_name} does not exist.\n"
+                + self._create_hint()
+            )
+
+        def make():
+            from google.api_core import exceptions as gex
+
+            try:
+                self.client.create_bucket(
+                    self.bucket_name,
+                    project=self.project,
+                    location=self.settings.get("location"),
+                    retry=None,
+                    timeout=self.timeout,
+                )
+            except gex.Conflict:
+                pass
+
+        self._retry.call("create bucket", self.bucket_name, make)
+
+    def close(self) -> None:
+        ratelimit.unregister(self)
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._local.client = None
+

@@ -1,0 +1,506 @@
+"""Amazon S3 and S3-compatible stores (MinIO, Ceph RGW, Wasabi, moto...) through boto3.
+
+boto3 is imported when the first request is made, never at package import. One client is
+shared by every thread (botocore clients are thread-safe); its connection pool is sized for
+`concurrency` parallel part uploads plus the engine's own threads.
+
+Integrity: every PUT and every part carries Content-MD5, so S3 rejects a body damaged in
+transit (BadDigest, retried). The object's MD5 goes into its metadata (`x-amz-meta-insite-md5`);
+multipart objects record their part size instead, so a full read can be checked against
+the ETag (MD5 of the part MD5s). Ranged reads are not checked here: the repository
+authenticates every chunk with AES-GCM.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, Iterator
+
+from insite_console.errors import StorageError
+from insite_console.storage import ratelimit
+from insite_console.storage.base import ObjectInfo, Storage
+from insite_console.storage.retry import (
+    NOT_FOUND,
+    PERMANENT,
+    TRANSIENT,
+    ChecksumMismatch,
+    Failure,
+    Retrier,
+    classify_common,
+    is_transient_status,
+)
+
+MIB = 1024 * 1024
+DEFAULT_PART_SIZE = 16 * MIB
+MIN_PART_SIZE = 5 * MIB  # S3 refuses smaller parts (except the last)
+MAX_PARTS = 10_000
+DELETE_BATCH = 1000
+READ_BLOCK = 256 * 1024
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "BadDigest",  # body damaged in transit: send it again
+        "XAmzContentSHA256Mismatch",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+    }
+)
+_CREDENTIAL_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AllAccessDisabled"}
+)
+
+
+def _normalize_prefix(prefix: str | None) -> str:
+    return (prefix or "").strip("/")
+
+
+def check_key(storage: Storage, key: str) -> None:
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise StorageError(f"storage {storage.name}: invalid object key {key!r}")
+
+
+def read_exact(fileobj: BinaryIO, size: int) -> bytes:
+    chunks, left = [], size
+    while left > 0:
+        block = fileobj.read(min(left, 8 * MIB))
+        if not block:
+            break
+        chunks.append(block)
+        left -= len(block)
+    return b"".join(chunks)
+
+
+def part_plan(size: int, part_size: int, max_parts: int) -> int:
+    """The part size to use: the configured one, grown (to whole MiB) if the object would
+    need more than `max_parts` parts."""
+    if -(-size // part_size) <= max_parts:
+        return part_size
+    needed = -(-size // max_parts)
+    return -(-needed // MIB) * MIB
+
+
+def upload_parts(fileobj: BinaryIO, size: int, part_size: int, concurrency: int, upload_one, describe_key) -> list:
+    """Read `fileobj` part by part on this thread and upload up to `concurrency` parts at once
+    with `upload_one(number, data) -> result`; returns the results in part order.
+
+    At most `concurrency + 1` parts are held in memory. The first failure cancels the rest."""
+    count = max(1, -(-size // part_size))
+    results: list = [None] * count
+    slots = threading.BoundedSemaphore(concurrency + 1)
+    failed = threading.Event()
+
+    def run(number: int, data: bytes):
+        try:
+            if failed.is_set():
+                return
+            results[number - 1] = upload_one(number, data)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            slots.release()
+
+    futures = []
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="insite-part") as pool:
+        try:
+            for number in range(1, count + 1):
+                slots.acquire()
+                if failed.is_set():
+                    slots.release()
+                    break
+                want = min(part_size, size - (number - 1) * part_size)
+                data = read_exact(fileobj, want)
+                if len(data) != want:
+                    slots.release()
+                    raise StorageError(
+                        f"{describe_key}: the source ended after {(number - 1) * part_size + len(data)} "
+                        f"of {size} bytes (was it changed while being uploaded?)"
+                    )
+                futures.append(pool.submit(run, number, data))
+        except BaseException:
+            failed.set()
+            for future in futures:
+                future.cancel()
+            raise
+    for future in futures:
+        if not future.cancelled() and future.exception() is not None:
+            raise future.exception()
+    return results
+
+
+class S3Storage(Storage):
+    #: keys per ListObjectsV2 page (S3's maximum); tests may lower it
+    list_page_size = 1000
+
+    def __init__(self, name: str, settings: dict):
+        self.name = name
+        self.settings = dict(settings)
+        self.bucket = settings["bucket"]
+        self.prefix = _normalize_prefix(settings.get("prefix"))
+        self.endpoint_url = settings.get("endpoint_url") or None
+        self.region = settings.get("region") or "us-east-1"
+        self.part_size = max(MIN_PART_SIZE, int(settings.get("part_size") or DEFAULT_PART_SIZE))
+        self.concurrency = max(1, int(settings.get("concurrency") or 4))
+        self._client = None
+        self._client_lock = threading.Lock()
+        self._retry = Retrier.from_settings(name, self.describe(), self._classify, self.settings)
+        ratelimit.register(self, settings.get("limit_upload"), settings.get("limit_download"))
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _strip(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def _credentials(self) -> dict:
+        key_env = self.settings.get("access_key_id_env")
+        secret_env = self.settings.get("secret_access_key_env")
+        if not key_env and not secret_env:
+            return {}  # the standard AWS chain: env, ~/.aws, instance/task role
+        missing = [env for env in (key_env, secret_env) if not env or not os.environ.get(env)]
+        if missing:
+            raise StorageError(
+                f"storage {self.name} ({self.describe()}): access_key_id_env and secret_access_key_env "
+                f"must both name set environment variables; not set: {', '.join(str(m) for m in missing)}"
+            )
+        creds = {"aws_access_key_id": os.environ[key_env], "aws_secret_access_key": os.environ[secret_env]}
+        token_env = self.settings.get("session_token_env")
+        if token_env and os.environ.get(token_env):
+            creds["aws_session_token"] = os.environ[token_env]
+        return creds
+
+    def _make_client(self):
+        import boto3
+        from botocore.config import Config
+
+        style = self.settings.get("addressing_style") or ("path" if self.endpoint_url else "auto")
+        config = Config(
+            region_name=self.region,
+            signature_version="s3v4",
+            s3={"addressing_style": style},
+            retries={"total_max_attempts": 1, "mode": "standard"},  # retry.py is the only retry layer
+            connect_timeout=float(self.settings.get("connect_timeout", 10)),
+            read_timeout=float(self.settings.get("read_timeout", 60)),
+            max_pool_connections=max(10, self.concurrency * 2 + 8),
+            tcp_keepalive=True,
+            # we send Content-MD5 ourselves; "when_required" keeps S3-compatible servers that do
+            # not know the newer CRC trailers working
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        session = boto3.session.Session(region_name=self.region, **self._credentials())
+        return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+
+    def _classify(self, exc: BaseException) -> Failure | None:
+        import botocore.exceptions as bex
+
+        if isinstance(exc, bex.ClientError):
+            error = exc.response.get("Error", {}) or {}
+            code = str(error.get("Code", ""))
+            message = error.get("Message") or ""
+            status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            reason = f"HTTP {status} {code}" + (f": {message}" if message and message != code else "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return Failure(NOT_FOUND, reason)
+            if code == "NoSuchBucket":
+                return Failure(PERMANENT, f"bucket {self.bucket} does not exist", self._create_hint())
+            if code in _TRANSIENT_CODES or is_transient_status(status):
+                return Failure(TRANSIENT, reason)
+            if code in _CREDENTIAL_CODES or status in (401, 403):
+                return Failure(
+                    PERMANENT,
+                    f"access denied ({reason})",
+                    "Check the credentials (access_key_id_env/secret_access_key_env or the AWS chain) "
+                    f"and that they may read and write s3://{self.bucket}.",
+                )
+            return Failure(PERMANENT, reason)
+        if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
+            return Failure(
+                PERMANENT,
+                f"no usable AWS credentials ({exc})",
+                "Set access_key_id_env/secret_access_key_env in the storage's config to the names of "
+                "environment variables holding them, or configure the AWS chain (AWS_ACCESS_KEY_ID, "
+                "~/.aws/credentials, an instance role).",
+            )
+        if isinstance(exc, (bex.HTTPClientError, bex.ConnectionError, bex.IncompleteReadError)):
+            return Failure(TRANSIENT, f"connection failed: {exc}")
+        common = classify_common(exc)
+        if common is not None:
+            return common
+        if isinstance(exc, bex.BotoCoreError):
+            return Failure(PERMANENT, str(exc))
+        return None
+
+    def _create_hint(self) -> str:
+        return (
+            f"Create it with `aws s3 mb s3://{self.bucket}` (add --endpoint-url for an S3-compatible "
+            "server) or let `insite-console init --create` create it."
+        )
+
+    # -- operations -------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        check_key(self, key)
+        data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        digest = hashlib.md5(data)
+        md5_b64 = base64.b64encode(digest.digest()).decode()
+        full = self._full(key)
+
+        def op():
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=full,
+                Body=ratelimit.ThrottledReader(data),
+                ContentLength=len(data),
+                ContentMD5=md5_b64,
+                Metadata={"insite-md5": digest.hexdigest()},
+            )
+
+        self._retry.call("upload", key, op)
+
+    def put_file(self, key: str, fileobj: BinaryIO, size: int) -> None:
+        check_key(self, key)
+        if size <= self.part_size:
+            data = read_exact(fileobj, size)
+            if len(data) != size:
+                raise StorageError(
+                    f"storage {self.name} ({self.describe()}): cannot upload {key}: the source ended "
+                    f"after {len(data)} of {size} bytes"
+                )
+            self.put(key, data)
+            return
+        part_size = part_plan(size, self.part_size, MAX_PARTS)
+        full = self._full(key)
+        upload_id = self._retry.call(
+            "start multipart upload of",
+            key,
+            lambda: self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=full, Metadata={"insite-part-size": str(part_size)}
+            )["UploadId"],
+        )
+
+        def upload_one(number: int, data: bytes) -> dict:
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+
+            def op():
+                response = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=ratelimit.ThrottledReader(data),
+                    ContentLength=len(data),
+                    ContentMD5=md5,
+                )
+                return {"PartNumber": number, "ETag": response["ETag"]}
+
+            return self._retry.call(f"upload part {number} of", key, op)
+
+        try:
+            parts = upload_parts(
+                fileobj, size, part_size, self.concurrency, upload_one, self._retry.prefix("upload", key)
+            )
+            attempts = {"n": 0}
+
+            def complete():
+                attempts["n"] += 1
+                try:
+                    self.client.complete_multipart_upload(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    )
+                except Exception as exc:
+                    # a retried complete whose first try went through but whose answer was lost
+                    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                    if attempts["n"] > 1 and code == "NoSuchUpload":
+                        head = self.client.head_object(Bucket=self.bucket, Key=full)
+                        if head.get("ContentLength") == size:
+                            return
+                    raise
+
+            self._retry.call("complete multipart upload of", key, complete)
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            except Exception:  # noqa: BLE001 - best effort; a lifecycle rule cleans up the rest
+                pass
+            raise
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_key(self, key)
+        if length is not None and length <= 0:
+            self.stat(key)
+            return b""
+        full = self._full(key)
+        whole = offset == 0 and length is None
+        kwargs = {"Bucket": self.bucket, "Key": full}
+        if length is not None:
+            kwargs["Range"] = f"bytes={offset}-{offset + length - 1}"
+        elif offset:
+            kwargs["Range"] = f"bytes={offset}-"
+
+        def op() -> bytes:
+            import botocore.exceptions as bex
+
+            try:
+                response = self.client.get_object(**kwargs)
+            except bex.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # asked from at or past the end, as a file read would
+                raise
+            body = response["Body"]
+            chunks = []
+            try:
+                while block := body.read(READ_BLOCK):
+                    ratelimit.throttle_download(len(block))
+                    chunks.append(block)
+            finally:
+                body.close()
+            data = b"".join(chunks)
+            if whole:
+                self._verify(key, response, data)
+            return data
+
+        return self._retry.call("read", key, op)
+
+    def _verify(self, key: str, response: dict, data: bytes) -> None:
+        length = response.get("ContentLength")
+        if length is not None and length != len(data):
+            raise ChecksumMismatch(f"got {len(data)} bytes, the server announced {length}")
+        metadata = response.get("Metadata") or {}
+        expected = metadata.get("insite-md5")
+        if expected:
+            actual = hashlib.md5(data).hexdigest()
+            if actual != expected:
+                raise ChecksumMismatch(f"MD5 {actual} does not match {expected} recorded at upload")
+            return
+        etag = (response.get("ETag") or "").strip('"')
+        part_size = metadata.get("insite-part-size")
+        if part_size and "-" in etag and not response.get("SSEKMSKeyId") and not response.get("SSECustomerAlgorithm"):
+            part = int(part_size)
+            digests = b"".join(hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part))
+            count = -(-len(data) // part)
+            actual = f"{hashlib.md5(digests).hexdigest()}-{count}"
+            if actual != etag:
+                raise ChecksumMismatch(f"multipart ETag {actual} does not match {etag}")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        token = None
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": self.list_page_size}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._retry.call("list", prefix or "(all)", lambda: self.client.list_objects_v2(**kwargs))
+            for item in page.get("Contents", ()):
+                yield ObjectInfo(self._strip(item["Key"]), int(item["Size"]))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    def delete(self, keys: list[str]) -> None:
+        keys = list(keys)
+        for key in keys:
+            check_key(self, key)
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            self._delete_batch(batch)
+
+    def _delete_batch(self, batch: list[str]) -> None:
+        import botocore.exceptions as bex
+
+        objects = [{"Key": self._full(key)} for key in batch]
+
+        def op():
+            try:
+                return self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+            except bex.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("NotImplemented", "MissingContentMD5"):
+                    raise
+            for obj in objects:  # a server without DeleteObjects: one by one
+                self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
+            return {}
+
+        label = batch[0] if len(batch) == 1 else f"{batch[0]} and {len(batch) - 1} more"
+        response = self._retry.call("delete", label, op)
+        errors = [e for e in response.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+        if errors:
+            first = errors[0]
+            raise StorageError(
+                f"storage {self.name} ({self.describe()}): cannot delete {self._strip(first.get('Key', '?'))}: "
+                f"{first.get('Code')}: {first.get('Message')}"
+                + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+            )
+
+    def stat(self, key: str) -> ObjectInfo:
+        check_key(self, key)
+        full = self._full(key)
+        response = self._retry.call("stat", key, lambda: self.client.head_object(Bucket=self.bucket, Key=full))
+        return ObjectInfo(key, int(response["ContentLength"]))
+
+    def ensure_container(self, create: bool = False) -> None:
+        """Make sure the bucket exists; create it when `create`, else explain how to."""
+        import botocore.exceptions as bex
+
+        def probe() -> bool:
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+                return True
+            except bex.ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code"))
+                if code in ("404", "NoSuchBucket", "NotFound"):
+                    return False
+                raise
+
+        if self._retry.call("find bucket", self.bucket, probe):
+            return
+        if not create:
+            raise StorageError(
+                f"storage {self.name} ({self.describe()}): bucket {self.bucket} does not exist.\n{self._create_hint()}"
+            )
+
+        def make():
+            kwargs = {"Bucket": self.bucket}
+            if self.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+            try:
+                self.client.create_bucket(**kwargs)
+            except bex.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou",):
+                    raise
+
+        self._retry.call("create bucket", self.bucket, make)
+
+    def close(self) -> None:
+        ratelimit.unregister(self)
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001
+                pass

@@ -1,0 +1,121 @@
+"""A workspace: one config file, its catalog, and the repositories on its storages.
+
+The CLI, the scheduler and the TUI all work through a Workspace, so opening storages,
+unlocking repositories and reaping runs a killed process left behind happen in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from insite_console import config as config_module
+from insite_console.catalog.db import Catalog
+from insite_console.config import Config, parse_size
+from insite_console.errors import ConfigError, RepositoryError
+from insite_console.repo.repository import Repository
+from insite_console.storage import Storage, open_storage
+
+
+class Workspace:
+    def __init__(self, config: Config):
+        self.config = config
+        self._catalog: Catalog | None = None
+        self._storages: dict[str, Storage] = {}
+        self._repos: dict[str, Repository] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "Workspace":
+        return cls(config_module.load(config_module.find_config_path(str(path) if path else None)))
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = Catalog(self.config.catalog_path)
+            self._catalog.reap_dead_runs()
+        return self._catalog
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.config.state_dir / "cache"
+
+    def storage(self, name: str) -> Storage:
+        with self._lock:
+            if name not in self._storages:
+                if name not in self.config.storages:
+                    known = ", ".join(sorted(self.config.storages)) or "none"
+                    raise ConfigError(f"{self.config.path}: no storage named {name!r} (storages: {known})")
+                self._storages[name] = open_storage(name, self.config.storages[name])
+            return self._storages[name]
+
+    def passphrase(self) -> str:
+        settings = self.config.encryption
+        if "passphrase_file" in settings:
+            path = Path(settings["passphrase_file"])
+            try:
+                text = path.read_text().rstrip("\n")
+            except OSError as exc:
+                raise ConfigError(f"{self.config.path}: encryption.passphrase_file: cannot read {path}: "
+                                  f"{exc.strerror}") from None
+            if not text:
+                raise ConfigError(f"{self.config.path}: encryption.passphrase_file: {path} is empty")
+            return text
+        variable = settings.get("passphrase_env", "INSITE_PASSPHRASE")
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigError(f"{self.config.path}: encryption.passphrase_env: environment variable {variable} "
+                              "is not set (it must hold the repository passphrase)")
+        return value
+
+    def _repo_options(self) -> dict:
+        engine = self.config.engine
+        options = {}
+        if "threads" in engine:
+            options["threads"] = engine["threads"]
+        if "memory_limit" in engine:
+            options["memory_limit"] = parse_size(engine["memory_limit"])
+        if "pack_size" in engine:
+            options["pack_size"] = parse_size(engine["pack_size"])
+        return options
+
+    def repository(self, name: str) -> Repository:
+        """The unlocked repository on storage `name` (opened once per workspace)."""
+        with self._lock:
+            repo = self._repos.get(name)
+        if repo is not None:
+            return repo
+        storage = self.storage(name)
+        repo = Repository.open(storage, self.passphrase(), self.cache_dir, **self._repo_options())
+        with self._lock:
+            self._repos.setdefault(name, repo)
+            return self._repos[name]
+
+    def init_repository(self, name: str) -> Repository:
+        storage = self.storage(name)
+        ensure = getattr(storage, "ensure_container", None)
+        if ensure is not None:
+            ensure(create=getattr(self, "create_containers", False))
+        repo = Repository.init(storage, self.passphrase(), self.cache_dir, **self._repo_options())
+        with self._lock:
+            self._repos[name] = repo
+        return repo
+
+    def storage_for_backup(self, backup: dict) -> str:
+        """The storage to read a backup from: where it was written, else any copy."""
+        storages = [backup["storage"]] + [s for s in self.catalog.backup_storages(backup["id"]) if s != backup["storage"]]
+        for name in storages:
+            if name in self.config.storages:
+                return name
+        raise RepositoryError(f"backup {backup['id']} is on storage {backup['storage']}, which is not in {self.config.path}")
+
+    def close(self) -> None:
+        for repo in self._repos.values():
+            repo.close()
+        for storage in self._storages.values():
+            storage.close()
+        self._repos.clear()
+        self._storages.clear()
+        if self._catalog is not None:
+            self._catalog.close()

@@ -1,0 +1,242 @@
+"""Real object-store servers for tests: moto_server (S3), gcp-storage-emulator (GCS) and
+Azurite (Azure Blob), each on a free loopback port, started once per session on first use and
+stopped by its own pid at the end.
+
+Use from any test module:
+
+    from tests.cloud_servers import *  # noqa: F401,F403  (the fixtures below)
+
+    def test_something(s3_server):
+        boto3.client("s3", endpoint_url=s3_server.endpoint_url, ...)
+
+Install what the servers need with `scripts/install-test-servers`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "ServerProcess",
+    "CloudServer",
+    "free_port",
+    "start_moto",
+    "start_gcs_emulator",
+    "start_azurite",
+    "s3_server",
+    "gcs_server",
+    "azure_server",
+    "unique_name",
+    "AZURITE_ACCOUNT",
+    "AZURITE_KEY",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+INSTALL_HINT = "run scripts/install-test-servers (pip install -e '.[test]' and npm ci)"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A bucket/container name valid on all three services (lowercase, 3-63 chars)."""
+    return f"{prefix}-{uuid.uuid4().hex[:20]}"
+
+
+def _tool(name: str) -> str | None:
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    return shutil.which(name)
+
+
+@dataclass
+class ServerProcess:
+    """One server we started; stopped by its pid, never by name."""
+
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    ready_path: str = "/"
+    env: dict | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self, timeout: float = 30.0) -> "ServerProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(self.env or {})},
+            start_new_session=True,  # a Ctrl-C of pytest does not hit it; we stop it ourselves
+        )
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", self.ready_path)
+                conn.getresponse().read()
+                conn.close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready on port {self.port} after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL, like a crashed server or a pulled cable."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@dataclass
+class CloudServer:
+    kind: str
+    process: ServerProcess
+    endpoint_url: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+
+def start_moto(workdir: Path, port: int | None = None) -> CloudServer:
+    tool = _tool("moto_server")
+    if not tool:
+        raise FileNotFoundError(f"moto_server not found: {INSTALL_HINT}")
+    port = port or free_port()
+    proc = ServerProcess("moto_server", [tool, "-H", "127.0.0.1", "-p", str(port)], port, workdir / f"moto-{port}.log")
+    proc.start()
+    return CloudServer("s3", proc, f"http://127.0.0.1:{port}")
+
+
+def start_gcs_emulator(workdir: Path, port: int | None = None) -> CloudServer:
+    tool = _tool("gcp-storage-emulator")
+    if not tool:
+        raise FileNotFoundError(f"gcp-storage-emulator not found: {INSTALL_HINT}")
+    port = port or free_port()
+    argv = [tool, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    proc = ServerProcess("gcp-storage-emulator", argv, port, workdir / f"gcs-{port}.log", ready_path="/storage/v1/b")
+    proc.start()
+    return CloudServer("gcs", proc, f"http://127.0.0.1:{port}")
+
+
+def start_azurite(workdir: Path, port: int | None = None) -> CloudServer:
+    main_js = REPO / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
+    node = shutil.which("node")
+    if not node or not main_js.exists():
+        raise FileNotFoundError(f"Azurite not installed ({main_js}): {INSTALL_HINT}")
+    port = port or free_port()
+    argv = [
+        node,
+        str(main_js),
+        "--silent",
+        "--disableTelemetry",
+        "--inMemoryPersistence",
+        "--skipApiVersionCheck",
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+    ]
+    proc = ServerProcess("azurite", argv, port, workdir / f"azurite-{port}.log")
+    proc.start()
+    endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    conn = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={endpoint};"
+    )
+    return CloudServer("azure", proc, endpoint, {"connection_string": conn})
+
+
+def _session_server(tmp_path_factory, starter):
+    workdir = tmp_path_factory.mktemp("cloud-servers")
+    try:
+        server = starter(workdir)
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto_server. Credentials: any ("testing"/"testing"); region us-east-1; path-style."""
+    server = _session_server(tmp_path_factory, start_moto)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    yield server
+    server.process.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """gcp-storage-emulator, in memory. Sets STORAGE_EMULATOR_HOST for the session (the google
+    client and GCSStorage honour it)."""
+    server = _session_server(tmp_path_factory, start_gcs_emulator)
+    saved = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = server.endpoint_url
+    yield server
+    server.process.stop()
+    if saved is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = saved
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory):
+    """Azurite's blob service, in memory. `azure_server.extra["connection_string"]`."""
+    server = _session_server(tmp_path_factory, start_azurite)
+    yield server
+    server.process.stop()
