@@ -450,7 +450,7 @@ def restore(ctx) -> dict[str, Any]:
 def _restore_to_dir(ctx, entry, target: str, includes: list[str]) -> dict[str, Any]:
     path = os.path.join(target, "dump.rdb")
     exists = os.path.lexists(path)
-    plan = [{"action": "overwrite" if exists else "create", "path": path, "bytes": entry.size,
+    plan = [{"action": "overwrite" if exists else "create", "type": "file", "path": path, "bytes": entry.size,
              "keys": "matching " + ", ".join(includes) if includes else "all"}]
     notes = [f"Put {path} in place of the server's RDB file (its `dir`/`dbfilename`) while the server is stopped.",
              AOF_WARNING]
@@ -573,10 +573,10 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
     if ctx.dry_run:
         plan = []
         for db in sorted(counts):
-            plan.append({"action": "restore", "path": f"db{db}", "keys": counts[db],
+            plan.append({"action": "restore", "type": "db", "path": f"db{db}", "bytes": 0, "keys": counts[db],
                          "overwrite": existing.get(db, 0)})
         for name in existing_sample:
-            plan.append({"action": "overwrite", "path": name})
+            plan.append({"action": "overwrite", "type": "key", "path": name, "bytes": 0})
         _close(clients)
         return {"files": sum(counts.values()), "bytes_written": 0, "plan": plan,
                 "notes": [f"target redis at {addr.describe()}"]}

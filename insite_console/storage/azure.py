@@ -39,6 +39,7 @@ from insite_console.storage.retry import (
     ChecksumMismatch,
     Failure,
     Retrier,
+    TransientError,
     classify_common,
     is_transient_status,
 )
@@ -341,9 +342,49 @@ class AzureStorage(Storage):
         keys = list(keys)
         for key in keys:
             check_key(self, key)
-        if not keys:
-            return
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            if len(batch) == 1 or not self._batch_supported:
+                self._delete_each(batch)
+            else:
+                self._delete_batch(batch)
 
+    _batch_supported = True
+
+    def _delete_batch(self, batch: list[str]) -> None:
+        """One Blob Batch request (up to 256 deletes); 404s are fine, a transient failure of
+        any sub-request retries the batch (deleting twice is harmless)."""
+        from azure.core.exceptions import HttpResponseError
+
+        def op():
+            try:
+                responses = list(
+                    self.client.delete_blobs(*[self._full(key) for key in batch], raise_on_any_failure=False)
+                )
+            except HttpResponseError as exc:
+                if exc.status_code in (400, 404, 405, 501) and getattr(exc, "error_code", "") != "ContainerNotFound":
+                    return None  # no Blob Batch here (hierarchical namespace, some emulators)
+                raise
+            failures = [
+                (key, response.status_code, getattr(response, "reason", ""))
+                for key, response in zip(batch, responses)
+                if not (200 <= response.status_code < 300 or response.status_code == 404)
+            ]
+            transient = [f for f in failures if is_transient_status(f[1])]
+            if transient:
+                raise TransientError(f"HTTP {transient[0][1]} deleting {transient[0][0]} in a batch")
+            if failures:
+                key, status, reason = failures[0]
+                more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+                raise StorageError(f"{self._retry.prefix('delete', key)}: HTTP {status} {reason}{more}")
+            return True
+
+        label = f"{batch[0]} and {len(batch) - 1} more"
+        if self._retry.call("delete", label, op) is None:
+            self._batch_supported = False
+            self._delete_each(batch)
+
+    def _delete_each(self, keys: list[str]) -> None:
         def delete_one(key: str) -> None:
             from azure.core.exceptions import ResourceNotFoundError
 
@@ -355,8 +396,6 @@ class AzureStorage(Storage):
 
             self._retry.call("delete", key, op)
 
-        # one request per blob in parallel: Azurite and some accounts (hierarchical namespace)
-        # lack the Blob Batch API, and parallel deletes are as fast in practice
         if len(keys) == 1:
             delete_one(keys[0])
             return

@@ -24,7 +24,6 @@ import hashlib
 import io
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Iterator
 
 from insite_console.errors import StorageError
@@ -46,6 +45,7 @@ from insite_console.storage.s3 import check_key, read_exact
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MIB
 CHUNK_QUANTUM = 256 * 1024  # resumable chunks must be multiples of 256 KiB
+DELETE_BATCH = 100  # the JSON API's batch limit
 
 
 class _ThrottledFile(io.RawIOBase):
@@ -380,26 +380,35 @@ class GCSStorage(Storage):
         keys = list(keys)
         for key in keys:
             check_key(self, key)
-        if not keys:
-            return
+        for start in range(0, len(keys), DELETE_BATCH):
+            self._delete_batch(keys[start : start + DELETE_BATCH])
 
-        def delete_one(key: str) -> None:
-            from google.api_core import exceptions as gex
+    def _delete_batch(self, batch: list[str]) -> None:
+        """One JSON API batch request (up to 100 deletes); 404s are fine, a transient failure
+        of any delete retries the batch (deleting twice is harmless)."""
 
-            def op():
-                try:
-                    self._bucket().blob(self._full(key)).delete(retry=None, timeout=self.timeout)
-                except gex.NotFound:
-                    pass
+        def op():
+            bucket = self._bucket()
+            request = self.client.batch(raise_exception=False)
+            with request:
+                for key in batch:
+                    bucket.delete_blob(self._full(key), retry=None, timeout=self.timeout)
+            failures = []
+            for key, response in zip(batch, request._responses):
+                status = getattr(response, "status_code", 200)
+                if 200 <= status < 300 or status == 404:
+                    continue
+                failures.append((key, status))
+            transient = [f for f in failures if is_transient_status(f[1])]
+            if transient:
+                raise TransientError(f"HTTP {transient[0][1]} deleting {transient[0][0]} in a batch")
+            if failures:
+                key, status = failures[0]
+                more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+                raise StorageError(f"{self._retry.prefix('delete', key)}: HTTP {status}{more}")
 
-            self._retry.call("delete", key, op)
-
-        if len(keys) == 1:
-            delete_one(keys[0])
-            return
-        with ThreadPoolExecutor(max_workers=min(self.concurrency * 2, len(keys)), thread_name_prefix="insite-del") as pool:
-            for future in [pool.submit(delete_one, key) for key in keys]:
-                future.result()
+        label = batch[0] if len(batch) == 1 else f"{batch[0]} and {len(batch) - 1} more"
+        self._retry.call("delete", label, op)
 
     def stat(self, key: str) -> ObjectInfo:
         check_key(self, key)

@@ -110,6 +110,8 @@ class LocalStorage(Storage):
             return ObjectInfo(key, self._path(key).stat().st_size)
         except FileNotFoundError:
             raise ObjectNotFound(f"storage {self.name} ({self.root}): object {key} does not exist") from None
+        except OSError as exc:
+            raise self._fail("read", key, exc) from exc
 
     def remove_stale_temp_files(self) -> int:
         """Delete temp files a killed writer left behind; returns how many."""

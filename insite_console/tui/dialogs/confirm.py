@@ -1,0 +1,110 @@
+"""Modal dialogs. Esc and the first button always mean No / Cancel, and the first button has
+the focus, so Enter never confirms a destructive action by accident."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Yes/No. Dismisses with True only when the second button is pressed."""
+
+    BINDINGS = [Binding("escape", "no", "No", id="dialog_no")]
+    SCOPE = "dialog"
+
+    def __init__(self, title: str, body: str, yes_label: str = "Yes", no_label: str = "No",
+                 destructive: bool = True) -> None:
+        super().__init__(classes="dialog")
+        self.title_text = title
+        self.body = body
+        self.yes_label = yes_label
+        self.no_label = no_label
+        self.destructive = destructive
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog-box"):
+            yield Label(self.title_text, id="dialog-title")
+            yield Static(self.body, id="dialog-body", markup=False)
+            with Horizontal(id="dialog-buttons"):
+                yield Button(self.no_label, id="no", variant="primary")
+                yield Button(self.yes_label, id="yes", variant="error" if self.destructive else "default")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def action_no(self) -> None:
+        self.dismiss(False)
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
+
+
+class ChoiceDialog(ModalScreen[str | None]):
+    """Pick one of several choices; the first button (and Esc) cancels with None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog_cancel")]
+    SCOPE = "dialog"
+
+    def __init__(self, title: str, body: str, choices: list[tuple[str, str]], cancel_label: str = "Cancel") -> None:
+        super().__init__(classes="dialog")
+        self.title_text = title
+        self.body = body
+        self.choices = choices
+        self.cancel_label = cancel_label
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog-box"):
+            yield Label(self.title_text, id="dialog-title")
+            yield Static(self.body, id="dialog-body", markup=False)
+            with Horizontal(id="dialog-buttons"):
+                yield Button(self.cancel_label, id="cancel", variant="primary")
+                for value, label in self.choices:
+                    yield Button(label, id=f"choice-{value}", name=value)
+
+    def on_mount(self) -> None:
+        self.query_one("#cancel", Button).focus()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(None if event.button.id == "cancel" else event.button.name)
+
+
+class MessageDialog(ModalScreen[None]):
+    """An error or notice as a plain message (never a traceback)."""
+
+    BINDINGS = [Binding("escape", "close", "Close", id="dialog_close")]
+    SCOPE = "dialog"
+
+    def __init__(self, title: str, body: str, error: bool = True) -> None:
+        super().__init__(classes="dialog error" if error else "dialog")
+        self.title_text = title
+        self.body = body
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog-box"):
+            yield Label(("✗ " if "error" in self.classes else "") + self.title_text, id="dialog-title")
+            yield Static(self.body, id="dialog-body", markup=False)
+            with Horizontal(id="dialog-buttons"):
+                yield Button("Close", id="close", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#close", Button).focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(None)

@@ -1,0 +1,274 @@
+"""What the screens show, computed from the workspace without any Textual import.
+
+Kept apart from the widgets so it can be tested (and benchmarked) without a terminal, and so
+every screen words a status the same way: a symbol and a word, never only a colour.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from insite_console import clock
+
+# status -> (symbol, word, theme role). The role names a Textual theme colour.
+STATUS = {
+    "succeeded": ("✓", "ok", "success"),
+    "ok": ("✓", "ok", "success"),
+    "planned": ("✓", "planned", "success"),
+    "failed": ("✗", "failed", "error"),
+    "running": ("▶", "running", "primary"),
+    "cancelled": ("■", "cancelled", "warning"),
+    "late": ("▲", "late", "warning"),
+    "stale": ("✗", "stale", "error"),
+    "never": ("✗", "never", "error"),
+    "failing": ("✗", "failing", "error"),
+    "unknown": ("?", "unknown", "secondary"),
+    "norpo": ("·", "no RPO", "secondary"),
+}
+
+
+def status_label(status: str | None) -> tuple[str, str]:
+    """('✓ ok', 'success'): the text to show and the theme role to colour it with."""
+    symbol, word, role = STATUS.get(status or "unknown", ("?", status or "unknown", "secondary"))
+    return f"{symbol} {word}", role
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return clock.parse_iso(text)
+    except ValueError:
+        return None
+
+
+def short_time(text: str | None) -> str:
+    """'2026-11-27 02:00' (UTC); an operator compares it with the scheduler's cron lines."""
+    value = parse_time(text)
+    return value.strftime("%Y-%m-%d %H:%M") if value else "—"
+
+
+def age_text(when: datetime | None, now: datetime | None = None) -> str:
+    if when is None:
+        return "—"
+    now = now or clock.now()
+    seconds = (now - when).total_seconds()
+    if seconds < 0:
+        return "in " + clock.human_duration(-seconds)
+    return clock.human_duration(seconds) + " ago"
+
+
+def duration_text(started: str | None, finished: str | None) -> str:
+    start, end = parse_time(started), parse_time(finished)
+    if start is None or end is None:
+        return "—"
+    return clock.human_duration((end - start).total_seconds())
+
+
+def size_text(count: int | None) -> str:
+    return clock.human_bytes(count) if count else "0 B"
+
+
+def text_bar(fraction: float | None, width: int = 12) -> str:
+    """A progress bar made of characters, so it reads the same in 16 colours or none."""
+    if fraction is None:
+        return "░" * width
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "█" * filled + "░" * (width - filled)
+
+
+# ----- dashboard -------------------------------------------------------------------------
+
+
+@dataclass
+class PolicyHealth:
+    name: str
+    source: str
+    storage: str
+    status: str  # ok | late | stale | never | failing | norpo
+    last_success: dict | None
+    last_failure: dict | None
+    age: timedelta | None
+    rpo: timedelta | None
+    next_run: datetime | None
+    schedule: str | None
+    running: bool = False
+
+    @property
+    def age_vs_rpo(self) -> str:
+        if self.age is None:
+            return "never backed up"
+        age = clock.human_duration(self.age.total_seconds())
+        if self.rpo is None:
+            return age
+        return f"{age} / {clock.human_duration(self.rpo.total_seconds())}"
+
+
+def policy_health(ws, now: datetime | None = None, running_subjects: set[str] | None = None) -> list[PolicyHealth]:
+    """Per policy: last success and its age against the RPO, last failure, next scheduled run."""
+    now = now or clock.now()
+    catalog = ws.catalog
+    result = []
+    for name, policy in sorted(ws.config.policies.items()):
+        last = catalog.last_backup(name)
+        failure = catalog.last_backup(name, status="failed")
+        rpo = clock.parse_duration(policy["rpo"]) if policy.get("rpo") else None
+        finished = parse_time(last["finished_at"] or last["started_at"]) if last else None
+        age = (now - finished) if finished else None
+        if last is None:
+            status = "never"
+        elif rpo is None:
+            status = "norpo"
+        elif age <= rpo:
+            status = "ok"
+        elif age <= rpo * 2:
+            status = "late"
+        else:
+            status = "stale"
+        if failure and last and failure["started_at"] > last["started_at"] and status in ("ok", "norpo"):
+            status = "failing"
+        result.append(PolicyHealth(
+            name=name, source=policy["source"], storage=policy["storage"], status=status,
+            last_success=last, last_failure=failure, age=age, rpo=rpo,
+            next_run=next_run(policy.get("schedule"), now), schedule=policy.get("schedule"),
+            running=name in (running_subjects or set()),
+        ))
+    return result
+
+
+def next_run(schedule: str | None, now: datetime) -> datetime | None:
+    if not schedule:
+        return None
+    try:
+        from croniter import croniter
+
+        return croniter(schedule, now).get_next(datetime)
+    except Exception:  # an invalid expression was already reported by config validation
+        return None
+
+
+def storage_usage(ws) -> list[dict[str, Any]]:
+    """Per storage: backups and bytes the catalog knows about; free space for local disks.
+
+    Read from the catalog (one aggregate query) rather than listing the storage, which on an
+    object store is slow and costs requests."""
+    rows = {name: {"name": name, "type": settings["type"], "backups": 0, "bytes_stored": 0, "bytes_read": 0,
+                   "free": None, "where": settings.get("path") or settings.get("bucket") or settings.get("container")}
+            for name, settings in sorted(ws.config.storages.items())}
+    for row in ws.catalog.db.execute(
+            "SELECT storage, COUNT(*), COALESCE(SUM(bytes_stored), 0), COALESCE(SUM(bytes_read), 0) "
+            "FROM backups WHERE status = 'succeeded' GROUP BY storage"):
+        entry = rows.setdefault(row[0], {"name": row[0], "type": "?", "free": None, "where": None})
+        entry.update(backups=row[1], bytes_stored=row[2], bytes_read=row[3])
+    for entry in rows.values():
+        if entry["type"] == "local" and entry["where"]:
+            try:
+                entry["free"] = shutil.disk_usage(entry["where"]).free
+            except OSError:
+                entry["free"] = None
+    return list(rows.values())
+
+
+# ----- jobs -------------------------------------------------------------------------------
+
+HOST = socket.gethostname()
+
+
+@dataclass
+class JobView:
+    """One row of Live jobs: a catalog run (any process) or a job of this console."""
+
+    id: str
+    kind: str
+    subject: str
+    status: str
+    phase: str = ""
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    files_done: int = 0
+    files_total: int | None = None
+    current: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    origin: str = "other process"
+    bytes_per_second: float | None = None
+    files_per_second: float | None = None
+    samples: list[tuple[float, int, int]] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def fraction(self) -> float | None:
+        if self.status == "succeeded":
+            return 1.0
+        if self.bytes_total:
+            return min(1.0, self.bytes_done / self.bytes_total)
+        if self.files_total:
+            return min(1.0, self.files_done / self.files_total)
+        return None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.running or not self.bytes_total or not self.bytes_per_second:
+            return None
+        return max(0.0, (self.bytes_total - self.bytes_done) / self.bytes_per_second)
+
+    def sample(self, at: float | None = None) -> None:
+        """Record a (time, bytes, files) sample and update the rates from the last few seconds."""
+        at = time.monotonic() if at is None else at
+        if self.samples and self.samples[-1][1:] == (self.bytes_done, self.files_done) and self.running:
+            return
+        self.samples.append((at, self.bytes_done, self.files_done))
+        self.samples = [s for s in self.samples if at - s[0] <= 5.0][-20:]
+        if len(self.samples) >= 2:
+            (t0, b0, f0), (t1, b1, f1) = self.samples[0], self.samples[-1]
+            if t1 > t0:
+                self.bytes_per_second = (b1 - b0) / (t1 - t0)
+                self.files_per_second = (f1 - f0) / (t1 - t0)
+
+    def rate_text(self) -> str:
+        if self.bytes_per_second is None or not self.running:
+            return "—"
+        return f"{clock.human_bytes(self.bytes_per_second)}/s"
+
+    def files_rate_text(self) -> str:
+        if self.files_per_second is None or not self.running:
+            return "—"
+        return f"{self.files_per_second:.0f} files/s"
+
+    def eta_text(self) -> str:
+        eta = self.eta_seconds
+        return clock.human_duration(eta) if eta is not None else "—"
+
+    def progress_text(self) -> str:
+        fraction = self.fraction
+        percent = f"{fraction * 100:3.0f}%" if fraction is not None else "  ?%"
+        return f"{text_bar(fraction, 10)} {percent}"
+
+
+def job_from_run(row: dict, own_pids: set[int]) -> JobView:
+    origin = "other process"
+    if row.get("host") and row["host"] != HOST:
+        origin = f"host {row['host']}"
+    elif row.get("pid") == os.getpid():
+        origin = "this console"
+    elif row.get("pid") in own_pids:
+        origin = "this console (detached)"
+    return JobView(
+        id=row["id"], kind=row["kind"], subject=row["subject"], status=row["status"], phase=row.get("phase") or "",
+        bytes_done=row.get("bytes_done") or 0, bytes_total=row.get("bytes_total"),
+        files_done=row.get("files_done") or 0, files_total=row.get("files_total"),
+        current=row.get("current") or "", started_at=row.get("started_at"), finished_at=row.get("finished_at"),
+        error=row.get("error"), pid=row.get("pid"), host=row.get("host"), origin=origin,
+    )

@@ -1,0 +1,388 @@
+"""PostgreSQL WAL archive: `wal-push` (archive_command) and `wal-fetch` (restore_command).
+
+    archive_command = 'insite-console -c /etc/insite/config.toml wal-push main_db %p'
+    restore_command = 'insite-console -c /etc/insite/config.toml wal-fetch main_db %f %p'
+
+Each segment (and each .history / .backup file) is compressed, encrypted and authenticated as
+a sealed object `wal/<source>/<file name>` in the repository of the source's policy storage.
+PostgreSQL's rules for an archive_command are kept: success only once the segment is durably
+stored; pushing a segment that is already archived with identical content succeeds (a retry
+after a crash); a different content under the same name fails, so nothing is overwritten; any
+storage failure exits non-zero so PostgreSQL keeps the segment and retries.
+
+wal-fetch fetches the asked segment and the next few in parallel (PREFETCH) into a spool
+directory beside %p, so the following restore_command calls are served locally: WAL fetch
+latency, not bandwidth, is what makes point-in-time recovery slow.
+
+The catalog records every pushed segment with its commit-time range (read with pg_waldump when
+available), which gives the restorable window per source and the archive lag (the real RPO).
+The table is created here (CREATE TABLE IF NOT EXISTS) on the catalog connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from insite_console import clock
+from insite_console.errors import ConfigError, InsiteError, ObjectNotFound, StorageError
+
+PREFETCH = 8  # segments fetched in parallel on a spool miss
+SPOOL_DIR_NAME = ".insite-wal-prefetch"
+_SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+_ARCHIVE_NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
+
+TABLE_SQL = """
+CREATE TABLE IF NOT EXISTS wal_segments (
+    source TEXT NOT NULL, name TEXT NOT NULL, storage TEXT NOT NULL, size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, archived_at TEXT NOT NULL, first_time TEXT, last_time TEXT,
+    PRIMARY KEY (source, name)
+)"""
+
+
+class WalError(InsiteError):
+    """A WAL archive operation failed (exit status 1, so PostgreSQL retries)."""
+
+
+class WalNotFound(WalError):
+    """The asked WAL file is not in the archive (the normal end of recovery)."""
+
+
+def wal_key(source: str, name: str) -> str:
+    return f"wal/{source}/{name}"
+
+
+def storage_for_source(ws, source: str) -> str:
+    """The storage holding a source's WAL: that of the first policy (by name) backing it up."""
+    if source not in ws.config.sources:
+        known = ", ".join(sorted(ws.config.sources)) or "none"
+        raise ConfigError(f"{ws.config.path}: no source named {source!r} (sources: {known})")
+    if ws.config.sources[source].get("type") != "postgresql":
+        raise ConfigError(f"{ws.config.path}: source.{source} is not a postgresql source")
+    for name in sorted(ws.config.policies):
+        policy = ws.config.policies[name]
+        if policy.get("source") == source:
+            return policy["storage"]
+    raise ConfigError(f"{ws.config.path}: no policy backs up source {source!r}, so it has no storage for its WAL")
+
+
+# ----- catalog ------------------------------------------------------------------------------------
+
+def _db(ws):
+    db = ws.catalog.db
+    db.execute(TABLE_SQL)
+    return db
+
+
+def _record(ws, source: str, name: str, storage: str, size: int, digest: str,
+            first: str | None, last: str | None) -> None:
+    _db(ws).execute(
+        "INSERT OR REPLACE INTO wal_segments (source, name, storage, size, sha256, archived_at, first_time, last_time) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (source, name, storage, size, digest, clock.iso_precise(clock.now()), first, last))
+
+
+def list_segments(ws, source: str) -> list[dict[str, Any]]:
+    """The catalog's WAL listing of a source, oldest first (`wal` command, TUI)."""
+    rows = _db(ws).execute("SELECT * FROM wal_segments WHERE source = ? ORDER BY name", (source,)).fetchall()
+    return [dict(row) for row in rows]
+
+
+def sync_catalog(ws, source: str) -> int:
+    """Add segments found on storage but missing from the catalog (times unknown); returns the count."""
+    storage = storage_for_source(ws, source)
+    repo = ws.repository(storage)
+    known = {row["name"] for row in list_segments(ws, source)}
+    added = 0
+    for name, size in archived_names(repo, source).items():
+        if name not in known:
+            _db(ws).execute(
+                "INSERT OR IGNORE INTO wal_segments (source, name, storage, size, sha256, archived_at) "
+                "VALUES (?, ?, ?, ?, '', ?)", (source, name, storage, size, clock.iso_precise(clock.now())))
+            added += 1
+    return added
+
+
+def archived_names(repo, source: str) -> dict[str, int]:
+    """Names of the WAL files on storage for a source -> stored (sealed) size."""
+    from insite_console.repo.repository import SEALED
+
+    prefix = SEALED + wal_key(source, "")
+    return {info.key[len(prefix):]: info.size for info in repo.storage.list(prefix)}
+
+
+# ----- push -----------------------------------------------------------------------------------------
+
+def push(ws, source: str, path: str) -> int:
+    """`insite-console wal-push SOURCE %p`: 0 when stored (or already stored identically); raises
+    (exit 1) otherwise."""
+    push_file(ws, source, path)
+    return 0
+
+
+def push_file(ws, source: str, path: str) -> dict[str, Any]:
+    """archive_command: store the WAL file at `path` (relative to PGDATA, the cwd). Raises on any
+    failure, so the CLI exits non-zero and PostgreSQL retries."""
+    name = os.path.basename(path)
+    if not _ARCHIVE_NAME.match(name):
+        raise WalError(f"wal-push {source}: {name!r} is not a WAL segment, .history, .backup or .partial file name")
+    storage = storage_for_source(ws, source)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise WalError(f"wal-push {source}: cannot read {path}: {exc.strerror}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    repo = ws.repository(storage)
+    key = wal_key(source, name)
+    where = f"{key} on storage {storage}"
+    try:
+        existing = repo.get_sealed(key)
+    except ObjectNotFound:
+        existing = None
+    if existing is not None:
+        if hashlib.sha256(existing).hexdigest() == digest:
+            _record_quietly(ws, source, name, storage, len(data), digest, path)
+            return {"name": name, "status": "already archived", "bytes": len(data)}
+        raise WalError(f"wal-push {source}: {where} is already archived with DIFFERENT content; refusing to "
+                       "overwrite it (two clusters archiving into one source, or a restored server with "
+                       "archive_mode on?)")
+    repo.put_sealed(key, data)
+    _record_quietly(ws, source, name, storage, len(data), digest, path)
+    return {"name": name, "status": "archived", "bytes": len(data)}
+
+
+def _record_quietly(ws, source, name, storage, size, digest, path) -> None:
+    first = last = None
+    if _SEGMENT.match(name):
+        first, last = segment_times(ws, source, path)
+    try:
+        _record(ws, source, name, storage, size, digest, first, last)
+    except Exception as exc:  # the segment is safely stored; the catalog is a cache
+        print(f"insite-console wal-push: warning: {name} archived but not recorded in the catalog "
+              f"({ws.config.catalog_path}): {exc}", file=sys.stderr)
+
+
+_COMMIT = re.compile(r"desc: (?:COMMIT|ABORT) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (?:UTC|GMT)")
+
+
+def segment_times(ws, source: str, path: str) -> tuple[str | None, str | None]:
+    """First and last commit/abort time in a segment (pg_waldump), as ISO UTC; None if unknown."""
+    from insite_console.sources.postgresql import pg_tool
+
+    try:
+        tool = pg_tool("pg_waldump", ws.config.sources.get(source))
+        result = subprocess.run([tool, "--rmgr=Transaction", path], capture_output=True, text=True, timeout=30,
+                                env={**os.environ, "TZ": "UTC", "PGTZ": "UTC"})
+    except (InsiteError, OSError, subprocess.TimeoutExpired):
+        return None, None
+    times = _COMMIT.findall(result.stdout)
+    if not times:
+        return None, None
+
+    def iso(text: str) -> str:
+        fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S"
+        return clock.iso_precise(datetime.strptime(text, fmt).replace(tzinfo=timezone.utc))
+
+    return iso(times[0]), iso(times[-1])
+
+
+# ----- fetch ----------------------------------------------------------------------------------------
+
+def fetch(ws, source: str, name: str, dest: str) -> int:
+    """`insite-console wal-fetch SOURCE %f %p`: 0 when placed; raises (exit 1) when missing."""
+    fetch_file(ws, source, name, dest)
+    return 0
+
+
+def fetch_file(ws, source: str, name: str, dest: str, prefetch: int = PREFETCH) -> dict[str, Any]:
+    """restore_command: put WAL file `name` at `dest`. Raises WalNotFound when the archive does
+    not have it (exit 1: PostgreSQL then ends recovery or tries the next timeline)."""
+    spool = os.environ.get("INSITE_WAL_SPOOL") or os.path.join(os.path.dirname(os.path.abspath(dest)), SPOOL_DIR_NAME)
+    spooled = os.path.join(spool, name)
+    if os.path.exists(spooled):
+        _place(spooled, dest, move=True)
+        return {"name": name, "status": "from prefetch spool"}
+    storage = storage_for_source(ws, source)
+    repo = ws.repository(storage)
+    names = [name]
+    if _SEGMENT.match(name) and prefetch > 1:
+        seg_size = _segment_size(ws, source)
+        timeline, segno = int(name[:8], 16), _segno(name, seg_size)
+        names += [_segname(timeline, segno + i, seg_size) for i in range(1, prefetch)]
+        _clean_spool(spool, name)
+
+    def get(one: str) -> bytes | None:
+        try:
+            return repo.get_sealed(wal_key(source, one))
+        except ObjectNotFound:
+            return None
+
+    with ThreadPoolExecutor(min(len(names), prefetch)) as pool:
+        futures = [pool.submit(get, one) for one in names]
+        first = futures[0].result()  # raises StorageError / IntegrityError: exit 1
+        if first is None:
+            for future in futures[1:]:
+                future.cancel()
+            raise WalNotFound(f"wal-fetch {source}: {name} is not in the archive")
+        _write_atomic(dest, first)
+        prefetched = 0
+        for one, future in zip(names[1:], futures[1:]):
+            try:
+                data = future.result()
+            except InsiteError:
+                data = None  # a prefetch failure only costs a later direct fetch
+            if data is None:
+                continue
+            os.makedirs(spool, mode=0o700, exist_ok=True)
+            _write_atomic(os.path.join(spool, one), data)
+            prefetched += 1
+    return {"name": name, "status": "fetched", "prefetched": prefetched}
+
+
+def _segment_size(ws, source: str) -> int:
+    """wal_segment_size from the newest physical backup's manifest info (default 16 MiB)."""
+    for backup in ws.catalog.backups(status="succeeded", source=source, limit=5):
+        size = ((backup.get("info") or {}).get("source_info") or {}).get("wal_segment_size")
+        if size:
+            return int(size)
+    return 16 * 1024 * 1024
+
+
+def _segno(name: str, seg_size: int) -> int:
+    per_id = 0x100000000 // seg_size
+    return int(name[8:16], 16) * per_id + int(name[16:24], 16)
+
+
+def _segname(timeline: int, segno: int, seg_size: int) -> str:
+    per_id = 0x100000000 // seg_size
+    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
+
+
+def _clean_spool(spool: str, current: str) -> None:
+    """Drop spooled segments older than the one asked for (a previous recovery's leftovers)."""
+    try:
+        for entry in os.listdir(spool):
+            if _SEGMENT.match(entry) and entry[8:] < current[8:]:
+                os.unlink(os.path.join(spool, entry))
+    except OSError:
+        pass
+
+
+def _write_atomic(dest: str, data: bytes) -> None:
+    temp = f"{dest}.insite-tmp"
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, dest)
+
+
+def _place(spooled: str, dest: str, move: bool) -> None:
+    try:
+        os.replace(spooled, dest)
+    except OSError:
+        shutil.copyfile(spooled, dest + ".insite-tmp")
+        os.replace(dest + ".insite-tmp", dest)
+        os.unlink(spooled)
+
+
+# ----- windows, continuity, lag ---------------------------------------------------------------------
+
+def check_continuity(ws, source: str, start_wal: str | None, stop_wal: str | None, at: datetime | None,
+                     seg_size: int, repo=None) -> dict[str, Any]:
+    """Pre-flight of a point-in-time restore: is the WAL continuous from the base backup's start
+    to the target, and does the archive reach the target? Returns problems (refuse) and notes."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if not start_wal:
+        return {"problems": ["the backup's manifest has no start WAL file; it is not a physical base backup"],
+                "warnings": warnings}
+    try:
+        repo = repo or ws.repository(storage_for_source(ws, source))
+        names = archived_names(repo, source)
+    except StorageError as exc:
+        return {"problems": [f"cannot list the WAL archive: {exc}"], "warnings": warnings}
+    timeline = int(start_wal[:8], 16)
+    present = {_segno(n, seg_size) for n in names if _SEGMENT.match(n) and int(n[:8], 16) == timeline}
+    start_no = _segno(start_wal, seg_size)
+    stop_no = _segno(stop_wal, seg_size) if stop_wal else start_no
+    last = start_no - 1
+    while last + 1 in present:
+        last += 1
+    result: dict[str, Any] = {"problems": problems, "warnings": warnings}
+    if last < start_no:
+        problems.append(f"WAL segment {start_wal}, where the base backup starts, is not in the archive")
+        return result
+    if last < stop_no:
+        problems.append(f"WAL is missing: segment {_segname(timeline, last + 1, seg_size)} is needed to make the "
+                        f"base backup consistent (up to {stop_wal}) but is not in the archive")
+        return result
+    rows = {row["name"]: row for row in list_segments(ws, source)} if ws is not None else {}
+    needed_no = last
+    if at is not None:
+        timed = [(_segno(n, seg_size), row) for n, row in rows.items()
+                 if _SEGMENT.match(n) and int(n[:8], 16) == timeline and row.get("last_time")]
+        after = sorted(no for no, row in timed if clock.parse_iso(row["last_time"]) >= at and no >= start_no)
+        if not timed:
+            warnings.append("the catalog has no commit times for this source's WAL (was wal-push able to write "
+                            "the catalog?); cannot check that the archive reaches the target time")
+        elif not after:
+            newest = max(clock.parse_iso(row["last_time"]) for _no, row in timed)
+            problems.append(f"the target {clock.iso_precise(at)} is after the newest archived transaction "
+                            f"({clock.iso_precise(newest)}); recovery would end before reaching it. Archive "
+                            "lag or no activity since: wait for the next segment (or run SELECT pg_switch_wal() "
+                            "on the server) and retry")
+        else:
+            needed_no = after[0]
+            if needed_no > last:
+                problems.append(f"WAL has a gap: segment {_segname(timeline, last + 1, seg_size)} is missing, "
+                                f"so the target {clock.iso_precise(at)} cannot be reached (the archive is "
+                                f"continuous up to {_segname(timeline, last, seg_size)})")
+    result.update({"last_needed": _segname(timeline, needed_no, seg_size),
+                   "last_contiguous": _segname(timeline, last, seg_size),
+                   "segments": needed_no - start_no + 1,
+                   "wal_bytes_estimate": (needed_no - start_no + 1) * seg_size})
+    return result
+
+
+def restorable_window(ws, source: str) -> dict[str, Any]:
+    """Per physical source: the window one can restore to and the archive lag (the real RPO).
+
+    Returns {"source", "oldest": ISO of the oldest base backup's end, "newest": ISO of the newest
+    archived commit (or, without commit times, when the newest segment was archived),
+    "archive_lag_seconds": now - when the newest segment was archived, "segments", "base_backups"}.
+    """
+    backups = []
+    for backup in ws.catalog.backups(status="succeeded", source=source):
+        info = (backup.get("info") or {}).get("source_info") or {}
+        if info.get("mode") == "physical" and info.get("stop_time"):
+            backups.append(info["stop_time"])
+    rows = list_segments(ws, source)
+    newest_commit = max((row["last_time"] for row in rows if row.get("last_time")), default=None)
+    newest_archived = max((row["archived_at"] for row in rows if row.get("archived_at")), default=None)
+    lag = None
+    if newest_archived:
+        lag = (clock.now() - clock.parse_iso(newest_archived)).total_seconds()
+    return {"source": source, "oldest": min(backups) if backups else None,
+            "newest": newest_commit or newest_archived, "archive_lag_seconds": lag,
+            "segments": len(rows), "base_backups": len(backups)}
+
+
+def console_command() -> str:
+    """The insite-console executable to name in restore_command / archive_command."""
+    candidate = Path(sys.executable).parent / "insite-console"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("insite-console")
+    if found:
+        return found
+    return f"{sys.executable} -m insite_console"
