@@ -13,7 +13,7 @@ from pathlib import Path
 from insite_console import config as config_module
 from insite_console.catalog.db import Catalog
 from insite_console.config import Config, parse_size
-from insite_console.errors import ConfigError, RepositoryError
+from insite_console.errors import ConfigError, InsiteError, RepositoryError
 from insite_console.repo.repository import Repository
 from insite_console.storage import Storage, open_storage
 
@@ -103,12 +103,20 @@ class Workspace:
         return repo
 
     def storage_for_backup(self, backup: dict) -> str:
-        """The storage to read a backup from: where it was written, else any copy."""
+        """The storage to read a backup from: where it was written if its manifest is readable
+        there, else the first copy that is (the off-site copy after losing the primary)."""
         storages = [backup["storage"]] + [s for s in self.catalog.backup_storages(backup["id"]) if s != backup["storage"]]
+        reasons = []
         for name in storages:
-            if name in self.config.storages:
+            if name not in self.config.storages:
+                reasons.append(f"{name}: not in {self.config.path}")
+                continue
+            try:
+                self.repository(name).load_manifest(backup["id"])
                 return name
-        raise RepositoryError(f"backup {backup['id']} is on storage {backup['storage']}, which is not in {self.config.path}")
+            except InsiteError as exc:
+                reasons.append(f"{name}: {exc}")
+        raise RepositoryError(f"backup {backup['id']} cannot be read from any storage holding it: " + "; ".join(reasons))
 
     def close(self) -> None:
         for repo in self._repos.values():

@@ -1,0 +1,58 @@
+"""Copy a backup to another storage (the off-site copy): same backup id, deduplicated there.
+
+Each repository has its own keys and chunker seed, so content is re-chunked and re-encrypted
+for the destination; what the destination already holds (earlier copies) is not uploaded
+again. The manifest is written last, as in a backup, so an interrupted copy lists nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from insite_console import clock
+from insite_console.errors import RepositoryError, UsageError
+from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
+from insite_console.repo.tree import TreeReader, TreeWriter
+
+
+def run(ws, backup_id: str, to_storage: str, progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None) -> dict[str, Any]:
+    cancel = cancel or CancelToken()
+    backup = ws.catalog.backup(backup_id)
+    if backup is None:
+        raise UsageError(f"no backup {backup_id!r} in the catalog (see `insite-console backups`)")
+    if backup["status"] != "succeeded":
+        raise UsageError(f"backup {backup['id']} is {backup['status']}; only a succeeded backup can be copied")
+    source = ws.repository(ws.storage_for_backup(backup))
+    destination = ws.repository(to_storage)
+    if destination.id == source.id:
+        raise RepositoryError(f"storage {to_storage} holds the same repository as the backup's; nothing to copy")
+    manifest = source.load_manifest(backup["id"])
+    reporter = ProgressReporter("copy", [progress])
+    reporter.update(phase="copying", bytes_total=manifest.get("totals", {}).get("bytes_read"), force=True)
+    stored_before = destination.stats["bytes_stored"]
+    tree = TreeWriter()
+    method = manifest.get("compression", "zstd")
+    try:
+        for entry in TreeReader(source, manifest["tree"]):
+            cancel.check()
+            if entry.type == "file":
+                with source.open_chunks(entry.chunks or []) as stream:
+                    entry.chunks = destination.save_stream(stream, method, on_bytes=lambda n: reporter.advance(n),
+                                                           cancel=cancel)
+                reporter.advance(files_done=1, current="/" + entry.path)
+            tree.add(entry)
+        destination.flush()
+        copied = dict(manifest, tree=tree.save(destination, method),
+                      copied_from={"storage": backup["storage"], "repository": source.id, "at": clock.iso(clock.now())})
+        destination.flush()
+        destination.save_manifest(copied)
+    except BaseException:
+        destination.abandon()
+        raise
+    ws.catalog.add_backup_storage(backup["id"], to_storage)
+    ws.catalog.event(None, f"copied backup {backup['id']} to {to_storage}")
+    reporter.update(phase="done", force=True)
+    return {"backup_id": backup["id"], "storage": to_storage, "status": "succeeded",
+            "bytes_stored": destination.stats["bytes_stored"] - stored_before,
+            "storages": ws.catalog.backup_storages(backup["id"])}
