@@ -154,12 +154,14 @@ class _FullDisk(LocalStorage):
 
     budget = 0
 
-    def put(self, key, data):
+    def _write(self, key, writer, durable=True):
         if key.startswith("data/"):
-            if _FullDisk.budget < len(data):
+            size = [0]
+            writer(type("Counter", (), {"write": lambda _self, data: size.__setitem__(0, len(data))})())
+            if _FullDisk.budget < size[0]:
                 raise self._fail("write", key, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
-            _FullDisk.budget -= len(data)
-        super().put(key, data)
+            _FullDisk.budget -= size[0]
+        super()._write(key, writer, durable)
 
 
 def test_disk_full_during_backup_fails_cleanly_then_rerun_succeeds(workspace, monkeypatch, tmp_path):

@@ -118,7 +118,7 @@ class Catalog:
     def update_run(self, run_id: str, **fields: Any) -> None:
         fields["updated_at"] = clock.iso_precise(clock.now())
         names = ", ".join(f"{key} = ?" for key in fields)
-        self.db.execute(f"UPDATE runs SET {names} WHERE id = ?", (*fields.values(), run_id))
+        self.db.execute(f"UPDATE runs SET {names} WHERE id = ?", (*map(_text, fields.values()), run_id))
 
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         self.update_run(run_id, status=status, error=error, finished_at=clock.iso_precise(clock.now()),
@@ -126,7 +126,7 @@ class Catalog:
 
     def event(self, run_id: str | None, message: str, level: str = "info") -> None:
         self.db.execute("INSERT INTO events (run_id, at, level, message) VALUES (?, ?, ?, ?)",
-                        (run_id, clock.iso_precise(clock.now()), level, message))
+                        (run_id, clock.iso_precise(clock.now()), level, _text(message)))
 
     def runs(self, limit: int = 50, status: str | None = None) -> list[dict]:
         sql = "SELECT * FROM runs"
@@ -171,13 +171,13 @@ class Catalog:
         info = json.dumps(row.pop("info", {}) or {})
         names = list(row) + ["info"]
         self.db.execute(f"INSERT OR REPLACE INTO backups ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                        (*row.values(), info))
+                        (*map(_text, row.values()), info))
 
     def update_backup(self, backup_id: str, **fields: Any) -> None:
         if "info" in fields:
             fields["info"] = json.dumps(fields["info"])
         names = ", ".join(f"{key} = ?" for key in fields)
-        self.db.execute(f"UPDATE backups SET {names} WHERE id = ?", (*fields.values(), backup_id))
+        self.db.execute(f"UPDATE backups SET {names} WHERE id = ?", (*map(_text, fields.values()), backup_id))
 
     def add_backup_storage(self, backup_id: str, storage: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO backup_storages VALUES (?, ?, ?)",
@@ -244,7 +244,7 @@ class Catalog:
         row["info"] = json.dumps(row.get("info", {}))
         names = list(row)
         self.db.execute(f"INSERT OR REPLACE INTO restores ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                        tuple(row.values()))
+                        tuple(map(_text, row.values())))
 
     def restores(self, limit: int = 50) -> list[dict]:
         return [dict(row) for row in self.db.execute("SELECT * FROM restores ORDER BY started_at DESC LIMIT ?", (limit,))]
@@ -301,6 +301,17 @@ def public_backup(item: dict, storages: list[str] | None = None) -> dict:
     if storages is not None:
         result["storages"] = storages
     return result
+
+
+def _text(value: Any) -> Any:
+    """File names may hold bytes that are not UTF-8 (kept as surrogate escapes); SQLite
+    needs valid UTF-8, so such bytes are shown as \\xNN in the catalog's messages."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
 
 
 def _pid_alive(pid: int) -> bool:

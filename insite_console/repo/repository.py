@@ -49,6 +49,7 @@ CHUNK_MIN = 256 * 1024
 CHUNK_AVG = 768 * 1024
 CHUNK_MAX = 4 * 1024 * 1024
 PACK_TARGET = 8 * 1024 * 1024
+READ_BLOCK = 8 * 1024 * 1024
 INDEX_CHECKPOINT_PACKS = 64
 
 
@@ -237,16 +238,48 @@ class Repository:
     def chunker(self) -> FastCDC:
         return FastCDC(**self._chunker_args)
 
+    def _cut(self, fileobj: BinaryIO, block: int = READ_BLOCK) -> Iterator[bytes]:
+        """Content-defined chunks of a stream, read in large blocks.
+
+        pyfastcdc's own cut_stream allocates a large buffer per call, which made small files
+        ten times slower; cutting blocks with cut_buf and carrying the last (possibly
+        truncated) chunk over to the next block gives the same boundaries.
+        """
+        cutter = self.chunker()
+        carry = b""
+        try:  # a regular file's size saves allocating a whole block for a small file
+            size = os.fstat(fileobj.fileno()).st_size
+            first = min(block, size + 1)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            first = block
+        while True:
+            data = fileobj.read(first)
+            first = block
+            eof = not data
+            buffer = carry + data if carry else data
+            if not buffer:
+                return
+            if not eof and len(buffer) < CHUNK_MAX:
+                carry = buffer
+                continue
+            chunks = list(cutter.cut_buf(buffer))
+            last = len(chunks) if eof else len(chunks) - 1
+            for chunk in chunks[:last]:
+                yield bytes(chunk.data)
+            carry = b"" if eof else bytes(memoryview(buffer)[chunks[-1].offset:])
+            del chunks
+            if eof:
+                return
+
     def submit_stream(self, fileobj: BinaryIO, method: str = "zstd", blob_type: int = DATA,
                       on_bytes: Callable[[int], None] | None = None, cancel: CancelToken | None = None) -> PendingStream:
         """Chunk a stream in this thread; hash, compress, encrypt and pack in the workers."""
         workers, _ = self._pools()
         pending = PendingStream()
-        for chunk in self.chunker().cut_stream(fileobj):
+        for data in self._cut(fileobj):
             if cancel is not None:
                 cancel.check()
             self._raise_upload_error()
-            data = bytes(chunk.data)
             self._budget.acquire(len(data), cancel)
             pending.futures.append(workers.submit(self._store_chunk, data, method, blob_type))
             pending.size += len(data)
@@ -295,7 +328,7 @@ class Repository:
 
     def _upload_pack(self, pack_id: str, data: bytes, entries) -> None:
         try:
-            self.storage.put(pack_key(pack_id), data)
+            self.storage.put_batched(pack_key(pack_id), data)
             blobs = [[bid.hex(), t, off, length, plain] for t, bid, off, length, plain in entries]
             with self._state_lock:
                 for t, bid, off, length, plain in entries:
@@ -324,6 +357,7 @@ class Repository:
             if not packs:
                 return
             try:
+                self.storage.sync()  # packs durable before an index names them
                 self._write_index_object(packs)
             except BaseException:
                 with self._state_lock:

@@ -28,6 +28,14 @@ class Storage(ABC):
     def put(self, key: str, data: bytes | memoryview) -> None:
         """Store `data` under `key` atomically, replacing any object there."""
 
+    def put_batched(self, key: str, data: bytes | memoryview) -> None:
+        """Like put (atomic), but durability may wait until the next `sync()`: a backend that
+        pays per flush (a local disk's fsync) can then flush many objects at once."""
+        self.put(key, data)
+
+    def sync(self) -> None:
+        """Make every object written with put_batched durable."""
+
     def put_file(self, key: str, fileobj: BinaryIO, size: int) -> None:
         """Store a large object from a file; backends override this to stream or go multipart."""
         self.put(key, fileobj.read())
