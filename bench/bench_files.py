@@ -228,6 +228,8 @@ def main() -> int:
     parser.add_argument("--dir", help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--tools", default="insite,restic,borg")
+    parser.add_argument("--single-file-mb", type=int, default=0,
+                        help="also back up one file of this size and report insite's peak RSS")
     args = parser.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="insite-bench-"))
     tree = work / "tree"
@@ -289,9 +291,28 @@ def main() -> int:
           f"restore {mb / medians['insite']['restore']:.0f} MiB/s; incremental/full = "
           f"{medians['insite']['incremental'] / medians['insite']['backup']:.2f}")
     print(json.dumps({"size_mib": round(mb), "files": files, "cold": cold, "medians": medians}), file=sys.stderr)
+    if args.single_file_mb:
+        single_file_rss(work, args.single_file_mb)
     if not args.keep and not args.dir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def single_file_rss(work: Path, size_mb: int) -> None:
+    """Peak RSS of backing up and restoring one large file: memory must not grow with file size."""
+    folder = work / "single"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "one.bin", "wb") as handle:
+        for _ in range(size_mb):
+            handle.write(os.urandom(1 << 20))
+    tool = Insite(work / "single-work", folder) if (work / "single-work").mkdir() is None else None
+    tool.init()
+    seconds, rss = tool.backup()
+    restore_seconds, restore_rss = tool.restore(work / "single-restore")
+    print(f"single {size_mb} MiB file: backup {seconds:.1f}s peak RSS {rss / 1024:.0f} MiB; "
+          f"restore {restore_seconds:.1f}s peak RSS {restore_rss / 1024:.0f} MiB")
+    shutil.rmtree(folder)
+    shutil.rmtree(work / "single-restore", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ class PackBuilder:
         """Return (pack id, pack bytes); the id is the SHA-256 of the bytes."""
         header = b"".join(_ENTRY.pack(t, bid, length, plain) for t, bid, _off, length, plain in self.entries)
         sealed_header = cipher.seal(header, HEADER_AAD)
-        data = b"".join(self.parts) + sealed_header + _TRAILER.pack(len(sealed_header))
+        data = b"".join([*self.parts, sealed_header, _TRAILER.pack(len(sealed_header))])
         self.parts = []
         return hashlib.sha256(data).hexdigest(), data
 

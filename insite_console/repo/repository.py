@@ -93,7 +93,7 @@ class Repository:
     """An unlocked repository. Thread-safe for concurrent writers within one process."""
 
     def __init__(self, storage: Storage, config: dict, master: keys.MasterKey, key_id: str, cache_dir: Path,
-                 threads: int | None = None, memory_limit: int = 128 * 1024 * 1024, pack_size: int = PACK_TARGET):
+                 threads: int | None = None, memory_limit: int = 48 * 1024 * 1024, pack_size: int = PACK_TARGET):
         self.storage = storage
         self.config = config
         self.id = config["id"]
@@ -110,6 +110,7 @@ class Repository:
         self._pack_size = pack_size
         self._workers: ThreadPoolExecutor | None = None
         self._uploaders: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
         self._budget = _ByteBudget(memory_limit)
         self._upload_slots = threading.BoundedSemaphore(3)
         self._state_lock = threading.Lock()
@@ -151,10 +152,10 @@ class Repository:
         return repo
 
     def close(self) -> None:
-        for pool in (self._workers, self._uploaders):
+        for pool in (self._workers, self._uploaders, self._readers):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        self._workers = self._uploaders = None
+        self._workers = self._uploaders = self._readers = None
         self.index.close()
 
     @property
@@ -431,7 +432,15 @@ class Repository:
 
     def iter_chunks(self, chunks: Iterable[tuple[str, int]], prefetch: int = 4) -> Iterator[bytes]:
         """Each chunk's plain bytes in order, fetching a few ahead in parallel."""
-        workers, _ = self._pools()
+        chunks = list(chunks)
+        if len(chunks) <= 1:  # small files: no thread hand-off
+            for chunk_id, _length in chunks:
+                yield self.read_blob(chunk_id)
+            return
+        with self._pack_lock:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(4, thread_name_prefix="insite-read")
+        workers = self._readers
         queue: list[Future] = []
         iterator = iter(chunks)
         for chunk_id, _length in iterator:
