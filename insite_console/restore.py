@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from insite_console import clock, globs
 from insite_console.errors import Cancelled, InsiteError, IntegrityError, RestoreRefused, UsageError

@@ -5,15 +5,13 @@ the files affected."""
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from insite_console import clock
-from insite_console.errors import InsiteError, IntegrityError, ObjectNotFound, StorageError
+from insite_console.errors import InsiteError, IntegrityError, StorageError, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
-from insite_console.repo import compression
-from insite_console.repo.packs import pack_key, read_header
+from insite_console.repo.packs import pack_key
 from insite_console.repo.repository import Repository
 from insite_console.repo.tree import TreeReader
 
@@ -57,37 +55,12 @@ def _files_in_packs(repo: Repository, manifest: dict, bad_packs: set[str], limit
     return names
 
 
-def _deep_check_pack(repo: Repository, pack_id: str, expected_size: int) -> tuple[int, str | None]:
-    key = pack_key(pack_id)
-    what = f"pack {key}"
-    try:
-        data = repo.storage.get(key)
-    except ObjectNotFound:
-        return 0, f"{what} is missing"
-    if len(data) != expected_size:
-        return len(data), f"{what} is {len(data)} bytes, the index says {expected_size} (truncated or replaced)"
-    if hashlib.sha256(data).hexdigest() != pack_id:
-        return len(data), f"{what} does not match its SHA-256 name (corrupted on storage)"
-    try:
-        entries = read_header(repo._cipher, data, len(data), what)
-        for _type, blob_id, offset, length, _plain in entries:
-            plain = compression.decompress(
-                repo._cipher.open(data[offset:offset + length], blob_id, what=f"{what} blob {blob_id.hex()[:16]}"), what)
-            if repo.blob_id(plain) != blob_id:
-                return len(data), f"{what} blob {blob_id.hex()[:16]}: content does not match its id"
-    except IntegrityError as exc:
-        return len(data), str(exc)
-    return len(data), None
-
-
 def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None, storage: str | None = None) -> dict[str, Any]:
     """Verify one backup on its storage (or on `storage`, for a copy); records the result."""
     cancel = cancel or CancelToken()
     backup = ws.catalog.backup(backup_id)
     if backup is None:
-        from insite_console.errors import UsageError
-
         raise UsageError(f"no backup {backup_id!r} in the catalog (see `insite-console backups`)")
     storage_name = storage or ws.storage_for_backup(backup)
     started = clock.now()
@@ -117,7 +90,7 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
                             force=True)
             todo = [p for p in needed if p not in bad]
             with ThreadPoolExecutor(4, thread_name_prefix="insite-verify") as pool:
-                for pack_id, (size, problem) in zip(todo, pool.map(lambda p: _deep_check_pack(repo, p, sizes.get(p, -1)), todo)):
+                for pack_id, (size, problem) in zip(todo, pool.map(lambda p: repo.check_pack(p, sizes.get(p, -1)), todo)):
                     cancel.check()
                     checked_bytes += size
                     reporter.advance(bytes_done=size, files_done=1, current=pack_id[:16])

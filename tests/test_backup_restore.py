@@ -164,3 +164,38 @@ def test_progress_is_throttled_and_reaches_done(workspace):
     assert events[-1].files_done >= 2000
     # ~10 a second at most (plus phase changes), not one per file
     assert len(events) < 200
+
+
+def test_files_that_vanish_or_change_while_read_are_reported(workspace, monkeypatch):
+    import contextlib
+
+    from insite_console.sources import files as files_source
+
+    (workspace.source / "stable.txt").write_text("stable")
+    (workspace.source / "vanishing.txt").write_text("gone soon")
+    (workspace.source / "growing.log").write_text("first line\n")
+    original = files_source._open_regular
+
+    @contextlib.contextmanager
+    def racing_open(path, entry):
+        if path.endswith("vanishing.txt"):
+            os.unlink(path)  # deleted between the scan and the read
+        with original(path, entry) as handle:
+            if path.endswith("growing.log"):
+                with open(path, "a") as writer:  # appended to while being read
+                    writer.write("second line\n")
+            yield handle
+
+    monkeypatch.setattr(files_source, "_open_regular", racing_open)
+    result = backup.run(workspace.ws, "tree", "full")
+    assert result["status"] == "succeeded"
+    assert any("vanishing.txt: vanished before it could be read" in w for w in result["warnings"])
+    assert any("growing.log: changed while being read" in w for w in result["warnings"])
+    events = [e["message"] for e in workspace.ws.catalog.events(result["id"])]
+    assert any("vanishing.txt" in message for message in events)
+    target = workspace.root / "t"
+    restore.run(workspace.ws, result["id"], str(target))
+    restored = workspace.restored(target)
+    assert (restored / "stable.txt").read_text() == "stable"
+    assert not (restored / "vanishing.txt").exists()
+    assert (restored / "growing.log").read_text().startswith("first line\n")

@@ -33,7 +33,7 @@ from insite_console.events import CancelToken
 from insite_console.repo import compression, keys
 from insite_console.repo.crypto import Cipher
 from insite_console.repo.index import BlobLocation, IndexCache
-from insite_console.repo.packs import DATA, TREE, PackBuilder, pack_id_from_key, pack_key, read_header
+from insite_console.repo.packs import DATA, PackBuilder, pack_id_from_key, pack_key, read_header
 from insite_console.storage.base import Storage
 
 FORMAT_NAME = "insite-repository"
@@ -224,6 +224,30 @@ class Repository:
 
     def read_pack_header(self, pack_id: str, size: int) -> dict:
         return self._describe_pack(pack_id, size)
+
+    def check_pack(self, pack_id: str, expected_size: int) -> tuple[int, str | None]:
+        """Deep check of one pack: (bytes read, problem or None). Reads the whole pack, checks
+        its SHA-256 name, then decrypts every blob and checks it against its keyed id."""
+        key = pack_key(pack_id)
+        what = f"pack {key}"
+        try:
+            data = self.storage.get(key)
+        except ObjectNotFound:
+            return 0, f"{what} is missing"
+        if len(data) != expected_size:
+            return len(data), f"{what} is {len(data)} bytes, the index says {expected_size} (truncated or replaced)"
+        if hashlib.sha256(data).hexdigest() != pack_id:
+            return len(data), f"{what} does not match its SHA-256 name (corrupted on storage)"
+        try:
+            for _type, blob_id, offset, length, _plain in read_header(self._cipher, data, len(data), what):
+                blob_what = f"{what} blob {blob_id.hex()[:16]}"
+                plain = compression.decompress(self._cipher.open(data[offset:offset + length], blob_id, what=blob_what),
+                                               blob_what)
+                if not hmac.compare_digest(self.blob_id(plain), blob_id):
+                    return len(data), f"{blob_what}: content does not match its id"
+        except IntegrityError as exc:
+            return len(data), str(exc)
+        return len(data), None
 
     # ----- writing ---------------------------------------------------------------------
 
