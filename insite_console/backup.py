@@ -9,6 +9,7 @@ and a catalog row that the next process marks failed (Catalog.reap_dead_runs).
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 import threading
 import time
@@ -80,8 +81,10 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
     reporter.update(run_id=backup_id, phase="opening", force=True)
     warnings: list[str] = []
     repo: Repository | None = None
+    held = contextlib.ExitStack()
     try:
         repo = ws.repository(storage_name)
+        held.enter_context(repo.lock(f"backup of {policy_name}"))
         recovered = repo.recover_unindexed_packs()
         if recovered:
             catalog.event(backup_id, f"indexed {recovered} pack(s) left by an interrupted run; their data is reused")
@@ -138,6 +141,8 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
         catalog.event(backup_id, f"backup {backup_id} {status}: {message}", level="error")
         reporter.update(phase=status, message=message, force=True)
         raise
+    finally:
+        held.close()
     result = public_backup(catalog.backup(backup_id), catalog.backup_storages(backup_id))
     result["warnings"] = warnings
     return result

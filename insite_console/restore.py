@@ -106,14 +106,14 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
         catalog.event(restore_id, f"restore of {backup['id']} into {target} started")
     try:
         repo = ws.repository(ws.storage_for_backup(backup))
-        manifest = repo.load_manifest(backup["id"])
-        ctx = RestoreContext(ws, repo, backup, manifest, target, list(includes or []), dry_run, yes, at,
-                             reporter, cancel, dict(options or {}))
-        if manifest["source_type"] == "files":
-            outcome = restore_files(ctx)
-        else:
-            module = source_module(manifest["source_type"])
-            outcome = module.restore(ctx)
+        with repo.lock(f"restore of {backup['id']}"):
+            manifest = repo.load_manifest(backup["id"])
+            ctx = RestoreContext(ws, repo, backup, manifest, target, list(includes or []), dry_run, yes, at,
+                                 reporter, cancel, dict(options or {}))
+            if manifest["source_type"] == "files":
+                outcome = restore_files(ctx)
+            else:
+                outcome = source_module(manifest["source_type"]).restore(ctx)
     except BaseException as exc:
         if not dry_run:
             status = "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed"

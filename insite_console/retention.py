@@ -9,6 +9,7 @@ yet forgetting a parent would change what "incremental" means to an operator rea
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -99,40 +100,48 @@ def prune(ws, policy: str | None = None, dry_run: bool = False) -> dict[str, Any
                               "packs_deleted": 0, "bytes_freed": 0}
     if dry_run:
         return result
-    storages = {d["storage"] for d in decisions}
-    for decision in forget:
-        repo = ws.repository(decision["storage"])
-        repo.delete_manifest(decision["id"])
-        ws.catalog.delete_backup(decision["id"])
-        ws.catalog.event(None, f"forgot backup {decision['id']} of {decision['policy']} (outside retention)")
-    for storage in sorted(storages):
-        repo = ws.repository(storage)
-        repo.flush()
-        used = referenced_blobs(repo)
-        deletable, freed = [], 0
-        index_owners = repo.index.pack_index_ids()
-        for pack_id, size in repo.index.packs().items():
-            blobs = repo.index.blobs_in_pack(pack_id)
-            if blobs and all(blob_id not in used for blob_id, _ in blobs):
-                deletable.append(pack_id)
-                freed += size
-        if not deletable:
-            continue
-        # Rewrite the index without those packs first, then delete them: a crash in between
-        # leaves unreferenced packs (harmless), never an index pointing at missing packs.
-        keep_packs = []
-        affected_indexes = {index_owners[p] for p in deletable}
-        for pack_id, index_id in index_owners.items():
-            if index_id in affected_indexes and pack_id not in deletable:
-                keep_packs.append(pack_id)
-        if keep_packs:
-            repo._write_index_object([repo.read_pack_header(p, repo.index.packs()[p]) for p in keep_packs])
-        repo.storage.delete([f"index/{i}" for i in affected_indexes])
-        repo.storage.delete([pack_key(p) for p in deletable])
-        repo.index.drop_packs(deletable)
-        for index_id in affected_indexes:
-            repo.index.forget_index(index_id)
-        result["packs_deleted"] += len(deletable)
-        result["bytes_freed"] += freed
-        ws.catalog.event(None, f"prune on {storage}: deleted {len(deletable)} unreferenced pack(s), {freed} bytes")
+    storages = sorted({d["storage"] for d in decisions})
+    with contextlib.ExitStack() as held:
+        for storage in storages:  # exclusive: no backup may reuse a blob prune is about to delete
+            held.enter_context(ws.repository(storage).lock("prune", exclusive=True))
+        for decision in forget:
+            ws.repository(decision["storage"]).delete_manifest(decision["id"])
+            ws.catalog.delete_backup(decision["id"])
+            ws.catalog.event(None, f"forgot backup {decision['id']} of {decision['policy']} (outside retention)")
+        for storage in storages:
+            _delete_unreferenced(ws, storage, result)
     return result
+
+
+def _delete_unreferenced(ws, storage: str, result: dict[str, Any]) -> None:
+    """Delete packs whose every blob is unreferenced; the index is rewritten first."""
+    repo = ws.repository(storage)
+    repo.sync_index()
+    repo.recover_unindexed_packs()  # a dead run's packs: indexed now, deleted below if unused
+    used = referenced_blobs(repo)
+    deletable, freed = [], 0
+    index_owners = repo.index.pack_index_ids()
+    for pack_id, size in repo.index.packs().items():
+        blobs = repo.index.blobs_in_pack(pack_id)
+        if blobs and all(blob_id not in used for blob_id, _ in blobs):
+            deletable.append(pack_id)
+            freed += size
+    if not deletable:
+        return
+    # Rewrite the index without those packs first, then delete them: a crash in between
+    # leaves unreferenced packs (harmless), never an index pointing at missing packs.
+    keep_packs = []
+    affected_indexes = {index_owners[p] for p in deletable}
+    for pack_id, index_id in index_owners.items():
+        if index_id in affected_indexes and pack_id not in deletable:
+            keep_packs.append(pack_id)
+    if keep_packs:
+        repo.write_index([repo.read_pack_header(p, repo.index.packs()[p]) for p in keep_packs])
+    repo.storage.delete([f"index/{i}" for i in affected_indexes])
+    repo.storage.delete([pack_key(p) for p in deletable])
+    repo.index.drop_packs(deletable)
+    for index_id in affected_indexes:
+        repo.index.forget_index(index_id)
+    result["packs_deleted"] += len(deletable)
+    result["bytes_freed"] += freed
+    ws.catalog.event(None, f"prune on {storage}: deleted {len(deletable)} unreferenced pack(s), {freed} bytes")

@@ -5,6 +5,7 @@ the files affected."""
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -68,8 +69,10 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
     reporter.update(phase="listing", force=True)
     problems: list[str] = []
     objects = checked_bytes = 0
+    held = contextlib.ExitStack()
     try:
         repo = ws.repository(storage_name)
+        held.enter_context(repo.lock(f"verify of {backup['id']}"))
         manifest = repo.load_manifest(backup["id"])
         needed = _needed_packs(repo, manifest, problems)
         listed = {info.key: info.size for info in repo.storage.list("data/")}
@@ -103,6 +106,8 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
                 problems.append("files affected: " + ", ".join(affected))
     except (StorageError, IntegrityError) as exc:
         problems.append(str(exc))
+    finally:
+        held.close()
     result = {
         "id": clock.new_id(), "backup_id": backup["id"], "storage": storage_name, "deep": deep,
         "status": "ok" if not problems else "failed", "objects": objects, "bytes": checked_bytes,

@@ -140,3 +140,34 @@ def test_copy_to_a_second_storage_is_deduplicated_and_restorable(tmp_path):
     from tests.treeutil import assert_same_tree
 
     assert_same_tree(source, helper.restored(target))
+
+
+def test_prune_refuses_to_run_beside_a_backup(workspace):
+    """A backup holds a shared lock; prune needs the repository alone."""
+    import pytest
+
+    from insite_console import retention
+    from insite_console.errors import RepositoryError
+
+    (workspace.source / "a").write_text("x")
+    workspace.cli("backup", "tree", check=True)
+    repo = workspace.ws.repository("local")
+    with repo.lock("backup of tree"):
+        with pytest.raises(RepositoryError, match="locked by backup of tree"):
+            retention.prune(workspace.ws)
+        result = workspace.cli("prune")
+        assert result.returncode == 1 and "locked by backup of tree" in result.stderr
+    assert workspace.cli("prune").returncode == 0  # released
+
+
+def test_a_dead_process_lock_is_ignored(workspace):
+    import json as _json
+    import socket
+
+    (workspace.source / "a").write_text("x")
+    lock_dir = workspace.root / "repo" / "locks"
+    lock_dir.mkdir(exist_ok=True)
+    (lock_dir / "deadbeefdeadbeef").write_text(_json.dumps(
+        {"host": socket.gethostname(), "pid": 2**22 + 12345, "time": 9e18, "exclusive": True, "purpose": "prune"}))
+    assert workspace.cli("backup", "tree").returncode == 0
+    assert not (lock_dir / "deadbeefdeadbeef").exists()

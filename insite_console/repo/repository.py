@@ -180,7 +180,7 @@ class Repository:
     def _read_index_object(self, index_id: str) -> list[dict]:
         return json.loads(self.get_sealed_object(INDEX + index_id, aad=b"index"))["packs"]
 
-    def _write_index_object(self, packs: list[dict]) -> str:
+    def write_index(self, packs: list[dict]) -> str:
         data = json.dumps({"packs": packs}, separators=(",", ":")).encode()
         index_id = hashlib.sha256(data).hexdigest()
         self.put_sealed_object(INDEX + index_id, data, aad=b"index")
@@ -209,7 +209,7 @@ class Repository:
             except IntegrityError:
                 self.storage.delete([info.key])  # a torn or foreign pack: nothing references it
         if packs:
-            self._write_index_object(packs)
+            self.write_index(packs)
         return len(packs)
 
     def _describe_pack(self, pack_id: str, size: int) -> dict:
@@ -383,7 +383,7 @@ class Repository:
                 return
             try:
                 self.storage.sync()  # packs durable before an index names them
-                self._write_index_object(packs)
+                self.write_index(packs)
             except BaseException:
                 with self._state_lock:
                     self._pending_packs = packs + self._pending_packs
@@ -501,6 +501,12 @@ class Repository:
                 f"this insite-console reads ({MANIFEST_VERSION}); upgrade insite-console to restore it"
             )
         return manifest
+
+    def lock(self, purpose: str, exclusive: bool = False):
+        """Shared for backups, restores and verifies; exclusive for prune (see locks.py)."""
+        from insite_console.repo.locks import RepositoryLock
+
+        return RepositoryLock(self.storage, purpose, exclusive)
 
     def list_manifest_ids(self) -> list[str]:
         return [info.key[len(SNAPSHOTS):] for info in self.storage.list(SNAPSHOTS)]
