@@ -366,7 +366,67 @@ def _open_console(config_path: str | None, read_only: bool, theme: str | None) -
 
 
 def cmd_drill(args) -> int:
-    raise UsageError("DR drills are not implemented yet in this version of insite-console")
+    ws = _workspace(args)
+    if args.drill_command == "list":
+        from insite_console.dr.scenarios import load, order
+
+        scenarios = load(ws)
+        if args.json:
+            _print_json([s.to_json() for s in scenarios])
+            return 0
+        for scenario in scenarios:
+            print(f"{scenario.id}: {scenario.name} (RTO {clock.human_duration(scenario.rto_minutes * 60)}, "
+                  f"RPO {clock.human_duration(scenario.rpo_minutes * 60)})\n  {scenario.description}")
+            for step in order(scenario):
+                after = f"  after {', '.join(step.depends_on)}" if step.depends_on else ""
+                print(f"  - [{step.kind}] {step.id}: {step.title} — {step.owner}, ~{step.expected_minutes:g} min{after}")
+        return 0
+    if args.drill_command == "run":
+        from insite_console.dr import drill
+
+        if not args.scenario:
+            raise UsageError("drill run needs a SCENARIO (see `insite-console drill list`)")
+        result = drill.run(ws, args.scenario, progress=_progress_printer(not args.json), cancel=_cancel_on_signals())
+        if args.json:
+            _print_json(result)
+        else:
+            print(f"drill {result['id']} of {result['name']}: {result['status'].upper()}")
+            for step in result["steps"]:
+                print(f"  {clock.human_duration(step['starts_at_second']):>7} +{clock.human_duration(step['seconds']):<7} "
+                      f"{step['status']:<12} {step['title']} ({step['owner']})" + (f": {step['notes']}" if step.get("notes") else ""))
+            loss = result["data_loss_seconds"]
+            print(f"recovery time {clock.human_duration(result['recovery_seconds'])} against RTO "
+                  f"{clock.human_duration(result['rto_seconds'])}: {'met' if result['meets_rto'] else 'MISSED'}; "
+                  f"data loss {clock.human_duration(loss) if loss is not None else 'n/a'} against RPO "
+                  f"{clock.human_duration(result['rpo_seconds'])}: {'met' if result['meets_rpo'] else 'MISSED'}")
+        return 0 if result["status"] == "passed" else 1
+    from insite_console.dr import report
+
+    result = report.build(ws)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"DR report, {result['generated_at']}\n\nScenarios:")
+    for item in result["scenarios"]:
+        last = item["last_drill"]
+        print(f"  {item['name']}: RTO {clock.human_duration(item['rto_seconds'])}, RPO "
+              f"{clock.human_duration(item['rpo_seconds'])}; last drill: "
+              + (f"{last['at']} {last['status']} (recovery {clock.human_duration(last['recovery_seconds'])})"
+                 if last else "never"))
+    print("\nPolicies:")
+    for item in result["policies"]:
+        print(f"  {item['policy']}: {item['tier']}, {status_word(item['health'])}, storages "
+              f"{', '.join(item['storages']) or '-'}, last verification {item['last_verification'] or 'never'}")
+    print("\nRisks:" if result["risks"] else "\nRisks: none found")
+    for risk in result["risks"]:
+        print(f"  [{risk['level']}] " + (f"{risk['policy']}: " if risk["policy"] else "") + risk["risk"])
+    return 0
+
+
+def status_word(health: str) -> str:
+    from insite_console.status import HEALTH_WORDS
+
+    return HEALTH_WORDS[health]
 
 
 # ----- parser ----------------------------------------------------------------------------

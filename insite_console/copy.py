@@ -27,6 +27,11 @@ def run(ws, backup_id: str, to_storage: str, progress: ProgressCallback | None =
     destination = ws.repository(to_storage)
     if destination.id == source.id:
         raise RepositoryError(f"storage {to_storage} holds the same repository as the backup's; nothing to copy")
+    with source.lock(f"copy of {backup['id']}"), destination.lock(f"copy of {backup['id']}"):
+        return _copy(ws, backup, source, destination, to_storage, progress, cancel)
+
+
+def _copy(ws, backup: dict, source, destination, to_storage: str, progress, cancel: CancelToken) -> dict[str, Any]:
     manifest = source.load_manifest(backup["id"])
     reporter = ProgressReporter("copy", [progress])
     reporter.update(phase="copying", bytes_total=manifest.get("totals", {}).get("bytes_read"), force=True)

@@ -86,8 +86,10 @@ def resolve_backup(ws, reference: str, at: datetime | None) -> dict:
 
 def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry_run: bool = False,
         yes: bool = False, at: datetime | None = None, progress: ProgressCallback | None = None,
-        cancel: CancelToken | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Restore a backup (or plan it with dry_run); returns the contract's restore JSON."""
+        cancel: CancelToken | None = None, options: dict[str, Any] | None = None,
+        storage: str | None = None) -> dict[str, Any]:
+    """Restore a backup (or plan it with dry_run); returns the contract's restore JSON.
+    `storage` reads it from that storage's copy instead of the first one that holds it."""
     backup = resolve_backup(ws, backup_ref, at)
     cancel = cancel or CancelToken()
     catalog = ws.catalog
@@ -105,7 +107,7 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
         reporter.add_callback(catalog_writer(catalog, restore_id))
         catalog.event(restore_id, f"restore of {backup['id']} into {target} started")
     try:
-        repo = ws.repository(ws.storage_for_backup(backup))
+        repo = ws.repository(storage or ws.storage_for_backup(backup))
         with repo.lock(f"restore of {backup['id']}"):
             manifest = repo.load_manifest(backup["id"])
             ctx = RestoreContext(ws, repo, backup, manifest, target, list(includes or []), dry_run, yes, at,

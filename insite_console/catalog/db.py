@@ -56,6 +56,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX verifications_backup ON verifications(backup_id, started_at DESC);
     """,
+    # 2: DR drills, each with its timed steps
+    """
+    CREATE TABLE drills (
+        id TEXT PRIMARY KEY, scenario TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL,
+        finished_at TEXT, rto_seconds REAL, rpo_seconds REAL, recovery_seconds REAL,
+        data_loss_seconds REAL, steps TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX drills_scenario ON drills(scenario, started_at DESC);
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -282,6 +291,24 @@ class Catalog:
             item["deep"] = bool(item["deep"])
             result.append(item)
         return result
+
+
+    # ----- DR drills --------------------------------------------------------------------
+
+    def insert_drill(self, row: dict) -> None:
+        row = dict(row)
+        row["steps"] = json.dumps(row.get("steps", []))
+        names = list(row)
+        self.db.execute(f"INSERT OR REPLACE INTO drills ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                        tuple(map(_text, row.values())))
+
+    def drills(self, scenario: str | None = None, limit: int = 20) -> list[dict]:
+        if scenario:
+            rows = self.db.execute("SELECT * FROM drills WHERE scenario = ? ORDER BY started_at DESC LIMIT ?",
+                                   (scenario, limit))
+        else:
+            rows = self.db.execute("SELECT * FROM drills ORDER BY started_at DESC LIMIT ?", (limit,))
+        return [{**dict(row), "steps": json.loads(row["steps"])} for row in rows]
 
 
 _ORDERS = {f"{column} {direction}" for column in ("started_at", "finished_at", "policy", "source", "type", "status",
