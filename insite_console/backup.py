@@ -13,6 +13,7 @@ import contextlib
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from insite_console import clock
@@ -162,63 +163,100 @@ def _start_size_estimate(source, reporter: ProgressReporter) -> None:
     threading.Thread(target=estimate, name="insite-estimate", daemon=True).start()
 
 
+SOURCE_READERS = 2  # files read at once: hides the latency of cold reads, as restic does
+FILES_IN_FLIGHT = 64
+
+
+def _read_item(repo: Repository, item, method: str, reporter: ProgressReporter,
+               cancel: CancelToken) -> tuple[PendingStream | None, str | None]:
+    """Read one item's content into the pipeline (in a reader thread): the pending content,
+    and a warning for the operator if something went wrong that does not fail the backup."""
+    path = "/" + item.entry.path
+    pending = None
+    try:
+        with item.open() as handle:
+            pending = repo.submit_stream(handle, method, on_bytes=lambda n: reporter.advance(n), cancel=cancel)
+        return pending, None
+    except FileChangedWhileReading:
+        return pending, f"{path}: changed while being read; the stored copy may mix old and new content"
+    except FileNotFoundError:
+        return None, f"{path}: vanished before it could be read"
+    except PermissionError as exc:
+        return None, f"{path}: cannot read: {exc.strerror}"
+    except IsADirectoryError:
+        return None, f"{path}: replaced by a directory while being read"
+    except OSError as exc:
+        return None, f"{path}: read error: {exc.strerror or exc}"
+
+
 def _store_items(repo: Repository, source, ctx: ScanContext, method: str, reporter: ProgressReporter,
                  warn) -> dict[str, Any]:
-    """Feed every item through the repository pipeline; write tree lines in order as their
-    chunks complete, so memory holds only the items still in flight."""
+    """Feed every item through the repository pipeline, reading a few files at once; write
+    tree lines in order as their chunks complete, so memory holds only the items in flight."""
     tree = TreeWriter()
     totals = {"files": 0, "dirs": 0, "symlinks": 0, "bytes_read": 0, "bytes_reused": 0, "files_reused": 0}
-    in_flight: collections.deque[tuple[Entry, PendingStream | None]] = collections.deque()
+    in_flight: collections.deque[tuple[Entry, Future | None]] = collections.deque()
+    slots = threading.BoundedSemaphore(FILES_IN_FLIGHT)
+    stop = ctx.cancel.child()
+    readers = ThreadPoolExecutor(SOURCE_READERS, thread_name_prefix="insite-source")
 
-    def drain(wait: bool) -> None:
-        while in_flight and (wait or in_flight[0][1] is None or in_flight[0][1].done()):
-            entry, pending = in_flight.popleft()
-            if pending is not None:
-                entry.chunks = pending.result()
-                entry.size = pending.size
-            tree.add(entry)
-
-    for item in source.scan(ctx):
-        ctx.cancel.check()
-        entry = item.entry
-        pending = None
-        if entry.type == "file":
-            if entry.chunks is not None and all(repo.known(bytes.fromhex(cid)) for cid, _ in entry.chunks):
-                totals["files_reused"] += 1
-                totals["bytes_reused"] += entry.size
-                reporter.advance(files_done=1, current="/" + entry.path)
-            elif item.open is not None:
-                reporter.update(current="/" + entry.path)
-                try:
-                    with item.open() as handle:
-                        pending = repo.submit_stream(handle, method, on_bytes=lambda n: reporter.advance(n),
-                                                     cancel=ctx.cancel)
-                except FileChangedWhileReading:
-                    warn(f"/{entry.path}: changed while being read; the stored copy may mix old and new content")
-                except FileNotFoundError:
-                    warn(f"/{entry.path}: vanished before it could be read")
-                    continue
-                except PermissionError as exc:
-                    warn(f"/{entry.path}: cannot read: {exc.strerror}")
-                    continue
-                except IsADirectoryError:
-                    warn(f"/{entry.path}: replaced by a directory while being read")
-                    continue
-                except OSError as exc:
-                    warn(f"/{entry.path}: read error: {exc.strerror or exc}")
-                    continue
+    def drain(wait: bool, at_most: int | None = None) -> None:
+        """Write finished entries from the front; with wait, block for them (at_most of them)."""
+        while in_flight and (at_most is None or at_most > 0):
+            if at_most is not None:
+                at_most -= 1
+            entry, future = in_flight[0]
+            if future is not None:
+                if not wait and not future.done():
+                    return
+                pending, warning = future.result()
+                if not wait and pending is not None and not pending.done():
+                    return
+                in_flight.popleft()
+                slots.release()
+                if warning:
+                    warn(warning)
                 if pending is None:
                     continue
+                entry.chunks = pending.result()
+                entry.size = pending.size
                 totals["bytes_read"] += pending.size
+                totals["files"] += 1
                 reporter.advance(files_done=1)
-            totals["files"] += 1
-        elif entry.type == "dir":
-            totals["dirs"] += 1
-        else:
-            totals["symlinks"] += 1
-        in_flight.append((entry, pending))
-        drain(wait=False)
-    drain(wait=True)
+            else:
+                in_flight.popleft()
+            tree.add(entry)
+
+    try:
+        for item in source.scan(ctx):
+            ctx.cancel.check()
+            entry = item.entry
+            future = None
+            if entry.type == "file":
+                if entry.chunks is not None and all(repo.known(bytes.fromhex(cid)) for cid, _ in entry.chunks):
+                    totals["files"] += 1
+                    totals["files_reused"] += 1
+                    totals["bytes_reused"] += entry.size
+                    reporter.advance(files_done=1, current="/" + entry.path)
+                elif item.open is not None:
+                    reporter.update(current="/" + entry.path)
+                    while not slots.acquire(blocking=False):
+                        drain(wait=True, at_most=1)  # the oldest file in flight frees a slot
+                    future = readers.submit(_read_item, repo, item, method, reporter, stop)
+                else:
+                    continue
+            elif entry.type == "dir":
+                totals["dirs"] += 1
+            else:
+                totals["symlinks"] += 1
+            in_flight.append((entry, future))
+            drain(wait=False)
+        drain(wait=True)
+    except BaseException:
+        stop.cancel("the backup stopped")
+        raise
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
     totals["entries"] = tree.count
     totals["tree"] = tree
     return totals

@@ -99,9 +99,15 @@ class ProgressReporter:
 class CancelToken:
     """Set by the operator (TUI button, SIGINT); engine loops call `check()` between units of work."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: "CancelToken | None" = None) -> None:
         self._event = threading.Event()
+        self._parent = parent
         self.reason = "cancelled by the operator"
+
+    def child(self) -> "CancelToken":
+        """A token cancelled with this one, that can also be cancelled on its own (to stop
+        helper threads when an operation fails without the operator cancelling it)."""
+        return CancelToken(parent=self)
 
     def cancel(self, reason: str | None = None) -> None:
         if reason:
@@ -110,8 +116,10 @@ class CancelToken:
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._event.is_set() or (self._parent is not None and self._parent.cancelled)
 
     def check(self) -> None:
         if self._event.is_set():
             raise Cancelled(self.reason)
+        if self._parent is not None:
+            self._parent.check()

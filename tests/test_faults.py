@@ -253,7 +253,7 @@ def test_kill_9_mid_backup_then_rerun_reuses_data_and_restores(workspace, tmp_pa
     data_dir = workspace.root / "repo" / "data"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if data_dir.exists() and len([p for p in data_dir.rglob("*") if p.is_file()]) >= 3:
+        if data_dir.exists() and len([p for p in data_dir.rglob("*") if p.is_file() and "tmp" not in p.name]) >= 4:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
