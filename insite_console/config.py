@@ -104,8 +104,18 @@ def _is_retention(value: Any) -> str | None:
     return None
 
 
-_LIMITS = {"limit_upload": _is_size, "limit_download": _is_size, "retries": _is_pos_int,
-           "part_size": _is_size, "concurrency": _is_pos_int}
+def _is_seconds(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return None if ok else "a positive number of seconds"
+
+
+def _is_count(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "an integer >= 0"
+
+
+_LIMITS = {"limit_upload": _is_size, "limit_download": _is_size, "retries": _is_count,
+           "part_size": _is_size, "concurrency": _is_pos_int, "connect_timeout": _is_seconds,
+           "read_timeout": _is_seconds, "retry_base_delay": _is_seconds, "retry_max_delay": _is_seconds}
 
 # key -> (check, required)
 SCHEMAS: dict[str, dict[str, dict[str, tuple[Check, bool]]]] = {
@@ -114,13 +124,16 @@ SCHEMAS: dict[str, dict[str, dict[str, tuple[Check, bool]]]] = {
         "s3": {"bucket": (_is_str, True), "prefix": (lambda v: None if isinstance(v, str) else "a string", False),
                "endpoint_url": (_is_str, False), "region": (_is_str, False), "profile": (_is_str, False),
                "access_key_id_env": (_is_str, False), "secret_access_key_env": (_is_str, False),
+               "session_token_env": (_is_str, False),
                "addressing_style": (_one_of("path", "virtual", "auto"), False),
                **{k: (v, False) for k, v in _LIMITS.items()}},
         "gcs": {"bucket": (_is_str, True), "prefix": (lambda v: None if isinstance(v, str) else "a string", False),
                 "project": (_is_str, False), "credentials_file": (_is_str, False),
+                "location": (_is_str, False), "endpoint_url": (_is_str, False),
                 **{k: (v, False) for k, v in _LIMITS.items()}},
         "azure": {"container": (_is_str, True), "prefix": (lambda v: None if isinstance(v, str) else "a string", False),
                   "connection_string_env": (_is_str, False), "account_url": (_is_str, False),
+                  "api_version": (_is_str, False),
                   **{k: (v, False) for k, v in _LIMITS.items()}},
     },
     "source": {
@@ -139,7 +152,7 @@ POLICY_KEYS: dict[str, tuple[Check, bool]] = {
     "type": (_one_of("full", "incremental", "differential"), False),
     "compression": (_one_of("zstd", "gzip", "none"), False), "encryption": (_is_bool, False),
     "verify": (_is_bool, False), "rpo": (_is_duration, False), "retention": (_is_retention, False),
-    "retries": (lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "an integer >= 0", False),
+    "retries": (_is_count, False),
     "retry_delay": (_is_duration, False), "copy_to": (_is_str_list, False), "full_every": (_is_pos_int, False),
 }
 

@@ -14,6 +14,7 @@ Install what the servers need with `scripts/install-test-servers`.
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import os
 import shutil
@@ -47,6 +48,17 @@ REPO = Path(__file__).resolve().parent.parent
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 INSTALL_HINT = "run scripts/install-test-servers (pip install -e '.[test]' and npm ci)"
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server if the process (thread) that started it dies, so a crashed or
+    killed test run never leaves emulators behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -89,8 +101,10 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(self.env or {})},
             start_new_session=True,  # a Ctrl-C of pytest does not hit it; we stop it ourselves
+            preexec_fn=_die_with_parent,
         )
         log.close()
+        atexit.register(self.stop)
         self.wait_ready(timeout)
         return self
 
@@ -240,3 +254,196 @@ def azure_server(tmp_path_factory):
     server = _session_server(tmp_path_factory, start_azurite)
     yield server
     server.process.stop()
+
+
+# -- fault injection ---------------------------------------------------------------------------
+
+
+class FaultProxy:
+    """A tiny HTTP/1.1 forward proxy on loopback that sits between a client and a server and
+    misbehaves on demand: answers with an HTTP error, resets the connection, or flips a byte of
+    a request body, for the next N matching requests; everything else is forwarded untouched.
+
+        proxy = FaultProxy(server.port).start()
+        proxy.fail(3, status=503, methods={"PUT"})   # the next three PUTs get a 503
+        ...
+        proxy.stop()
+    """
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1"):
+        import threading
+
+        self.upstream = (upstream_host, upstream_port)
+        self.port = free_port()
+        self._rules: list[dict] = []
+        self._lock = threading.Lock()
+        #: (method, path, what happened: "forwarded <status>" | "failed <status>" | "reset" | "corrupted <status>")
+        self.log: list[tuple[str, str, str]] = []
+        #: (method, path, request headers as sent by the client)
+        self.headers_seen: list[tuple[str, str, dict]] = []
+        self._server = None
+        self._thread = None
+        #: rules without their own path_contains only match paths containing this (if set)
+        self.default_path: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(self, count: int, status: int = 503, code: str = "ServiceUnavailable", methods=None, path_contains=None):
+        self._add({"action": "fail", "count": count, "status": status, "code": code, "methods": methods, "path": path_contains})
+
+    def reset(self, count: int, methods=None, path_contains=None):
+        self._add({"action": "reset", "count": count, "methods": methods, "path": path_contains})
+
+    def corrupt(self, count: int, methods=("PUT",), path_contains=None):
+        self._add({"action": "corrupt", "count": count, "methods": set(methods), "path": path_contains})
+
+    def clear(self):
+        with self._lock:
+            self._rules.clear()
+            self.log.clear()
+            self.headers_seen.clear()
+
+    def outcomes(self, method: str | None = None) -> list[str]:
+        with self._lock:
+            return [what for m, _path, what in self.log if method is None or m == method]
+
+    def _add(self, rule: dict):
+        with self._lock:
+            self._rules.append(rule)
+
+    def _take(self, method: str, path: str) -> dict | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule["count"] <= 0:
+                    continue
+                if rule["methods"] and method not in rule["methods"]:
+                    continue
+                wanted = rule["path"] or self.default_path
+                if wanted and wanted not in path:
+                    continue
+                rule["count"] -= 1
+                return rule
+        return None
+
+    def _record(self, method: str, path: str, what: str):
+        with self._lock:
+            self.log.append((method, path, what))
+
+    def start(self) -> "FaultProxy":
+        import http.server
+        import threading
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self) -> bytes:
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _handle(self):
+                method, path = self.command, self.path
+                body = self._body()
+                with proxy._lock:
+                    proxy.headers_seen.append((method, path, {k.lower(): v for k, v in self.headers.items()}))
+                rule = proxy._take(method, path)
+                if rule and rule["action"] == "reset":
+                    proxy._record(method, path, "reset")
+                    import struct
+
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if rule and rule["action"] == "fail":
+                    proxy._record(method, path, f"failed {rule['status']}")
+                    payload = (
+                        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{rule["code"]}</Code>'
+                        f"<Message>injected by FaultProxy</Message></Error>"
+                    ).encode()
+                    self.send_response(rule["status"])
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("x-ms-error-code", rule["code"])
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if method != "HEAD":
+                        self.wfile.write(payload)
+                    return
+                corrupted = False
+                if rule and rule["action"] == "corrupt" and body:
+                    middle = len(body) // 2
+                    body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+                    corrupted = True
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding", "content-length", "proxy-connection")}
+                if body or method in ("PUT", "POST"):
+                    headers["Content-Length"] = str(len(body))
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                try:
+                    conn.request(method, path, body=body or None, headers=headers)
+                    response = conn.getresponse()
+                    payload = response.read()
+                    status = response.status
+                    out_headers = response.getheaders()
+                except OSError:
+                    proxy._record(method, path, "upstream down")
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                finally:
+                    conn.close()
+                proxy._record(method, path, f"{'corrupted' if corrupted else 'forwarded'} {status}")
+                self.send_response_only(status, response.reason)
+                length_sent = False
+                for key, value in out_headers:
+                    lower = key.lower()
+                    if lower in ("transfer-encoding", "connection"):
+                        continue
+                    if lower == "content-length":
+                        if method == "HEAD":
+                            self.send_header(key, value)
+                            length_sent = True
+                        continue
+                    self.send_header(key, value)
+                if method != "HEAD":
+                    self.send_header("Content-Length", str(len(payload)))
+                elif not length_sent:
+                    self.send_header("Content-Length", "0")
+                self.end_headers()
+                if method != "HEAD" and payload:
+                    self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 64
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+__all__.append("FaultProxy")

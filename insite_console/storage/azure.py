@@ -10,8 +10,9 @@ variables), or azure-identity's DefaultAzureCredential when that package is inst
 
 Integrity: every Put Blob and Put Block carries a transactional Content-MD5 (the SDK's
 `validate_content`), so the service rejects a body damaged in transit (Md5Mismatch, retried).
-The blob's MD5 is stored as its Content-MD5 property (computed by the service for single puts,
-sent with the block list for large ones) and checked on every full read.
+The blob's CRC32C goes into its metadata (`insite_crc32c`, computed while reading the source)
+and is checked on every full read; blobs written by other tools are checked against their
+Content-MD5 property when they have one.
 
 Large objects: blocks of `part_size` staged `concurrency` at a time, then one Put Block List;
 the blob appears whole or not at all. Block ids carry a random per-upload token so two
@@ -43,7 +44,7 @@ from insite_console.storage.retry import (
     classify_common,
     is_transient_status,
 )
-from insite_console.storage.s3 import check_key, part_plan, read_exact, upload_parts
+from insite_console.storage.s3 import check_key, crc32c_hex, part_plan, read_exact, upload_body, upload_parts
 
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MIB
@@ -51,19 +52,29 @@ MAX_BLOCKS = 50_000
 MAX_BLOCK_SIZE = 4000 * MIB
 DELETE_BATCH = 256  # the Blob Batch API's limit
 DEFAULT_CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
+CRC_METADATA = "insite_crc32c"  # blob metadata names must be C# identifiers: no hyphens
 
 
 class _HashingReader:
-    """Feeds what is read through MD5 (parts are read in order on one thread)."""
+    """Feeds what is read through CRC32C (parts are read in order on one thread)."""
 
     def __init__(self, raw: BinaryIO):
         self.raw = raw
-        self.md5 = hashlib.md5()
+        try:
+            import google_crc32c
+
+            self.crc = google_crc32c.Checksum()
+        except ImportError:
+            self.crc = None
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
-        self.md5.update(data)
+        if self.crc is not None:
+            self.crc.update(data)
         return data
+
+    def hexdigest(self) -> str | None:
+        return self.crc.digest().hex() if self.crc is not None else None
 
 
 class AzureStorage(Storage):
@@ -120,6 +131,7 @@ class AzureStorage(Storage):
             session_owner=False,
             connection_timeout=float(self.settings.get("connect_timeout", 10)),
             read_timeout=float(self.settings.get("read_timeout", 60)),
+            connection_data_block_size=256 * 1024,  # what the SDK uses with its own transport
         )
         common = {
             "retry_total": 0,  # retry.py is the only retry layer
@@ -176,12 +188,16 @@ class AzureStorage(Storage):
         if isinstance(exc, aex.HttpResponseError):
             status = exc.status_code
             code = getattr(exc, "error_code", None) or ""
+            code = str(getattr(code, "value", code))  # the SDK sometimes hands an enum
             reason = f"HTTP {status} {code}".rstrip() + f": {exc.reason or ''}".rstrip(": ")
             if code == "ContainerNotFound":
                 return Failure(PERMANENT, f"container {self.container} does not exist", self._create_hint())
             if isinstance(exc, aex.ResourceNotFoundError) or status == 404:
                 return Failure(NOT_FOUND, reason)
             if code in ("Md5Mismatch", "Crc64Mismatch", "OperationTimedOut", "ServerBusy", "InternalError"):
+                return Failure(TRANSIENT, reason)
+            text = str(exc.message or "").lower()
+            if status == 400 and "md5" in text and "match" in text:  # Azurite: InvalidOperation
                 return Failure(TRANSIENT, reason)
             if is_transient_status(status):
                 return Failure(TRANSIENT, reason)
@@ -220,15 +236,18 @@ class AzureStorage(Storage):
         from azure.storage.blob import ContentSettings
 
         md5 = bytearray(hashlib.md5(data).digest())
+        crc = crc32c_hex(data)
+        metadata = {CRC_METADATA: crc} if crc else None
         blob = self.client.get_blob_client(self._full(key))
 
         def op():
             blob.upload_blob(
-                ratelimit.ThrottledReader(data),
+                upload_body(data),
                 length=len(data),
                 overwrite=True,
                 validate_content=True,
                 max_concurrency=1,
+                metadata=metadata,
                 content_settings=ContentSettings(content_type="application/octet-stream", content_md5=md5),
             )
 
@@ -259,21 +278,20 @@ class AzureStorage(Storage):
             block_id = base64.b64encode(f"{token}-{number:06d}".encode()).decode()
 
             def op():
-                blob.stage_block(
-                    block_id, ratelimit.ThrottledReader(data), length=len(data), validate_content=True
-                )
+                blob.stage_block(block_id, upload_body(data), length=len(data), validate_content=True)
 
             self._retry.call(f"upload block {number} of", key, op)
             return block_id
 
         block_ids = upload_parts(reader, size, part_size, self.concurrency, upload_one, self._retry.prefix("upload", key))
-        md5 = bytearray(reader.md5.digest())
+        crc = reader.hexdigest()
         self._retry.call(
             "commit",
             key,
             lambda: blob.commit_block_list(
                 [BlobBlock(block_id=b) for b in block_ids],
-                content_settings=ContentSettings(content_type="application/octet-stream", content_md5=md5),
+                content_settings=ContentSettings(content_type="application/octet-stream"),
+                metadata={CRC_METADATA: crc} if crc else None,
             ),
         )
 
@@ -288,26 +306,36 @@ class AzureStorage(Storage):
         def op() -> bytes:
             from azure.core.exceptions import HttpResponseError
 
+            limited = ratelimit.is_limited(ratelimit.DOWNLOAD)
             try:
                 downloader = blob.download_blob(
                     offset=offset if (offset or length is not None) else None,
                     length=length,
-                    max_concurrency=1,
+                    max_concurrency=1 if limited else self.concurrency,
                     validate_content=False,
                 )
-                chunks = []
-                for chunk in downloader.chunks():
-                    ratelimit.throttle_download(len(chunk))
-                    chunks.append(chunk)
+                if limited:
+                    chunks = []
+                    for chunk in downloader.chunks():
+                        ratelimit.throttle_download(len(chunk))
+                        chunks.append(chunk)
+                    data = b"".join(chunks)
+                else:
+                    data = downloader.readall()
             except HttpResponseError as exc:
                 if exc.status_code == 416:
                     return b""  # asked from at or past the end, as a file read would
                 raise
-            data = b"".join(chunks)
             if whole:
                 expected = downloader.properties.size
                 if expected is not None and expected != len(data):
                     raise ChecksumMismatch(f"got {len(data)} bytes, the blob has {expected}")
+                recorded = (downloader.properties.metadata or {}).get(CRC_METADATA)
+                actual = crc32c_hex(data) if recorded else None
+                if actual is not None:
+                    if actual != recorded:
+                        raise ChecksumMismatch(f"CRC32C {actual} does not match {recorded} recorded at upload")
+                    return data
                 stored = downloader.properties.content_settings.content_md5
                 if stored:
                     actual = hashlib.md5(data).digest()

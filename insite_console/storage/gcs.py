@@ -12,9 +12,9 @@ a body that does not match; a resumable upload (objects over `part_size`) has th
 the CRC32C GCS computed when the upload ends. Full reads are checked against the CRC32C GCS
 reports; ranged reads are authenticated by the repository's AES-GCM.
 
-Large objects go up as one resumable upload in `part_size` chunks (GCS has no parallel
-multipart in the JSON API; the XML API's is not in the emulator). A failed upload restarts
-from the beginning of the object, within the retry budget.
+Objects over `part_size` go up as one resumable upload in chunks of up to 64 MiB (GCS has no
+parallel multipart in the JSON API; the XML API's is not in the emulator). A failed upload
+restarts from the beginning of the object, within the retry budget.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MIB
 CHUNK_QUANTUM = 256 * 1024  # resumable chunks must be multiples of 256 KiB
 DELETE_BATCH = 100  # the JSON API's batch limit
+RESUMABLE_CHUNK_MAX = 64 * MIB  # held in memory per upload in flight
 
 
 class _ThrottledFile(io.RawIOBase):
@@ -114,13 +115,19 @@ class _ThrottledSink(io.RawIOBase):
         return True
 
     def write(self, data) -> int:
-        data = bytes(data)
+        if not isinstance(data, bytes):
+            data = bytes(data)
         ratelimit.throttle_download(len(data))
         self.chunks.append(data)
         return len(data)
 
     def getvalue(self) -> bytes:
         return b"".join(self.chunks)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Missing(Exception):
@@ -219,9 +226,10 @@ class GCSStorage(Storage):
         if isinstance(exc, gex.GoogleAPICallError):
             status = exc.code
             message = getattr(exc, "message", "") or str(exc)
-            reason = f"HTTP {status}: {message}"
+            reason = f"HTTP {status}: {_short(message)}"
             if status == 404:
-                if "bucket" in message.lower():
+                lowered = message.lower()
+                if "bucket does not exist" in lowered or "no such bucket" in lowered:
                     return Failure(PERMANENT, f"bucket {self.bucket_name} does not exist", self._create_hint())
                 return Failure(NOT_FOUND, reason)
             if is_transient_status(status):
@@ -232,7 +240,7 @@ class GCSStorage(Storage):
         if "InvalidResponse" in names:
             response = getattr(exc, "response", None)
             status = getattr(response, "status_code", None)
-            reason = f"HTTP {status}: {exc}"
+            reason = f"HTTP {status}: {_short(getattr(response, 'text', '') or str(exc))}"
             if status == 404:
                 return Failure(NOT_FOUND, reason)
             if is_transient_status(status):
@@ -313,10 +321,13 @@ class GCSStorage(Storage):
         except (OSError, AttributeError):
             start = None
 
+        # a failed upload restarts from the start anyway, so bigger chunks only save round trips
+        chunk = max(self.part_size, min(RESUMABLE_CHUNK_MAX, -(-size // CHUNK_QUANTUM) * CHUNK_QUANTUM))
+
         def op():
             if start is not None:
                 fileobj.seek(start)
-            blob = self._bucket().blob(full, chunk_size=self.part_size)
+            blob = self._bucket().blob(full, chunk_size=chunk)
             self._upload(blob, _ThrottledFile(fileobj, size), size, checksum="crc32c")
 
         retry = self._retry
@@ -424,12 +435,21 @@ class GCSStorage(Storage):
 
     def ensure_container(self, create: bool = False) -> None:
         """Make sure the bucket exists; create it when `create`, else explain how to."""
-        found = self._retry.call(
-            "find bucket",
-            self.bucket_name,
-            lambda: self.client.lookup_bucket(self.bucket_name, retry=None, timeout=self.timeout),
-        )
-        if found is not None:
+        def probe() -> bool:
+            from google.api_core import exceptions as gex
+
+            try:
+                return self.client.lookup_bucket(self.bucket_name, retry=None, timeout=self.timeout) is not None
+            except gex.Forbidden:
+                # roles/storage.objectAdmin may not read bucket metadata: listing tells instead
+                iterator = self.client.list_blobs(self.bucket_name, max_results=1, retry=None, timeout=self.timeout)
+                try:
+                    list(iterator)
+                    return True
+                except gex.NotFound:
+                    return False
+
+        if self._retry.call("find bucket", self.bucket_name, probe):
             return
         if not create:
             raise StorageError(

@@ -161,8 +161,18 @@ def set_global_limits(upload=None, download=None) -> None:
 
 def register(owner: object, upload=None, download=None) -> None:
     """A storage asks for limits (its `limit_upload` / `limit_download`); the lowest one asked
-    for by any open storage applies unless a global limit is set."""
-    upload, download = parse_rate(upload), parse_rate(download)
+    for by any open storage applies unless a global limit is set. A bad value raises
+    ConfigError naming the storage and the key."""
+    from insite_console.errors import ConfigError
+
+    parsed = {}
+    for key, value in (("limit_upload", upload), ("limit_download", download)):
+        try:
+            parsed[key] = parse_rate(value)
+        except ValueError as exc:
+            name = getattr(owner, "name", "?")
+            raise ConfigError(f"[storage.{name}] {key}: {exc}") from None
+    upload, download = parsed["limit_upload"], parsed["limit_download"]
     with _lock:
         for direction, rate in ((UPLOAD, upload), (DOWNLOAD, download)):
             if rate:
@@ -190,6 +200,11 @@ def reset() -> None:
             _overrides[direction] = None
             _requested[direction].clear()
             _recompute(direction)
+
+
+def is_limited(direction: str) -> bool:
+    """Whether a limit applies now (backends skip the byte-by-byte accounting when not)."""
+    return _buckets[direction].rate is not None
 
 
 def throttle_upload(nbytes: int) -> None:

@@ -88,7 +88,7 @@ def classify_common(exc: BaseException) -> Failure | None:
     if isinstance(exc, TransientError):
         return Failure(TRANSIENT, str(exc))
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        return Failure(TRANSIENT, f"timed out ({exc or 'no response'})")
+        return Failure(TRANSIENT, f"timed out ({str(exc) or 'no response'})")
     if isinstance(exc, ssl.SSLError):
         return Failure(TRANSIENT, f"TLS error: {exc}")
     if isinstance(exc, (ConnectionError, socket.gaierror)):

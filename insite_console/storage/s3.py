@@ -5,10 +5,11 @@ shared by every thread (botocore clients are thread-safe); its connection pool i
 `concurrency` parallel part uploads plus the engine's own threads.
 
 Integrity: every PUT and every part carries Content-MD5, so S3 rejects a body damaged in
-transit (BadDigest, retried). The object's MD5 goes into its metadata (`x-amz-meta-insite-md5`);
-multipart objects record their part size instead, so a full read can be checked against
-the ETag (MD5 of the part MD5s). Ranged reads are not checked here: the repository
-authenticates every chunk with AES-GCM.
+transit (BadDigest, retried); the ETag that comes back is compared too, for S3-compatible
+servers that do not check Content-MD5. The object's CRC32C and MD5 go into its metadata
+(`x-amz-meta-insite-crc32c`, `-md5`); multipart objects record their part size instead, so a
+full read can be checked against the ETag (MD5 of the part MD5s). Ranged reads are not
+checked here: the repository authenticates every chunk with AES-GCM.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from insite_console.storage.retry import (
     ChecksumMismatch,
     Failure,
     Retrier,
+    TransientError,
     classify_common,
     is_transient_status,
 )
@@ -46,7 +48,6 @@ _TRANSIENT_CODES = frozenset(
         "BadDigest",  # body damaged in transit: send it again
         "XAmzContentSHA256Mismatch",
         "RequestTimeout",
-        "RequestTimeTooSkewed",
         "SlowDown",
         "Throttling",
         "ThrottlingException",
@@ -64,6 +65,23 @@ _CREDENTIAL_CODES = frozenset(
 
 def _normalize_prefix(prefix: str | None) -> str:
     return (prefix or "").strip("/")
+
+
+def crc32c_hex(data) -> str | None:
+    """CRC32C of `data` (hardware-accelerated, several GB/s), or None without google-crc32c."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    return google_crc32c.Checksum(bytes(data) if isinstance(data, memoryview) else data).digest().hex()
+
+
+def upload_body(data):
+    """What to hand an SDK as a request body: the bytes themselves when no upload limit is in
+    force (no per-read overhead), else a reader that charges the upload bucket."""
+    if ratelimit.is_limited(ratelimit.UPLOAD) or not isinstance(data, (bytes, bytearray)):
+        return ratelimit.ThrottledReader(data)
+    return data
 
 
 def check_key(storage: Storage, key: str) -> None:
@@ -140,6 +158,29 @@ def upload_parts(fileobj: BinaryIO, size: int, part_size: int, concurrency: int,
     return results
 
 
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="insite-md5")
+        return _pool
+
+
+def _check_etag(response: dict, md5_hex: str) -> None:
+    """S3 checks Content-MD5 itself; some S3-compatible servers do not. Their ETag for a
+    plain PUT or a part is the MD5 of what they received, so compare it, unless the object is
+    encrypted server-side (then the ETag is not an MD5)."""
+    if response.get("ServerSideEncryption") or response.get("SSECustomerAlgorithm"):
+        return
+    etag = (response.get("ETag") or "").strip('"').lower()
+    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) and etag != md5_hex:
+        raise TransientError(f"the server stored a body with MD5 {etag}, not the {md5_hex} sent (damaged in transit)")
+
+
 class S3Storage(Storage):
     #: keys per ListObjectsV2 page (S3's maximum); tests may lower it
     list_page_size = 1000
@@ -213,7 +254,12 @@ class S3Storage(Storage):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        session = boto3.session.Session(region_name=self.region, **self._credentials())
+        credentials = self._credentials()
+        profile = self.settings.get("profile") if not credentials else None
+        try:
+            session = boto3.session.Session(region_name=self.region, profile_name=profile or None, **credentials)
+        except Exception as exc:  # noqa: BLE001 - ProfileNotFound and friends
+            raise StorageError(f"storage {self.name} ({self.describe()}): {exc}") from None
         return session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
     def _classify(self, exc: BaseException) -> Failure | None:
@@ -231,6 +277,8 @@ class S3Storage(Storage):
                 return Failure(PERMANENT, f"bucket {self.bucket} does not exist", self._create_hint())
             if code in _TRANSIENT_CODES or is_transient_status(status):
                 return Failure(TRANSIENT, reason)
+            if code == "RequestTimeTooSkewed":
+                return Failure(PERMANENT, reason, "The clock of this machine is off; sync it (NTP) and try again.")
             if code in _CREDENTIAL_CODES or status in (401, 403):
                 return Failure(
                     PERMANENT,
@@ -266,20 +314,30 @@ class S3Storage(Storage):
 
     def put(self, key: str, data: bytes | memoryview) -> None:
         check_key(self, key)
+        if len(data) > self.part_size:  # big: in parts, in parallel, each retried alone
+            import io
+
+            self.put_file(key, io.BytesIO(data), len(data))
+            return
         data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
         digest = hashlib.md5(data)
         md5_b64 = base64.b64encode(digest.digest()).decode()
+        metadata = {"insite-md5": digest.hexdigest()}
+        crc = crc32c_hex(data)
+        if crc:
+            metadata["insite-crc32c"] = crc  # checked on full reads; far cheaper than MD5
         full = self._full(key)
 
         def op():
-            self.client.put_object(
+            response = self.client.put_object(
                 Bucket=self.bucket,
                 Key=full,
-                Body=ratelimit.ThrottledReader(data),
+                Body=upload_body(data),
                 ContentLength=len(data),
                 ContentMD5=md5_b64,
-                Metadata={"insite-md5": digest.hexdigest()},
+                Metadata=metadata,
             )
+            _check_etag(response, digest.hexdigest())
 
         self._retry.call("upload", key, op)
 
@@ -305,7 +363,8 @@ class S3Storage(Storage):
         )
 
         def upload_one(number: int, data: bytes) -> dict:
-            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+            digest = hashlib.md5(data)
+            md5 = base64.b64encode(digest.digest()).decode()
 
             def op():
                 response = self.client.upload_part(
@@ -313,10 +372,11 @@ class S3Storage(Storage):
                     Key=full,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=ratelimit.ThrottledReader(data),
+                    Body=upload_body(data),
                     ContentLength=len(data),
                     ContentMD5=md5,
                 )
+                _check_etag(response, digest.hexdigest())
                 return {"PartNumber": number, "ETag": response["ETag"]}
 
             return self._retry.call(f"upload part {number} of", key, op)
@@ -373,14 +433,17 @@ class S3Storage(Storage):
                     return b""  # asked from at or past the end, as a file read would
                 raise
             body = response["Body"]
-            chunks = []
             try:
-                while block := body.read(READ_BLOCK):
-                    ratelimit.throttle_download(len(block))
-                    chunks.append(block)
+                if ratelimit.is_limited(ratelimit.DOWNLOAD):
+                    chunks = []
+                    while block := body.read(READ_BLOCK):
+                        ratelimit.throttle_download(len(block))
+                        chunks.append(block)
+                    data = b"".join(chunks)
+                else:
+                    data = body.read()
             finally:
                 body.close()
-            data = b"".join(chunks)
             if whole:
                 self._verify(key, response, data)
             return data
@@ -392,6 +455,13 @@ class S3Storage(Storage):
         if length is not None and length != len(data):
             raise ChecksumMismatch(f"got {len(data)} bytes, the server announced {length}")
         metadata = response.get("Metadata") or {}
+        expected = metadata.get("insite-crc32c")
+        if expected:
+            actual = crc32c_hex(data)
+            if actual is not None:
+                if actual != expected:
+                    raise ChecksumMismatch(f"CRC32C {actual} does not match {expected} recorded at upload")
+                return
         expected = metadata.get("insite-md5")
         if expected:
             actual = hashlib.md5(data).hexdigest()
@@ -402,7 +472,10 @@ class S3Storage(Storage):
         part_size = metadata.get("insite-part-size")
         if part_size and "-" in etag and not response.get("SSEKMSKeyId") and not response.get("SSECustomerAlgorithm"):
             part = int(part_size)
-            digests = b"".join(hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part))
+            view = memoryview(data)
+            slices = [view[i : i + part] for i in range(0, len(data), part)]
+            # hashlib releases the GIL: hash the parts on all cores
+            digests = b"".join(_hash_pool().map(lambda piece: hashlib.md5(piece).digest(), slices))
             count = -(-len(data) // part)
             actual = f"{hashlib.md5(digests).hexdigest()}-{count}"
             if actual != etag:
