@@ -9,7 +9,7 @@ Use from any test module:
     def test_something(s3_server):
         boto3.client("s3", endpoint_url=s3_server.endpoint_url, ...)
 
-Install what the servers need with `scripts/install-test-servers`.
+Install what the servers need with `scripts/setup`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ __all__ = [
 REPO = Path(__file__).resolve().parent.parent
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-INSTALL_HINT = "run scripts/install-test-servers (pip install -e '.[test]' and npm ci)"
+INSTALL_HINT = "run scripts/setup (pip install -e '.[test]' and npm ci)"
 
 
 def _die_with_parent() -> None:
