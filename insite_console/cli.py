@@ -222,6 +222,14 @@ def cmd_restore(args) -> int:
               f"{clock.human_bytes(summary.get('bytes_to_write', 0))} to write, "
               f"about {clock.human_duration(summary.get('estimated_seconds', 0))} "
               f"({summary.get('estimate_basis', '')})")
+    for key, value in (result.get("details") or {}).items():
+        if not isinstance(value, (dict, list)):
+            print(f"{key}: {value}")
+    if result.get("baselines"):
+        print(f"{'object':<40} {'at backup':>12} {'restored':>12}")
+        for row in result["baselines"]:
+            mark = {True: "ok", False: "DIFFERS", None: "(estimate)"}[row.get("match")]
+            print(f"{row['object']:<40} {str(row['backup']):>12} {str(row['restored']):>12}  {mark}")
     for line in result.get("notes", []):
         print(line)
     if not args.dry_run:
@@ -276,6 +284,11 @@ def cmd_status(args) -> int:
         print(f"{status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  last ok {age} ago (RPO {rpo})  "
               f"next {row['next_run_at'] or '-'}" + ("  LAST RUN FAILED: " + row["last_failure_error"]
                                                        if row["failing"] else ""))
+        window = row.get("restorable_window")
+        if window:
+            lag = window["archive_lag_seconds"]
+            print(f"{'':<10}  {'':<16}  restorable {window['oldest'] or '-'} … {window['newest'] or '-'}, "
+                  f"WAL archive lag {clock.human_duration(lag) if lag is not None else '-'}")
     return 0
 
 
@@ -345,6 +358,28 @@ def cmd_wal_fetch(args) -> int:
     from insite_console import wal
 
     return wal.fetch(_workspace(args), args.source, args.name, args.path) or 0
+
+
+def cmd_wal(args) -> int:
+    from insite_console import wal
+
+    ws = _workspace(args)
+    if args.source not in ws.config.sources:
+        raise UsageError(f"{ws.config.path}: no source named {args.source!r}")
+    wal.sync_catalog(ws, args.source)
+    segments = wal.list_segments(ws, args.source)
+    window = wal.restorable_window(ws, args.source)
+    if args.json:
+        _print_json({"window": window, "segments": segments})
+        return 0
+    for row in segments:
+        print(f"{row['name']:<40} {clock.human_bytes(row['size']):>10}  archived {row['archived_at'][:19]}Z  "
+              f"commits {row['first_time'] or '?'} … {row['last_time'] or '?'}")
+    lag = window["archive_lag_seconds"]
+    print(f"restorable window: {window['oldest'] or '-'} … {window['newest'] or '-'}; "
+          f"{window['segments']} segment(s), {window['base_backups']} base backup(s); archive lag "
+          + (clock.human_duration(lag) if lag is not None else "-"))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -509,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("copy", cmd_copy, "copy a backup to another storage (the off-site copy)")
     p.add_argument("backup_id")
     p.add_argument("--to", required=True)
+
+    p = add("wal", cmd_wal, "the WAL archive of a physical PostgreSQL source: segments, restorable window, lag")
+    p.add_argument("source")
 
     p = add("wal-push", cmd_wal_push, "PostgreSQL archive_command helper", json_flag=False)
     p.add_argument("source")

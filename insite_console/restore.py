@@ -68,6 +68,14 @@ def resolve_backup(ws, reference: str, at: datetime | None) -> dict:
     at or before `at` (or the newest of all)."""
     catalog = ws.catalog
     backup = catalog.backup(reference)
+    physical = [name for name, settings in ws.config.sources.items()
+                if settings["type"] == "postgresql" and settings.get("mode") == "physical"]
+    if backup is None and at is not None:
+        source = ws.config.policies[reference]["source"] if reference in ws.config.policies else reference
+        if source in physical:  # PITR: the newest base backup that *ended* before the target
+            from insite_console.sources.postgresql import pick_base_backup
+
+            return pick_base_backup(ws, source, at)
     if backup is None:
         candidates = [b for b in catalog.backups(status="succeeded")
                       if reference in (b["policy"], b["source"])]

@@ -110,7 +110,18 @@ def prune(ws, policy: str | None = None, dry_run: bool = False) -> dict[str, Any
             ws.catalog.event(None, f"forgot backup {decision['id']} of {decision['policy']} (outside retention)")
         for storage in storages:
             _delete_unreferenced(ws, storage, result)
+        result["wal"] = _prune_wal(ws, policy)
     return result
+
+
+def _prune_wal(ws, policy: str | None) -> list[dict]:
+    """WAL segments older than the oldest kept base backup can no longer be replayed."""
+    from insite_console import wal
+
+    names = [policy] if policy else sorted(ws.config.policies)
+    sources = {ws.config.policies[n]["source"] for n in names}
+    return [wal.prune(ws, source) for source in sorted(sources)
+            if ws.config.sources[source]["type"] == "postgresql" and ws.config.sources[source].get("mode") == "physical"]
 
 
 def _delete_unreferenced(ws, storage: str, result: dict[str, Any]) -> None:

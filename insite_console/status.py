@@ -35,6 +35,15 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
         health = "ok"
     failing = bool(last_failed and (not last_ok or last_failed["started_at"] > last_ok["started_at"]))
     upcoming = next_run(policy.get("schedule"), now)
+    source = ws.config.sources[policy["source"]]
+    window = None
+    if source["type"] == "postgresql" and source.get("mode") == "physical":
+        from insite_console import wal
+
+        window = wal.restorable_window(ws, policy["source"])
+        lag = window["archive_lag_seconds"]
+        if lag is not None and rpo is not None and lag > rpo and health == "ok":
+            health = "breach"  # the WAL archive is the real RPO of a physical source
     return {
         "policy": name, "source": policy["source"], "storage": policy["storage"], "health": health,
         "rpo_seconds": rpo, "last_success_at": last_ok["finished_at"] if last_ok else None,
@@ -42,7 +51,7 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
         "last_failure_at": last_failed["started_at"] if last_failed else None,
         "last_failure_error": last_failed["error"] if last_failed else None, "failing": failing,
         "running": running["id"] if running else None, "schedule": policy.get("schedule"),
-        "next_run_at": clock.iso(upcoming) if upcoming else None,
+        "next_run_at": clock.iso(upcoming) if upcoming else None, "restorable_window": window,
     }
 
 

@@ -40,14 +40,6 @@ SPOOL_DIR_NAME = ".insite-wal-prefetch"
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _ARCHIVE_NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
 
-TABLE_SQL = """
-CREATE TABLE IF NOT EXISTS wal_segments (
-    source TEXT NOT NULL, name TEXT NOT NULL, storage TEXT NOT NULL, size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL, archived_at TEXT NOT NULL, first_time TEXT, last_time TEXT,
-    PRIMARY KEY (source, name)
-)"""
-
-
 class WalError(InsiteError):
     """A WAL archive operation failed (exit status 1, so PostgreSQL retries)."""
 
@@ -77,9 +69,7 @@ def storage_for_source(ws, source: str) -> str:
 # ----- catalog ------------------------------------------------------------------------------------
 
 def _db(ws):
-    db = ws.catalog.db
-    db.execute(TABLE_SQL)
-    return db
+    return ws.catalog.db
 
 
 def _record(ws, source: str, name: str, storage: str, size: int, digest: str,
@@ -386,3 +376,32 @@ def console_command() -> str:
     if found:
         return found
     return f"{sys.executable} -m insite_console"
+
+
+def prune(ws, source: str, dry_run: bool = False) -> dict[str, Any]:
+    """WAL retention: delete archived segments older than the start of the oldest restorable
+    (succeeded) physical base backup of `source`; they can no longer be replayed from any base
+    backup. Keeps everything when there is no such backup. `.history` files are always kept."""
+    from insite_console.repo.repository import SEALED
+
+    starts = []
+    for backup in ws.catalog.backups(status="succeeded", source=source):
+        info = (backup.get("info") or {}).get("source_info") or {}
+        if info.get("mode") == "physical" and info.get("start_wal_file"):
+            starts.append(info["start_wal_file"])
+    if not starts:
+        return {"source": source, "deleted": [], "kept_from": None}
+    oldest = min(starts, key=lambda name: (name[8:], name[:8]))
+    storage = storage_for_source(ws, source)
+    repo = ws.repository(storage)
+    doomed = []
+    for name in sorted(archived_names(repo, source)):
+        segment = name[:24]
+        if _SEGMENT.match(segment) and segment[8:] < oldest[8:]:
+            doomed.append(name)
+    if doomed and not dry_run:
+        repo.storage.delete([SEALED + wal_key(source, name) for name in doomed])
+        db = _db(ws)
+        for name in doomed:
+            db.execute("DELETE FROM wal_segments WHERE source = ? AND name = ?", (source, name))
+    return {"source": source, "deleted": doomed, "kept_from": oldest, "dry_run": dry_run}

@@ -65,7 +65,8 @@ def _start(base: str, password: str | None = None, **config: str) -> RedisServer
     if password:
         args += ["--requirepass", password]
     for key, value in config.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        args += [f"--{key.replace('_', '-')}", *map(str, values)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(port=port, dir=data_dir, proc=proc, password=password)
     deadline = time.monotonic() + 10

@@ -65,6 +65,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX drills_scenario ON drills(scenario, started_at DESC);
     """,
+    # 3: the PostgreSQL WAL archive (backup type transaction_log), with commit-time ranges
+    """
+    CREATE TABLE IF NOT EXISTS wal_segments (
+        source TEXT NOT NULL, name TEXT NOT NULL, storage TEXT NOT NULL, size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL, archived_at TEXT NOT NULL, first_time TEXT, last_time TEXT,
+        PRIMARY KEY (source, name)
+    );
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",

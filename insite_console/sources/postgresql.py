@@ -8,6 +8,8 @@ Logical (`mode = "logical"`, the default)
     and the per-table row counts (the baselines) are taken in that same snapshot, so they are
     exactly what the dump holds (estimates from pg_class.reltuples for tables too large to
     count cheaply, unless `exact_counts = true`).
+    With `jobs > 1`, `pg_dump -Fd -j N` writes into a local temporary directory (the directory
+    format cannot go to a pipe) and each of its files is stored; the copy is removed after.
     Restore: `pg_restore` into `--target DSN`. With `jobs = 1` (default) the stored stream is
     fed to pg_restore's stdin inside one transaction (`--single-transaction`: all or nothing).
     With `jobs > 1`, pg_restore needs a seekable file for `-j`: the dump is spooled to a
@@ -47,8 +49,9 @@ import tarfile
 import tempfile
 import threading
 import time
+import weakref
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, BinaryIO, Iterator
 
 from insite_console import clock
@@ -403,11 +406,16 @@ class PostgresSource(Source):
         if self.mode == "physical":
             entry = Entry(path="base.tar", type="file", mode=0o600, mtime_ns=now_ns)
             yield Item(entry=entry, open=lambda: self._open_basebackup(ctx))
+        elif int(self.settings.get("jobs") or 1) > 1:
+            yield from self._scan_directory_dump(ctx, facts["database"], int(self.settings["jobs"]))
         else:
             entry = Entry(path=f"{facts['database']}.pgdump", type="file", mode=0o600, mtime_ns=now_ns)
             yield Item(entry=entry, open=lambda: self._open_dump(ctx))
 
     def metadata(self) -> dict[str, Any]:
+        cleanup = getattr(self, "_spool_cleanup", None)
+        if cleanup is not None:
+            cleanup()
         return dict(self._meta)
 
     def estimate_size(self) -> int | None:
@@ -481,6 +489,73 @@ class PostgresSource(Source):
             except Exception:
                 pass
             self.proc = None
+
+    def _scan_directory_dump(self, ctx: ScanContext, dbname: str, jobs: int) -> Iterator[Item]:
+        """`jobs > 1`: `pg_dump -Fd -j N` into a local temporary directory (the directory format
+        cannot go to a pipe), then every file of it as an item; the directory is removed after."""
+        pg = self.target()
+        conn = pg.connect()
+        spool = tempfile.mkdtemp(prefix="insite-pgdump-")
+        # The engine reads the files in reader threads, possibly after this generator is done:
+        # the copy goes in metadata() (called once everything is read), on failure, or at exit.
+        self._spool_cleanup = weakref.finalize(self, shutil.rmtree, spool, True)
+        completed = False
+        try:
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            free = shutil.disk_usage(spool).free
+            if free < size * 1.1:
+                raise SourceError(f"parallel pg_dump (jobs = {jobs}) writes a temporary copy to {spool}: "
+                                  f"{clock.human_bytes(free)} free for a {clock.human_bytes(size)} database; "
+                                  "free space, set TMPDIR, or set jobs = 1 (streams without a copy)")
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            out = os.path.join(spool, f"{dbname}.pgdir")
+            stderr = tempfile.TemporaryFile()
+            args = [pg_tool("pg_dump", self.settings), "--format=directory", "--compress=0", "--no-password",
+                    f"--jobs={jobs}", "--snapshot", snapshot, "--file", out, "--dbname", pg.conninfo()]
+            try:
+                proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                        env=pg.env())
+            except OSError as exc:
+                raise SourceError(f"cannot run pg_dump: {exc.strerror}") from None
+            self.proc = proc
+            try:
+                ctx.reporter.update(phase="dumping", force=True)
+                while proc.poll() is None:
+                    if ctx.cancel.cancelled:
+                        _kill(proc)
+                        ctx.cancel.check()
+                    time.sleep(0.1)
+            except BaseException:
+                _kill(proc)
+                raise
+            finally:
+                self.proc = None
+            if proc.returncode != 0:
+                raise SourceError(f"pg_dump of {pg.describe()} failed: {_exit_text('pg_dump', proc.returncode)}"
+                                  + (f": {_tail(stderr, pg.secrets())}" if _tail(stderr, pg.secrets()) else "")
+                                  + " (the backup is incomplete)")
+            stderr.close()
+            counts, kinds = table_counts(conn, True if self.settings.get("exact_counts") else None)
+            self._meta.update({"format": "directory", "jobs": jobs, "baselines": counts, "baseline_kinds": kinds,
+                               "baselines_in_dump_snapshot": True})
+            conn.close()
+            ctx.reporter.update(phase="reading", force=True)
+            now_ns = time.time_ns()
+            yield Item(entry=Entry(path=f"{dbname}.pgdir", type="dir", mode=0o700, mtime_ns=now_ns))
+            for name in sorted(os.listdir(out), key=lambda n: n.encode()):
+                path = os.path.join(out, name)
+                entry = Entry(path=f"{dbname}.pgdir/{name}", type="file", mode=0o600, mtime_ns=now_ns,
+                              size=os.path.getsize(path))
+                yield Item(entry=entry, open=lambda path=path: open(path, "rb"))
+            completed = True
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
+            if not completed:
+                self._spool_cleanup()
 
     # ----- physical
 
@@ -701,8 +776,102 @@ class TocEntry:
         return f"{self.kind} {self.schema + '.' if self.schema else ''}{self.name}"
 
 
-def read_toc(ctx, entry, pg_restore: str) -> list[TocEntry]:
-    text = _run_fed(ctx, entry, [pg_restore, "--list"], dict(os.environ), [], "pg_restore --list")
+def _run_tool(ctx, args: list[str], env: dict, secrets: list, what: str) -> str:
+    """Run a pg tool on a local archive (no stdin); return its stdout; raise on failure."""
+    stderr = tempfile.TemporaryFile()
+    stdout = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
+    except OSError as exc:
+        raise SourceError(f"cannot run {args[0]}: {exc.strerror}") from None
+    try:
+        while proc.poll() is None:
+            if ctx.cancel.cancelled:
+                _kill(proc)
+                ctx.cancel.check()
+            time.sleep(0.05)
+    except BaseException:
+        _kill(proc)
+        raise
+    if proc.returncode != 0:
+        raise SourceError(f"{what} failed: {_exit_text(os.path.basename(args[0]), proc.returncode)}: "
+                          f"{_tail(stderr, secrets)}")
+    stdout.seek(0)
+    text = stdout.read().decode("utf-8", "replace")
+    stderr.close()
+    stdout.close()
+    return text
+
+
+class DumpArchive:
+    """A stored dump as pg_restore's input: one custom-format stream (fed through stdin, or
+    spooled to a file for `-j`), or a directory-format dump (written to a temporary directory)."""
+
+    def __init__(self, ctx, entries: list):
+        self.ctx = ctx
+        streams = [e for e in entries if e.type == "file" and e.path.endswith(".pgdump")]
+        dir_files = [e for e in entries if e.type == "file" and e.path.split("/", 1)[0].endswith(".pgdir")
+                     and "/" in e.path]
+        if streams:
+            self.entry, self.files = streams[0], None
+            self.size = streams[0].size
+        elif dir_files:
+            self.entry, self.files = None, dir_files
+            self.size = sum(e.size for e in dir_files)
+        else:
+            raise SourceError(f"backup {ctx.backup['id']} holds no pg_dump archive")
+        self.path: str | None = None
+        self._spool: str | None = None
+
+    @property
+    def is_directory(self) -> bool:
+        return self.files is not None
+
+    def materialize(self) -> str:
+        """A local copy pg_restore can seek in (free space checked first)."""
+        if self.path:
+            return self.path
+        spool_dir = tempfile.gettempdir()
+        free = shutil.disk_usage(spool_dir).free
+        if free < self.size * 1.05 + (64 << 20):
+            raise RestoreRefused(f"this restore needs a temporary copy of the dump in {spool_dir}, which has "
+                                 f"{clock.human_bytes(free)} free for {clock.human_bytes(self.size)}; free space or "
+                                 "set TMPDIR (a custom-format dump with jobs = 1 streams without a copy)")
+        self._spool = tempfile.mkdtemp(prefix="insite-pgrestore-", dir=spool_dir)
+        if self.files is None:
+            targets = [(self.entry, os.path.join(self._spool, "dump.pgdump"))]
+            self.path = targets[0][1]
+        else:
+            self.path = os.path.join(self._spool, "dump.pgdir")
+            os.mkdir(self.path, 0o700)
+            targets = [(e, os.path.join(self.path, e.path.split("/", 1)[1])) for e in self.files]
+        for entry, dest in targets:
+            name = os.path.basename(dest)
+            if os.path.dirname(dest) not in (self.path, self._spool) or name in ("", ".", ".."):
+                raise RestoreRefused(f"unexpected file {entry.path!r} in a directory-format dump")
+            with open(dest, "wb") as out, self.ctx.open_entry(entry) as source:
+                while True:
+                    self.ctx.cancel.check()
+                    block = source.read(1 << 20)
+                    if not block:
+                        break
+                    out.write(block)
+                    self.ctx.reporter.advance(bytes_done=len(block))
+        return self.path
+
+    def run(self, args: list[str], env: dict, secrets: list, what: str, need_file: bool = False) -> str:
+        if self.path or self.is_directory or need_file:
+            return _run_tool(self.ctx, args + [self.materialize()], env, secrets, what)
+        return _run_fed(self.ctx, self.entry, args, env, secrets, what)
+
+    def close(self) -> None:
+        if self._spool:
+            shutil.rmtree(self._spool, ignore_errors=True)
+            self._spool = self.path = None
+
+
+def read_toc(ctx, archive: DumpArchive, pg_restore: str) -> list[TocEntry]:
+    text = archive.run([pg_restore, "--list"], dict(os.environ), [], "pg_restore --list")
     entries = []
     for line in text.splitlines():
         if line and not line.startswith(";"):
@@ -713,7 +882,7 @@ def read_toc(ctx, entry, pg_restore: str) -> list[TocEntry]:
     return entries
 
 
-def _definitions(ctx, entry, pg_restore: str, toc: list[TocEntry]) -> dict[tuple[str, str | None, str], str]:
+def _definitions(ctx, archive: DumpArchive, pg_restore: str, toc: list[TocEntry]) -> dict[tuple[str, str | None, str], str]:
     """SQL of INDEX / SEQUENCE / SEQUENCE OWNED BY entries, read from the archive's TOC only."""
     wanted = [e for e in toc if e.kind in ("INDEX", "SEQUENCE", "SEQUENCE OWNED BY")]
     if not wanted:
@@ -722,8 +891,8 @@ def _definitions(ctx, entry, pg_restore: str, toc: list[TocEntry]) -> dict[tuple
         handle.write("\n".join(e.line for e in wanted) + "\n")
         list_path = handle.name
     try:
-        text = _run_fed(ctx, entry, [pg_restore, "--use-list", list_path, "--file", "-"], dict(os.environ), [],
-                        "pg_restore (reading definitions)")
+        text = archive.run([pg_restore, "--use-list", list_path, "--file", "-"], dict(os.environ), [],
+                           "pg_restore (reading definitions)")
     finally:
         os.unlink(list_path)
     out: dict[tuple[str, str | None, str], str] = {}
@@ -736,7 +905,8 @@ def _definitions(ctx, entry, pg_restore: str, toc: list[TocEntry]) -> dict[tuple
     return out
 
 
-def select_entries(toc: list[TocEntry], includes: list[str], defs: dict) -> list[TocEntry]:
+def select_entries(toc: list[TocEntry], includes: list[str], defs: dict,
+                   missing_schemas: set[str] | frozenset = frozenset()) -> list[TocEntry]:
     """The TOC entries of the tables named by `includes` (globs on schema.table), with their data,
     sequences, defaults, constraints, indexes, triggers, policies, comments and grants."""
     def wanted(schema: str | None, table: str) -> bool:
@@ -762,15 +932,14 @@ def select_entries(toc: list[TocEntry], includes: list[str], defs: dict) -> list
         if e.kind in ("TABLE", "TABLE DATA", "VIEW", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA",
                       "FOREIGN TABLE") and key in tables:
             chosen.append(e)
-        elif e.kind in ("SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET") and (key in sequences or
-                                                                            (e.kind != "SEQUENCE SET" and False)):
+        elif e.kind in ("SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET") and key in sequences:
             chosen.append(e)
-        elif e.kind == "SEQUENCE SET" and key in sequences:
+        elif e.kind == "SCHEMA" and e.name in missing_schemas and e.name in {t[0] for t in tables}:
             chosen.append(e)
         elif e.kind == "INDEX" and key in indexes:
             chosen.append(e)
-        elif e.kind in ("CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT", "DEFAULT", "TRIGGER", "POLICY",
-                        "ROW SECURITY", "RULE") and (e.schema, e.table_token) in tables:
+        elif e.kind in ("CONSTRAINT", "CHECK CONSTRAINT", "DEFAULT", "ROW SECURITY") \
+                and (e.schema, e.table_token) in tables:
             chosen.append(e)
         elif e.kind in ("COMMENT", "ACL") and e.name.startswith(("TABLE ", "VIEW ", "SEQUENCE ", "COLUMN ")):
             target = e.name.split(" ", 1)[1]
@@ -778,6 +947,14 @@ def select_entries(toc: list[TocEntry], includes: list[str], defs: dict) -> list
             if (e.schema, target) in tables or (e.schema, target) in sequences:
                 chosen.append(e)
     return chosen
+
+
+def skipped_dependents(toc: list[TocEntry], chosen: list[TocEntry]) -> list[TocEntry]:
+    """Objects on the chosen tables that a partial restore leaves out because they depend on
+    other objects (foreign keys, triggers, policies, rules), as `pg_restore -t` does."""
+    tables = {(e.schema, e.name) for e in chosen if e.kind == "TABLE"}
+    return [e for e in toc if e.kind in ("FK CONSTRAINT", "TRIGGER", "POLICY", "RULE")
+            and (e.schema, e.table_token) in tables]
 
 
 def _qual(schema: str | None, name: str) -> str:
@@ -795,15 +972,21 @@ def _target_objects(conn) -> dict[str, Any]:
         "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
         "WHERE n.nspname NOT IN ('pg_catalog','information_schema')").fetchone()[0]
     los = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
-    return {"relations": {(s, n) for s, n, _k in rels}, "functions": int(funcs), "large_objects": int(los)}
+    schemas = {row[0] for row in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
+    return {"relations": {(s, n) for s, n, _k in rels}, "functions": int(funcs), "large_objects": int(los),
+            "schemas": schemas}
 
 
 def restore_logical(ctx) -> dict[str, Any]:
     settings = _source_settings(ctx)
-    dumps = [e for e in ctx.entries() if e.type == "file" and e.path.endswith(".pgdump")]
-    if not dumps:
-        raise SourceError(f"backup {ctx.backup['id']} holds no pg_dump archive")
-    entry = dumps[0]
+    archive = DumpArchive(ctx, list(ctx.entries()))
+    try:
+        return _restore_logical(ctx, archive, settings)
+    finally:
+        archive.close()
+
+
+def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any]:
     target_dsn = str(ctx.target)
     if "=" not in target_dsn and "://" not in target_dsn:
         raise UsageError(f"--target for a logical PostgreSQL backup is a DSN such as "
@@ -819,15 +1002,18 @@ def restore_logical(ctx) -> dict[str, Any]:
         existing = _target_objects(conn)
 
     ctx.reporter.update(phase="reading catalog of the dump", force=True)
-    toc = read_toc(ctx, entry, pg_restore)
+    toc = read_toc(ctx, archive, pg_restore)
     if includes:
-        defs = _definitions(ctx, entry, pg_restore, toc)
-        chosen = select_entries(toc, includes, defs)
+        defs = _definitions(ctx, archive, pg_restore, toc)
+        missing = {e.name for e in toc if e.kind == "SCHEMA"} - existing["schemas"]
+        chosen = select_entries(toc, includes, defs, missing)
+        left_out = skipped_dependents(toc, chosen)
         if not any(e.kind in ("TABLE", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE") for e in chosen):
             raise UsageError(f"--include {', '.join(includes)}: no table of backup {ctx.backup['id']} matches "
                              "(use schema.table, globs allowed: public.*)")
     else:
         chosen = toc
+        left_out = []
     relations = existing["relations"]
     clashes = [e for e in chosen if e.kind in ("TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE")
                and (e.schema, e.name) in relations]
@@ -842,9 +1028,10 @@ def restore_logical(ctx) -> dict[str, Any]:
     selected_tables = {f"{e.schema}.{e.name}" for e in chosen if e.kind == "TABLE"}
     summary = {"objects": len(chosen), "tables": len(selected_tables),
                "existing_in_target": len(clashes), "target": pg.describe(), "jobs": jobs,
-               "rows_expected": sum(v for k, v in baselines.items() if k in selected_tables)}
+               "rows_expected": sum(v for k, v in baselines.items() if k in selected_tables),
+               "left_out": [e.label() for e in left_out]}
     if ctx.dry_run:
-        return {"files": len(selected_tables), "bytes_written": 0, "plan": plan, "summary": summary}
+        return {"files": len(selected_tables), "bytes_written": 0, "plan": plan, "details": summary}
     if not ctx.yes:
         if includes and clashes:
             names = ", ".join(e.label() for e in clashes[:5])
@@ -865,13 +1052,13 @@ def restore_logical(ctx) -> dict[str, Any]:
             handle.write("\n".join(e.line for e in chosen) + "\n")
             list_path = handle.name
         args += ["--use-list", list_path]
-    ctx.reporter.update(phase="restoring", bytes_total=entry.size, bytes_done=0, force=True)
+    ctx.reporter.update(phase="restoring", bytes_total=archive.size, bytes_done=0, force=True)
     try:
-        if jobs > 1:
-            _restore_parallel(ctx, entry, args, jobs, pg)
+        if jobs > 1:  # pg_restore -j needs a file it can seek in: spooled (custom) or written (directory)
+            archive.run(args + [f"--jobs={jobs}"], pg.env(), pg.secrets(), f"pg_restore into {pg.describe()}",
+                        need_file=True)
         else:
-            _run_fed(ctx, entry, args + ["--single-transaction"], pg.env(), pg.secrets(),
-                     f"pg_restore into {pg.describe()}")
+            archive.run(args + ["--single-transaction"], pg.env(), pg.secrets(), f"pg_restore into {pg.describe()}")
     finally:
         if list_path:
             os.unlink(list_path)
@@ -894,42 +1081,13 @@ def restore_logical(ctx) -> dict[str, Any]:
                                "match": (expected == count) if kind == "exact" else None})
     mismatched = [c for c in comparison if c["match"] is False]
     notes = [f"restored {len(selected_tables)} tables into {pg.describe()}"]
+    if left_out:
+        notes.append("not restored by a partial restore (they depend on other objects; recreate them if needed): "
+                     + ", ".join(e.label() for e in left_out[:20]))
     if mismatched:
         notes.append("row counts differ from the backup for: " + ", ".join(c["object"] for c in mismatched[:10]))
-    return {"files": len(selected_tables), "bytes_written": entry.size, "baselines": comparison,
-            "summary": summary, "notes": notes}
-
-
-def _restore_parallel(ctx, entry, args: list[str], jobs: int, pg: PgTarget) -> None:
-    spool_dir = tempfile.gettempdir()
-    free = shutil.disk_usage(spool_dir).free
-    if free < entry.size * 1.05 + (64 << 20):
-        raise RestoreRefused(f"parallel restore (jobs = {jobs}) spools the dump to {spool_dir}, which has "
-                             f"{clock.human_bytes(free)} free for {clock.human_bytes(entry.size)}; free space or "
-                             "set jobs = 1 (streams without a temporary copy)")
-    fd, path = tempfile.mkstemp(prefix="insite-pgrestore-", suffix=".pgdump", dir=spool_dir)
-    try:
-        with os.fdopen(fd, "wb") as out, ctx.open_entry(entry) as source:
-            while True:
-                ctx.cancel.check()
-                block = source.read(1 << 20)
-                if not block:
-                    break
-                out.write(block)
-                ctx.reporter.advance(bytes_done=len(block))
-        stderr = tempfile.TemporaryFile()
-        proc = subprocess.Popen(args + ["--jobs", str(jobs), path], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=stderr, env=pg.env())
-        while proc.poll() is None:
-            if ctx.cancel.cancelled:
-                _kill(proc)
-                ctx.cancel.check()
-            time.sleep(0.05)
-        if proc.returncode != 0:
-            raise SourceError(f"pg_restore into {pg.describe()} failed: {_exit_text('pg_restore', proc.returncode)}: "
-                              f"{_tail(stderr, pg.secrets())}")
-    finally:
-        os.unlink(path)
+    return {"files": len(selected_tables), "bytes_written": archive.size, "baselines": comparison,
+            "details": summary, "notes": notes}
 
 
 # ----- physical ---------------------------------------------------------------------------------------
@@ -1004,7 +1162,10 @@ def restore_physical(ctx) -> dict[str, Any]:
                "wal_from": info.get("start_wal_file"), "wal_to": check.get("last_needed"),
                "wal_segments": check.get("segments"), "action": "pause" if pause else "promote"}
     if ctx.dry_run:
-        return {"files": 1, "bytes_written": 0, "plan": plan, "summary": summary, "problems": problems}
+        notes = ([f"pre-flight problem: {problem}" for problem in problems] or ["pre-flight checks passed"])
+        notes += [f"warning: {warning}" for warning in check.get("warnings", [])]
+        return {"files": 1, "bytes_written": 0, "plan": plan, "details": summary, "problems": problems,
+                "notes": notes}
     if problems:
         raise RestoreRefused("point-in-time restore pre-flight failed:\n  - " + "\n  - ".join(problems))
 
@@ -1039,9 +1200,12 @@ def restore_physical(ctx) -> dict[str, Any]:
     notes = [f"PGDATA laid out in {target} from base backup {ctx.backup['id']}",
              "recovery replays WAL with: " + restore_command,
              "archive_mode = off: this restored server never pushes WAL into the production archive"]
-    result: dict[str, Any] = {"files": files, "bytes_written": written, "summary": summary, "notes": notes}
+    notes += [f"warning: {warning}" for warning in check.get("warnings", [])]
+    result: dict[str, Any] = {"files": files, "bytes_written": written, "details": summary, "notes": notes}
     if start_port:
         result["recovery"] = start_recovery_server(ctx, target, int(start_port), owner, pause=pause and at is not None)
+        if result["recovery"]["state"] == "promoted":  # segments prefetched past the target are not needed
+            shutil.rmtree(os.path.join(target, "pg_wal", wal.SPOOL_DIR_NAME), ignore_errors=True)
         notes.append(f"server running on 127.0.0.1:{start_port} (data {target}); stop it with "
                      f"`pg_ctl -D {target} stop`")
     else:
@@ -1099,15 +1263,11 @@ def _extract_tar(ctx, entry, target: str) -> tuple[int, int]:
             for member in archive:
                 ctx.cancel.check()
                 name = member.name
-                while name.startswith("./"):
-                    name = name[2:]
-                if not name or name == ".":
+                parts = [p for p in name.split("/") if p not in ("", ".")]
+                if name.startswith("/") or ".." in parts:
+                    raise RestoreRefused(f"base backup member {member.name!r} would escape {target}")
+                if not parts:
                     continue
-                parts = name.split("/")
-                if name.startswith("/") or any(p in ("", "..") for p in parts if p != parts[-1] or p):
-                    if name.startswith("/") or ".." in parts:
-                        raise RestoreRefused(f"base backup member {member.name!r} would escape {target}")
-                parts = [p for p in parts if p not in ("", ".")]
                 dest = os.path.join(root, *parts)
                 parent = os.path.dirname(dest)
                 real_parent = os.path.realpath(parent)
@@ -1164,7 +1324,8 @@ def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, timeo
     settings = _source_settings(ctx)
     pg_ctl = pg_tool("pg_ctl", settings)
     log = os.path.join(target, "insite-recovery.log")
-    options = f"-p {port} -k {target} -c listen_addresses=127.0.0.1 -c unix_socket_directories={target}"
+    options = (f"-p {port} -k {target} -c listen_addresses=127.0.0.1 -c unix_socket_directories={target} "
+               "-c logging_collector=off")
     ctx.reporter.update(phase="recovering", force=True)
     result = subprocess.run(_as_user(owner, [pg_ctl, "-D", target, "-l", log, "-o", options, "-W", "start"]),
                             capture_output=True, text=True, timeout=120)
@@ -1173,10 +1334,26 @@ def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, timeo
     deadline = time.monotonic() + timeout
     state = None
     last_error = ""
+    pid_file = os.path.join(target, "postmaster.pid")
+    appeared = time.monotonic() + 30
+    while not os.path.exists(pid_file) and time.monotonic() < appeared:
+        time.sleep(0.1)
     while time.monotonic() < deadline:
         ctx.cancel.check()
-        if not os.path.exists(os.path.join(target, "postmaster.pid")):
+        if not os.path.exists(pid_file):
             raise SourceError(f"the restored server in {target} stopped during recovery: {_log_tail(log)}")
+        # the log says it first, and needs no login (whatever the cluster's superuser is called)
+        try:
+            with open(log, errors="replace") as handle:
+                text = handle.read()
+        except OSError:
+            text = ""
+        if "database system is ready to accept connections" in text:
+            state = "promoted"
+            break
+        if "recovery has paused" in text or "pausing at the end of recovery" in text:
+            state = "paused"
+            break
         try:
             with psycopg.connect(host="127.0.0.1", port=port, dbname="postgres", user=_superuser(target),
                                  connect_timeout=3, autocommit=True) as conn:

@@ -89,9 +89,12 @@ class RedisAddress:
     def client(self, db: int | None = None):
         import redis
 
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         kwargs: dict[str, Any] = dict(db=self.db if db is None else db, password=self.password,
                                       username=self.username, socket_timeout=60,
-                                      socket_connect_timeout=CONNECT_TIMEOUT)
+                                      socket_connect_timeout=CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 0))
         if self.unix_path:
             return redis.Redis(unix_socket_path=self.unix_path, **kwargs)
         return redis.Redis(host=self.host, port=self.port, ssl=self.tls, **kwargs)
@@ -137,6 +140,21 @@ class _LineReader:
             self.buf += self.recv()
         line, self.buf = self.buf.split(b"\n", 1)
         return line.rstrip(b"\r")
+
+
+def parse_info(text: str) -> dict[str, Any]:
+    """INFO reply -> dict; keyspace lines (db0:keys=1,expires=0,...) become dicts."""
+    info: dict[str, Any] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or ":" not in line:
+            continue
+        key, value = line.split(":", 1)
+        if key.startswith("db") and key[2:].isdigit():
+            info[key] = {k: int(v) if v.lstrip("-").isdigit() else v
+                         for k, v in (part.split("=", 1) for part in value.split(",") if "=" in part)}
+        else:
+            info[key] = int(value) if value.lstrip("-").isdigit() else value
+    return info
 
 
 def _simple(reader: _LineReader, sock: socket.socket, *args) -> bytes:
@@ -228,6 +246,43 @@ def _auth(addr: RedisAddress, sock: socket.socket, reader: _LineReader) -> None:
                           f"({reply[1:].decode(errors='replace').split(' ', 1)[-1][:100]})")
 
 
+def _read_reply(reader: _LineReader):
+    """One RESP2 reply (enough for CONFIG GET): str, int, None, list, or an Exception for errors."""
+    line = reader.line()
+    kind, rest = line[:1], line[1:]
+    if kind == b"+":
+        return rest.decode(errors="replace")
+    if kind == b"-":
+        return Exception(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        length = int(rest)
+        if length < 0:
+            return None
+        while len(reader.buf) < length + 2:
+            reader.buf += reader.recv()
+        data, reader.buf = reader.buf[:length], reader.buf[length + 2:]
+        return data.decode(errors="replace")
+    if kind == b"*":
+        count = int(rest)
+        return [_read_reply(reader) for _ in range(max(count, 0))]
+    raise SourceError(f"redis: unexpected reply {line[:40]!r}")
+
+
+def _diskless_without_delay(sock: socket.socket, reader: _LineReader) -> bool:
+    """Is the server set for diskless sync with no waiting for more replicas? (CONFIG may be refused.)"""
+    try:
+        sock.sendall(_command("CONFIG", "GET", "repl-diskless-sync*"))
+        reply = _read_reply(reader)
+    except (SourceError, OSError, ValueError):
+        return False
+    if not isinstance(reply, list):
+        return False
+    settings = dict(zip(reply[::2], reply[1::2]))
+    return settings.get("repl-diskless-sync") == "yes" and settings.get("repl-diskless-sync-delay") == "0"
+
+
 @contextmanager
 def open_sync_rdb(addr: RedisAddress, info: dict | None = None) -> Iterator[BinaryIO]:
     """Stream a consistent RDB from a live server over the replication protocol."""
@@ -238,6 +293,10 @@ def open_sync_rdb(addr: RedisAddress, info: dict | None = None) -> Iterator[Bina
         reply = _simple(reader, sock, "REPLCONF", "rdb-only", "1")
         if info is not None:
             info["rdb_only"] = reply.startswith(b"+")
+        if _diskless_without_delay(sock, reader):
+            # the server streams the RDB straight from its fork, without writing it to its disk
+            if _simple(reader, sock, "REPLCONF", "capa", "eof").startswith(b"+") and info is not None:
+                info["diskless"] = True
         sock.settimeout(READ_TIMEOUT)
         sock.sendall(b"SYNC\r\n")
         while True:
@@ -278,23 +337,26 @@ class RedisSource(Source):
         return RedisAddress(self.settings["url"], self.settings.get("password_env"))
 
     def server_info(self) -> dict[str, Any]:
+        """INFO over a plain socket: fails fast, with one clear message, when the server is down."""
         addr = self._addr()
-        import redis
-
-        client = addr.client()
+        sock = addr.connect()
         try:
-            info = client.info()
-        except redis.AuthenticationError as exc:
-            raise SourceError(f"redis at {addr.describe()}: authentication failed ({exc})") from None
-        except redis.ResponseError as exc:
-            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                raise SourceError(f"redis at {addr.describe()}: authentication failed ({exc})") from None
-            raise SourceError(f"redis at {addr.describe()}: {exc}") from None
-        except redis.ConnectionError as exc:
-            raise SourceError(f"cannot connect to redis at {addr.describe()}: {exc} (is the server running?)") from None
+            reader = _LineReader(sock)
+            _auth(addr, sock, reader)
+            sock.sendall(_command("INFO"))
+            header = reader.line()
+            if header.startswith(b"-"):
+                text = header[1:].decode(errors="replace")
+                if text.startswith(("NOAUTH", "WRONGPASS")):
+                    raise SourceError(f"redis at {addr.describe()}: authentication failed ({text[:100]})")
+                raise SourceError(f"redis at {addr.describe()}: INFO failed: {text[:200]}")
+            length = int(header[1:])
+            while len(reader.buf) < length + 2:
+                reader.buf += reader.recv()
+            body = reader.buf[:length].decode("utf-8", "replace")
         finally:
-            client.close()
-        return info
+            sock.close()
+        return parse_info(body)
 
     def scan(self, ctx: ScanContext) -> Iterator[Item]:
         info = self.server_info()
@@ -306,6 +368,7 @@ class RedisSource(Source):
             "baselines": baselines,
             "server_version": info.get("redis_version"),
             "aof_enabled": bool(info.get("aof_enabled")),
+            "used_memory": info.get("used_memory"),
             "host": self._addr().describe(),
             "baselines_taken_at": clock.iso(clock.now()),
         }
@@ -334,20 +397,25 @@ class RedisSource(Source):
     def _bgsave_file(self, addr: RedisAddress, data_dir: str) -> Iterator[BinaryIO]:
         client = addr.client()
         try:
-            before = client.lastsave()
-            try:
-                client.bgsave()
-            except Exception as exc:  # "Background save already in progress" is fine
-                if "already in progress" not in str(exc):
-                    raise SourceError(f"redis at {addr.describe()}: BGSAVE failed: {exc}") from None
             deadline = time.monotonic() + 3600
+            started = False
+            while not started:  # BGSAVE forks before it replies: in progress until it is done
+                try:
+                    client.bgsave()
+                    started = True
+                except Exception as exc:
+                    if "already in progress" not in str(exc):
+                        raise SourceError(f"redis at {addr.describe()}: BGSAVE failed: {exc}") from None
+                    time.sleep(0.2)  # a save someone else started: wait, then take our own
+                if time.monotonic() > deadline:
+                    raise SourceError(f"redis at {addr.describe()}: could not start BGSAVE within an hour")
             while True:
                 persistence = client.info("persistence")
-                if not persistence.get("rdb_bgsave_in_progress") and client.lastsave() != before:
+                if not persistence.get("rdb_bgsave_in_progress"):
                     break
                 if time.monotonic() > deadline:
                     raise SourceError(f"redis at {addr.describe()}: BGSAVE did not finish within an hour")
-                time.sleep(0.2)
+                time.sleep(0.1)
             if persistence.get("rdb_last_bgsave_status") != "ok":
                 raise SourceError(f"redis at {addr.describe()}: BGSAVE failed (rdb_last_bgsave_status "
                                   f"{persistence.get('rdb_last_bgsave_status')})")
@@ -382,10 +450,16 @@ class _HeaderSniffer(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        data = self.inner.read(len(buffer))
+        data = self.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.read(size)
         if not data:
             self.meta["rdb_bytes"] = self.total
-            return 0
+            return b""
         if len(self.head) < 9:
             self.head += data[:9]
             if len(self.head) >= 9 and self.head.startswith(b"REDIS"):
@@ -393,22 +467,8 @@ class _HeaderSniffer(io.RawIOBase):
                     self.meta["rdb_version"] = int(self.head[5:9])
                 except ValueError:
                     pass
-        n = len(data)
-        buffer[:n] = data
-        self.total += n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            chunks = []
-            while True:
-                data = self.read(1 << 20)
-                if not data:
-                    return b"".join(chunks)
-                chunks.append(data)
-        buf = bytearray(size)
-        n = self.readinto(buf)
-        return bytes(buf[:n])
+        self.total += len(data)
+        return data
 
 
 # --- restore -------------------------------------------------------------------------------------
@@ -530,6 +590,8 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
     def selected(rec) -> bool:
         return (only_db is None or rec.db == only_db) and _matches(rec.key, includes)
 
+    other_dbs: set[int] = set()
+
     def records():
         with ctx.open_entry(entry) as source:
             reader = RDBReader(source, verify_checksum=False)
@@ -537,6 +599,14 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
                 ctx.cancel.check()
                 if selected(rec):
                     yield reader, rec
+                elif only_db is not None and rec.db != only_db:
+                    other_dbs.add(rec.db)
+
+    def skipped_note() -> list[str]:
+        if not other_dbs:
+            return []
+        return [f"the backup also holds keys in {', '.join(f'db{d}' for d in sorted(other_dbs))}, not restored: "
+                f"the target URL names db{only_db} (leave out the /N to restore every DB under its own number)"]
 
     # Pass 1 (only when needed): which keys exist already?
     non_empty = [db for db in _target_dbs(client, only_db) if client(db).dbsize() > 0]
@@ -579,7 +649,7 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
             plan.append({"action": "overwrite", "type": "key", "path": name, "bytes": 0})
         _close(clients)
         return {"files": sum(counts.values()), "bytes_written": 0, "plan": plan,
-                "notes": [f"target redis at {addr.describe()}"]}
+                "notes": [f"target redis at {addr.describe()}"] + skipped_note()}
     if existing and not ctx.yes:
         _close(clients)
         total = sum(existing.values())
@@ -621,7 +691,9 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
             items.clear()
         pending_bytes = 0
 
+    functions: list[bytes] = []
     for reader, rec in records():
+        functions = reader.functions
         if rec.expire_ms is not None and rec.expire_ms <= now_ms:
             expired += 1
             continue
@@ -633,6 +705,13 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
         if pending_bytes > (4 << 20) or sum(len(v) for v in pending.values()) >= 1000:
             flush()
     flush()
+    if functions and not includes:  # Redis 7 function libraries travel in the RDB
+        for code in functions:
+            try:
+                args = ["FUNCTION", "LOAD"] + (["REPLACE"] if ctx.yes else []) + [code]
+                client(only_db or 0).execute_command(*args)
+            except Exception as exc:
+                errors.append(f"function library: {exc}")
 
     # Baselines: the figures of the backup next to the target's now.
     baselines = (ctx.manifest.get("source_info") or {}).get("baselines") or {}
@@ -652,7 +731,8 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
         raise SourceError(f"redis at {addr.describe()}: {len(errors)} keys failed to restore: " + "; ".join(shown[:5]))
     result = {"files": sum(restored.values()), "bytes_written": written, "baselines": comparison,
               "notes": [f"restored {sum(restored.values())} keys into redis at {addr.describe()}"
-                        + (f"; skipped {expired} keys that have expired since the backup" if expired else "")]}
+                        + (f"; skipped {expired} keys that have expired since the backup" if expired else "")]
+              + skipped_note()}
     return result
 
 

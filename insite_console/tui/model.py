@@ -11,7 +11,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from insite_console import clock
@@ -26,7 +26,6 @@ STATUS = {
     "cancelled": ("■", "cancelled", "warning"),
     "late": ("▲", "late", "warning"),
     "stale": ("✗", "stale", "error"),
-    "never": ("✗", "never", "error"),
     "failing": ("✗", "failing", "error"),
     "unknown": ("?", "unknown", "secondary"),
     "norpo": ("·", "no RPO", "secondary"),
@@ -86,71 +85,42 @@ def text_bar(fraction: float | None, width: int = 12) -> str:
 # ----- dashboard -------------------------------------------------------------------------
 
 
-@dataclass
-class PolicyHealth:
-    name: str
-    source: str
-    storage: str
-    status: str  # ok | late | stale | never | failing | norpo
-    last_success: dict | None
-    last_failure: dict | None
-    age: timedelta | None
-    rpo: timedelta | None
-    next_run: datetime | None
-    schedule: str | None
-    running: bool = False
-
-    @property
-    def age_vs_rpo(self) -> str:
-        if self.age is None:
-            return "never backed up"
-        age = clock.human_duration(self.age.total_seconds())
-        if self.rpo is None:
-            return age
-        return f"{age} / {clock.human_duration(self.rpo.total_seconds())}"
+HEALTH = {  # status.policy_health's words -> the STATUS key shown
+    "ok": "ok", "warning": "late", "breach": "breach", "never": "never",
+}
+STATUS.update({"breach": ("✗", "RPO breach", "error"), "never": ("✗", "never run", "error"),
+               "late": ("▲", "near RPO", "warning")})
 
 
-def policy_health(ws, now: datetime | None = None, running_subjects: set[str] | None = None) -> list[PolicyHealth]:
-    """Per policy: last success and its age against the RPO, last failure, next scheduled run."""
+def policy_health(ws, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The engine's health per policy (the same as `insite-console status`), plus display fields."""
+    from insite_console import status
+
     now = now or clock.now()
-    catalog = ws.catalog
-    result = []
-    for name, policy in sorted(ws.config.policies.items()):
-        last = catalog.last_backup(name)
-        failure = catalog.last_backup(name, status="failed")
-        rpo = clock.parse_duration(policy["rpo"]) if policy.get("rpo") else None
-        finished = parse_time(last["finished_at"] or last["started_at"]) if last else None
-        age = (now - finished) if finished else None
-        if last is None:
-            status = "never"
-        elif rpo is None:
-            status = "norpo"
-        elif age <= rpo:
-            status = "ok"
-        elif age <= rpo * 2:
-            status = "late"
+    rows = []
+    for name in sorted(ws.config.policies):
+        try:
+            row = status.policy_health(ws, name, now)
+        except (TypeError, ValueError) as exc:  # an odd catalog row: show the policy, say why
+            policy = ws.config.policies[name]
+            row = {"policy": name, "source": policy["source"], "storage": policy["storage"], "health": "unknown",
+                   "rpo_seconds": None, "last_success_at": None, "age_seconds": None, "last_failure_at": None,
+                   "last_failure_error": f"cannot compute health: {exc}", "failing": False, "running": None,
+                   "next_run_at": None, "schedule": policy.get("schedule")}
+        shown = HEALTH.get(row["health"], "unknown")
+        if row["failing"] and shown == "ok":
+            shown = "failing"
+        row = dict(row, shown=shown)
+        age = row["age_seconds"]
+        rpo = row["rpo_seconds"]
+        if age is None:
+            row["age_vs_rpo"] = "—"
+        elif rpo:
+            row["age_vs_rpo"] = f"{clock.human_duration(age)} / {clock.human_duration(rpo)}"
         else:
-            status = "stale"
-        if failure and last and failure["started_at"] > last["started_at"] and status in ("ok", "norpo"):
-            status = "failing"
-        result.append(PolicyHealth(
-            name=name, source=policy["source"], storage=policy["storage"], status=status,
-            last_success=last, last_failure=failure, age=age, rpo=rpo,
-            next_run=next_run(policy.get("schedule"), now), schedule=policy.get("schedule"),
-            running=name in (running_subjects or set()),
-        ))
-    return result
-
-
-def next_run(schedule: str | None, now: datetime) -> datetime | None:
-    if not schedule:
-        return None
-    try:
-        from croniter import croniter
-
-        return croniter(schedule, now).get_next(datetime)
-    except Exception:  # an invalid expression was already reported by config validation
-        return None
+            row["age_vs_rpo"] = f"{clock.human_duration(age)} (no RPO)"
+        rows.append(row)
+    return rows
 
 
 def storage_usage(ws) -> list[dict[str, Any]]:

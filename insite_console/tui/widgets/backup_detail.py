@@ -8,7 +8,6 @@ from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.widgets import Static
 
-from insite_console import clock
 from insite_console.tui import model
 from insite_console.tui.messages import DetailLoaded
 

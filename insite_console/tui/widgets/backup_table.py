@@ -41,14 +41,14 @@ class Column:
 COLUMNS = (
     Column("status", "Status", 11, 0, "status"),
     Column("started_at", "Started (UTC)", 16, 0, "started_at"),
-    Column("policy", "Policy", 14, 0, "policy"),
+    Column("policy", "Policy", 12, 0, "policy"),
     Column("type", "Type", 5, 1, "type"),
     Column("bytes_read", "Read", 10, 1, "bytes_read", right=True),
     Column("bytes_stored", "Stored", 10, 2, "bytes_stored", right=True),
     Column("duration", "Took", 7, 3),
     Column("source", "Source", 12, 4, "source"),
     Column("storages", "Storages", 12, 5, "storage"),
-    Column("id", "ID", 16, 2, "id"),
+    Column("id", "ID", 8, 1, "id"),
 )
 SORTABLE = [c for c in COLUMNS if c.sort]
 TYPE_SHORT = {"full": "full", "incremental": "incr", "differential": "diff"}
@@ -144,8 +144,7 @@ class BackupTable(ScrollView, can_focus=True):
         page_no = index // PAGE
         page = self._pages.get(page_no)
         if page is None:
-            page = self.catalog.backups(policy=self.policy, search=self.search or None, limit=PAGE,
-                                        offset=page_no * PAGE, order=self.order)
+            page = self._fetch(page_no)
             self.fetches += 1
             self._pages[page_no] = page
             while len(self._pages) > PAGES_KEPT:
@@ -154,6 +153,31 @@ class BackupTable(ScrollView, can_focus=True):
             self._pages.move_to_end(page_no)
         offset = index - page_no * PAGE
         return page[offset] if offset < len(page) else None
+
+    def order_sql(self, reverse: bool = False) -> str:
+        descending = self.descending != reverse
+        direction = "DESC" if descending else "ASC"
+        # rowid breaks ties, so the order is total and a page boundary never repeats or skips a row
+        return f"{self.sort_column} {direction}, rowid {direction}"
+
+    def _fetch(self, page_no: int) -> list[dict]:
+        """One page, read-only, with the catalog's own filter (`Catalog._backup_filter`).
+
+        SQLite's OFFSET walks every skipped row, so a page in the second half is read from
+        the other end (the exact reverse order, then flipped): the last page of 100,000
+        backups costs what the first one does."""
+        if self.sort_column not in {c.sort for c in SORTABLE}:
+            self.sort_column = "started_at"
+        where, args = self.catalog._backup_filter(self.policy, None, None, self.search or None)
+        start = page_no * PAGE
+        end = min(self.total, start + PAGE)
+        reverse = start > self.total - end
+        offset = self.total - end if reverse else start
+        rows = self.catalog.db.execute(
+            f"SELECT * FROM backups{where} ORDER BY {self.order_sql(reverse)} LIMIT ? OFFSET ?",
+            [*args, end - start, offset]).fetchall()
+        page = [dict(row) for row in rows]
+        return page[::-1] if reverse else page
 
     def storages_of(self, backup: dict) -> str:
         text = self._storages.get(backup["id"])
@@ -201,6 +225,8 @@ class BackupTable(ScrollView, can_focus=True):
             return model.duration_text(backup["started_at"], backup["finished_at"])
         if key == "type":
             return TYPE_SHORT.get(backup["type"], backup["type"])
+        if key == "id":
+            return backup["id"][:8]  # a unique prefix is enough for every command (`show`, `restore`)
         if key == "storages":
             return self.storages_of(backup)
         return str(backup.get(key) or "—")

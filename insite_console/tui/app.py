@@ -1,0 +1,502 @@
+"""The insite console: a Textual app over the engine API.
+
+Jobs: verify runs in a thread worker in this process. Backups and restores run, by default,
+as a detached child process (see tui/jobs.py) so they survive a dropped SSH session; with
+`detach_jobs=False` they run in thread workers here (tests, benchmarks). Either way progress
+reaches the UI only as messages: `JobProgress` (coalesced with `can_replace`) from a worker
+thread, or the catalog `runs` table, which the engine updates about once a second and the
+console polls, so jobs of the scheduler or a cron CLI run show up the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from textual import on, work
+from textual.app import App
+from textual.reactive import var
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from insite_console import clock
+from insite_console.errors import Cancelled, InsiteError
+from insite_console.tui import commands, jobs, model, themes
+from insite_console.tui.dialogs.confirm import ChoiceDialog, ConfirmDialog, MessageDialog
+from insite_console.tui.messages import JobFinished, JobProgress
+
+log = logging.getLogger("insite_console.tui")
+
+
+def plain_error(exc: BaseException) -> str:
+    """What the operator reads: the engine's message, or the exception's type and text."""
+    if isinstance(exc, InsiteError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class InsiteApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "insite-console"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = commands.bindings("app")
+    COMMANDS = App.COMMANDS | {commands.InsiteCommands}
+
+    jobs_version = var(0)  # bumped when a job changes; screens watch it
+    catalog_version = var(0)  # bumped when the catalog changed (any process)
+
+    def __init__(self, workspace, read_only: bool = False, theme: str | None = None, detach_jobs: bool = True,
+                 poll_seconds: float | None = None) -> None:
+        from insite_console.tui.screens.catalog import CatalogScreen
+        from insite_console.tui.screens.dashboard import DashboardScreen
+        from insite_console.tui.screens.jobs import JobsScreen
+        from insite_console.tui.screens.restore import RestoreWizard
+
+        self.MODES = {"dashboard": DashboardScreen, "catalog": CatalogScreen, "jobs": JobsScreen,
+                      "restore": RestoreWizard}
+        super().__init__()
+        self.workspace = workspace
+        self.read_only = read_only
+        self.detach_jobs = detach_jobs
+        console_settings = workspace.config.console
+        self.poll_seconds = poll_seconds or float(console_settings.get("refresh_seconds", 1))
+        self.requested_theme = theme or console_settings.get("theme")
+        self.console_jobs: dict[str, jobs.ConsoleJob] = {}
+        self.job_views: dict[str, model.JobView] = {}
+        self.own_pids: set[int] = set()
+        self.manifest_cache: OrderedDict[str, dict] = OrderedDict()
+        self._keys = itertools.count(1)
+        self._data_version: int | None = None
+        self._last_reap = 0.0
+        self.sub_title = workspace.config.path.name + ("  ·  READ-ONLY" if read_only else "")
+
+    # ----- start-up ---------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        for theme in themes.load_themes(self.workspace.config.base_dir).values():
+            self.register_theme(theme)
+        self.set_theme(self.requested_theme)
+        keymap = self.workspace.config.console.get("keymap")
+        if isinstance(keymap, dict):
+            self.set_keymap({str(k): str(v) for k, v in keymap.items()})
+        self.poll_catalog()
+        self.set_interval(self.poll_seconds, self.poll_catalog, name="poll-catalog")
+        self.switch_mode("dashboard")
+
+    def set_theme(self, name: str | None) -> None:
+        name = name or themes.default_theme()
+        if name not in self.available_themes:
+            self.notify(f"theme {name!r} is not known; using {themes.DEFAULT}. Known: "
+                        + ", ".join(sorted(self.available_themes)), severity="warning")
+            name = themes.DEFAULT
+        self.theme = name
+
+    def action_next_theme(self) -> None:
+        cycle = themes.CYCLE
+        index = cycle.index(self.theme) if self.theme in cycle else -1
+        self.theme = cycle[(index + 1) % len(cycle)]
+        self.notify(f"theme: {self.theme}", timeout=2)
+
+    # ----- actions and their checks -----------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return commands.allowed(self, "app", action)
+
+    def action_show_dashboard(self) -> None:
+        self.switch_mode("dashboard")
+
+    def action_show_catalog(self) -> None:
+        self.switch_mode("catalog")
+
+    def action_show_jobs(self) -> None:
+        self.switch_mode("jobs")
+
+    def action_show_restore(self) -> None:
+        self.switch_mode("restore")
+
+    def action_help(self) -> None:
+        from insite_console.tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def open_catalog(self, policy: str | None = None) -> None:
+        self.switch_mode("catalog")
+        self.screen.show_policy(policy)
+
+    def open_backup(self, backup_id: str) -> None:
+        from insite_console.tui.screens.detail import BackupDetailScreen
+
+        backup = self.workspace.catalog.backup(backup_id)
+        if backup is None:
+            self.notify(f"no backup {backup_id} in the catalog", severity="error")
+            return
+        self.switch_mode("catalog")
+        self.push_screen(BackupDetailScreen(backup))
+
+    def open_restore(self, backup_id: str | None = None) -> None:
+        if self.read_only:
+            return
+        self.switch_mode("restore")
+        if backup_id:
+            self.screen.preset(backup_id)
+
+    def action_backup_now(self) -> None:
+        policy = getattr(self.screen, "selected_policy", lambda: None)()
+        if policy:
+            self.start_backup(policy)
+            return
+        names = sorted(self.workspace.config.policies)
+        if len(names) == 1:
+            self.start_backup(names[0])
+            return
+        if not names:
+            self.notify("no policy in the config: add a [policy.NAME] table", severity="error")
+            return
+        self.push_screen(ChoiceDialog("Backup now", "Which policy?", [(n, n) for n in names]),
+                         lambda choice: self.start_backup(choice) if choice else None)
+
+    async def action_quit(self) -> None:
+        mine = [j for j in self.console_jobs.values() if j.status == "running" and not j.detached]
+        if not mine:
+            self.exit(0)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                for job in mine:
+                    job.cancel.cancel("the console was closed")
+                self.exit(0)
+
+        self.push_screen(ConfirmDialog(
+            "Quit?", f"{len(mine)} job(s) run inside this console and will be cancelled: "
+            + ", ".join(f"{j.kind} {j.subject}" for j in mine) + ".", yes_label="Quit and cancel"), answer)
+
+    # ----- jobs -------------------------------------------------------------------------
+
+    def _new_job(self, kind: str, subject: str, detached: bool) -> jobs.ConsoleJob:
+        job = jobs.ConsoleJob(key=f"console-{next(self._keys)}", kind=kind, subject=subject, detached=detached)
+        self.console_jobs[job.key] = job
+        return job
+
+    def running_runs(self, kind: str, subject: str) -> list[model.JobView]:
+        return [v for v in self.job_views.values() if v.running and v.kind == kind and v.subject == subject]
+
+    def start_backup(self, policy: str, backup_type: str | None = None) -> jobs.ConsoleJob | None:
+        if self.read_only:
+            return None
+        if self.running_runs("backup", policy) or any(
+                j.status == "running" and j.kind == "backup" and j.subject == policy for j in self.console_jobs.values()):
+            self.notify(f"a backup of {policy} is already running (see Jobs, key 3)", severity="warning")
+            return None
+        args = ["backup", policy, "--json"] + (["--type", backup_type] if backup_type else [])
+        job = self._launch("backup", policy, args,
+                           lambda ws, progress, cancel: _backup_run(ws, policy, backup_type, progress, cancel))
+        if job is not None:
+            self.notify(f"▶ backup of {policy} started" + (" (runs on if the console closes)" if job.detached else ""),
+                        timeout=4)
+        return job
+
+    def start_restore(self, backup_id: str, target: str, includes: list[str], overwrite: bool) -> jobs.ConsoleJob | None:
+        if self.read_only:
+            return None
+        args = ["restore", backup_id, "--target", target, "--json"]
+        for pattern in includes:
+            args += ["--include", pattern]
+        if overwrite:
+            args.append("--yes")
+        return self._launch("restore", backup_id, args,
+                            lambda ws, progress, cancel: _restore_run(ws, backup_id, target, includes, overwrite,
+                                                                      progress, cancel))
+
+    def start_verify(self, backup_id: str, deep: bool) -> jobs.ConsoleJob | None:
+        if self.read_only:
+            return None
+        job = self._new_job("verify", backup_id, detached=False)
+        self._run_inprocess(job, lambda ws, progress, cancel: _verify_run(ws, backup_id, deep, progress, cancel))
+        self.notify(f"▶ {'deep' if deep else 'quick'} verify of {backup_id} started", timeout=3)
+        return job
+
+    def _launch(self, kind: str, subject: str, args: list[str], call: Callable) -> jobs.ConsoleJob | None:
+        if not self.detach_jobs:
+            job = self._new_job(kind, subject, detached=False)
+            self._run_inprocess(job, call)
+            return job
+        try:
+            process, base = jobs.spawn(self.workspace, args, f"{kind}-{subject}")
+        except OSError as exc:
+            self.push_screen(MessageDialog(f"Cannot start the {kind}", f"{exc.strerror or exc}"))
+            return None
+        job = self._new_job(kind, subject, detached=True)
+        job.pid, job.log_path = process.pid, base
+        self.own_pids.add(process.pid)
+        self._watch_detached(job, process)
+        return job
+
+    @work(thread=True, group="jobs", exit_on_error=False)
+    def _run_inprocess(self, job: jobs.ConsoleJob, call: Callable) -> None:
+        from insite_console.workspace import Workspace
+
+        # A workspace per job: its own repository objects and catalog connections, so two
+        # jobs never share an open pack, and the UI's reads never wait on a job.
+        ws = Workspace(self.workspace.config)
+        try:
+            result = call(ws, lambda p: self.post_message(JobProgress(job.key, p)), job.cancel)
+            self.post_message(JobFinished(job.key, result=result))
+        except Cancelled as exc:
+            self.post_message(JobFinished(job.key, error=str(exc), status="cancelled"))
+        except InsiteError as exc:
+            self.post_message(JobFinished(job.key, error=str(exc), status="failed"))
+        except Exception as exc:  # a bug: keep the traceback in the log, show a message
+            log.exception("%s %s failed", job.kind, job.subject)
+            self.post_message(JobFinished(job.key, error=plain_error(exc), status="failed"))
+        finally:
+            ws.close()
+
+    @work(thread=True, group="watch", exit_on_error=False)
+    def _watch_detached(self, job: jobs.ConsoleJob, process) -> None:
+        worker = get_current_worker()
+        while process.poll() is None:
+            if worker.is_cancelled:  # the console is closing; the job runs on
+                return
+            time.sleep(0.2)
+        result, error = jobs.read_outcome(job.log_path, process.returncode)
+        status = "succeeded" if process.returncode == 0 and error is None else (
+            "cancelled" if process.returncode == 130 else "failed")
+        self.post_message(JobFinished(job.key, result=result, error=error, status=status))
+
+    @on(JobProgress)
+    def job_progress(self, message: JobProgress) -> None:
+        job = self.console_jobs.get(message.key)
+        if job is None:
+            return
+        progress = message.progress
+        job.progress = progress
+        if progress.run_id and job.run_id is None:
+            job.run_id = progress.run_id
+        view = self.job_views.get(job.run_id or job.key)
+        if view is None:
+            view = model.JobView(id=job.run_id or job.key, kind=job.kind, subject=job.subject, status="running",
+                                 started_at=job.started_at, origin="this console", pid=os.getpid(), host=model.HOST)
+            self.job_views[view.id] = view
+        if view.running:
+            view.phase = progress.phase
+            view.bytes_done, view.bytes_total = progress.bytes_done, progress.bytes_total
+            view.files_done, view.files_total = progress.files_done, progress.files_total
+            view.current = progress.current
+            view.sample()
+        self.jobs_version += 1
+
+    @on(JobFinished)
+    def job_finished(self, message: JobFinished) -> None:
+        job = self.console_jobs.get(message.key)
+        if job is None:
+            return
+        job.status = message.status
+        job.result = message.result
+        job.error = message.error
+        if job.run_id is None and message.result and job.kind in ("backup", "restore"):
+            job.run_id = message.result.get("id")
+        self._refresh_job_view(job)
+        what = f"{job.kind} of {job.subject}"
+        if message.status == "succeeded":
+            detail = ""
+            if message.result and job.kind == "backup":
+                detail = f": {message.result.get('files', 0)} files, {model.size_text(message.result.get('bytes_read'))} read"
+            if message.result and job.kind == "verify":
+                ok = message.result.get("status") == "ok"
+                problems = message.result.get("problems") or []
+                self.notify(f"{'✓' if ok else '✗'} verify of {job.subject}: "
+                            + ("ok" if ok else f"{len(problems)} problem(s): {problems[0] if problems else ''}"),
+                            severity="information" if ok else "error", timeout=8)
+            else:
+                self.notify(f"✓ {what} succeeded{detail}", timeout=6)
+        elif message.status == "cancelled":
+            self.notify(f"■ {what} cancelled", severity="warning", timeout=6)
+        else:
+            self.notify(f"✗ {what} failed: {message.error}", severity="error", timeout=12)
+        self.poll_catalog()
+        self.catalog_version += 1
+        self.jobs_version += 1
+
+    def _refresh_job_view(self, job: jobs.ConsoleJob) -> None:
+        if job.run_id and job.run_id in self.job_views:
+            row = self.workspace.catalog.run(job.run_id)
+            if row:
+                self.job_views[job.run_id] = model.job_from_run(row, self.own_pids)
+            if job.key in self.job_views:
+                del self.job_views[job.key]
+            return
+        view = self.job_views.get(job.key)
+        if view is None:
+            view = model.JobView(id=job.key, kind=job.kind, subject=job.subject, status=job.status,
+                                 started_at=job.started_at, origin="this console", pid=os.getpid(), host=model.HOST)
+            self.job_views[job.key] = view
+        view.status = job.status
+        view.phase = "done" if job.status == "succeeded" else job.status
+        view.error = job.error
+        view.finished_at = clock.iso(clock.now())
+
+    def cancel_job(self, view: model.JobView) -> None:
+        """Cancel a running job: our worker's token, or SIGINT to the job's process on this host."""
+        for job in self.console_jobs.values():
+            if job.status == "running" and (job.run_id == view.id or job.key == view.id) and not job.detached:
+                job.cancel.cancel("cancelled from the console")
+                self.notify(f"cancelling {job.kind} of {job.subject}…", timeout=3)
+                return
+        if view.host and view.host != model.HOST:
+            self.notify(f"this job runs on host {view.host}; cancel it there", severity="warning")
+            return
+        if view.pid and jobs.interrupt(view.pid):
+            self.notify(f"cancelling {view.kind} of {view.subject} (signalled process {view.pid})…", timeout=3)
+        else:
+            self.notify(f"cannot signal process {view.pid}: it has ended or belongs to another user",
+                        severity="error")
+
+    # ----- catalog polling --------------------------------------------------------------
+
+    def poll_catalog(self) -> None:
+        """Read the runs table (cheap: one indexed query) and note what changed."""
+        catalog = self.workspace.catalog
+        try:
+            now = time.monotonic()
+            if now - self._last_reap > 10:
+                self._last_reap = now
+                catalog.reap_dead_runs()
+            version = catalog.db.execute("PRAGMA data_version").fetchone()[0]
+            rows = catalog.runs(limit=50)
+        except Exception as exc:  # a locked or vanished catalog: say so, try again next tick
+            self.notify(f"cannot read the catalog: {plain_error(exc)}", severity="error", timeout=5)
+            return
+        changed = version != self._data_version
+        self._data_version = version
+        seen = set()
+        for row in rows:
+            seen.add(row["id"])
+            old = self.job_views.get(row["id"])
+            view = model.job_from_run(row, self.own_pids)
+            for job in self.console_jobs.values():
+                if job.detached and job.pid == row.get("pid") and job.run_id is None:
+                    job.run_id = row["id"]
+                if job.run_id == row["id"] and job.key in self.job_views:
+                    del self.job_views[job.key]
+            if old is not None:
+                if old.running and view.running and old.origin == "this console" and old.bytes_done >= view.bytes_done:
+                    continue  # our own worker's messages are fresher than the catalog mirror
+                view.samples = old.samples
+                view.bytes_per_second, view.files_per_second = old.bytes_per_second, old.files_per_second
+                external = view.origin == "other process" or view.origin.startswith("host")
+                if old.running and not view.running and external:
+                    label, _ = model.status_label(view.status)
+                    self.notify(f"{label}: {view.kind} of {view.subject} (started elsewhere)"
+                                + (f": {view.error}" if view.error else ""),
+                                severity="information" if view.status == "succeeded" else "warning", timeout=8)
+                if (old.status, old.bytes_done, old.files_done, old.phase) != (
+                        view.status, view.bytes_done, view.files_done, view.phase):
+                    changed = True
+            else:
+                changed = True
+            if view.running:
+                view.sample()
+            self.job_views[row["id"]] = view
+        if changed:
+            self.catalog_version += 1
+            self.jobs_version += 1
+
+    def job_list(self) -> list[model.JobView]:
+        views = list(self.job_views.values())
+        views.sort(key=lambda v: (not v.running, _neg_time(v.started_at)))
+        return views[:60]
+
+    # ----- reads for the screens ----------------------------------------------------------
+
+    def read_manifest(self, backup: dict) -> dict:
+        """A backup's manifest (from storage; cached). Called from worker threads."""
+        cached = self.manifest_cache.get(backup["id"])
+        if cached is not None:
+            return cached
+        ws = self.workspace
+        repo = ws.repository(ws.storage_for_backup(backup))
+        manifest = repo.load_manifest(backup["id"])
+        self.manifest_cache[backup["id"]] = manifest
+        while len(self.manifest_cache) > 64:
+            self.manifest_cache.popitem(last=False)
+        return manifest
+
+    def read_tree(self, backup: dict, limit: int = 50_000) -> tuple[list, bool]:
+        """Up to `limit` entries of a file backup's stored tree. Called from worker threads."""
+        from insite_console.repo.tree import TreeReader
+
+        manifest = self.read_manifest(backup)
+        repo = self.workspace.repository(self.workspace.storage_for_backup(backup))
+        entries = []
+        for entry in TreeReader(repo, manifest["tree"]):
+            if len(entries) >= limit:
+                return entries, True
+            entries.append(entry)
+        return entries, False
+
+    # ----- errors ---------------------------------------------------------------------
+
+    def report_error(self, what: str, exc: BaseException) -> None:
+        """An unexpected failure in a refresh: logged with its traceback, shown as one line."""
+        log.error("%s", what, exc_info=exc)
+        self.notify(f"{what}: {plain_error(exc)}", severity="error", timeout=8)
+
+    @on(Worker.StateChanged)
+    def worker_state(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR and event.worker.error is not None:
+            log.error("worker %s failed", event.worker.name, exc_info=event.worker.error)
+            self.push_screen(MessageDialog("Something went wrong", plain_error(event.worker.error)))
+
+
+def _neg_time(text: str | None) -> float:
+    value = model.parse_time(text)
+    return -value.timestamp() if value else 0.0
+
+
+def _backup_run(ws, policy, backup_type, progress, cancel):
+    from insite_console import backup
+
+    return backup.run(ws, policy, backup_type, progress=progress, cancel=cancel)
+
+
+def _restore_run(ws, backup_id, target, includes, overwrite, progress, cancel):
+    from insite_console import restore
+
+    return restore.run(ws, backup_id, target, includes=includes, yes=overwrite, progress=progress, cancel=cancel)
+
+
+def _verify_run(ws, backup_id, deep, progress, cancel):
+    from insite_console import verify
+
+    return verify.run(ws, backup_id, deep=deep, progress=progress, cancel=cancel)
+
+
+def run_console(config_path: str | None, read_only: bool = False, theme: str | None = None) -> int:
+    """Open the console on a workspace (the CLI's `insite-console` with no command)."""
+    import sys
+
+    from insite_console.errors import UsageError
+    from insite_console.workspace import Workspace
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("the console needs a terminal (stdin and stdout are not one); in scripts and cron "
+                         "use the commands: `insite-console status`, `backups`, `backup POLICY`, …")
+    ws = Workspace.load(config_path)  # ConfigError: the CLI prints it and exits 2
+    _ = ws.catalog
+    log_path = ws.config.state_dir / "console.log"
+    try:
+        logging.basicConfig(filename=log_path, level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except OSError:
+        pass
+    app = InsiteApp(ws, read_only=read_only, theme=theme)
+    try:
+        app.run()
+    finally:
+        ws.close()
+    return app.return_code or 0

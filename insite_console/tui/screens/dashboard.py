@@ -1,0 +1,148 @@
+"""The dashboard: the first thing an operator sees. Policy health, running jobs, storage, events."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
+from textual.widgets import DataTable, Footer, Header, Static
+
+from insite_console import clock
+from insite_console.tui import commands, model
+from insite_console.tui.screens.base import InsiteScreen
+from insite_console.tui.widgets.styles import role_style
+
+LEVELS = {"info": ("·", "foreground"), "warning": ("▲", "warning"), "error": ("✗", "error")}
+
+
+class DashboardScreen(InsiteScreen):
+    SCOPE = "dashboard"
+    BINDINGS = commands.bindings("dashboard")
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        with Vertical(id="dashboard"):
+            with Vertical(id="health-box", classes="box") as box:
+                box.border_title = "Policy health"
+                yield DataTable(id="health", cursor_type="row", zebra_stripes=False)
+            with Horizontal(id="middle"):
+                with VerticalScroll(id="running-box", classes="box") as box:
+                    box.border_title = "Running jobs"
+                    yield Static(id="running")
+                with VerticalScroll(id="storage-box", classes="box") as box:
+                    box.border_title = "Storage"
+                    yield Static(id="storage")
+            with VerticalScroll(id="events-box", classes="box") as box:
+                box.border_title = "Recent events"
+                yield Static(id="events")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#health", DataTable)
+        for key, title in (("status", "Health"), ("policy", "Policy"), ("last", "Last success (UTC)"),
+                           ("age", "Age / RPO"), ("next", "Next run (UTC)"), ("failure", "Last failure")):
+            table.add_column(title, key=key)
+        self.watch(self.app, "catalog_version", lambda _: self.refresh_data() if self.is_active else None, init=False)
+        self._running_dirty = False
+        self.watch(self.app, "jobs_version", lambda _: setattr(self, "_running_dirty", True), init=False)
+        self.set_interval(0.25, self._refresh_running_if_dirty, name="dashboard-running")
+        self.watch(self.app, "theme", lambda _: self.refresh_data(), init=False)
+        self.refresh_data()
+        table.focus()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_data()
+
+    def _refresh_running_if_dirty(self) -> None:
+        if self._running_dirty and self.is_active:
+            self._running_dirty = False
+            self.refresh_running()
+
+    def refresh_data(self) -> None:
+        if not self.is_mounted:
+            return
+        try:
+            self._refresh_health()
+        except Exception as exc:  # a damaged catalog row must not take the console down
+            self.app.report_error("cannot read policy health", exc)
+        for part in (self.refresh_storage, self.refresh_events, self.refresh_running):
+            try:
+                part()
+            except Exception as exc:
+                self.app.report_error("cannot refresh the dashboard", exc)
+
+    def _refresh_health(self) -> None:
+        ws = self.app.workspace
+        now = clock.now()
+        table = self.query_one("#health", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for row in model.policy_health(ws, now):
+            label, role = model.status_label(row["shown"])
+            if row["running"]:
+                label += " ▶"
+            failure = "—"
+            if row["last_failure_at"]:
+                failure = f"{model.age_text(model.parse_time(row['last_failure_at']), now)}: {row['last_failure_error'] or ''}"
+            next_run = model.parse_time(row["next_run_at"])
+            table.add_row(
+                Text(label, style=role_style(self.app, role)), row["policy"],
+                model.short_time(row["last_success_at"]), row["age_vs_rpo"],
+                f"{next_run:%Y-%m-%d %H:%M}" if next_run else "not scheduled",
+                Text(failure[:60], style=role_style(self.app, "error") if row["failing"] else ""),
+                key=row["policy"],
+            )
+        if table.row_count:
+            table.move_cursor(row=min(max(cursor, 0), table.row_count - 1))
+
+    def refresh_running(self) -> None:
+        if not self.is_mounted:
+            return
+        running = [v for v in self.app.job_list() if v.running]
+        if not running:
+            text = "No job is running.  [dim](b: back up now)[/]" if not self.app.read_only else "No job is running."
+        else:
+            lines = []
+            for view in running[:6]:
+                lines.append(f"[$primary]▶[/] {escape(view.kind)} [b]{escape(view.subject)}[/] "
+                             f"{escape(view.progress_text())} {escape(view.phase)} · {escape(view.rate_text())}"
+                             f" · ETA {escape(view.eta_text())}")
+            text = "\n".join(lines)
+        self.query_one("#running", Static).update(text)
+
+    def refresh_storage(self) -> None:
+        lines = []
+        for entry in model.storage_usage(self.app.workspace):
+            free = f" · {model.size_text(entry['free'])} free" if entry.get("free") is not None else ""
+            lines.append(f"[b]{escape(entry['name'])}[/] ({escape(entry['type'])}): {entry.get('backups', 0)} backups, "
+                         f"{model.size_text(entry.get('bytes_stored'))} stored{free}")
+        self.query_one("#storage", Static).update("\n".join(lines) or "No storage configured.")
+
+    def refresh_events(self) -> None:
+        lines = []
+        for event in self.app.workspace.catalog.events(limit=40):
+            symbol, role = LEVELS.get(event["level"], ("·", "foreground"))
+            at = model.parse_time(event["at"])
+            stamp = f"{at:%m-%d %H:%M:%S}" if at else "?"
+            lines.append(f"[dim]{stamp}[/] [${role}]{symbol} {escape(event['level']):<7}[/] {escape(event['message'])}")
+        self.query_one("#events", Static).update("\n".join(lines) or "No events yet.")
+
+    def selected_policy(self) -> str | None:
+        table = self.query_one("#health", DataTable)
+        if not table.row_count:
+            return None
+        try:
+            return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        except Exception:
+            return None
+
+    def action_open_policy(self) -> None:
+        self.app.open_catalog(self.selected_policy())
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.app.open_catalog(event.row_key.value)
+
+    def action_back(self) -> None:
+        pass  # the dashboard is home

@@ -1,0 +1,155 @@
+"""Live jobs: every running and recent run (this console, the scheduler, a cron CLI run)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.markup import escape
+from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
+
+from insite_console.tui import commands, model
+from insite_console.tui.dialogs.confirm import ConfirmDialog
+from insite_console.tui.screens.base import InsiteScreen
+from insite_console.tui.widgets.styles import role_style
+
+
+class JobsScreen(InsiteScreen):
+    SCOPE = "jobs"
+    BINDINGS = commands.bindings("jobs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._known: set[str] = set()
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        with Vertical(id="jobs"):
+            with Vertical(id="jobs-box", classes="box") as box:
+                box.border_title = "Running and recent jobs"
+                yield DataTable(id="job-table", cursor_type="row")
+            with Vertical(id="job-detail", classes="box") as box:
+                box.border_title = "Selected job"
+                yield Static(id="job-facts")
+                yield ProgressBar(id="job-progress", total=100, show_eta=False)
+                yield Static(id="job-log", classes="log")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#job-table", DataTable)
+        for key, title in (("status", "Status"), ("kind", "Job"), ("subject", "Subject"), ("progress", "Progress"),
+                           ("rate", "Speed"), ("eta", "ETA"), ("phase", "Phase"), ("origin", "Started by"),
+                           ("started", "Started (UTC)")):
+            table.add_column(title, key=key)
+        # Job changes arrive up to ~10 times a second per job; the table is redrawn at most 4.
+        self._dirty = False
+        self.watch(self.app, "jobs_version", lambda _: setattr(self, "_dirty", True), init=False)
+        self.set_interval(0.25, self._refresh_if_dirty, name="jobs-refresh")
+        self.refresh_jobs()
+        table.focus()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_jobs()
+
+    def _refresh_if_dirty(self) -> None:
+        if self._dirty and self.is_active:
+            self._dirty = False
+            self.refresh_jobs()
+
+    def refresh_jobs(self) -> None:
+        if not self.is_mounted:
+            return
+        table = self.query_one("#job-table", DataTable)
+        selected = self.selected_id()
+        views = self.app.job_list()
+        table.clear()
+        for view in views:
+            label, role = model.status_label(view.status)
+            table.add_row(Text(label, style=role_style(self.app, role)), view.kind, view.subject[:20],
+                          view.progress_text(), view.rate_text(), view.eta_text(), view.phase or "—", view.origin,
+                          model.short_time(view.started_at), key=view.id)
+        if views:
+            ids = [v.id for v in views]
+            fresh = [v.id for v in views if v.running and v.id not in self._known]
+            if fresh and self._known:
+                selected = fresh[0]  # a job that just started takes the selection, once
+            self._known.update(ids)
+            table.move_cursor(row=ids.index(selected) if selected in ids else 0)
+        self.show_selected()
+
+    def selected_id(self) -> str | None:
+        table = self.query_one("#job-table", DataTable)
+        if not table.row_count:
+            return None
+        try:
+            return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        except Exception:
+            return None
+
+    def selected_view(self) -> model.JobView | None:
+        job_id = self.selected_id()
+        return self.app.job_views.get(job_id) if job_id else None
+
+    @on(DataTable.RowHighlighted, "#job-table")
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_selected()
+        self.refresh_bindings_if_changed("cancel_job")
+
+    def show_selected(self) -> None:
+        view = self.selected_view()
+        facts = self.query_one("#job-facts", Static)
+        bar = self.query_one("#job-progress", ProgressBar)
+        if view is None:
+            facts.update("No jobs yet. Press b to run a backup now." if not self.app.read_only else "No jobs yet.")
+            bar.update(total=None, progress=0)
+            self.query_one("#job-log", Static).update("")
+            return
+        label, role = model.status_label(view.status)
+        done = model.size_text(view.bytes_done)
+        total = f" of {model.size_text(view.bytes_total)}" if view.bytes_total else ""
+        files = f"{view.files_done:,}" + (f" of {view.files_total:,}" if view.files_total else "")
+        lines = [
+            f"[${role}][b]{escape(label)}[/][/] {escape(view.kind)} of [b]{escape(view.subject)}[/] · run "
+            f"{escape(view.id)} · {escape(view.origin)}",
+            f"Phase [b]{escape(view.phase or '—')}[/] · {done}{total} · {files} files · "
+            f"{escape(view.rate_text())} · {escape(view.files_rate_text())} · ETA {escape(view.eta_text())}",
+            f"Current: {escape(view.current or '—')}",
+        ]
+        if view.error:
+            lines.append(f"[$error]✗ {escape(view.error)}[/]")
+        facts.update("\n".join(lines))
+        fraction = view.fraction
+        if fraction is None:  # unknown total: an empty bar, not an animation that costs CPU
+            bar.update(total=100, progress=0 if view.running or view.status != "succeeded" else 100)
+        else:
+            bar.update(total=100, progress=round(fraction * 100, 1))
+        self.show_log(view)
+
+    def show_log(self, view: model.JobView) -> None:
+        if view.id.startswith("console-"):
+            self.query_one("#job-log", Static).update("(this job writes no run log; see the toast for its result)")
+            return
+        events = list(reversed(self.app.workspace.catalog.events(view.id, limit=30)))
+        lines = []
+        for event in events:
+            at = model.parse_time(event["at"])
+            mark = {"warning": "[$warning]▲[/]", "error": "[$error]✗[/]"}.get(event["level"], "·")
+            lines.append(f"[dim]{at:%H:%M:%S}[/] {mark} {escape(event['message'])}" if at else escape(event["message"]))
+        self.query_one("#job-log", Static).update("\n".join(lines) or "No events yet.")
+
+    def can_run(self, action: str) -> bool | None:
+        if action == "cancel_job":
+            view = self.selected_view()
+            return True if view is not None and view.running else None
+        return True
+
+    def action_cancel_job(self) -> None:
+        view = self.selected_view()
+        if view is None or not view.running:
+            return
+        body = (f"Cancel the {view.kind} of {view.subject} (run {view.id}, {view.origin})?\n\n"
+                "The engine stops between units of work and records the run as cancelled; nothing "
+                "half-written is left behind" + (" (restored files already in place stay)." if view.kind == "restore" else "."))
+        self.app.push_screen(ConfirmDialog("Cancel this job?", body, yes_label="Cancel the job", no_label="Keep running"),
+                             lambda yes: self.app.cancel_job(view) if yes else None)

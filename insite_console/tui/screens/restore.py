@@ -1,0 +1,653 @@
+"""The restore wizard: what → which parts → where → plan → confirm → progress → result.
+
+Nothing is written before the confirmation step: the plan is the engine's dry run
+(`restore.run(..., dry_run=True)`), which reads the repository and the target only. Going
+back and forth keeps every choice. When the plan overwrites anything, the operator must type
+the target to go on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
+from textual.widgets import (Button, ContentSwitcher, DataTable, Footer, Header, Input, Label, OptionList,
+                             ProgressBar, RadioButton, RadioSet, Select, Static)
+from textual.widgets.option_list import Option
+
+from insite_console import clock
+from insite_console.tui import commands, model
+from insite_console.tui.dialogs.confirm import ConfirmDialog
+from insite_console.tui.messages import PlanReady, TreeLoaded
+from insite_console.tui.screens.base import InsiteScreen
+from insite_console.tui.widgets.backup_detail import model_error
+from insite_console.tui.widgets.stored_tree import StoredTree
+
+STEPS = ("What", "Parts", "Where", "Plan", "Confirm", "Progress", "Result")
+WHAT, PARTS, WHERE, PLAN, CONFIRM, PROGRESS, RESULT = range(len(STEPS))
+
+
+def nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def validate_target(source_type: str, target: str) -> str | None:
+    """Why the target cannot be used, or None."""
+    if not target.strip():
+        return "the target is empty"
+    if source_type != "files":
+        return None  # a DSN or URL: the engine's pre-flight checks it
+    path = Path(target)
+    if not path.is_absolute():
+        return "the target must be an absolute path"
+    if path.exists() and not path.is_dir():
+        return f"{target} exists and is not a directory"
+    base = nearest_existing(path)
+    if not os.access(base, os.W_OK):
+        return f"{base} is not writable by this user"
+    return None
+
+
+class RestoreWizard(InsiteScreen):
+    SCOPE = "restore"
+    BINDINGS = commands.bindings("restore")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = WHAT
+        self.backup: dict | None = None
+        self.plan: dict | None = None
+        self.plan_failed = False
+        self.job_key: str | None = None
+        self.after_check: str | None = None
+        self._tree_for: str | None = None
+        self._ready = False
+        self._pending_preset: str | None = None
+
+    # ----- layout ---------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        yield Static(id="steps")
+        with ContentSwitcher(initial="step-what", id="wizard"):
+            with VerticalScroll(id="step-what", classes="step"):
+                yield Label("[b]1. What to restore[/]: a source, then a restore point", markup=True)
+                yield Select([], prompt="source", id="source", allow_blank=True, compact=True)
+                yield Static(id="window")
+                yield OptionList(id="points")
+                yield Input(placeholder="or a point in time, e.g. 2026-11-27T02:00Z (newest restore point before it)",
+                            id="at", compact=True)
+            with Vertical(id="step-parts", classes="step"):
+                yield Label("[b]2. Which parts[/]: nothing selected restores everything", markup=True)
+                yield Static(id="parts-help")
+                yield StoredTree(selectable=True, id="parts-tree")
+                yield Input(placeholder="more patterns, comma separated: /opt/app/config/**, *.conf, public.orders",
+                            id="patterns", compact=True)
+                yield Static(id="parts-summary")
+            with VerticalScroll(id="step-where", classes="step"):
+                yield Label("[b]3. Where to[/]: beside production is the default; over it is an explicit choice",
+                            markup=True)
+                with RadioSet(id="where"):
+                    yield RadioButton("Beside production: a new location (nothing existing is touched)",
+                                      value=True, id="where-beside")
+                    yield RadioButton("Original location: over production", id="where-original")
+                    yield RadioButton("Another place (type it below)", id="where-custom")
+                yield Input(id="target", compact=True)
+                yield Static(id="target-check")
+            with Vertical(id="step-plan", classes="step"):
+                yield Static("[b]4. The plan[/] (a dry run: nothing is written)", id="plan-title")
+                yield Static(id="plan-summary")
+                yield DataTable(id="plan-table", cursor_type="row")
+            with VerticalScroll(id="step-confirm", classes="step"):
+                yield Static(id="confirm-text")
+                yield Input(id="confirm-input", compact=True)
+                yield Static(id="confirm-error")
+            with Vertical(id="step-progress", classes="step"):
+                yield Static(id="progress-facts")
+                yield ProgressBar(id="restore-progress", total=100, show_eta=False)
+            with VerticalScroll(id="step-result", classes="step"):
+                yield Static(id="result-text")
+        with Horizontal(id="wizard-nav"):
+            yield Button("◀ Back", id="back", compact=True)
+            yield Button("Next ▶", id="next", variant="primary", compact=True)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        ws = self.app.workspace
+        sources = sorted(ws.config.sources)
+        select = self.query_one("#source", Select)
+        select.set_options([(f"{name} ({ws.config.sources[name]['type']})", name) for name in sources])
+        if sources:
+            select.value = sources[0]
+        plan_table = self.query_one("#plan-table", DataTable)
+        for key, title in (("action", "Action"), ("type", "Type"), ("path", "Path"), ("bytes", "Size")):
+            plan_table.add_column(title, key=key)
+        self.query_one("#confirm-input", Input).display = False
+        self.watch(self.app, "jobs_version", lambda _: self.job_changed(), init=False)
+        self._ready = True
+        self.show_step(WHAT)
+        if self._pending_preset:
+            self.preset(self._pending_preset)
+
+    # ----- navigation -------------------------------------------------------------------------
+
+    def show_step(self, step: int) -> None:
+        self.step = step
+        names = ["what", "parts", "where", "plan", "confirm", "progress", "result"]
+        self.query_one("#wizard", ContentSwitcher).current = f"step-{names[step]}"
+        marks = []
+        for i, name in enumerate(STEPS):
+            if i == step:
+                marks.append(f"[b reverse] {i + 1} {name} [/]")
+            elif i < step:
+                marks.append(f"[$success]✓[/] {name}")
+            else:
+                marks.append(f"[dim]{i + 1} {name}[/]")
+        self.query_one("#steps", Static).update(" › ".join(marks))
+        back, nxt = self.query_one("#back", Button), self.query_one("#next", Button)
+        back.label = {PROGRESS: "■ Cancel restore", RESULT: "◀ New restore"}.get(step, "◀ Back")
+        nxt.display = step not in (PROGRESS, RESULT)
+        nxt.label = "Restore ▶" if step == CONFIRM else "Next ▶"
+        nxt.variant = "error" if step == CONFIRM and self.overwrites else "primary"
+        nxt.disabled = step == PLAN and (self.plan is None or self.plan_failed)
+        if step == WHAT:
+            self.query_one("#points", OptionList).focus()
+        elif step == PARTS:
+            self.enter_parts()
+        elif step == WHERE:
+            self.enter_where()
+        elif step == PLAN:
+            self.enter_plan()
+        elif step == CONFIRM:
+            self.enter_confirm()
+        self.refresh_bindings()
+
+    @on(Button.Pressed, "#next")
+    def next_pressed(self) -> None:
+        self.action_next()
+
+    @on(Button.Pressed, "#back")
+    def back_pressed(self) -> None:
+        if self.step == RESULT:
+            self.reset()
+        elif self.step == PROGRESS:
+            self.ask_cancel()
+        else:
+            self.action_back()
+
+    def ask_cancel(self) -> None:
+        job = self.app.console_jobs.get(self.job_key) if self.job_key else None
+        if job is None or job.status != "running":
+            return
+        view = self.app.job_views.get(job.run_id or job.key) or model.JobView(
+            id=job.key, kind=job.kind, subject=job.subject, status="running", pid=job.pid, host=model.HOST)
+        body = ("Stop this restore?\n\nFiles already restored stay (each one whole); the target is left "
+                "partly restored. Running the restore again fetches only what is missing.")
+        self.app.push_screen(ConfirmDialog("Cancel the restore?", body, yes_label="Cancel the restore",
+                                           no_label="Keep restoring"),
+                             lambda yes: self.app.cancel_job(view) if yes else None)
+
+    def action_next(self) -> None:
+        if self.step == WHAT:
+            if self.backup is None:
+                self.notify("choose a restore point first", severity="warning")
+                return
+            self.show_step(PARTS)
+        elif self.step == PARTS:
+            self.show_step(WHERE)
+        elif self.step == WHERE:
+            problem = validate_target(self.source_type, self.target)
+            if problem:
+                self.query_one("#target-check", Static).update(f"[$error]✗ {escape(problem)}[/]")
+                return
+            self.show_step(PLAN)
+        elif self.step == PLAN:
+            if self.plan is not None and not self.plan_failed:
+                self.show_step(CONFIRM)
+        elif self.step == CONFIRM:
+            self.confirm()
+
+    def action_back(self) -> None:
+        if self.step in (WHAT, PROGRESS, RESULT):
+            self.app.switch_mode("dashboard")
+        else:
+            self.show_step(self.step - 1)
+
+    def can_run(self, action: str) -> bool | None:
+        if action == "next":
+            return True if self.step < PROGRESS else None
+        return True
+
+    def reset(self) -> None:
+        self.plan = None
+        self.job_key = None
+        self.after_check = None
+        self.query_one("#confirm-input", Input).value = ""
+        self.show_step(WHAT)
+
+    # ----- 1. what --------------------------------------------------------------------------
+
+    @property
+    def source_type(self) -> str:
+        source = self.query_one("#source", Select).value
+        settings = self.app.workspace.config.sources.get(source) if isinstance(source, str) else None
+        return settings["type"] if settings else (self.backup or {}).get("source_type", "files")
+
+    def preset(self, backup_id: str) -> None:
+        if not self._ready:  # called right after switch_mode: applied on mount
+            self._pending_preset = backup_id
+            return
+        backup = self.app.workspace.catalog.backup(backup_id)
+        if backup is None or backup["status"] != "succeeded":
+            self.notify(f"backup {backup_id} is not a restore point", severity="error")
+            return
+        if self.step >= PROGRESS and self.job_key and self.app.console_jobs[self.job_key].status == "running":
+            self.notify("a restore is in progress in the wizard; wait for it to finish", severity="warning")
+            return
+        self.plan = None
+        select = self.query_one("#source", Select)
+        if select.value != backup["source"]:
+            select.value = backup["source"]
+        self.fill_points(backup["source"], select_id=backup["id"])
+        self.choose(backup)
+        self.show_step(WHAT)
+
+    @on(Select.Changed, "#source")
+    def source_changed(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str):
+            keep = self.backup["id"] if self.backup and self.backup["source"] == event.value else None
+            self.fill_points(event.value, select_id=keep)
+
+    def fill_points(self, source: str, select_id: str | None = None) -> None:
+        catalog = self.app.workspace.catalog
+        points = catalog.backups(source=source, status="succeeded", limit=500)
+        self._points = {b["id"]: b for b in points}
+        options = self.query_one("#points", OptionList)
+        options.clear_options()
+        for backup in points:
+            options.add_option(Option(
+                f"{model.short_time(backup['started_at'])}  {backup['type']:<12} {backup['id']}  "
+                f"{backup['files']:,} files  {model.size_text(backup['bytes_read'])}  ({backup['policy']})",
+                id=backup["id"]))
+        window = self.query_one("#window", Static)
+        if points:
+            window.update(f"Restorable window: [b]{model.short_time(points[-1]['started_at'])}[/] … "
+                          f"[b]{model.short_time(points[0]['started_at'])}[/] UTC · {len(points)} restore point(s)"
+                          + (" (newest 500 listed)" if len(points) == 500 else ""))
+        else:
+            window.update("[$warning]▲ no successful backup of this source: nothing to restore[/]")
+        if points:
+            chosen = select_id if select_id in self._points else points[0]["id"]
+            options.highlighted = options.get_option_index(chosen)
+            self.choose(self._points[chosen])
+        else:
+            self.backup = None
+
+    @on(OptionList.OptionHighlighted, "#points")
+    def point_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        backup = getattr(self, "_points", {}).get(event.option.id)
+        if backup is not None:
+            self.choose(backup)
+
+    @on(OptionList.OptionSelected, "#points")
+    def point_selected(self, event: OptionList.OptionSelected) -> None:
+        self.point_highlighted(event)
+        self.action_next()
+
+    @on(Input.Submitted, "#at")
+    def at_submitted(self, event: Input.Submitted) -> None:
+        try:
+            at = clock.parse_iso(event.value)
+        except ValueError as exc:
+            self.notify(f"point in time: {exc}", severity="error")
+            return
+        candidates = [b for b in getattr(self, "_points", {}).values() if clock.parse_iso(b["started_at"]) <= at]
+        if not candidates:
+            self.notify(f"no restore point at or before {clock.iso(at)}", severity="error")
+            return
+        best = max(candidates, key=lambda b: b["started_at"])
+        options = self.query_one("#points", OptionList)
+        options.highlighted = options.get_option_index(best["id"])
+        self.choose(best)
+
+    def choose(self, backup: dict) -> None:
+        if self.backup is None or self.backup["id"] != backup["id"]:
+            self.plan = None
+            target = self.query_one("#target", Input)
+            if not target.value or self.query_one("#where-beside", RadioButton).value:
+                target.value = self.default_target(backup, "beside")
+        self.backup = backup
+
+    # ----- 2. parts -------------------------------------------------------------------------
+
+    def enter_parts(self) -> None:
+        help_text = {
+            "files": "space: select a file or folder in the stored tree · or type glob patterns below",
+            "postgresql": "type tables as schema.table (logical backups); empty restores the whole database",
+            "redis": "type key patterns such as session:*; empty restores every key",
+        }.get(self.source_type, "")
+        self.query_one("#parts-help", Static).update(help_text)
+        tree = self.query_one("#parts-tree", StoredTree)
+        tree.display = self.source_type == "files"
+        if self.source_type == "files" and self.backup and self._tree_for != self.backup["id"]:
+            self._tree_for = self.backup["id"]
+            tree.selected_paths.clear()
+            tree.clear()
+            tree.root.add_leaf("reading the stored tree…")
+            self.load_tree(self.backup)
+        self.update_parts_summary()
+        (tree if tree.display else self.query_one("#patterns", Input)).focus()
+
+    @work(thread=True, exclusive=True, group="wizard-tree", exit_on_error=False)
+    def load_tree(self, backup: dict) -> None:
+        try:
+            entries, truncated = self.app.read_tree(backup, limit=50_000)
+            self.post_message(TreeLoaded(backup["id"], entries, truncated))
+        except Exception as exc:
+            self.post_message(TreeLoaded(backup["id"], [], False, model_error(exc)))
+
+    @on(TreeLoaded)
+    def tree_loaded(self, message: TreeLoaded) -> None:
+        if self.backup is None or message.backup_id != self.backup["id"]:
+            return
+        tree = self.query_one("#parts-tree", StoredTree)
+        if message.error:
+            tree.clear()
+            tree.root.add_leaf(f"✗ cannot read the stored tree: {message.error}")
+            return
+        tree.load(message.entries, message.truncated)
+
+    @on(StoredTree.SelectionChanged)
+    @on(Input.Changed, "#patterns")
+    def parts_changed(self) -> None:
+        self.plan = None
+        self.update_parts_summary()
+
+    @property
+    def includes(self) -> list[str]:
+        patterns = list(self.query_one("#parts-tree", StoredTree).includes()) if self.source_type == "files" else []
+        typed = self.query_one("#patterns", Input).value
+        patterns += [p.strip() for p in typed.split(",") if p.strip()]
+        return patterns
+
+    def update_parts_summary(self) -> None:
+        includes = self.includes
+        text = "Will restore: [b]everything in the backup[/]" if not includes else (
+            "Will restore only: " + ", ".join(f"[b]{escape(p)}[/]" for p in includes))
+        self.query_one("#parts-summary", Static).update(text)
+
+    # ----- 3. where -------------------------------------------------------------------------
+
+    def default_target(self, backup: dict, mode: str) -> str:
+        ws = self.app.workspace
+        settings = ws.config.sources.get(backup["source"], {})
+        kind = settings.get("type", backup.get("source_type", "files"))
+        if mode == "original":
+            if kind == "files":
+                return "/"
+            return settings.get("dsn") or settings.get("url") or ""
+        if kind == "files":
+            return str(ws.config.base_dir / "restores" / backup["id"])
+        if kind == "redis":
+            return str(ws.config.base_dir / "restores" / backup["id"])
+        return ""
+
+    def enter_where(self) -> None:
+        self.where_changed()
+        self.query_one("#where", RadioSet).focus()
+
+    @on(RadioSet.Changed, "#where")
+    def where_changed(self, event: RadioSet.Changed | None = None) -> None:
+        if self.backup is None:
+            return
+        target = self.query_one("#target", Input)
+        mode = self.where_mode
+        if mode == "beside":
+            target.value = self.default_target(self.backup, "beside")
+        elif mode == "original":
+            target.value = self.default_target(self.backup, "original")
+        target.disabled = mode != "custom"
+        self.check_target()
+
+    @property
+    def where_mode(self) -> str:
+        pressed = self.query_one("#where", RadioSet).pressed_button
+        return {"where-original": "original", "where-custom": "custom"}.get(pressed.id if pressed else "", "beside")
+
+    @property
+    def target(self) -> str:
+        return self.query_one("#target", Input).value.strip()
+
+    @on(Input.Changed, "#target")
+    def check_target(self) -> None:
+        self.plan = None
+        problem = validate_target(self.source_type, self.target)
+        note = self.query_one("#target-check", Static)
+        if problem:
+            note.update(f"[$error]✗ {escape(problem)}[/]")
+        elif self.where_mode == "original":
+            note.update("[$warning]▲ over production: existing data that differs from the backup will be "
+                        "overwritten (the plan shows what, and asks you to type the target)[/]")
+        else:
+            note.update("[$success]✓[/] target looks usable; the plan checks it in detail")
+
+    # ----- 4. plan ----------------------------------------------------------------------------
+
+    def enter_plan(self) -> None:
+        self.plan = None
+        self.plan_failed = False
+        self.query_one("#plan-summary", Static).update("Planning (dry run: reading the repository and the target)…")
+        self.query_one("#plan-table", DataTable).clear()
+        self.query_one("#next", Button).disabled = True
+        self.run_plan(self.backup, self.target, self.includes)
+
+    @work(thread=True, exclusive=True, group="wizard-plan", exit_on_error=False)
+    def run_plan(self, backup: dict, target: str, includes: list[str]) -> None:
+        from insite_console import restore
+
+        try:
+            plan = restore.run(self.app.workspace, backup["id"], target, includes=includes, dry_run=True)
+        except Exception as exc:
+            self.post_message(PlanReady(None, model_error(exc)))
+            return
+        self.post_message(PlanReady(plan, checks=preflight(backup, target, plan, self.source_type)))
+
+    @on(PlanReady)
+    def plan_ready(self, message: PlanReady) -> None:
+        if self.step != PLAN:
+            return
+        summary_view = self.query_one("#plan-summary", Static)
+        if message.plan is None:
+            self.plan_failed = True
+            summary_view.update(f"[$error]✗ the plan failed:[/] {escape(message.error or '')}\n"
+                                "Go back to change the target or the parts.")
+            return
+        self.plan = message.plan
+        self.plan_failed = any(ok is False for ok, _ in message.checks)
+        summary = message.plan.get("summary", {})
+        lines = [
+            f"Create [b]{summary.get('to_create', 0):,}[/] · overwrite [b]{summary.get('to_overwrite', 0):,}[/] · "
+            f"already identical {summary.get('identical', 0):,} · {model.size_text(summary.get('bytes_to_write', 0))}"
+            f" to write · about {clock.human_duration(summary.get('estimated_seconds', 0))} "
+            f"({escape(summary.get('estimate_basis', ''))})",
+        ]
+        for ok, text in message.checks:
+            mark = "[$success]✓[/]" if ok else ("[$error]✗[/]" if ok is False else "[$warning]▲[/]")
+            lines.append(f"{mark} {escape(text)}")
+        for note in message.plan.get("notes", []):
+            lines.append(f"· {escape(str(note))}")
+        summary_view.update("\n".join(lines))
+        table = self.query_one("#plan-table", DataTable)
+        table.clear()
+        shown = 0
+        for item in message.plan.get("plan", []):
+            if item["type"] == "dir" and item["action"] == "skip":
+                continue
+            mark = {"create": "+ create", "overwrite": "! overwrite", "skip": "= identical"}.get(item["action"],
+                                                                                                  item["action"])
+            table.add_row(mark, item["type"], item["path"], model.size_text(item.get("bytes")))
+            shown += 1
+            if shown >= 500:
+                break
+        if message.plan.get("plan_truncated"):
+            table.add_row("…", "", "(plan truncated; the totals above count everything)", "")
+        self.query_one("#next", Button).disabled = self.plan_failed
+
+    @property
+    def overwrites(self) -> int:
+        return int(((self.plan or {}).get("summary") or {}).get("to_overwrite", 0))
+
+    # ----- 5. confirm -------------------------------------------------------------------------
+
+    def enter_confirm(self) -> None:
+        backup, target = self.backup, self.target
+        summary = (self.plan or {}).get("summary", {})
+        lines = [
+            "[b]5. Confirm[/]",
+            f"Restore backup [b]{escape(backup['id'])}[/] ({escape(backup['policy'])}, "
+            f"{model.short_time(backup['started_at'])} UTC)",
+            f"into [b]{escape(target)}[/]"
+            + (f", only {escape(', '.join(self.includes))}" if self.includes else ", everything"),
+            f"{summary.get('to_create', 0):,} to create, {self.overwrites:,} to overwrite, "
+            f"{model.size_text(summary.get('bytes_to_write', 0))} to write.",
+        ]
+        field = self.query_one("#confirm-input", Input)
+        if self.overwrites:
+            lines.append(f"\n[$error][b]✗ {self.overwrites:,} existing item(s) will be overwritten.[/][/] "
+                         "Type the target exactly to confirm:")
+            lines.append(f"  [b]{escape(target)}[/]")
+            field.display = True
+            field.placeholder = target
+            field.focus()
+        else:
+            lines.append("\n[$success]✓ nothing existing is overwritten.[/] Press Restore to start.")
+            field.display = False
+            self.query_one("#next", Button).focus()
+        self.query_one("#confirm-error", Static).update("")
+        self.query_one("#confirm-text", Static).update("\n".join(lines))
+
+    @on(Input.Submitted, "#confirm-input")
+    def confirm_submitted(self) -> None:
+        self.confirm()
+
+    def confirm(self) -> None:
+        if self.plan is None:
+            self.show_step(PLAN)
+            return
+        if self.overwrites and self.query_one("#confirm-input", Input).value.strip() != self.target:
+            self.query_one("#confirm-error", Static).update(
+                "[$error]✗ that is not the target: nothing was written. Type it exactly, or go back.[/]")
+            return
+        job = self.app.start_restore(self.backup["id"], self.target, self.includes, overwrite=bool(self.overwrites))
+        if job is None:
+            return
+        self.job_key = job.key
+        self.after_check = None
+        self.show_step(PROGRESS)
+        self.job_changed()
+
+    # ----- 6. progress, 7. result -------------------------------------------------------------
+
+    def job_changed(self) -> None:
+        if self.job_key is None or self.step not in (PROGRESS, RESULT):
+            return
+        job = self.app.console_jobs.get(self.job_key)
+        if job is None:
+            return
+        view = self.app.job_views.get(job.run_id or job.key)
+        if job.status == "running":
+            facts = [f"[b]6. Restoring[/] {escape(job.subject)} into [b]{escape(self.target)}[/]"
+                     + (" (a detached process: it continues if the console closes)" if job.detached else "")]
+            bar = self.query_one("#restore-progress", ProgressBar)
+            if view is not None:
+                facts.append(f"Phase {escape(view.phase or '—')} · {model.size_text(view.bytes_done)}"
+                             + (f" of {model.size_text(view.bytes_total)}" if view.bytes_total else "")
+                             + f" · {view.files_done:,} files · {escape(view.rate_text())} · ETA {escape(view.eta_text())}")
+                facts.append(f"Current: {escape(view.current or '—')}")
+                fraction = view.fraction
+                bar.update(total=100, progress=(fraction or 0) * 100)
+            self.query_one("#progress-facts", Static).update("\n".join(facts))
+            return
+        if self.step != RESULT:
+            self.show_step(RESULT)
+            self.show_result(job)
+
+    def show_result(self, job) -> None:
+        label, role = model.status_label(job.status)
+        result = job.result or {}
+        lines = [f"[b]7. Result[/]: [${role}][b]{escape(label)}[/][/] restore of {escape(job.subject)} into "
+                 f"[b]{escape(self.target)}[/]"]
+        if job.status == "succeeded":
+            lines.append(f"{result.get('files', 0):,} files, {model.size_text(result.get('bytes_written', 0))} written"
+                         + (f", {result.get('skipped_identical', 0):,} already identical"
+                            if result.get("skipped_identical") else ""))
+            if result.get("verified"):
+                lines.append("[$success]✓[/] every restored file was checked against its stored hashes while written")
+            for key in ("verification", "baselines", "notes"):
+                if result.get(key):
+                    lines.append(f"· {escape(key)}: {escape(str(result[key]))[:500]}")
+            lines.append("Checking the target against the backup (a second dry run)…")
+            if self.source_type == "files":
+                self.check_after(self.backup, self.target, self.includes)
+        else:
+            lines.append(f"[$error]{escape(job.error or 'no message')}[/]")
+            lines.append("Files restored before the stop are whole (each is written to a temporary name, then "
+                         "renamed); running the restore again fetches only what is missing.")
+        self._result_lines = lines
+        self.query_one("#result-text", Static).update("\n".join(lines))
+
+    @work(thread=True, exclusive=True, group="wizard-check", exit_on_error=False)
+    def check_after(self, backup: dict, target: str, includes: list[str]) -> None:
+        from insite_console import restore
+
+        try:
+            plan = restore.run(self.app.workspace, backup["id"], target, includes=includes, dry_run=True)
+            summary = plan.get("summary", {})
+            differ = summary.get("to_create", 0) + summary.get("to_overwrite", 0)
+            if differ == 0:
+                text = (f"[$success]✓ the target matches the backup:[/] {summary.get('identical', 0):,} "
+                        "item(s) identical to what was recorded at backup time")
+            else:
+                text = f"[$error]✗ {differ:,} item(s) in the target differ from the backup[/]"
+        except Exception as exc:
+            text = f"[$warning]▲ could not check the target: {escape(model_error(exc))}[/]"
+        self.app.call_from_thread(self._after_checked, text)
+
+    def _after_checked(self, text: str) -> None:
+        self.after_check = text
+        lines = [line for line in self._result_lines if not line.startswith("Checking the target")]
+        self._result_lines = lines + [text]
+        self.query_one("#result-text", Static).update("\n".join(self._result_lines))
+
+
+def preflight(backup: dict, target: str, plan: dict, source_type: str) -> list[tuple[bool | None, str]]:
+    """(ok, text) per check: True passed, False blocks the restore, None is a warning."""
+    checks: list[tuple[bool | None, str]] = [
+        (True, f"restore point {backup['id']} is a successful {backup['type']} backup"),
+        (True, "the manifest and the file listing are readable and authentic"),
+    ]
+    summary = plan.get("summary", {})
+    age = model.age_text(model.parse_time(backup.get("finished_at") or backup["started_at"]))
+    checks.append((None, f"data-loss window: changes made after {model.short_time(backup['started_at'])} UTC "
+                         f"({age}) are not in this backup"))
+    if source_type == "files":
+        base = nearest_existing(Path(target))
+        writable = os.access(base, os.W_OK)
+        checks.append((writable, f"{base} is writable" if writable else f"{base} is not writable by this user"))
+        try:
+            free = shutil.disk_usage(base).free
+            need = summary.get("bytes_to_write", 0)
+            checks.append((free >= need, f"free space {model.size_text(free)} for {model.size_text(need)} to write"))
+        except OSError as exc:
+            checks.append((None, f"free space unknown: {exc.strerror}"))
+    overwrite = summary.get("to_overwrite", 0)
+    checks.append((True, "nothing existing is overwritten") if not overwrite else
+                  (None, f"{overwrite:,} existing item(s) will be overwritten (you will type the target to confirm)"))
+    return checks
