@@ -283,6 +283,13 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
                 resolved.append(str(full))
             table["paths"] = resolved
 
+    for name, table in groups["source"].items():
+        key = {"postgresql": "dsn", "redis": "url"}.get(table["type"])
+        if key and isinstance(table.get(key), str) and _has_password(table[key]):
+            variable = "password_env" if table["type"] == "redis" else "PGPASSWORD, ~/.pgpass or password_env"
+            problems.append(f"{where}: source.{name}.{key}: holds a password; secrets never live in the config "
+                            f"file: remove it and use {variable}")
+
     policies: dict[str, dict] = {}
     raw_policies = raw.get("policy", {})
     if not isinstance(raw_policies, dict):
@@ -327,6 +334,18 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         engine=tops["engine"], console=tops["console"], dr=tops["dr"],
         storages=groups["storage"], sources=groups["source"], policies=policies, raw=raw,
     )
+
+
+def _has_password(dsn: str) -> bool:
+    """Does a URL (scheme://user:secret@host) or a libpq key=value string carry a password?"""
+    from urllib.parse import urlsplit
+
+    if "://" in dsn:
+        try:
+            return urlsplit(dsn).password is not None or "password=" in (urlsplit(dsn).query or "")
+        except ValueError:
+            return False
+    return re.search(r"(^|\s)password\s*=", dsn) is not None
 
 
 def _resolve(base_dir: Path, value: str) -> Path:

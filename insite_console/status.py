@@ -24,7 +24,7 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
     last_failed = catalog.last_backup(name, status="failed")
     running = catalog.last_backup(name, status="running")
     rpo = clock.parse_duration(policy["rpo"]).total_seconds() if policy.get("rpo") else None
-    age = (now - clock.parse_iso(last_ok["finished_at"])).total_seconds() if last_ok else None
+    age = (now - clock.parse_iso(last_ok["finished_at"] or last_ok["started_at"])).total_seconds() if last_ok else None
     if last_ok is None:
         health = "never"
     elif rpo is not None and age > rpo:

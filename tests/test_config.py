@@ -116,3 +116,17 @@ def test_repository_example_config_is_the_demo_default():
 
     packaged = resources.files("insite_console.demo").joinpath("config.toml").read_text()
     assert (Path(__file__).parent.parent / "config.toml").read_text() == packaged
+
+
+@pytest.mark.parametrize("source", [
+    '[source.db]\ntype = "postgresql"\ndsn = "postgresql://backup:s3cret@127.0.0.1/app"\n',
+    '[source.db]\ntype = "postgresql"\ndsn = "host=127.0.0.1 user=backup password=s3cret dbname=app"\n',
+    '[source.db]\ntype = "postgresql"\ndsn = "postgresql://backup@127.0.0.1/app?password=s3cret"\n',
+    '[source.db]\ntype = "redis"\nurl = "redis://:s3cret@127.0.0.1:6379/0"\n',
+])
+def test_passwords_in_the_config_file_are_refused(tmp_path, source):
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, GOOD + source)
+    message = str(info.value)
+    assert "source.db." in message and "holds a password" in message
+    assert "s3cret" not in message

@@ -214,7 +214,7 @@ class Catalog:
     def backups(self, policy: str | None = None, status: str | None = None, source: str | None = None,
                 search: str | None = None, limit: int | None = None, offset: int = 0,
                 order: str = "started_at DESC") -> list[dict]:
-        sql, args = self._backup_filter(policy, status, source, search)
+        sql, args = self.backup_filter(policy, status, source, search)
         if order not in _ORDERS:
             order = "started_at DESC"
         sql = "SELECT * FROM backups" + sql + f" ORDER BY {order}, rowid DESC"
@@ -223,13 +223,32 @@ class Catalog:
             args += [limit, offset]
         return [_backup_dict(row) for row in self.db.execute(sql, args)]
 
+    def backups_page(self, start: int, count: int, total: int, column: str = "started_at", descending: bool = True,
+                     policy: str | None = None, search: str | None = None) -> list[dict]:
+        """Rows start..start+count of the sorted, filtered catalog, for a paged table.
+
+        SQLite's OFFSET walks every skipped row, so a page in the second half is read from the
+        other end (the exact reverse order, then flipped): the last page of 100,000 backups
+        costs what the first one does. rowid breaks ties, so pages never repeat or skip a row."""
+        if f"{column} ASC" not in _ORDERS:
+            column = "started_at"
+        where, args = self.backup_filter(policy, None, None, search)
+        end = min(total, start + count)
+        reverse = start > total - end
+        direction = "DESC" if descending != reverse else "ASC"
+        rows = self.db.execute(
+            f"SELECT * FROM backups{where} ORDER BY {column} {direction}, rowid {direction} LIMIT ? OFFSET ?",
+            [*args, max(0, end - start), total - end if reverse else start]).fetchall()
+        page = [_backup_dict(row) for row in rows]
+        return page[::-1] if reverse else page
+
     def count_backups(self, policy: str | None = None, status: str | None = None, source: str | None = None,
                       search: str | None = None) -> int:
-        sql, args = self._backup_filter(policy, status, source, search)
+        sql, args = self.backup_filter(policy, status, source, search)
         return self.db.execute("SELECT COUNT(*) FROM backups" + sql, args).fetchone()[0]
 
     @staticmethod
-    def _backup_filter(policy, status, source, search) -> tuple[str, list]:
+    def backup_filter(policy, status, source, search) -> tuple[str, list]:
         clauses, args = [], []
         for column, value in (("policy", policy), ("status", status), ("source", source)):
             if value:

@@ -49,7 +49,7 @@ class InsiteApp(App):
     catalog_version = var(0)  # bumped when the catalog changed (any process)
 
     def __init__(self, workspace, read_only: bool = False, theme: str | None = None, detach_jobs: bool = True,
-                 poll_seconds: float | None = None) -> None:
+                 poll_seconds: float | None = None, alerts: bool = True) -> None:
         from insite_console.tui.screens.catalog import CatalogScreen
         from insite_console.tui.screens.dashboard import DashboardScreen
         from insite_console.tui.screens.jobs import JobsScreen
@@ -71,6 +71,10 @@ class InsiteApp(App):
         self._keys = itertools.count(1)
         self._data_version: int | None = None
         self._last_reap = 0.0
+        self.alerts = alerts
+        self._alerted: dict[str, str] = {}
+        self._last_health_check = 0.0
+        self._poll_failing = False
         self.sub_title = workspace.config.path.name + ("  ·  READ-ONLY" if read_only else "")
 
     # ----- start-up ---------------------------------------------------------------------
@@ -200,7 +204,8 @@ class InsiteApp(App):
                         timeout=4)
         return job
 
-    def start_restore(self, backup_id: str, target: str, includes: list[str], overwrite: bool) -> jobs.ConsoleJob | None:
+    def start_restore(self, backup_id: str, target: str, includes: list[str], overwrite: bool,
+                      at=None) -> jobs.ConsoleJob | None:
         if self.read_only:
             return None
         args = ["restore", backup_id, "--target", target, "--json"]
@@ -208,9 +213,11 @@ class InsiteApp(App):
             args += ["--include", pattern]
         if overwrite:
             args.append("--yes")
+        if at is not None:
+            args += ["--at", clock.iso_precise(at)]
         return self._launch("restore", backup_id, args,
                             lambda ws, progress, cancel: _restore_run(ws, backup_id, target, includes, overwrite,
-                                                                      progress, cancel))
+                                                                      at, progress, cancel))
 
     def start_verify(self, backup_id: str, deep: bool) -> jobs.ConsoleJob | None:
         if self.read_only:
@@ -368,9 +375,15 @@ class InsiteApp(App):
                 catalog.reap_dead_runs()
             version = catalog.db.execute("PRAGMA data_version").fetchone()[0]
             rows = catalog.runs(limit=50)
-        except Exception as exc:  # a locked or vanished catalog: say so, try again next tick
-            self.notify(f"cannot read the catalog: {plain_error(exc)}", severity="error", timeout=5)
+        except Exception as exc:  # a locked or vanished catalog: say so once, try again next tick
+            if not self._poll_failing:
+                self._poll_failing = True
+                log.error("cannot read the catalog", exc_info=exc)
+                self.notify(f"cannot read the catalog: {plain_error(exc)} (retrying)", severity="error", timeout=8)
             return
+        if self._poll_failing:
+            self._poll_failing = False
+            self.notify("✓ the catalog is readable again", timeout=4)
         changed = version != self._data_version
         self._data_version = version
         seen = set()
@@ -402,9 +415,38 @@ class InsiteApp(App):
             if view.running:
                 view.sample()
             self.job_views[row["id"]] = view
+        mine = {job.key for job in self.console_jobs.values()}
+        for stale in [key for key, view in self.job_views.items()
+                      if key not in seen and key not in mine and not view.running]:
+            del self.job_views[stale]  # fell out of the newest 50 runs
         if changed:
             self.catalog_version += 1
             self.jobs_version += 1
+        if self.alerts and (changed or now - self._last_health_check > 30):
+            self._last_health_check = now
+            self.check_alerts()
+
+    def check_alerts(self) -> None:
+        """Toast when a policy breaches its RPO, has never run, or its last run failed; once
+        per change, and again when it recovers."""
+        try:
+            rows = model.policy_health(self.workspace)
+        except Exception as exc:
+            log.warning("health check failed: %s", plain_error(exc))
+            return
+        for row in rows:
+            shown, name = row["shown"], row["policy"]
+            previous = self._alerted.get(name)
+            if shown in ("breach", "never", "failing") and previous != shown:
+                label, _ = model.status_label(shown)
+                detail = {"breach": f"last success {row['age_vs_rpo']} (age / RPO)",
+                          "never": "no successful backup yet",
+                          "failing": f"last run failed: {row['last_failure_error'] or '?'}"}[shown]
+                self.notify(f"{label}: policy {name}: {detail}", severity="error" if shown != "never" else "warning",
+                            timeout=10)
+            elif shown in ("ok", "late") and previous in ("breach", "never", "failing"):
+                self.notify(f"✓ policy {name} is within its RPO again", timeout=6)
+            self._alerted[name] = shown
 
     def job_list(self) -> list[model.JobView]:
         views = list(self.job_views.values())
@@ -464,10 +506,11 @@ def _backup_run(ws, policy, backup_type, progress, cancel):
     return backup.run(ws, policy, backup_type, progress=progress, cancel=cancel)
 
 
-def _restore_run(ws, backup_id, target, includes, overwrite, progress, cancel):
+def _restore_run(ws, backup_id, target, includes, overwrite, at, progress, cancel):
     from insite_console import restore
 
-    return restore.run(ws, backup_id, target, includes=includes, yes=overwrite, progress=progress, cancel=cancel)
+    return restore.run(ws, backup_id, target, includes=includes, yes=overwrite, at=at, progress=progress,
+                       cancel=cancel)
 
 
 def _verify_run(ws, backup_id, deep, progress, cancel):

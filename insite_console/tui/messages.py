@@ -61,8 +61,10 @@ class TreeLoaded(Message):
 class PlanReady(Message):
     """The restore wizard's dry run finished."""
 
-    def __init__(self, plan: dict | None, error: str | None = None, checks: list | None = None) -> None:
+    def __init__(self, plan: dict | None, error: str | None = None, checks: list | None = None,
+                 token: tuple | None = None) -> None:
         super().__init__()
+        self.token = token  # the choices it was made for
         self.plan = plan
         self.error = error
         self.checks = checks or []

@@ -1,9 +1,8 @@
 """The console's themes, read from `themes/*.toml` (one Textual Theme per file).
 
 Looked up in `$INSITE_THEMES_DIR`, the `themes/` folder beside the config file, then the
-project's `themes/`. Textual's own themes (including `ansi-dark` and `ansi-light`) stay
-available too. Built-in copies of the three defaults keep an installed console working
-without the project folder.
+project's `themes/` (linked into the package as `tui/themes`, so an installed console has
+them too). Textual's own themes (including `ansi-dark` and `ansi-light`) stay available.
 """
 
 from __future__ import annotations
@@ -18,34 +17,18 @@ DEFAULT = "insite-dark"
 SIXTEEN_COLOURS = "insite-16"
 CYCLE = ("insite-dark", "insite-light", "insite-16")
 
-_BUILTIN = {
-    "insite-dark": dict(dark=True, primary="#4EA8DE", secondary="#7F8FA6", accent="#F2A541", warning="#F2C14E",
-                        error="#F25F5C", success="#5FD068", foreground="#E4E7EB", background="#12161C",
-                        surface="#1A2029", panel="#232B36"),
-    "insite-light": dict(dark=False, primary="#1F5F99", secondary="#5A6B7D", accent="#A35200", warning="#8A5A00",
-                         error="#B3261E", success="#1E7B34", foreground="#1B1F24", background="#F7F8FA",
-                         surface="#ECEFF3", panel="#DDE3EA"),
-    "insite-16": dict(ansi=True, dark=True, primary="ansi_bright_cyan", secondary="ansi_white",
-                            accent="ansi_bright_yellow", warning="ansi_bright_yellow", error="ansi_bright_red",
-                            success="ansi_bright_green", foreground="ansi_default", background="ansi_default",
-                            surface="ansi_default", panel="ansi_default", boost="ansi_default",
-                            variables={"block-cursor-foreground": "ansi_black",
-                                       "block-cursor-background": "ansi_bright_white"}),
-}
-
-
 def theme_dirs(config_dir: Path | None = None) -> list[Path]:
     dirs = []
     if os.environ.get("INSITE_THEMES_DIR"):
         dirs.append(Path(os.environ["INSITE_THEMES_DIR"]))
     if config_dir is not None:
         dirs.append(config_dir / "themes")
-    dirs.append(Path(__file__).resolve().parents[2] / "themes")
+    dirs.append(Path(__file__).parent / "themes")  # the project's themes/, linked into the package
     return dirs
 
 
 def load_themes(config_dir: Path | None = None) -> dict[str, Theme]:
-    themes = {name: Theme(name=name, **settings) for name, settings in _BUILTIN.items()}
+    themes: dict[str, Theme] = {}
     for folder in reversed(theme_dirs(config_dir)):
         if not folder.is_dir():
             continue

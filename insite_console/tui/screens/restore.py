@@ -30,6 +30,11 @@ from insite_console.tui.widgets.stored_tree import StoredTree
 
 STEPS = ("What", "Parts", "Where", "Plan", "Confirm", "Progress", "Result")
 WHAT, PARTS, WHERE, PLAN, CONFIRM, PROGRESS, RESULT = range(len(STEPS))
+WHERE_LABELS = {
+    "where-beside": "Beside production: a new location (nothing existing is touched)",
+    "where-original": "Original location: over production",
+    "where-custom": "Another place (type it below)",
+}
 
 
 def nearest_existing(path: Path) -> Path:
@@ -70,6 +75,7 @@ class RestoreWizard(InsiteScreen):
         self._tree_for: str | None = None
         self._ready = False
         self._pending_preset: str | None = None
+        self.at = None  # a point in time: picks the restore point; replayed to for physical PostgreSQL
 
     # ----- layout ---------------------------------------------------------------------------
 
@@ -95,10 +101,8 @@ class RestoreWizard(InsiteScreen):
                 yield Label("[b]3. Where to[/]: beside production is the default; over it is an explicit choice",
                             markup=True)
                 with RadioSet(id="where"):
-                    yield RadioButton("Beside production: a new location (nothing existing is touched)",
-                                      value=True, id="where-beside")
-                    yield RadioButton("Original location: over production", id="where-original")
-                    yield RadioButton("Another place (type it below)", id="where-custom")
+                    for button_id, label in WHERE_LABELS.items():
+                        yield RadioButton(label, value=button_id == "where-beside", id=button_id)
                 yield Input(id="target", compact=True)
                 yield Static(id="target-check")
             with Vertical(id="step-plan", classes="step"):
@@ -272,9 +276,10 @@ class RestoreWizard(InsiteScreen):
         options = self.query_one("#points", OptionList)
         options.clear_options()
         for backup in points:
+            kind = {"incremental": "incr", "differential": "diff"}.get(backup["type"], backup["type"])
             options.add_option(Option(
-                f"{model.short_time(backup['started_at'])}  {backup['type']:<12} {backup['id']}  "
-                f"{backup['files']:,} files  {model.size_text(backup['bytes_read'])}  ({backup['policy']})",
+                f"{model.short_time(backup['started_at'])}  {kind:<4}  {backup['id'][:12]}  "
+                f"{backup['files']:>7,} files  {model.size_text(backup['bytes_read']):>10}  {backup['policy']}",
                 id=backup["id"]))
         window = self.query_one("#window", Static)
         if points:
@@ -316,6 +321,23 @@ class RestoreWizard(InsiteScreen):
         options = self.query_one("#points", OptionList)
         options.highlighted = options.get_option_index(best["id"])
         self.choose(best)
+        self.at = at
+        self.plan = None
+        replay = " and WAL replayed to it" if self.replays_wal else ""
+        self.query_one("#window", Static).update(
+            f"Point in time [b]{clock.iso(at)}[/]: restore point [b]{escape(best['id'])}[/] "
+            f"({model.short_time(best['started_at'])} UTC){replay}")
+
+    @property
+    def replays_wal(self) -> bool:
+        """Only a physical PostgreSQL backup can be replayed to a time (base backup + WAL)."""
+        source = self.query_one("#source", Select).value
+        settings = self.app.workspace.config.sources.get(source) if isinstance(source, str) else None
+        return bool(settings and settings["type"] == "postgresql" and settings.get("mode") == "physical")
+
+    @property
+    def replay_at(self):
+        return self.at if self.replays_wal else None
 
     def choose(self, backup: dict) -> None:
         if self.backup is None or self.backup["id"] != backup["id"]:
@@ -407,6 +429,10 @@ class RestoreWizard(InsiteScreen):
     def where_changed(self, event: RadioSet.Changed | None = None) -> None:
         if self.backup is None:
             return
+        for button in self.query_one("#where", RadioSet).query(RadioButton):
+            # the choice as a word and a mark, not only as the radio's colour
+            button.label = ("» " if button.value else "  ") + WHERE_LABELS[button.id] + (
+                "  (chosen)" if button.value else "")
         target = self.query_one("#target", Input)
         mode = self.where_mode
         if mode == "beside":
@@ -446,23 +472,26 @@ class RestoreWizard(InsiteScreen):
         self.query_one("#plan-summary", Static).update("Planning (dry run: reading the repository and the target)…")
         self.query_one("#plan-table", DataTable).clear()
         self.query_one("#next", Button).disabled = True
-        self.run_plan(self.backup, self.target, self.includes)
+        self._plan_token = (self.backup["id"], self.target, tuple(self.includes), self.replay_at)
+        self.run_plan(self.backup, self.target, self.includes, self.replay_at, self.source_type)
 
     @work(thread=True, exclusive=True, group="wizard-plan", exit_on_error=False)
-    def run_plan(self, backup: dict, target: str, includes: list[str]) -> None:
+    def run_plan(self, backup: dict, target: str, includes: list[str], at, source_type: str) -> None:
+        # a thread: everything it needs comes in as arguments; it never reads a widget
         from insite_console import restore
 
         try:
-            plan = restore.run(self.app.workspace, backup["id"], target, includes=includes, dry_run=True)
+            plan = restore.run(self.app.workspace, backup["id"], target, includes=includes, dry_run=True, at=at)
         except Exception as exc:
-            self.post_message(PlanReady(None, model_error(exc)))
+            self.post_message(PlanReady(None, model_error(exc), token=(backup["id"], target, tuple(includes), at)))
             return
-        self.post_message(PlanReady(plan, checks=preflight(backup, target, plan, self.source_type)))
+        self.post_message(PlanReady(plan, checks=preflight(backup, target, plan, source_type),
+                                    token=(backup["id"], target, tuple(includes), at)))
 
     @on(PlanReady)
     def plan_ready(self, message: PlanReady) -> None:
-        if self.step != PLAN:
-            return
+        if self.step != PLAN or message.token != getattr(self, "_plan_token", None):
+            return  # a plan for choices since changed
         summary_view = self.query_one("#plan-summary", Static)
         if message.plan is None:
             self.plan_failed = True
@@ -514,7 +543,8 @@ class RestoreWizard(InsiteScreen):
             f"Restore backup [b]{escape(backup['id'])}[/] ({escape(backup['policy'])}, "
             f"{model.short_time(backup['started_at'])} UTC)",
             f"into [b]{escape(target)}[/]"
-            + (f", only {escape(', '.join(self.includes))}" if self.includes else ", everything"),
+            + (f", only {escape(', '.join(self.includes))}" if self.includes else ", everything")
+            + (f", replaying WAL to [b]{clock.iso(self.replay_at)}[/]" if self.replay_at else ""),
             f"{summary.get('to_create', 0):,} to create, {self.overwrites:,} to overwrite, "
             f"{model.size_text(summary.get('bytes_to_write', 0))} to write.",
         ]
@@ -545,7 +575,8 @@ class RestoreWizard(InsiteScreen):
             self.query_one("#confirm-error", Static).update(
                 "[$error]✗ that is not the target: nothing was written. Type it exactly, or go back.[/]")
             return
-        job = self.app.start_restore(self.backup["id"], self.target, self.includes, overwrite=bool(self.overwrites))
+        job = self.app.start_restore(self.backup["id"], self.target, self.includes, overwrite=bool(self.overwrites),
+                                     at=self.replay_at)
         if job is None:
             return
         self.job_key = job.key
@@ -566,6 +597,9 @@ class RestoreWizard(InsiteScreen):
             facts = [f"[b]6. Restoring[/] {escape(job.subject)} into [b]{escape(self.target)}[/]"
                      + (" (a detached process: it continues if the console closes)" if job.detached else "")]
             bar = self.query_one("#restore-progress", ProgressBar)
+            if self.replay_at is not None:
+                facts.append(f"Target time [b]{clock.iso(self.replay_at)}[/]; replayed so far: "
+                             f"{escape(view.current or '—') if view else '—'}")
             if view is not None:
                 facts.append(f"Phase {escape(view.phase or '—')} · {model.size_text(view.bytes_done)}"
                              + (f" of {model.size_text(view.bytes_total)}" if view.bytes_total else "")
@@ -647,6 +681,8 @@ def preflight(backup: dict, target: str, plan: dict, source_type: str) -> list[t
             checks.append((free >= need, f"free space {model.size_text(free)} for {model.size_text(need)} to write"))
         except OSError as exc:
             checks.append((None, f"free space unknown: {exc.strerror}"))
+    for problem in plan.get("problems") or []:  # the engine's own pre-flight (e.g. physical PostgreSQL)
+        checks.append((False, str(problem)))
     overwrite = summary.get("to_overwrite", 0)
     checks.append((True, "nothing existing is overwritten") if not overwrite else
                   (None, f"{overwrite:,} existing item(s) will be overwritten (you will type the target to confirm)"))

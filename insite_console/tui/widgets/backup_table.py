@@ -154,30 +154,12 @@ class BackupTable(ScrollView, can_focus=True):
         offset = index - page_no * PAGE
         return page[offset] if offset < len(page) else None
 
-    def order_sql(self, reverse: bool = False) -> str:
-        descending = self.descending != reverse
-        direction = "DESC" if descending else "ASC"
-        # rowid breaks ties, so the order is total and a page boundary never repeats or skips a row
-        return f"{self.sort_column} {direction}, rowid {direction}"
-
     def _fetch(self, page_no: int) -> list[dict]:
-        """One page, read-only, with the catalog's own filter (`Catalog._backup_filter`).
-
-        SQLite's OFFSET walks every skipped row, so a page in the second half is read from
-        the other end (the exact reverse order, then flipped): the last page of 100,000
-        backups costs what the first one does."""
+        """One page, read from the catalog (which keeps the last page as cheap as the first)."""
         if self.sort_column not in {c.sort for c in SORTABLE}:
             self.sort_column = "started_at"
-        where, args = self.catalog._backup_filter(self.policy, None, None, self.search or None)
-        start = page_no * PAGE
-        end = min(self.total, start + PAGE)
-        reverse = start > self.total - end
-        offset = self.total - end if reverse else start
-        rows = self.catalog.db.execute(
-            f"SELECT * FROM backups{where} ORDER BY {self.order_sql(reverse)} LIMIT ? OFFSET ?",
-            [*args, end - start, offset]).fetchall()
-        page = [dict(row) for row in rows]
-        return page[::-1] if reverse else page
+        return self.catalog.backups_page(page_no * PAGE, PAGE, self.total, self.sort_column, self.descending,
+                                         policy=self.policy, search=self.search or None)
 
     def storages_of(self, backup: dict) -> str:
         text = self._storages.get(backup["id"])

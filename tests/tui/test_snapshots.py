@@ -1,0 +1,47 @@
+"""Snapshot tests: every screen at 80x24 and 120x40, in the default theme and the 16-colour
+theme, over a workspace with a fixed clock, fixed ids and a fixed host (conftest.py).
+
+Update the baselines after an intended change with
+`pytest tests/tui/test_snapshots.py --snapshot-update` and review the SVGs."""
+
+from __future__ import annotations
+
+import pytest
+
+SCREENS = {
+    "dashboard": [],
+    "catalog": ["2"],
+    "jobs": ["3"],
+    "restore": ["4"],
+    "help": ["question_mark"],
+}
+SIZES = [(80, 24), (120, 40)]
+THEMES = ["insite-dark", "insite-16"]
+
+
+async def _settle(pilot) -> None:
+    app = pilot.app
+    await pilot.pause(0.3)  # the catalog's detail pane is debounced
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("theme", THEMES)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("screen", list(SCREENS))
+def test_screen(snap_compare, snapshot_workspace, screen, size, theme):
+    from insite_console.tui.app import InsiteApp
+
+    # alerts off: a toast's timing would make the picture unstable (alerts have their own test)
+    app = InsiteApp(snapshot_workspace, theme=theme, detach_jobs=False, poll_seconds=3600, alerts=False)
+
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        for key in SCREENS[screen]:
+            await pilot.press(key)
+            await _settle(pilot)
+        await _settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
