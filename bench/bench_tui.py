@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_tui.py [--rows 100000] [--data-mib 256]
 
 Prints a table and writes bench/results/tui.json. Figures (2 cores, this machine) go in
-docs/CONSOLE.md.
+the README (section "The console").
 """
 
 from __future__ import annotations

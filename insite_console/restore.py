@@ -331,7 +331,7 @@ def restore_files(ctx: RestoreContext) -> dict[str, Any]:
 
 
 def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str]) -> dict[str, int]:
-    threads = int(ctx.ws.config.engine.get("restore_threads", 4))
+    threads = int(ctx.ws.config.engine.get("restore_threads", 0)) or ctx.repo.storage.restore_threads
     done = {"files": 0, "bytes": 0}
     lock = threading.Lock()
     dirs: list[Entry] = []
@@ -395,8 +395,11 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str]) -> di
     return done
 
 
+_IS_ROOT = os.geteuid() == 0
+
+
 def _apply_metadata(fd: int, entry: Entry) -> None:
-    if os.geteuid() == 0:
+    if _IS_ROOT and (entry.uid, entry.gid) != (0, 0):  # owners come back only when root restores
         try:
             os.fchown(fd, entry.uid, entry.gid)
         except OSError:

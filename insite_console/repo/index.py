@@ -43,10 +43,27 @@ class IndexCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one writer; lookups use a connection per thread
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+
+    def _reader(self) -> sqlite3.Connection:
+        """A read connection for this thread: restore threads look blobs up without a lock
+        (WAL mode lets readers run beside the writer)."""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+            self._readers.conn = conn
+            with self._lock:
+                self._reader_conns.append(conn)
+        return conn
 
     def close(self) -> None:
         with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
             self._db.close()
 
     def loaded_index_ids(self) -> set[str]:
@@ -87,15 +104,12 @@ class IndexCache:
             self._db.executescript("DELETE FROM blobs; DELETE FROM packs; DELETE FROM loaded_indexes;")
 
     def lookup(self, blob_id: bytes) -> BlobLocation | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT pack, offset, length, plain_length, type FROM blobs WHERE id = ?", (blob_id,)
-            ).fetchone()
+        row = self._reader().execute(
+            "SELECT pack, offset, length, plain_length, type FROM blobs WHERE id = ?", (blob_id,)).fetchone()
         return BlobLocation(*row) if row else None
 
     def has(self, blob_id: bytes) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None
+        return self._reader().execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None
 
     def packs(self) -> dict[str, int]:
         with self._lock:

@@ -521,14 +521,7 @@ class PostgresSource(Source):
             self.proc = proc
             try:
                 ctx.reporter.update(phase="dumping", force=True)
-                while proc.poll() is None:
-                    if ctx.cancel.cancelled:
-                        _kill(proc)
-                        ctx.cancel.check()
-                    time.sleep(0.1)
-            except BaseException:
-                _kill(proc)
-                raise
+                _wait_or_cancel(proc, ctx.cancel)
             finally:
                 self.proc = None
             if proc.returncode != 0:
@@ -643,6 +636,19 @@ class PostgresSource(Source):
             self.proc = None
 
 
+def _wait_or_cancel(proc: subprocess.Popen, cancel) -> None:
+    """Wait for a tool; if the operator cancels (or anything interrupts), kill it first."""
+    try:
+        while proc.poll() is None:
+            if cancel.cancelled:
+                _kill(proc)
+                cancel.check()
+            time.sleep(0.05)
+    except BaseException:
+        _kill(proc)
+        raise
+
+
 def _kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         try:
@@ -710,15 +716,7 @@ def _run_fed(ctx, entry, args: list[str], env: dict, secrets: list, what: str) -
     errors: list = []
     feeder = threading.Thread(target=_pump, args=(ctx, entry, proc.stdin, errors), daemon=True)
     feeder.start()
-    try:
-        while proc.poll() is None:
-            if ctx.cancel.cancelled:
-                _kill(proc)
-                ctx.cancel.check()
-            time.sleep(0.05)
-    except BaseException:
-        _kill(proc)
-        raise
+    _wait_or_cancel(proc, ctx.cancel)
     feeder.join(60)
     if errors:
         raise errors[0] if isinstance(errors[0], InsiteError) else SourceError(f"{what}: {errors[0]}")
@@ -784,15 +782,7 @@ def _run_tool(ctx, args: list[str], env: dict, secrets: list, what: str) -> str:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
     except OSError as exc:
         raise SourceError(f"cannot run {args[0]}: {exc.strerror}") from None
-    try:
-        while proc.poll() is None:
-            if ctx.cancel.cancelled:
-                _kill(proc)
-                ctx.cancel.check()
-            time.sleep(0.05)
-    except BaseException:
-        _kill(proc)
-        raise
+    _wait_or_cancel(proc, ctx.cancel)
     if proc.returncode != 0:
         raise SourceError(f"{what} failed: {_exit_text(os.path.basename(args[0]), proc.returncode)}: "
                           f"{_tail(stderr, secrets)}")

@@ -23,6 +23,10 @@ class Storage(ABC):
 
     #: the name of the storage in config.toml, used in every error message
     name: str = "storage"
+    #: files a restore writes at once by default: object stores need many requests in flight
+    #: to hide their latency; a local disk is fastest with one writer (Python threads only add
+    #: lock contention there, measured in bench/bench_files.py)
+    restore_threads: int = 8
 
     @abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> None:

@@ -16,6 +16,8 @@ _TEMP_MARK = ".insite-tmp-"
 
 
 class LocalStorage(Storage):
+    restore_threads = 1
+
     def __init__(self, name: str, path: str | os.PathLike):
         self.name = name
         self.root = Path(path)
@@ -103,10 +105,20 @@ class LocalStorage(Storage):
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
         try:
-            with open(path, "rb") as handle:
-                if offset:
-                    handle.seek(offset)
-                return handle.read() if length is None else handle.read(length)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if length is None:
+                    length = max(0, os.fstat(fd).st_size - offset)
+                parts, done = [], 0
+                while done < length:  # pread may return less than asked; stop at end of file
+                    part = os.pread(fd, length - done, offset + done)
+                    if not part:
+                        break
+                    parts.append(part)
+                    done += len(part)
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             raise ObjectNotFound(f"storage {self.name} ({self.root}): object {key} does not exist") from None
         except OSError as exc:
