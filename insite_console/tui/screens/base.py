@@ -27,6 +27,22 @@ class InsiteScreen(Screen):
             self._binding_state = state
             self.refresh_bindings()
 
+    def refresh_on_jobs_change(self, refresh, every: float = 0.25) -> None:
+        """Call `refresh` when the app's jobs change, at most once per `every` seconds and only
+        while this screen shows: job progress arrives ~10 times a second per job."""
+        dirty = [False]
+
+        def mark(_value) -> None:
+            dirty[0] = True
+
+        def tick() -> None:
+            if dirty[0] and self.is_active:
+                dirty[0] = False
+                refresh()
+
+        self.watch(self.app, "jobs_version", mark, init=False)
+        self.set_interval(every, tick, name=f"{type(self).__name__}-jobs")
+
     def selected_policy(self) -> str | None:
         return None
 

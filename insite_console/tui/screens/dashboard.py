@@ -44,20 +44,13 @@ class DashboardScreen(InsiteScreen):
                            ("age", "Age / RPO"), ("next", "Next run (UTC)"), ("failure", "Last failure")):
             table.add_column(title, key=key)
         self.watch(self.app, "catalog_version", lambda _: self.refresh_data() if self.is_active else None, init=False)
-        self._running_dirty = False
-        self.watch(self.app, "jobs_version", lambda _: setattr(self, "_running_dirty", True), init=False)
-        self.set_interval(0.25, self._refresh_running_if_dirty, name="dashboard-running")
+        self.refresh_on_jobs_change(self.refresh_running)
         self.watch(self.app, "theme", lambda _: self.refresh_data(), init=False)
         self.refresh_data()
         table.focus()
 
     def on_screen_resume(self) -> None:
         self.refresh_data()
-
-    def _refresh_running_if_dirty(self) -> None:
-        if self._running_dirty and self.is_active:
-            self._running_dirty = False
-            self.refresh_running()
 
     def refresh_data(self) -> None:
         if not self.is_mounted:

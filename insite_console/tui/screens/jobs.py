@@ -43,19 +43,12 @@ class JobsScreen(InsiteScreen):
                            ("started", "Started (UTC)")):
             table.add_column(title, key=key)
         # Job changes arrive up to ~10 times a second per job; the table is redrawn at most 4.
-        self._dirty = False
-        self.watch(self.app, "jobs_version", lambda _: setattr(self, "_dirty", True), init=False)
-        self.set_interval(0.25, self._refresh_if_dirty, name="jobs-refresh")
+        self.refresh_on_jobs_change(self.refresh_jobs)
         self.refresh_jobs()
         table.focus()
 
     def on_screen_resume(self) -> None:
         self.refresh_jobs()
-
-    def _refresh_if_dirty(self) -> None:
-        if self._dirty and self.is_active:
-            self._dirty = False
-            self.refresh_jobs()
 
     def refresh_jobs(self) -> None:
         if not self.is_mounted:
