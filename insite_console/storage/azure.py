@@ -27,24 +27,31 @@ import os
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 from insite_console.errors import StorageError
 from insite_console.storage import ratelimit
-from insite_console.storage.base import ObjectInfo, Storage
+from insite_console.storage.base import ObjectInfo
+from insite_console.storage.cloud import (
+    CloudStorage,
+    check_key,
+    crc32c_hex,
+    part_plan,
+    read_exact,
+    upload_body,
+    upload_parts,
+)
 from insite_console.storage.retry import (
     NOT_FOUND,
     PERMANENT,
     TRANSIENT,
     ChecksumMismatch,
     Failure,
-    Retrier,
     TransientError,
     classify_common,
     is_transient_status,
 )
-from insite_console.storage.s3 import check_key, crc32c_hex, part_plan, read_exact, upload_body, upload_parts
 
 MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MIB
@@ -77,34 +84,19 @@ class _HashingReader:
         return self.crc.digest().hex() if self.crc is not None else None
 
 
-class AzureStorage(Storage):
-    #: blobs per List Blobs page (the service allows 5000); tests may lower it
-    list_page_size = 1000
+class AzureStorage(CloudStorage):
+    scheme = "azure"
+    delete_batch = DELETE_BATCH
 
     def __init__(self, name: str, settings: dict):
-        self.name = name
-        self.settings = dict(settings)
         self.container = settings["container"]
-        self.prefix = (settings.get("prefix") or "").strip("/")
-        self.part_size = min(MAX_BLOCK_SIZE, max(64 * 1024, int(settings.get("part_size") or DEFAULT_PART_SIZE)))
-        self.concurrency = max(1, int(settings.get("concurrency") or 4))
         self._client = None
         self._session = None
         self._lock = threading.Lock()
-        self._retry = Retrier.from_settings(name, self.describe(), self._classify, self.settings)
-        ratelimit.register(self, settings.get("limit_upload"), settings.get("limit_download"))
+        part = min(MAX_BLOCK_SIZE, max(64 * 1024, int(settings.get("part_size") or DEFAULT_PART_SIZE)))
+        self._setup(name, settings, self.container, part)
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    def describe(self) -> str:
-        base = f"azure://{self.container}"
-        return f"{base}/{self.prefix}" if self.prefix else base
-
-    def _full(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _strip(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
     @property
     def client(self):
@@ -347,39 +339,22 @@ class AzureStorage(Storage):
 
         return self._retry.call("read", key, op)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        token = None
-        while True:
-
-            def page_op(token=token):
-                pages = self.client.list_blobs(
-                    name_starts_with=full or None, results_per_page=self.list_page_size
-                ).by_page(continuation_token=token)
-                page = next(pages, None)
-                items = [] if page is None else [(b.name, b.size) for b in page]
-                return items, pages.continuation_token
-
-            items, token = self._retry.call("list", prefix or "(all)", page_op)
-            for name, size in items:
-                yield ObjectInfo(self._strip(name), int(size or 0))
-            if not token:
-                return
-
-    def delete(self, keys: list[str]) -> None:
-        keys = list(keys)
-        for key in keys:
-            check_key(self, key)
-        for start in range(0, len(keys), DELETE_BATCH):
-            batch = keys[start : start + DELETE_BATCH]
-            if len(batch) == 1 or not self._batch_supported:
-                self._delete_each(batch)
-            else:
-                self._delete_batch(batch)
+    def _list_page(self, full_prefix: str, token: str | None) -> tuple[list[tuple[str, int]], str | None]:
+        pages = self.client.list_blobs(name_starts_with=full_prefix or None,
+                                       results_per_page=self.list_page_size).by_page(continuation_token=token)
+        page = next(pages, None)
+        items = [] if page is None else [(blob.name, blob.size) for blob in page]
+        return items, pages.continuation_token
 
     _batch_supported = True
 
     def _delete_batch(self, batch: list[str]) -> None:
+        if len(batch) == 1 or not self._batch_supported:
+            self._delete_each(batch)
+        else:
+            self._delete_blob_batch(batch)
+
+    def _delete_blob_batch(self, batch: list[str]) -> None:
         """One Blob Batch request (up to 256 deletes); 404s are fine, a transient failure of
         any sub-request retries the batch (deleting twice is harmless)."""
         from azure.core.exceptions import HttpResponseError
@@ -458,7 +433,7 @@ class AzureStorage(Storage):
         self._retry.call("create container", self.container, make)
 
     def close(self) -> None:
-        ratelimit.unregister(self)
+        super().close()
         with self._lock:
             client, self._client = self._client, None
             session, self._session = self._session, None

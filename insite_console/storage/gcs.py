@@ -24,11 +24,12 @@ import hashlib
 import io
 import os
 import threading
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from insite_console.errors import StorageError
 from insite_console.storage import ratelimit
-from insite_console.storage.base import ObjectInfo, Storage
+from insite_console.storage.base import ObjectInfo
+from insite_console.storage.cloud import MIB, CloudStorage, check_key, read_exact
 from insite_console.storage.retry import (
     NOT_FOUND,
     PERMANENT,
@@ -40,9 +41,7 @@ from insite_console.storage.retry import (
     classify_common,
     is_transient_status,
 )
-from insite_console.storage.s3 import check_key, read_exact
 
-MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MIB
 CHUNK_QUANTUM = 256 * 1024  # resumable chunks must be multiples of 256 KiB
 DELETE_BATCH = 100  # the JSON API's batch limit
@@ -134,36 +133,21 @@ class _Missing(Exception):
     """get_blob found nothing."""
 
 
-class GCSStorage(Storage):
-    #: objects per list page (the emulator ignores it and returns one page)
-    list_page_size = 1000
+class GCSStorage(CloudStorage):
+    scheme = "gs"
+    delete_batch = DELETE_BATCH
 
     def __init__(self, name: str, settings: dict):
-        self.name = name
-        self.settings = dict(settings)
         self.bucket_name = settings["bucket"]
-        self.prefix = (settings.get("prefix") or "").strip("/")
         self.project = settings.get("project") or None
-        part = int(settings.get("part_size") or DEFAULT_PART_SIZE)
-        self.part_size = max(CHUNK_QUANTUM, part // CHUNK_QUANTUM * CHUNK_QUANTUM)
-        self.concurrency = max(1, int(settings.get("concurrency") or 4))
         self.timeout = (float(settings.get("connect_timeout", 10)), float(settings.get("read_timeout", 60)))
         self._local = threading.local()
         self._credentials = None
         self._lock = threading.Lock()
-        self._retry = Retrier.from_settings(name, self.describe(), self._classify, self.settings)
-        ratelimit.register(self, settings.get("limit_upload"), settings.get("limit_download"))
+        part = int(settings.get("part_size") or DEFAULT_PART_SIZE)
+        self._setup(name, settings, self.bucket_name, max(CHUNK_QUANTUM, part // CHUNK_QUANTUM * CHUNK_QUANTUM))
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    def describe(self) -> str:
-        return f"gs://{self.bucket_name}/{self.prefix}" if self.prefix else f"gs://{self.bucket_name}"
-
-    def _full(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _strip(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
     def _emulator(self) -> str | None:
         return self.settings.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST") or None
@@ -363,36 +347,12 @@ class GCSStorage(Storage):
 
         return self._retry.call("read", key, op)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        token = None
-        while True:
-
-            def page_op(token=token):
-                iterator = self.client.list_blobs(
-                    self.bucket_name,
-                    prefix=full or None,
-                    page_size=self.list_page_size,
-                    page_token=token,
-                    retry=None,
-                    timeout=self.timeout,
-                )
-                page = next(iterator.pages, None)
-                items = [] if page is None else [(blob.name, blob.size) for blob in page]
-                return items, iterator.next_page_token
-
-            items, token = self._retry.call("list", prefix or "(all)", page_op)
-            for name, size in items:
-                yield ObjectInfo(self._strip(name), int(size or 0))
-            if not token:
-                return
-
-    def delete(self, keys: list[str]) -> None:
-        keys = list(keys)
-        for key in keys:
-            check_key(self, key)
-        for start in range(0, len(keys), DELETE_BATCH):
-            self._delete_batch(keys[start : start + DELETE_BATCH])
+    def _list_page(self, full_prefix: str, token: str | None) -> tuple[list[tuple[str, int]], str | None]:
+        iterator = self.client.list_blobs(self.bucket_name, prefix=full_prefix or None, page_size=self.list_page_size,
+                                          page_token=token, retry=None, timeout=self.timeout)
+        page = next(iterator.pages, None)
+        items = [] if page is None else [(blob.name, blob.size) for blob in page]
+        return items, iterator.next_page_token
 
     def _delete_batch(self, batch: list[str]) -> None:
         """One JSON API batch request (up to 100 deletes); 404s are fine, a transient failure
@@ -474,7 +434,7 @@ class GCSStorage(Storage):
         self._retry.call("create bucket", self.bucket_name, make)
 
     def close(self) -> None:
-        ratelimit.unregister(self)
+        super().close()
         client = getattr(self._local, "client", None)
         if client is not None:
             try:

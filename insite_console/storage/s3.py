@@ -19,24 +19,32 @@ import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from insite_console.errors import StorageError
 from insite_console.storage import ratelimit
-from insite_console.storage.base import ObjectInfo, Storage
+from insite_console.storage.base import ObjectInfo
+from insite_console.storage.cloud import (
+    MIB,
+    CloudStorage,
+    check_key,
+    crc32c_hex,
+    part_plan,
+    read_exact,
+    upload_body,
+    upload_parts,
+)
 from insite_console.storage.retry import (
     NOT_FOUND,
     PERMANENT,
     TRANSIENT,
     ChecksumMismatch,
     Failure,
-    Retrier,
     TransientError,
     classify_common,
     is_transient_status,
 )
 
-MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 16 * MIB
 MIN_PART_SIZE = 5 * MIB  # S3 refuses smaller parts (except the last)
 MAX_PARTS = 10_000
@@ -63,101 +71,6 @@ _CREDENTIAL_CODES = frozenset(
 )
 
 
-def _normalize_prefix(prefix: str | None) -> str:
-    return (prefix or "").strip("/")
-
-
-def crc32c_hex(data) -> str | None:
-    """CRC32C of `data` (hardware-accelerated, several GB/s), or None without google-crc32c."""
-    try:
-        import google_crc32c
-    except ImportError:
-        return None
-    return google_crc32c.Checksum(bytes(data) if isinstance(data, memoryview) else data).digest().hex()
-
-
-def upload_body(data):
-    """What to hand an SDK as a request body: the bytes themselves when no upload limit is in
-    force (no per-read overhead), else a reader that charges the upload bucket."""
-    if ratelimit.is_limited(ratelimit.UPLOAD) or not isinstance(data, (bytes, bytearray)):
-        return ratelimit.ThrottledReader(data)
-    return data
-
-
-def check_key(storage: Storage, key: str) -> None:
-    if not key or key.startswith("/") or ".." in key.split("/"):
-        raise StorageError(f"storage {storage.name}: invalid object key {key!r}")
-
-
-def read_exact(fileobj: BinaryIO, size: int) -> bytes:
-    chunks, left = [], size
-    while left > 0:
-        block = fileobj.read(min(left, 8 * MIB))
-        if not block:
-            break
-        chunks.append(block)
-        left -= len(block)
-    return b"".join(chunks)
-
-
-def part_plan(size: int, part_size: int, max_parts: int) -> int:
-    """The part size to use: the configured one, grown (to whole MiB) if the object would
-    need more than `max_parts` parts."""
-    if -(-size // part_size) <= max_parts:
-        return part_size
-    needed = -(-size // max_parts)
-    return -(-needed // MIB) * MIB
-
-
-def upload_parts(fileobj: BinaryIO, size: int, part_size: int, concurrency: int, upload_one, describe_key) -> list:
-    """Read `fileobj` part by part on this thread and upload up to `concurrency` parts at once
-    with `upload_one(number, data) -> result`; returns the results in part order.
-
-    At most `concurrency + 1` parts are held in memory. The first failure cancels the rest."""
-    count = max(1, -(-size // part_size))
-    results: list = [None] * count
-    slots = threading.BoundedSemaphore(concurrency + 1)
-    failed = threading.Event()
-
-    def run(number: int, data: bytes):
-        try:
-            if failed.is_set():
-                return
-            results[number - 1] = upload_one(number, data)
-        except BaseException:
-            failed.set()
-            raise
-        finally:
-            slots.release()
-
-    futures = []
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="insite-part") as pool:
-        try:
-            for number in range(1, count + 1):
-                slots.acquire()
-                if failed.is_set():
-                    slots.release()
-                    break
-                want = min(part_size, size - (number - 1) * part_size)
-                data = read_exact(fileobj, want)
-                if len(data) != want:
-                    slots.release()
-                    raise StorageError(
-                        f"{describe_key}: the source ended after {(number - 1) * part_size + len(data)} "
-                        f"of {size} bytes (was it changed while being uploaded?)"
-                    )
-                futures.append(pool.submit(run, number, data))
-        except BaseException:
-            failed.set()
-            for future in futures:
-                future.cancel()
-            raise
-    for future in futures:
-        if not future.cancelled() and future.exception() is not None:
-            raise future.exception()
-    return results
-
-
 _pool = None
 _pool_lock = threading.Lock()
 
@@ -181,34 +94,19 @@ def _check_etag(response: dict, md5_hex: str) -> None:
         raise TransientError(f"the server stored a body with MD5 {etag}, not the {md5_hex} sent (damaged in transit)")
 
 
-class S3Storage(Storage):
-    #: keys per ListObjectsV2 page (S3's maximum); tests may lower it
-    list_page_size = 1000
+class S3Storage(CloudStorage):
+    scheme = "s3"
+    delete_batch = DELETE_BATCH
 
     def __init__(self, name: str, settings: dict):
-        self.name = name
-        self.settings = dict(settings)
         self.bucket = settings["bucket"]
-        self.prefix = _normalize_prefix(settings.get("prefix"))
         self.endpoint_url = settings.get("endpoint_url") or None
         self.region = settings.get("region") or "us-east-1"
-        self.part_size = max(MIN_PART_SIZE, int(settings.get("part_size") or DEFAULT_PART_SIZE))
-        self.concurrency = max(1, int(settings.get("concurrency") or 4))
         self._client = None
         self._client_lock = threading.Lock()
-        self._retry = Retrier.from_settings(name, self.describe(), self._classify, self.settings)
-        ratelimit.register(self, settings.get("limit_upload"), settings.get("limit_download"))
+        self._setup(name, settings, self.bucket, max(MIN_PART_SIZE, int(settings.get("part_size") or DEFAULT_PART_SIZE)))
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    def describe(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-    def _full(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _strip(self, full_key: str) -> str:
-        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
     @property
     def client(self):
@@ -481,27 +379,13 @@ class S3Storage(Storage):
             if actual != etag:
                 raise ChecksumMismatch(f"multipart ETag {actual} does not match {etag}")
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        token = None
-        while True:
-            kwargs = {"Bucket": self.bucket, "Prefix": full, "MaxKeys": self.list_page_size}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._retry.call("list", prefix or "(all)", lambda: self.client.list_objects_v2(**kwargs))
-            for item in page.get("Contents", ()):
-                yield ObjectInfo(self._strip(item["Key"]), int(item["Size"]))
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return
-
-    def delete(self, keys: list[str]) -> None:
-        keys = list(keys)
-        for key in keys:
-            check_key(self, key)
-        for start in range(0, len(keys), DELETE_BATCH):
-            batch = keys[start : start + DELETE_BATCH]
-            self._delete_batch(batch)
+    def _list_page(self, full_prefix: str, token: str | None) -> tuple[list[tuple[str, int]], str | None]:
+        kwargs = {"Bucket": self.bucket, "Prefix": full_prefix, "MaxKeys": self.list_page_size}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = self.client.list_objects_v2(**kwargs)
+        items = [(item["Key"], int(item["Size"])) for item in page.get("Contents", ())]
+        return items, page.get("NextContinuationToken") if page.get("IsTruncated") else None
 
     def _delete_batch(self, batch: list[str]) -> None:
         import botocore.exceptions as bex
@@ -569,7 +453,7 @@ class S3Storage(Storage):
         self._retry.call("create bucket", self.bucket, make)
 
     def close(self) -> None:
-        ratelimit.unregister(self)
+        super().close()
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:
