@@ -73,7 +73,7 @@ def resolve_backup(ws, reference: str, at: datetime | None) -> dict:
     if backup is None and at is not None:
         source = ws.config.policies[reference]["source"] if reference in ws.config.policies else reference
         if source in physical:  # PITR: the newest base backup that *ended* before the target
-            from insite_console.sources.postgresql import pick_base_backup
+            from insite_console.sources.pg_restore_physical import pick_base_backup
 
             return pick_base_backup(ws, source, at)
     if backup is None:

@@ -458,7 +458,7 @@ def test_point_in_time_restore_between_two_inserts(pitr_setup, pg_factory):
         segments = wal.list_segments(ws, "db")
         assert any(row["last_time"] for row in segments)
         from insite_console.errors import UsageError
-        from insite_console.sources.postgresql import pick_base_backup
+        from insite_console.sources.pg_restore_physical import pick_base_backup
 
         assert pick_base_backup(ws, "db", target_time)["id"] == base["id"]
         # WAL retention: segments before the oldest base backup's start can go
@@ -549,7 +549,7 @@ def test_base_backup_extraction_refuses_paths_and_links_that_escape(tmp_path):
     import types
 
     from insite_console.events import CancelToken
-    from insite_console.sources.postgresql import _extract_tar
+    from insite_console.sources.pg_restore_physical import _extract_tar
 
     def tar_with(*members) -> bytes:
         buf = io.BytesIO()

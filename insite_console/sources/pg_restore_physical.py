@@ -1,0 +1,337 @@
+"""Physical PostgreSQL restore: PGDATA from a base backup, WAL replay to a point in time.
+
+Pre-flight checks come first (base backup ended before the target, WAL continuous up to it,
+target not in the future of the archive, free space); then safe tar extraction into an empty
+directory, recovery settings, and optionally a throwaway server waiting for recovery to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from insite_console import clock
+from insite_console.errors import RestoreRefused, SourceError, UsageError
+from insite_console.sources.postgresql import pg_tool, source_settings
+
+
+def restore_physical(ctx) -> dict[str, Any]:
+    from insite_console import wal
+
+    info = ctx.manifest.get("source_info") or {}
+    source = ctx.manifest.get("source")
+    target = os.path.abspath(str(ctx.target))
+    at = ctx.at
+    pause = bool(ctx.options.get("pause"))
+    start_port = ctx.options.get("start_port")
+    if ctx.includes:
+        raise UsageError("--include does not apply to a physical PostgreSQL backup (it restores the whole cluster)")
+    entry = next((e for e in ctx.entries() if e.type == "file" and e.path.endswith(".tar")), None)
+    if entry is None:
+        raise SourceError(f"backup {ctx.backup['id']} holds no base backup tar")
+
+    # ---- pre-flight, before anything is written
+    problems: list[str] = []
+    if os.path.lexists(target):
+        if not os.path.isdir(target) or os.path.islink(target):
+            problems.append(f"target {target} exists and is not a directory")
+        elif os.listdir(target):
+            problems.append(f"target {target} is not empty; a physical restore needs an empty directory "
+                            "(it becomes PGDATA)")
+    stop_time = clock.parse_iso(info["stop_time"]) if info.get("stop_time") else None
+    now = clock.now()
+    if at is not None:
+        if at > now:
+            problems.append(f"--at {clock.iso_precise(at)} is in the future (now {clock.iso(now)})")
+        if stop_time is not None and stop_time >= at:
+            problems.append(f"base backup {ctx.backup['id']} ended at {clock.iso_precise(stop_time)}, not before "
+                            f"the target {clock.iso_precise(at)}; pick an older base backup "
+                            f"(`restore {source} --at ...` picks one)")
+    seg_size = int(info.get("wal_segment_size") or 16 * 1024 * 1024)
+    check = wal.check_continuity(ctx.ws, source, info.get("start_wal_file"), info.get("stop_wal_file"), at,
+                                 seg_size, repo=ctx.repo)
+    problems += check["problems"]
+    parent = target if os.path.isdir(target) else os.path.dirname(target.rstrip("/")) or "/"
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    free = shutil.disk_usage(parent).free
+    need = int(entry.size * 1.05) + check.get("wal_bytes_estimate", 0)
+    if free < need:
+        problems.append(f"not enough free space in {parent}: {clock.human_bytes(free)} free, about "
+                        f"{clock.human_bytes(need)} needed (base backup + WAL to replay)")
+    console = wal.console_command()
+    config_path = os.path.abspath(str(ctx.ws.config.path))
+    restore_command = f"{_shell_quote(console)} -c {_shell_quote(config_path)} wal-fetch {_shell_quote(source)} %f %p"
+    settings = [
+        "# added by insite-console restore of backup " + ctx.backup["id"],
+        f"restore_command = '{_conf_escape(restore_command)}'",
+        "archive_mode = off",
+        "archive_command = ''",
+    ]
+    if at is not None:
+        settings.append(f"recovery_target_time = '{at.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S.%f')}+00:00'")
+        settings.append(f"recovery_target_action = '{'pause' if pause else 'promote'}'")
+        settings.append("recovery_target_inclusive = true")
+    plan = [{"action": "create", "type": "dir", "path": target, "bytes": entry.size,
+             "what": "PGDATA from the base backup"},
+            {"action": "create", "type": "file", "path": os.path.join(target, "recovery.signal"), "bytes": 0},
+            {"action": "append", "type": "file", "path": os.path.join(target, "postgresql.auto.conf"), "bytes": 0,
+             "settings": settings[1:]}]
+    if start_port:
+        plan.append({"action": "start", "type": "server", "path": f"127.0.0.1:{start_port}", "bytes": 0,
+                     "what": "a throwaway PostgreSQL server, waiting for the recovery to finish"})
+    summary = {"base_backup": ctx.backup["id"], "base_backup_end": info.get("stop_time"),
+               "target_time": clock.iso_precise(at) if at else "end of the archived WAL",
+               "wal_from": info.get("start_wal_file"), "wal_to": check.get("last_needed"),
+               "wal_segments": check.get("segments"), "action": "pause" if pause else "promote"}
+    if ctx.dry_run:
+        notes = ([f"pre-flight problem: {problem}" for problem in problems] or ["pre-flight checks passed"])
+        notes += [f"warning: {warning}" for warning in check.get("warnings", [])]
+        return {"files": 1, "bytes_written": 0, "plan": plan, "details": summary, "problems": problems,
+                "notes": notes}
+    if problems:
+        raise RestoreRefused("point-in-time restore pre-flight failed:\n  - " + "\n  - ".join(problems))
+
+    # ---- lay out PGDATA
+    owner = _data_owner(target)
+    created = not os.path.exists(target)
+    os.makedirs(target, mode=0o700, exist_ok=True)
+    os.chmod(target, 0o700)
+    ctx.reporter.update(phase="restoring", bytes_total=entry.size, force=True)
+    try:
+        files, written = _extract_tar(ctx, entry, target)
+        for sub in ("pg_wal", "pg_wal/archive_status"):
+            os.makedirs(os.path.join(target, sub), mode=0o700, exist_ok=True)
+        with open(os.path.join(target, "recovery.signal"), "w"):
+            pass
+        with open(os.path.join(target, "postgresql.auto.conf"), "a") as handle:
+            handle.write("\n" + "\n".join(settings) + "\n")
+        for name in ("postmaster.pid", "postmaster.opts"):
+            if os.path.exists(os.path.join(target, name)):
+                os.unlink(os.path.join(target, name))
+        if owner is not None:
+            _chown_tree(target, *owner)
+    except BaseException:
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            for name in os.listdir(target):
+                path = os.path.join(target, name)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) and not os.path.islink(path) \
+                    else os.unlink(path)
+        raise
+    notes = [f"PGDATA laid out in {target} from base backup {ctx.backup['id']}",
+             "recovery replays WAL with: " + restore_command,
+             "archive_mode = off: this restored server never pushes WAL into the production archive"]
+    notes += [f"warning: {warning}" for warning in check.get("warnings", [])]
+    result: dict[str, Any] = {"files": files, "bytes_written": written, "details": summary, "notes": notes}
+    if start_port:
+        result["recovery"] = start_recovery_server(ctx, target, int(start_port), owner, pause=pause and at is not None)
+        if result["recovery"]["state"] == "promoted":  # segments prefetched past the target are not needed
+            shutil.rmtree(os.path.join(target, "pg_wal", wal.SPOOL_DIR_NAME), ignore_errors=True)
+        notes.append(f"server running on 127.0.0.1:{start_port} (data {target}); stop it with "
+                     f"`pg_ctl -D {target} stop`")
+    else:
+        notes.append(f"start it with: pg_ctl -D {target} start (as the user owning {target})")
+        if pause and at is not None:
+            notes.append("recovery pauses at the target: check with SQL, then SELECT pg_wal_replay_resume() to promote")
+    return result
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _conf_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "''")
+
+
+def _data_owner(target: str) -> tuple[int, int] | None:
+    """Who must own the restored PGDATA: the owner of the (empty) target if it exists and is not
+    root, else the `postgres` user when we run as root; None when not root (we own it already)."""
+    if os.geteuid() != 0:
+        return None
+    probe = target
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    st = os.stat(probe)
+    if st.st_uid != 0:
+        return st.st_uid, st.st_gid
+    import pwd
+
+    try:
+        user = pwd.getpwnam("postgres")
+        return user.pw_uid, user.pw_gid
+    except KeyError:
+        return None
+
+
+def _chown_tree(root: str, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def _extract_tar(ctx, entry, target: str) -> tuple[int, int]:
+    """Stream-extract the base backup into `target`: regular files, directories and symlinks that
+    stay inside; no absolute paths, no '..', nothing written through a symlink."""
+    root = os.path.realpath(target)
+    files = 0
+    written = 0
+    with ctx.open_entry(entry) as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for member in archive:
+                ctx.cancel.check()
+                name = member.name
+                parts = [p for p in name.split("/") if p not in ("", ".")]
+                if name.startswith("/") or ".." in parts:
+                    raise RestoreRefused(f"base backup member {member.name!r} would escape {target}")
+                if not parts:
+                    continue
+                dest = os.path.join(root, *parts)
+                parent = os.path.dirname(dest)
+                real_parent = os.path.realpath(parent)
+                if real_parent != root and not real_parent.startswith(root + os.sep):
+                    raise RestoreRefused(f"base backup member {member.name!r} would be written through a symlink "
+                                         f"outside {target}")
+                if member.isdir():
+                    os.makedirs(dest, mode=0o700, exist_ok=True)
+                    if os.path.islink(dest):
+                        raise RestoreRefused(f"base backup member {member.name!r} is a symlink in the way")
+                    os.chmod(dest, 0o700 if member.mode & 0o777 in (0, 0o700) else member.mode & 0o750)
+                elif member.issym():
+                    link = member.linkname
+                    resolved = os.path.realpath(os.path.join(parent, link))
+                    if os.path.isabs(link) or not (resolved == root or resolved.startswith(root + os.sep)):
+                        raise RestoreRefused(f"base backup member {member.name!r} is a symlink to {link!r}, outside "
+                                             f"{target} (tablespaces are not supported by a single-tar backup)")
+                    os.makedirs(parent, mode=0o700, exist_ok=True)
+                    os.symlink(link, dest)
+                elif member.isreg():
+                    os.makedirs(parent, mode=0o700, exist_ok=True)
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                    fd = os.open(dest, flags, (member.mode & 0o640) or 0o600)
+                    with os.fdopen(fd, "wb") as out:
+                        source = archive.extractfile(member)
+                        while True:
+                            block = source.read(1 << 20)
+                            if not block:
+                                break
+                            out.write(block)
+                            written += len(block)
+                            ctx.reporter.advance(bytes_done=len(block))
+                    os.utime(dest, (member.mtime, member.mtime))
+                    files += 1
+                else:
+                    raise RestoreRefused(f"base backup member {member.name!r} is a {member.type!r} entry; refusing")
+    return files, written
+
+
+def _as_user(owner: tuple[int, int] | None, args: list[str]) -> list[str]:
+    if owner is None or os.geteuid() != 0:
+        return args
+    import pwd
+
+    name = pwd.getpwuid(owner[0]).pw_name
+    return ["runuser", "-u", name, "--"] + args
+
+
+def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, timeout: float = 600.0) -> dict[str, Any]:
+    """Start a throwaway server on 127.0.0.1:port over the restored PGDATA and wait until the
+    recovery is done (promoted, or paused at the target)."""
+    import psycopg
+
+    settings = source_settings(ctx)
+    pg_ctl = pg_tool("pg_ctl", settings)
+    log = os.path.join(target, "insite-recovery.log")
+    options = (f"-p {port} -k {target} -c listen_addresses=127.0.0.1 -c unix_socket_directories={target} "
+               "-c logging_collector=off")
+    ctx.reporter.update(phase="recovering", force=True)
+    result = subprocess.run(_as_user(owner, [pg_ctl, "-D", target, "-l", log, "-o", options, "-W", "start"]),
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise SourceError(f"pg_ctl start of the restored cluster in {target} failed: {result.stderr.strip()[-800:]}")
+    deadline = time.monotonic() + timeout
+    state = None
+    last_error = ""
+    pid_file = os.path.join(target, "postmaster.pid")
+    appeared = time.monotonic() + 30
+    while not os.path.exists(pid_file) and time.monotonic() < appeared:
+        time.sleep(0.1)
+    while time.monotonic() < deadline:
+        ctx.cancel.check()
+        if not os.path.exists(pid_file):
+            raise SourceError(f"the restored server in {target} stopped during recovery: {_log_tail(log)}")
+        # the log says it first, and needs no login (whatever the cluster's superuser is called)
+        try:
+            with open(log, errors="replace") as handle:
+                text = handle.read()
+        except OSError:
+            text = ""
+        if "database system is ready to accept connections" in text:
+            state = "promoted"
+            break
+        if "recovery has paused" in text or "pausing at the end of recovery" in text:
+            state = "paused"
+            break
+        try:
+            with psycopg.connect(host="127.0.0.1", port=port, dbname="postgres", user=_superuser(target),
+                                 connect_timeout=3, autocommit=True) as conn:
+                in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+                if not in_recovery:
+                    state = "promoted"
+                    break
+                paused = conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0]
+                if paused == "paused":
+                    state = "paused"
+                    break
+        except psycopg.OperationalError as exc:
+            last_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        time.sleep(0.3)
+    if state is None:
+        raise SourceError(f"recovery of {target} did not finish within {int(timeout)}s ({last_error}); "
+                          f"see {log}")
+    return {"state": state, "port": port, "log": log}
+
+
+def _superuser(target: str) -> str:
+    """The bootstrap superuser is normally `postgres`; overridable with PGUSER."""
+    return os.environ.get("PGUSER", "postgres")
+
+
+def _log_tail(path: str) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            lines = handle.read().strip().splitlines()
+    except OSError:
+        return "(no log)"
+    fatal = [line for line in lines if "FATAL" in line or "PANIC" in line]
+    return " | ".join((fatal or lines)[-3:])
+
+
+def pick_base_backup(ws, source: str, at: datetime | None) -> dict:
+    """The newest successful physical base backup of `source` that ended before `at`."""
+    candidates = []
+    for backup in ws.catalog.backups(status="succeeded", source=source):
+        info = backup.get("info") or {}
+        if isinstance(info, str):
+            info = json.loads(info)
+        source_info = info.get("source_info") or {}
+        if source_info.get("mode") != "physical":
+            continue
+        stop = source_info.get("stop_time")
+        if at is None or (stop and clock.parse_iso(stop) < at):
+            candidates.append((stop or backup["started_at"], backup))
+    if not candidates:
+        raise UsageError(f"no physical base backup of {source} ended before "
+                         f"{clock.iso_precise(at) if at else 'now'}")
+    candidates.sort(key=lambda item: item[0])
+    return candidates[-1][1]
