@@ -144,9 +144,33 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
         raise
     finally:
         held.close()
+    checks = _after_backup(ws, policy, backup_id, warnings, cancel)
     result = public_backup(catalog.backup(backup_id), catalog.backup_storages(backup_id))
     result["warnings"] = warnings
+    result.update(checks)
     return result
+
+
+def _after_backup(ws, policy: dict, backup_id: str, warnings: list[str], cancel: CancelToken) -> dict[str, Any]:
+    """What the policy asks after a backup: `verify` (quick) and `copy_to` (off-site copies).
+    The backup stays a restore point if they fail; the failure is a warning and an error event."""
+    from insite_console import copy, verify
+
+    outcome: dict[str, Any] = {}
+    if policy.get("verify"):
+        check = verify.run(ws, backup_id, cancel=cancel)
+        outcome["verification"] = {"status": check["status"], "problems": check["problems"]}
+        if check["status"] != "ok":
+            warnings.append(f"verify after backup failed: {check['problems'][0]}")
+    for storage in policy.get("copy_to", []):
+        try:
+            copy.run(ws, backup_id, storage, cancel=cancel)
+        except Cancelled:
+            raise
+        except InsiteError as exc:
+            warnings.append(f"copy to {storage} failed: {exc}")
+            ws.catalog.event(backup_id, f"copy of {backup_id} to {storage} failed: {exc}", level="error")
+    return outcome
 
 
 def _start_size_estimate(source, reporter: ProgressReporter) -> None:

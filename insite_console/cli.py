@@ -586,8 +586,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(str(exc)) from None
         if args.command is None:
             return _open_console(args.config, read_only=args.read_only, theme=args.theme)
-        if args.command == "key" and args.key_command == "remove" and args.key_id is None:
-            raise UsageError("key remove needs a KEY_ID")
         return args.func(args)
     except Cancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)

@@ -141,8 +141,7 @@ SCHEMAS: dict[str, dict[str, dict[str, tuple[Check, bool]]]] = {
                   "one_file_system": (_is_bool, False)},
         "postgresql": {"dsn": (_is_str, True), "mode": (_one_of("logical", "physical"), False),
                        "password_env": (_is_str, False), "jobs": (_is_pos_int, False),
-                       "exact_counts": (_is_bool, False), "pg_bin": (_is_str, False),
-                       "archive_lag_alert": (_is_duration, False)},
+                       "exact_counts": (_is_bool, False), "pg_bin": (_is_str, False)},
         "redis": {"url": (_is_str, True), "password_env": (_is_str, False), "data_dir": (_is_str, False)},
     },
 }
@@ -153,7 +152,7 @@ POLICY_KEYS: dict[str, tuple[Check, bool]] = {
     "compression": (_one_of("zstd", "gzip", "none"), False), "encryption": (_is_bool, False),
     "verify": (_is_bool, False), "rpo": (_is_duration, False), "retention": (_is_retention, False),
     "retries": (_is_count, False),
-    "retry_delay": (_is_duration, False), "copy_to": (_is_str_list, False), "full_every": (_is_pos_int, False),
+    "retry_delay": (_is_duration, False), "copy_to": (_is_str_list, False),
 }
 
 TOP_TABLES = {

@@ -171,3 +171,27 @@ def test_a_dead_process_lock_is_ignored(workspace):
         {"host": socket.gethostname(), "pid": 2**22 + 12345, "time": 9e18, "exclusive": True, "purpose": "prune"}))
     assert workspace.cli("backup", "tree").returncode == 0
     assert not (lock_dir / "deadbeefdeadbeef").exists()
+
+
+def test_policy_verify_and_copy_to_run_after_each_backup(tmp_path):
+    from tests.conftest import WorkspaceHelper, write_config
+
+    source = tmp_path / "src"
+    build_tree(source, files=20)
+    extra = '\n[storage.offsite]\ntype = "local"\npath = "offsite"\n'
+    helper = WorkspaceHelper(tmp_path, source, write_config(
+        tmp_path, [str(source)], extra=extra, policy_extra='verify = true\ncopy_to = ["offsite"]'))
+    helper.cli("init", check=True)
+    result = json.loads(helper.cli("backup", "tree", "--json", check=True).stdout)
+    assert result["verification"]["status"] == "ok"
+    assert result["storages"] == ["local", "offsite"] and result["warnings"] == []
+    # the off-site storage is unusable: the backup is still a restore point, with a warning
+    import shutil
+
+    shutil.rmtree(tmp_path / "offsite")
+    (tmp_path / "offsite").write_text("not a folder")
+    second = helper.cli("backup", "tree", "--json")
+    assert second.returncode == 0, second.stderr
+    output = json.loads(second.stdout)
+    assert output["status"] == "succeeded" and output["storages"] == ["local"]
+    assert any(w.startswith("copy to offsite failed") for w in output["warnings"])
