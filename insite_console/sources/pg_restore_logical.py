@@ -8,7 +8,6 @@ import fnmatch
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from typing import Any
 
@@ -16,12 +15,9 @@ from insite_console import clock
 from insite_console.errors import RestoreRefused, SourceError, UsageError
 from insite_console.sources.postgresql import (
     PgTarget,
-    exit_text,
     pg_tool,
-    run_fed,
+    run_tool,
     source_settings,
-    tail_text,
-    wait_or_cancel,
 )
 
 
@@ -65,25 +61,6 @@ class TocEntry:
 
     def label(self) -> str:
         return f"{self.kind} {self.schema + '.' if self.schema else ''}{self.name}"
-
-
-def _run_tool(ctx, args: list[str], env: dict, secrets: list, what: str) -> str:
-    """Run a pg tool on a local archive (no stdin); return its stdout; raise on failure."""
-    stderr = tempfile.TemporaryFile()
-    stdout = tempfile.TemporaryFile()
-    try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
-    except OSError as exc:
-        raise SourceError(f"cannot run {args[0]}: {exc.strerror}") from None
-    wait_or_cancel(proc, ctx.cancel)
-    if proc.returncode != 0:
-        raise SourceError(f"{what} failed: {exit_text(os.path.basename(args[0]), proc.returncode)}: "
-                          f"{tail_text(stderr, secrets)}")
-    stdout.seek(0)
-    text = stdout.read().decode("utf-8", "replace")
-    stderr.close()
-    stdout.close()
-    return text
 
 
 class DumpArchive:
@@ -144,8 +121,8 @@ class DumpArchive:
 
     def run(self, args: list[str], env: dict, secrets: list, what: str, need_file: bool = False) -> str:
         if self.path or self.is_directory or need_file:
-            return _run_tool(self.ctx, args + [self.materialize()], env, secrets, what)
-        return run_fed(self.ctx, self.entry, args, env, secrets, what)
+            return run_tool(self.ctx, args + [self.materialize()], env, secrets, what)
+        return run_tool(self.ctx, args, env, secrets, what, feed=self.entry)
 
     def close(self) -> None:
         if self._spool:

@@ -709,19 +709,24 @@ def _pump(ctx, entry, sink, on_error: list) -> None:
             pass
 
 
-def run_fed(ctx, entry, args: list[str], env: dict, secrets: list, what: str) -> str:
-    """Run a pg tool with the stored dump on stdin; return its stdout; raise on failure."""
+def run_tool(ctx, args: list[str], env: dict, secrets: list, what: str, feed=None) -> str:
+    """Run a pg tool, with the stored entry `feed` on its stdin if given; return its stdout;
+    raise a SourceError (stderr's tail, secrets scrubbed) on failure or cancel."""
     stderr = tempfile.TemporaryFile()
     stdout = tempfile.TemporaryFile()
     try:
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr, env=env)
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
+                                stdout=stdout, stderr=stderr, env=env)
     except OSError as exc:
         raise SourceError(f"cannot run {args[0]}: {exc.strerror}") from None
     errors: list = []
-    feeder = threading.Thread(target=_pump, args=(ctx, entry, proc.stdin, errors), daemon=True)
-    feeder.start()
+    feeder = None
+    if feed is not None:
+        feeder = threading.Thread(target=_pump, args=(ctx, feed, proc.stdin, errors), daemon=True)
+        feeder.start()
     wait_or_cancel(proc, ctx.cancel)
-    feeder.join(60)
+    if feeder is not None:
+        feeder.join(60)
     if errors:
         raise errors[0] if isinstance(errors[0], InsiteError) else SourceError(f"{what}: {errors[0]}")
     if proc.returncode != 0:
