@@ -586,13 +586,14 @@ async def test_cancel_a_detached_job_signals_its_process(console_workspace, tmp_
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SLOW_CHUNKS)
     monkeypatch.setenv("PYTHONPATH", str(hooks))
-    monkeypatch.setenv("INSITE_TEST_SLOW_CHUNK", "0.5")
-    (console_workspace.config.base_dir / "data/etc/new.bin").write_bytes(os.urandom(50_000))
+    monkeypatch.setenv("INSITE_TEST_SLOW_CHUNK", "1.0")
+    for i in range(8):  # eight new chunks at a second each: the job is still running when cancelled
+        (console_workspace.config.base_dir / f"data/etc/new{i}.bin").write_bytes(os.urandom(50_000))
     app = InsiteApp(console_workspace, theme="insite-dark", poll_seconds=0.2)
     async with app.run_test(size=(120, 40)) as pilot:
         job = app.start_backup("etc")
         await pilot.press("3")
-        for _ in range(100):
+        for _ in range(300):
             await pilot.pause(0.1)
             if job.run_id and app.job_views.get(job.run_id) and app.job_views[job.run_id].running:
                 break
@@ -601,7 +602,7 @@ async def test_cancel_a_detached_job_signals_its_process(console_workspace, tmp_
         await pilot.press("c")
         await pilot.pause()
         await pilot.press("tab", "enter")
-        for _ in range(100):
+        for _ in range(300):
             await pilot.pause(0.1)
             if job.status != "running":
                 break
