@@ -38,7 +38,6 @@ from insite_console.storage.cloud import (
     check_key,
     crc32c_hex,
     part_plan,
-    read_exact,
     upload_body,
     upload_parts,
 )
@@ -223,7 +222,7 @@ class AzureStorage(CloudStorage):
         if len(data) > self.part_size:
             import io
 
-            self._put_blocks(key, io.BytesIO(bytes(data)), len(data))
+            self._put_large(key, io.BytesIO(bytes(data)), len(data))
             return
         from azure.storage.blob import ContentSettings
 
@@ -245,20 +244,7 @@ class AzureStorage(CloudStorage):
 
         self._retry.call("upload", key, op)
 
-    def put_file(self, key: str, fileobj: BinaryIO, size: int) -> None:
-        check_key(self, key)
-        if size <= self.part_size:
-            data = read_exact(fileobj, size)
-            if len(data) != size:
-                raise StorageError(
-                    f"storage {self.name} ({self.describe()}): cannot upload {key}: the source ended "
-                    f"after {len(data)} of {size} bytes"
-                )
-            self.put(key, data)
-            return
-        self._put_blocks(key, fileobj, size)
-
-    def _put_blocks(self, key: str, fileobj: BinaryIO, size: int) -> None:
+    def _put_large(self, key: str, fileobj: BinaryIO, size: int) -> None:
         from azure.storage.blob import BlobBlock, ContentSettings
 
         part_size = part_plan(size, self.part_size, MAX_BLOCKS)

@@ -151,6 +151,23 @@ class CloudStorage(Storage):
     def _delete_batch(self, batch: list[str]) -> None:
         raise NotImplementedError
 
+    def put_file(self, key: str, fileobj: BinaryIO, size: int) -> None:
+        """Small objects in one request; larger ones through the backend's parts/blocks/chunks."""
+        check_key(self, key)
+        if size > self.part_size:
+            self._put_large(key, fileobj, size)
+            return
+        data = read_exact(fileobj, size)
+        if len(data) != size:
+            raise StorageError(
+                f"storage {self.name} ({self.describe()}): cannot upload {key}: the source ended "
+                f"after {len(data)} of {size} bytes"
+            )
+        self.put(key, data)
+
+    def _put_large(self, key: str, fileobj: BinaryIO, size: int) -> None:
+        raise NotImplementedError
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = self._full(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
         token = None

@@ -29,7 +29,7 @@ from typing import BinaryIO
 from insite_console.errors import StorageError
 from insite_console.storage import ratelimit
 from insite_console.storage.base import ObjectInfo
-from insite_console.storage.cloud import MIB, CloudStorage, check_key, read_exact
+from insite_console.storage.cloud import MIB, CloudStorage, check_key
 from insite_console.storage.retry import (
     NOT_FOUND,
     PERMANENT,
@@ -288,17 +288,7 @@ class GCSStorage(CloudStorage):
                 raise TransientError(f"upload checksum mismatch: {exc}") from exc
             raise
 
-    def put_file(self, key: str, fileobj: BinaryIO, size: int) -> None:
-        check_key(self, key)
-        if size <= self.part_size:
-            data = read_exact(fileobj, size)
-            if len(data) != size:
-                raise StorageError(
-                    f"storage {self.name} ({self.describe()}): cannot upload {key}: the source ended "
-                    f"after {len(data)} of {size} bytes"
-                )
-            self.put(key, data)
-            return
+    def _put_large(self, key: str, fileobj: BinaryIO, size: int) -> None:
         full = self._full(key)
         try:
             start = fileobj.tell()

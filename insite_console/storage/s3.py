@@ -30,7 +30,6 @@ from insite_console.storage.cloud import (
     check_key,
     crc32c_hex,
     part_plan,
-    read_exact,
     upload_body,
     upload_parts,
 )
@@ -239,17 +238,7 @@ class S3Storage(CloudStorage):
 
         self._retry.call("upload", key, op)
 
-    def put_file(self, key: str, fileobj: BinaryIO, size: int) -> None:
-        check_key(self, key)
-        if size <= self.part_size:
-            data = read_exact(fileobj, size)
-            if len(data) != size:
-                raise StorageError(
-                    f"storage {self.name} ({self.describe()}): cannot upload {key}: the source ended "
-                    f"after {len(data)} of {size} bytes"
-                )
-            self.put(key, data)
-            return
+    def _put_large(self, key: str, fileobj: BinaryIO, size: int) -> None:
         part_size = part_plan(size, self.part_size, MAX_PARTS)
         full = self._full(key)
         upload_id = self._retry.call(
