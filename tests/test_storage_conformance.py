@@ -91,6 +91,22 @@ def test_round_trip_empty_and_small(storage):
     assert storage.get("small") == b"replaced"
 
 
+def test_modification_times_come_from_the_storage(storage):
+    """Lock ages are judged by the storage's clock: stat and list must both carry it."""
+    import time
+
+    before = time.time()
+    storage.put("locks/a", b"{}")
+    listed = {info.key: info for info in storage.list("locks/")}
+    stat = storage.stat("locks/a")
+    for info in (listed["locks/a"], stat):
+        assert info.mtime is not None
+        assert abs(info.mtime - before) < 120  # the emulators run on this host's clock
+    time.sleep(1.1)
+    storage.put("locks/a", b'{"refreshed": 1}')
+    assert storage.stat("locks/a").mtime > stat.mtime
+
+
 def test_big_object_through_put_file(storage, big_blob):
     storage.put_file("data/big", io.BytesIO(big_blob), len(big_blob))
     assert storage.stat("data/big").size == len(big_blob)

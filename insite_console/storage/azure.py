@@ -35,6 +35,7 @@ from insite_console.storage import ratelimit
 from insite_console.storage.base import ObjectInfo
 from insite_console.storage.cloud import (
     CloudStorage,
+    epoch,
     check_key,
     crc32c_hex,
     part_plan,
@@ -329,7 +330,7 @@ class AzureStorage(CloudStorage):
         pages = self.client.list_blobs(name_starts_with=full_prefix or None,
                                        results_per_page=self.list_page_size).by_page(continuation_token=token)
         page = next(pages, None)
-        items = [] if page is None else [(blob.name, blob.size) for blob in page]
+        items = [] if page is None else [(blob.name, blob.size, blob.last_modified) for blob in page]
         return items, pages.continuation_token
 
     _batch_supported = True
@@ -396,7 +397,7 @@ class AzureStorage(CloudStorage):
         check_key(self, key)
         blob = self.client.get_blob_client(self._full(key))
         properties = self._retry.call("stat", key, lambda: blob.get_blob_properties())
-        return ObjectInfo(key, int(properties.size))
+        return ObjectInfo(key, int(properties.size), epoch(properties.last_modified))
 
     def ensure_container(self, create: bool = False) -> None:
         """Make sure the container exists; create it when `create`, else explain how to."""

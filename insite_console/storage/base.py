@@ -8,7 +8,7 @@ partial one, which is what makes a backup crash-safe (see docs/FORMAT.md).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 
@@ -16,6 +16,9 @@ from typing import BinaryIO, Iterator
 class ObjectInfo:
     key: str
     size: int
+    #: when the storage last wrote the object, in seconds since the epoch by the storage's own
+    #: clock (None where a backend cannot tell): lock ages are judged by it, never by host clocks
+    mtime: float | None = field(default=None, compare=False)
 
 
 class Storage(ABC):

@@ -174,8 +174,8 @@ class CloudStorage(Storage):
         while True:
             items, token = self._retry.call("list", prefix or "(all)",
                                             lambda token=token: self._list_page(full, token))
-            for name, size in items:
-                yield ObjectInfo(self._strip(name), int(size or 0))
+            for name, size, modified in items:
+                yield ObjectInfo(self._strip(name), int(size or 0), epoch(modified))
             if not token:
                 return
 
@@ -188,3 +188,8 @@ class CloudStorage(Storage):
 
     def close(self) -> None:
         ratelimit.unregister(self)
+
+
+def epoch(modified) -> float | None:
+    """A backend's last-modified datetime as epoch seconds (the storage's clock)."""
+    return modified.timestamp() if modified is not None else None

@@ -29,7 +29,7 @@ from typing import BinaryIO
 from insite_console.errors import StorageError
 from insite_console.storage import ratelimit
 from insite_console.storage.base import ObjectInfo
-from insite_console.storage.cloud import MIB, CloudStorage, check_key
+from insite_console.storage.cloud import MIB, CloudStorage, check_key, epoch
 from insite_console.storage.retry import (
     NOT_FOUND,
     PERMANENT,
@@ -341,7 +341,7 @@ class GCSStorage(CloudStorage):
         iterator = self.client.list_blobs(self.bucket_name, prefix=full_prefix or None, page_size=self.list_page_size,
                                           page_token=token, retry=None, timeout=self.timeout)
         page = next(iterator.pages, None)
-        items = [] if page is None else [(blob.name, blob.size) for blob in page]
+        items = [] if page is None else [(blob.name, blob.size, blob.updated) for blob in page]
         return items, iterator.next_page_token
 
     def _delete_batch(self, batch: list[str]) -> None:
@@ -379,9 +379,9 @@ class GCSStorage(CloudStorage):
             blob = self._bucket().get_blob(full, retry=None, timeout=self.timeout)
             if blob is None:
                 raise _Missing()
-            return int(blob.size or 0)
+            return int(blob.size or 0), epoch(blob.updated)
 
-        return ObjectInfo(key, self._retry.call("stat", key, op))
+        return ObjectInfo(key, *self._retry.call("stat", key, op))
 
     def ensure_container(self, create: bool = False) -> None:
         """Make sure the bucket exists; create it when `create`, else explain how to."""

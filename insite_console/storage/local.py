@@ -140,10 +140,10 @@ class LocalStorage(Storage):
                 if not key.startswith(prefix):
                     continue
                 try:
-                    size = os.stat(os.path.join(dirpath, filename)).st_size
+                    st = os.stat(os.path.join(dirpath, filename))
                 except FileNotFoundError:
                     continue
-                yield ObjectInfo(key, size)
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -156,7 +156,8 @@ class LocalStorage(Storage):
 
     def stat(self, key: str) -> ObjectInfo:
         try:
-            return ObjectInfo(key, self._path(key).stat().st_size)
+            st = self._path(key).stat()
+            return ObjectInfo(key, st.st_size, st.st_mtime)
         except FileNotFoundError:
             raise ObjectNotFound(f"storage {self.name} ({self.root}): object {key} does not exist") from None
         except OSError as exc:

@@ -27,6 +27,7 @@ from insite_console.storage.base import ObjectInfo
 from insite_console.storage.cloud import (
     MIB,
     CloudStorage,
+    epoch,
     check_key,
     crc32c_hex,
     part_plan,
@@ -373,7 +374,7 @@ class S3Storage(CloudStorage):
         if token:
             kwargs["ContinuationToken"] = token
         page = self.client.list_objects_v2(**kwargs)
-        items = [(item["Key"], int(item["Size"])) for item in page.get("Contents", ())]
+        items = [(item["Key"], int(item["Size"]), item.get("LastModified")) for item in page.get("Contents", ())]
         return items, page.get("NextContinuationToken") if page.get("IsTruncated") else None
 
     def _delete_batch(self, batch: list[str]) -> None:
@@ -406,7 +407,7 @@ class S3Storage(CloudStorage):
         check_key(self, key)
         full = self._full(key)
         response = self._retry.call("stat", key, lambda: self.client.head_object(Bucket=self.bucket, Key=full))
-        return ObjectInfo(key, int(response["ContentLength"]))
+        return ObjectInfo(key, int(response["ContentLength"]), epoch(response.get("LastModified")))
 
     def ensure_container(self, create: bool = False) -> None:
         """Make sure the bucket exists; create it when `create`, else explain how to."""
