@@ -2,7 +2,8 @@
 
 The order of writes is what makes a crash harmless: data packs, then the index, then the
 manifest, and only then the catalog says `succeeded`. A run killed anywhere before the
-manifest leaves packs that the next run indexes and reuses (repo.recover_unindexed_packs),
+manifest leaves packs that the next run of the policy indexes and reuses
+(repo.recover_unindexed_packs, when the catalog says a run was interrupted),
 and a catalog row that the next process marks failed (Catalog.reap_dead_runs).
 """
 
@@ -85,10 +86,14 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
     held = contextlib.ExitStack()
     try:
         repo = ws.repository(storage_name)
-        held.enter_context(repo.lock(f"backup of {policy_name}"))
-        recovered = repo.recover_unindexed_packs()
-        if recovered:
-            catalog.event(backup_id, f"indexed {recovered} pack(s) left by an interrupted run; their data is reused")
+        lock = held.enter_context(repo.lock(f"backup of {policy_name}"))
+        if catalog.interrupted_since_success(policy_name):  # a killed run may have left unindexed packs
+            recovered, unreadable = repo.recover_unindexed_packs()
+            if recovered:
+                catalog.event(backup_id, f"indexed {recovered} pack(s) left by an interrupted run; their data is reused")
+            if unreadable:
+                catalog.event(backup_id, f"{len(unreadable)} pack(s) on storage cannot be read and are not indexed "
+                              f"(left for prune): {', '.join(unreadable[:3])}", level="warning")
         parent_tree = None
         if parent is not None:
             parent_tree = TreeReader(repo, repo.load_manifest(parent["id"])["tree"])
@@ -119,7 +124,7 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
             "paths": source_settings.get("paths", []), "compression": policy["compression"],
             "tree": tree_chunks, "totals": totals, "source_info": source.metadata(), "warnings": warnings,
         }
-        repo.save_manifest(manifest)
+        repo.commit_manifest(manifest, lock)
         catalog.update_backup(backup_id, status="succeeded", finished_at=clock.iso(finished),
                               bytes_read=totals["bytes_read"], bytes_stored=totals["bytes_stored"],
                               files=totals["files"], repo_id=repo.id,
@@ -189,6 +194,9 @@ def _start_size_estimate(source, reporter: ProgressReporter) -> None:
 
 SOURCE_READERS = 2  # files read at once: hides the latency of cold reads, as restic does
 FILES_IN_FLIGHT = 64
+#: entries (of any kind) waiting behind the oldest unfinished file: a slow file must not let the
+#: scan queue thousands of reused files and directories behind it
+ENTRIES_IN_FLIGHT = 256
 
 
 def _read_item(repo: Repository, item, method: str, reporter: ProgressReporter,
@@ -275,6 +283,8 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
                 totals["symlinks"] += 1
             in_flight.append((entry, future))
             drain(wait=False)
+            while len(in_flight) >= ENTRIES_IN_FLIGHT:
+                drain(wait=True, at_most=1)
         drain(wait=True)
     except BaseException:
         stop.cancel("the backup stopped")

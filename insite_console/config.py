@@ -109,6 +109,23 @@ def _is_seconds(value: Any) -> str | None:
     return None if ok else "a positive number of seconds"
 
 
+def parse_share(value: Any) -> float:
+    """A share of a whole: "5%" or a fraction 0.05."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return float(value.strip()[:-1]) / 100
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(value)
+
+
+def _is_share(value: Any) -> str | None:
+    try:
+        share = parse_share(value)
+    except ValueError:
+        return 'a share such as "5%" or 0.05'
+    return None if 0 <= share <= 1 else "a share between 0% and 100%"
+
+
 def _is_count(value: Any) -> str | None:
     return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "an integer >= 0"
 
@@ -159,7 +176,7 @@ TOP_TABLES = {
     "catalog": {"path": (_is_str, False)},
     "encryption": {"passphrase_env": (_is_str, False), "passphrase_file": (_is_str, False)},
     "engine": {"threads": (_is_pos_int, False), "memory_limit": (_is_size, False), "pack_size": (_is_size, False),
-               "restore_threads": (_is_pos_int, False)},
+               "restore_threads": (_is_pos_int, False), "prune_max_unused": (_is_share, False)},
     "console": {"theme": (_is_str, False), "refresh_seconds": (_is_pos_int, False), "keymap": (lambda v: None if isinstance(v, dict) else "a table", False)},
     "dr": {"rto": (_is_duration, False), "rpo": (_is_duration, False), "scenarios_file": (_is_str, False)},
 }
@@ -187,6 +204,11 @@ class Config:
     @property
     def state_dir(self) -> Path:
         return self.catalog_path.parent
+
+    @property
+    def prune_max_unused(self) -> float:
+        """Repack a pack once more than this share of it is unused (restic's --max-unused)."""
+        return parse_share(self.engine.get("prune_max_unused", "5%"))
 
     def policy(self, name: str) -> dict[str, Any]:
         if name not in self.policies:

@@ -27,11 +27,12 @@ def run(ws, backup_id: str, to_storage: str, progress: ProgressCallback | None =
     destination = ws.repository(to_storage)
     if destination.id == source.id:
         raise RepositoryError(f"storage {to_storage} holds the same repository as the backup's; nothing to copy")
-    with source.lock(f"copy of {backup['id']}"), destination.lock(f"copy of {backup['id']}"):
-        return _copy(ws, backup, source, destination, to_storage, progress, cancel)
+    with source.lock(f"copy of {backup['id']}"), destination.lock(f"copy of {backup['id']}") as lock:
+        return _copy(ws, backup, source, destination, lock, to_storage, progress, cancel)
 
 
-def _copy(ws, backup: dict, source, destination, to_storage: str, progress, cancel: CancelToken) -> dict[str, Any]:
+def _copy(ws, backup: dict, source, destination, lock, to_storage: str, progress,
+          cancel: CancelToken) -> dict[str, Any]:
     manifest = source.load_manifest(backup["id"])
     reporter = ProgressReporter("copy", [progress])
     reporter.update(phase="copying", bytes_total=manifest.get("totals", {}).get("bytes_read"), force=True)
@@ -51,7 +52,7 @@ def _copy(ws, backup: dict, source, destination, to_storage: str, progress, canc
         copied = dict(manifest, tree=tree.save(destination, method),
                       copied_from={"storage": backup["storage"], "repository": source.id, "at": clock.iso(clock.now())})
         destination.flush()
-        destination.save_manifest(copied)
+        destination.commit_manifest(copied, lock)
     except BaseException:
         destination.abandon()
         raise

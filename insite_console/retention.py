@@ -14,9 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from insite_console import clock
-from insite_console.repo.packs import pack_key
-from insite_console.repo.repository import Repository
-from insite_console.repo.tree import TreeReader
+from insite_console.repo.prune import collect
 
 _BUCKETS = {
     "keep_hourly": lambda t: t.strftime("%Y-%m-%d %H"),
@@ -75,41 +73,29 @@ def plan(ws, policy: str | None = None) -> list[dict]:
     return decisions
 
 
-def referenced_blobs(repo: Repository) -> set[bytes]:
-    """Every blob any manifest on this repository references (trees and file contents)."""
-    used: set[bytes] = set()
-    for backup_id in repo.list_manifest_ids():
-        manifest = repo.load_manifest(backup_id)
-        for chunk_id, _ in manifest["tree"]:
-            used.add(bytes.fromhex(chunk_id))
-        for entry in TreeReader(repo, manifest["tree"]):
-            for chunk_id, _ in entry.chunks or []:
-                used.add(bytes.fromhex(chunk_id))
-    return used
-
-
 def prune(ws, policy: str | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Forget backups outside retention, then delete packs nothing references.
 
-    Packs that hold a mix of used and unused blobs are kept whole (no repacking in format 1):
-    the space is reclaimed once every blob in them is unused.
+    What is referenced is decided from every manifest on storage (repo/prune.py); packs
+    whose unused share is above `[engine] prune_max_unused` are repacked.
     """
     decisions = plan(ws, policy)
     forget = [d for d in decisions if d["action"] == "forget"]
     result: dict[str, Any] = {"dry_run": dry_run, "backups": decisions, "forgotten": [d["id"] for d in forget],
-                              "packs_deleted": 0, "bytes_freed": 0}
+                              "packs_deleted": 0, "packs_repacked": 0, "bytes_freed": 0}
     if dry_run:
         return result
     storages = sorted({d["storage"] for d in decisions})
     with contextlib.ExitStack() as held:
+        locks = {}
         for storage in storages:  # exclusive: no backup may reuse a blob prune is about to delete
-            held.enter_context(ws.repository(storage).lock("prune", exclusive=True))
+            locks[storage] = held.enter_context(ws.repository(storage).lock("prune", exclusive=True))
         for decision in forget:
             ws.repository(decision["storage"]).delete_manifest(decision["id"])
             ws.catalog.delete_backup(decision["id"])
             ws.catalog.event(None, f"forgot backup {decision['id']} of {decision['policy']} (outside retention)")
         for storage in storages:
-            _delete_unreferenced(ws, storage, result)
+            _collect_packs(ws, storage, locks[storage], result)
         result["wal"] = _prune_wal(ws, policy)
     return result
 
@@ -124,35 +110,9 @@ def _prune_wal(ws, policy: str | None) -> list[dict]:
             if ws.config.sources[source]["type"] == "postgresql" and ws.config.sources[source].get("mode") == "physical"]
 
 
-def _delete_unreferenced(ws, storage: str, result: dict[str, Any]) -> None:
-    """Delete packs whose every blob is unreferenced; the index is rewritten first."""
-    repo = ws.repository(storage)
-    repo.sync_index()
-    repo.recover_unindexed_packs()  # a dead run's packs: indexed now, deleted below if unused
-    used = referenced_blobs(repo)
-    deletable, freed = [], 0
-    index_owners = repo.index.pack_index_ids()
-    for pack_id, size in repo.index.packs().items():
-        blobs = repo.index.blobs_in_pack(pack_id)
-        if blobs and all(blob_id not in used for blob_id, _ in blobs):
-            deletable.append(pack_id)
-            freed += size
-    if not deletable:
-        return
-    # Rewrite the index without those packs first, then delete them: a crash in between
-    # leaves unreferenced packs (harmless), never an index pointing at missing packs.
-    keep_packs = []
-    affected_indexes = {index_owners[p] for p in deletable}
-    for pack_id, index_id in index_owners.items():
-        if index_id in affected_indexes and pack_id not in deletable:
-            keep_packs.append(pack_id)
-    if keep_packs:
-        repo.write_index([repo.read_pack_header(p, repo.index.packs()[p]) for p in keep_packs])
-    repo.storage.delete([f"index/{i}" for i in affected_indexes])
-    repo.storage.delete([pack_key(p) for p in deletable])
-    repo.index.drop_packs(deletable)
-    for index_id in affected_indexes:
-        repo.index.forget_index(index_id)
-    result["packs_deleted"] += len(deletable)
-    result["bytes_freed"] += freed
-    ws.catalog.event(None, f"prune on {storage}: deleted {len(deletable)} unreferenced pack(s), {freed} bytes")
+def _collect_packs(ws, storage: str, lock, result: dict[str, Any]) -> None:
+    """Delete and repack packs on one storage (repo/prune.py), under prune's exclusive lock."""
+    done = collect(ws.repository(storage), lock, max_unused=ws.config.prune_max_unused,
+                   event=lambda message: ws.catalog.event(None, f"{storage}: {message}"))
+    for key in ("packs_deleted", "packs_repacked", "bytes_freed"):
+        result[key] = result.get(key, 0) + done[key]

@@ -184,6 +184,15 @@ class Catalog:
 
     # ----- backups ---------------------------------------------------------------------
 
+    def interrupted_since_success(self, policy: str) -> bool:
+        """Whether a backup of `policy` was interrupted (its process died) after its last success:
+        only then may it have left packs on storage that no index names."""
+        row = self.db.execute(
+            "SELECT 1 FROM backups WHERE policy = ? AND status = 'failed' AND error LIKE 'interrupted%' AND "
+            "started_at >= COALESCE((SELECT MAX(started_at) FROM backups WHERE policy = ? AND status = 'succeeded'), '')"
+            " LIMIT 1", (policy, policy)).fetchone()
+        return row is not None
+
     def insert_backup(self, row: dict) -> None:
         info = json.dumps(row.pop("info", {}) or {})
         names = list(row) + ["info"]

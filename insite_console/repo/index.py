@@ -24,6 +24,17 @@ CREATE TABLE IF NOT EXISTS loaded_indexes (id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 
+#: how long to wait for another process on this host that writes the same cache (a prune's
+#: reload, a large merge) before giving up; sqlite3's default of 5 s failed real backups
+BUSY_TIMEOUT = 600
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000}")
+    return conn
+
+
 @dataclass(frozen=True)
 class BlobLocation:
     pack: str
@@ -39,7 +50,7 @@ class IndexCache:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = _connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -52,7 +63,7 @@ class IndexCache:
         (WAL mode lets readers run beside the writer)."""
         conn = getattr(self._readers, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn = _connect(self.path)
             conn.execute("PRAGMA query_only=ON")
             self._readers.conn = conn
             with self._lock:

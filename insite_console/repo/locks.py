@@ -1,10 +1,16 @@
-"""Repository locks: many backups, restores and verifies at once; prune alone.
+"""Repository locks: many backups, restores and verifies at once; prune and repair alone.
 
 Prune deletes packs that no manifest references. A backup running at the same time may just
 have decided to reuse a blob in such a pack, so prune must not run beside it (restic has the
-same rule). Locks are small objects `locks/<id>` with host, pid and a time refreshed every
-minute; a lock whose process is gone (same host) or that was not refreshed for 30 minutes is
-stale and ignored, so a killed process never blocks the repository for good.
+same rule). The whole model is in docs/FORMAT.md ("Concurrency"); in short:
+
+- a lock is an object `locks/<id>`, re-put every minute so that its storage modification time
+  advances; its age is judged by the storage's clock (our own fresh lock's mtime minus its
+  mtime), never by comparing another host's clock with ours;
+- a lock written on this host whose process is gone (or written before this boot) is stale at
+  once, so a killed process never blocks the repository for long;
+- the holder tracks its last successful refresh and `check()`s before committing anything: a
+  process that was suspended, or could not refresh, past the safe limit has lost its lock.
 """
 
 from __future__ import annotations
@@ -16,56 +22,104 @@ import threading
 import time
 
 from insite_console import clock
-from insite_console.errors import ObjectNotFound, RepositoryError
-from insite_console.storage.base import Storage
+from insite_console.errors import InsiteError, ObjectNotFound, RepositoryError
+from insite_console.storage.base import ObjectInfo, Storage
 
 LOCKS = "locks/"
 STALE_AFTER = 30 * 60
 REFRESH_EVERY = 60
+#: a holder stops trusting its lock this long before others may call it stale
+SAFETY_MARGIN = 5 * 60
 
 
-def _alive(lock: dict) -> bool:
-    if time.time() - lock.get("time", 0) > STALE_AFTER:
+class LockLost(RepositoryError):
+    """The lock this process held may have been taken over: nothing may be committed."""
+
+
+def boot_id() -> str:
+    """This machine's boot id (Linux); a lock from another boot on this host is stale."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    if lock.get("host") == socket.gethostname():
-        try:
-            os.kill(int(lock.get("pid", 0)), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError):
-            return True
+    except (PermissionError, OverflowError, ValueError):
+        return True
     return True
 
 
-class RepositoryLock:
-    """A context manager holding a shared or exclusive lock on one repository."""
+def is_stale(lock: dict, info: ObjectInfo, storage_now: float | None, stale_after: float = STALE_AFTER) -> bool:
+    """Whether a lock may be removed: its process is gone (this host), or it was not refreshed
+    for `stale_after` by the storage's clock (`storage_now` is our own fresh lock's mtime)."""
+    if lock.get("host") == socket.gethostname():
+        if lock.get("boot_id") and lock.get("boot_id") != boot_id():
+            return True
+        try:
+            if not _pid_running(int(lock.get("pid", 0))):
+                return True
+        except (TypeError, ValueError):
+            return True
+    if storage_now is not None and info.mtime is not None:
+        return storage_now - info.mtime > stale_after
+    return False  # no storage time to judge by: only its own host can declare it dead
 
-    def __init__(self, storage: Storage, purpose: str, exclusive: bool = False):
+
+class RepositoryLock:
+    """A context manager holding a shared or exclusive lock on one repository.
+
+    `on_acquired` runs once the lock is held (the repository re-syncs its index there)."""
+
+    def __init__(self, storage: Storage, purpose: str, exclusive: bool = False, on_acquired=None):
         self.storage = storage
         self.purpose = purpose
         self.exclusive = exclusive
         self.key = f"{LOCKS}{os.urandom(8).hex()}"
+        self._on_acquired = on_acquired
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_refresh = 0.0  # time.monotonic() of the last successful put
+        self._refresh_error: str | None = None
+        self.stale_after = STALE_AFTER
+        self.safety_margin = SAFETY_MARGIN
 
     def _body(self) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
-                           "exclusive": self.exclusive, "purpose": self.purpose,
+        return json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid(),
+                           "time": time.time(), "exclusive": self.exclusive, "purpose": self.purpose,
                            "since": clock.iso(clock.now())}).encode()
 
+    def _put(self) -> None:
+        started = time.monotonic()
+        self.storage.put(self.key, self._body())
+        self._last_refresh = started
+
     def _others(self) -> list[dict]:
+        """Live locks other than ours; stale ones are deleted on the way."""
+        infos = list(self.storage.list(LOCKS))
+        mine = next((info for info in infos if info.key == self.key), None)
+        storage_now = mine.mtime if mine is not None else None
         found = []
-        for info in self.storage.list(LOCKS):
+        for info in infos:
             if info.key == self.key:
                 continue
             try:
                 lock = json.loads(self.storage.get(info.key))
-            except (ObjectNotFound, ValueError):
+                if not isinstance(lock, dict):
+                    raise ValueError("not an object")
+            except ObjectNotFound:
                 continue
-            if _alive(lock):
-                found.append(lock)
+            except ValueError:
+                lock = {"purpose": f"unreadable lock {info.key}"}
+            if is_stale(lock, info, storage_now, self.stale_after):
+                self.storage.delete([info.key])
             else:
-                self.storage.delete([info.key])  # stale: its process is gone
+                found.append(lock)
         return found
 
     def _conflict(self) -> dict | None:
@@ -75,13 +129,10 @@ class RepositoryLock:
         return None
 
     def __enter__(self) -> "RepositoryLock":
-        conflict = self._conflict()
-        if conflict is None:
-            self.storage.put(self.key, self._body())
-            conflict = self._conflict()  # someone may have locked at the same moment
-            if conflict is not None:
-                self.storage.delete([self.key])
+        self._put()
+        conflict = self._conflict()  # ours is on storage first: a simultaneous locker sees it too
         if conflict is not None:
+            self.storage.delete([self.key])
             raise RepositoryError(
                 f"repository on storage {self.storage.name} is locked by {conflict.get('purpose')} "
                 f"(host {conflict.get('host')}, pid {conflict.get('pid')}, since {conflict.get('since')}); "
@@ -89,14 +140,38 @@ class RepositoryLock:
                 "when it has finished")
         self._thread = threading.Thread(target=self._refresh, name="insite-lock", daemon=True)
         self._thread.start()
+        try:
+            if self._on_acquired is not None:
+                self._on_acquired()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def _refresh(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):
             try:
-                self.storage.put(self.key, self._body())
-            except Exception:
-                pass  # the next refresh tries again; the lock only goes stale after 30 minutes
+                self._put()
+                self._refresh_error = None
+            except Exception as exc:  # kept for check(): the holder decides, before it commits
+                self._refresh_error = str(exc) if isinstance(exc, InsiteError) else f"{type(exc).__name__}: {exc}"
+
+    def check(self) -> None:
+        """Raise LockLost unless this lock is certainly still ours: refreshed recently enough by
+        our own monotonic clock that nobody may yet call it stale, and still on storage."""
+        age = time.monotonic() - self._last_refresh
+        limit = self.stale_after - self.safety_margin
+        where = f"repository on storage {self.storage.name}"
+        if age > limit:
+            why = f"; the last refresh failed: {self._refresh_error}" if self._refresh_error else \
+                " (the process was suspended or stalled)"
+            raise LockLost(f"{self.purpose} lost its lock on the {where}: not refreshed for {int(age)}s, more than "
+                           f"the {int(limit)}s after which another host may take it over{why}; nothing was committed")
+        try:
+            self.storage.stat(self.key)
+        except ObjectNotFound:
+            raise LockLost(f"{self.purpose} lost its lock on the {where}: another process removed it as stale; "
+                           "nothing was committed") from None
 
     def __exit__(self, *exc_info) -> None:
         self._stop.set()

@@ -164,6 +164,11 @@ class Repository:
 
     # ----- index -----------------------------------------------------------------------
 
+    def reload_index(self) -> None:
+        """Rebuild the cache from every index object on storage (prune trusts nothing cached)."""
+        self.index.clear()
+        self.sync_index()
+
     def sync_index(self) -> int:
         """Load index objects written since the cache last looked (by any process or host)."""
         loaded = self.index.loaded_index_ids()
@@ -181,10 +186,15 @@ class Repository:
         return json.loads(self.get_sealed_object(INDEX + index_id, aad=b"index"))["packs"]
 
     def write_index(self, packs: list[dict]) -> str:
+        index_id = self.write_index_object(packs)
+        self.index.add_index(index_id, packs)
+        return index_id
+
+    def write_index_object(self, packs: list[dict]) -> str:
+        """Put one index object on storage (the cache is the caller's business)."""
         data = json.dumps({"packs": packs}, separators=(",", ":")).encode()
         index_id = hashlib.sha256(data).hexdigest()
         self.put_sealed_object(INDEX + index_id, data, aad=b"index")
-        self.index.add_index(index_id, packs)
         return index_id
 
     def known(self, blob_id: bytes) -> bool:
@@ -196,21 +206,27 @@ class Repository:
             raise IntegrityError(f"chunk {blob_id.hex()[:16]} is not in the repository index (missing data)")
         return location
 
-    def recover_unindexed_packs(self) -> int:
-        """Index packs that a killed run uploaded but never indexed, so their data is reused."""
+    def recover_unindexed_packs(self, delete_unreadable: bool = False) -> tuple[int, list[str]]:
+        """Index packs that a killed run uploaded but never indexed, so their data is reused:
+        (packs indexed, keys of packs whose header cannot be read). Those are deleted only with
+        `delete_unreadable`, which only a holder of the exclusive lock may ask: under a shared
+        lock nothing is deleted (docs/FORMAT.md, "Concurrency")."""
         known = self.index.packs()
+        with self._state_lock:
+            pending = {p["id"] for p in self._pending_packs}
         orphans = [info for info in self.storage.list("data/")
-                   if pack_id_from_key(info.key) not in known and pack_id_from_key(info.key) not in
-                   {p["id"] for p in self._pending_packs}]
-        packs = []
+                   if pack_id_from_key(info.key) not in known and pack_id_from_key(info.key) not in pending]
+        packs, unreadable = [], []
         for info in orphans:
             try:
                 packs.append(self._describe_pack(pack_id_from_key(info.key), info.size))
             except IntegrityError:
-                self.storage.delete([info.key])  # a torn or foreign pack: nothing references it
+                unreadable.append(info.key)
+        if unreadable and delete_unreadable:
+            self.storage.delete(unreadable)  # torn or foreign: nothing references it
         if packs:
             self.write_index(packs)
-        return len(packs)
+        return len(packs), unreadable
 
     def _describe_pack(self, pack_id: str, size: int) -> dict:
         what = f"pack {pack_id[:16]}"
@@ -442,6 +458,27 @@ class Repository:
 
     # ----- reading ---------------------------------------------------------------------
 
+    def read_sealed_blob(self, blob_id: bytes, location: BlobLocation) -> bytes:
+        """A blob as stored (sealed), after checking it authenticates: for repacking."""
+        what = f"chunk {blob_id.hex()[:16]} in pack {location.pack[:16]}"
+        sealed = self.storage.get(pack_key(location.pack), location.offset, location.length)
+        if len(sealed) != location.length:
+            raise IntegrityError(f"{what} is truncated ({len(sealed)} of {location.length} bytes)")
+        self._cipher.open(sealed, blob_id, what=what)
+        return sealed
+
+    def write_pack(self, builder: PackBuilder) -> dict:
+        """Close and upload a pack built outside the backup pipeline (prune's repack); returns
+        its index entry. Not indexed here: the caller writes the index after all its packs."""
+        pack_id, data = builder.finish(self._cipher)
+        self.storage.put(pack_key(pack_id), data)
+        return {"id": pack_id, "size": len(data),
+                "blobs": [[bid.hex(), t, off, length, plain] for t, bid, off, length, plain in builder.entries]}
+
+    @property
+    def pack_size(self) -> int:
+        return self._pack_size
+
     def read_blob(self, blob_id_hex: str) -> bytes:
         blob_id = bytes.fromhex(blob_id_hex)
         location = self.locate(blob_id)
@@ -503,10 +540,61 @@ class Repository:
         return manifest
 
     def lock(self, purpose: str, exclusive: bool = False):
-        """Shared for backups, restores and verifies; exclusive for prune (see locks.py)."""
+        """Shared for backups, restores and verifies; exclusive for prune (see locks.py). The
+        index is re-synced once the lock is held, so what this process deduplicates against is
+        never older than the lock (docs/FORMAT.md, "Concurrency")."""
         from insite_console.repo.locks import RepositoryLock
 
-        return RepositoryLock(self.storage, purpose, exclusive)
+        return RepositoryLock(self.storage, purpose, exclusive, on_acquired=self.sync_index)
+
+    def commit_manifest(self, manifest: dict, lock) -> None:
+        """Write a backup's manifest only while it is certain to name data that is there: the
+        lock is still ours and the index was not replaced (or, if it was, everything the
+        manifest references survived). Checked again after the write, since a prune could only
+        have slipped in beside us if our lock was lost: then the manifest is taken back."""
+        lock.check()
+        self._check_references(manifest)
+        self.save_manifest(manifest)
+        try:
+            lock.check()
+            self._check_references(manifest)
+        except BaseException:
+            self.delete_manifest(manifest["id"])
+            raise
+
+    def index_replaced(self) -> bool:
+        """Whether an index object this cache loaded is gone from storage: only prune and
+        repair delete index objects, so this is how a writer learns one ran since its sync."""
+        listed = {info.key[len(INDEX):] for info in self.storage.list(INDEX)}
+        return bool(self.index.loaded_index_ids() - listed)
+
+    def _check_references(self, manifest: dict) -> None:
+        if not self.index_replaced():
+            return  # invariants 1 and 2 hold: every blob we used is in an index object still there
+        from insite_console.repo.tree import TreeReader
+
+        self.sync_index()
+        packs: dict[str, str] = {}  # pack id -> what it holds data of (one per pack: bounded)
+        for chunk_id, _ in manifest["tree"]:
+            packs.setdefault(self._pack_of(chunk_id, "the backup's file list"), "the backup's file list")
+        for entry in TreeReader(self, manifest["tree"]):
+            for chunk_id, _ in entry.chunks or []:
+                packs.setdefault(self._pack_of(chunk_id, "/" + entry.path), "/" + entry.path)
+        present = {pack_id_from_key(info.key) for info in self.storage.list("data/")}
+        for pack_id, what in packs.items():
+            if pack_id not in present:
+                raise RepositoryError(
+                    f"backup {manifest['id']}: pack {pack_id[:16]} (holding data of {what}) was deleted by a prune "
+                    "or repair that ran while this backup's lock was lost; the backup is not a restore point — run it "
+                    "again")
+
+    def _pack_of(self, chunk_id: str, what: str) -> str:
+        location = self.index.lookup(bytes.fromhex(chunk_id))
+        if location is None:
+            raise RepositoryError(
+                f"chunk {chunk_id[:16]} of {what} is no longer in the repository index: a prune or repair replaced "
+                "the index while this backup's lock was lost; the backup is not a restore point — run it again")
+        return location.pack
 
     def list_manifest_ids(self) -> list[str]:
         return [info.key[len(SNAPSHOTS):] for info in self.storage.list(SNAPSHOTS)]
