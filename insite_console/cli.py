@@ -252,7 +252,7 @@ def cmd_prune(args) -> int:
               + (f"  ({reasons})" if reasons else ""))
     verb = "would forget" if args.dry_run else "forgot"
     print(f"{verb} {len(result['forgotten'])} backup(s); deleted {result['packs_deleted']} pack(s), "
-          f"freed {clock.human_bytes(result['bytes_freed'])}")
+          f"repacked {result['packs_repacked']}, freed {clock.human_bytes(result['bytes_freed'])}")
     return 0
 
 
