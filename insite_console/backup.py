@@ -158,7 +158,8 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
 
 def _after_backup(ws, policy: dict, backup_id: str, warnings: list[str], cancel: CancelToken) -> dict[str, Any]:
     """What the policy asks after a backup: `verify` (quick) and `copy_to` (off-site copies).
-    The backup stays a restore point if they fail; the failure is a warning and an error event."""
+    A backup whose verification finds problems is not a restore point: it is marked failed. A
+    failed copy is a warning and an error event; the backup stays a restore point."""
     from insite_console import copy, verify
 
     outcome: dict[str, Any] = {}
@@ -166,7 +167,10 @@ def _after_backup(ws, policy: dict, backup_id: str, warnings: list[str], cancel:
         check = verify.run(ws, backup_id, cancel=cancel)
         outcome["verification"] = {"status": check["status"], "problems": check["problems"]}
         if check["status"] != "ok":
-            warnings.append(f"verify after backup failed: {check['problems'][0]}")
+            message = f"verify after backup failed: {check['problems'][0]}"
+            ws.catalog.update_backup(backup_id, status="failed", error=message)
+            ws.catalog.event(backup_id, f"backup {backup_id} is not a restore point: {message}", level="error")
+            return outcome  # nothing worth copying
     for storage in policy.get("copy_to", []):
         try:
             copy.run(ws, backup_id, storage, cancel=cancel)

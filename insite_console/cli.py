@@ -102,6 +102,9 @@ def cmd_backup(args) -> int:
               f"{clock.human_bytes(result['bytes_stored'])} stored")
     for warning in result.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
+    if result["status"] != "succeeded":
+        print(f"insite-console: backup {result['id']} {result['status']}: {result['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -127,6 +127,28 @@ def test_a_backup_whose_lock_was_taken_over_commits_nothing(workspace):
     assert statuses == ["failed", "succeeded"]
 
 
+def test_a_backup_whose_verification_finds_data_missing_is_not_a_restore_point(tmp_path):
+    """verify = true on the policy: a pack lost between the commit and the verification (another
+    host's prune after a lost lock, a storage admin) fails the backup, not a warning."""
+    source = tmp_path / "src"
+    source.mkdir()
+    _write_random(source / "x.bin", 1024 * 1024, seed=5)
+    config = write_config(tmp_path, [str(source)], policy_extra="verify = true")
+    helper = WorkspaceHelper(tmp_path, source, config)
+    helper.ws.init_repository("local")
+    data = tmp_path / "repo" / "data"
+
+    def lose_a_pack(progress):
+        if progress.phase == "done":
+            max(data.rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else -1).unlink()
+
+    result = backup.run(helper.ws, "tree", "full", progress=lose_a_pack)
+    assert result["status"] == "failed"
+    assert result["error"].startswith("verify after backup failed: pack data/")
+    assert helper.ws.catalog.last_backup("tree") is None  # never offered as a restore point
+    helper.close()
+
+
 # ----- prune and the index ---------------------------------------------------------------
 
 

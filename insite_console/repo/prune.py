@@ -9,6 +9,7 @@ blobs.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import sqlite3
@@ -64,11 +65,17 @@ def mark_used(repo: Repository, used: UsedBlobs) -> int:
     """Mark every blob of every manifest on storage; returns how many manifests. A manifest
     that cannot be read stops prune: what it references is unknown, so nothing may go."""
     manifests = 0
+    trees_read: set[bytes] = set()  # a file list identical to one already read adds nothing
     for backup_id in repo.list_manifest_ids():
         try:
             manifest = repo.load_manifest(backup_id)
             for chunk_id, _ in manifest["tree"]:
                 used.add(chunk_id)
+            manifests += 1
+            tree = hashlib.sha256("".join(chunk_id for chunk_id, _ in manifest["tree"]).encode()).digest()
+            if tree in trees_read:
+                continue
+            trees_read.add(tree)
             for entry in TreeReader(repo, manifest["tree"]):
                 for chunk_id, _ in entry.chunks or []:
                     used.add(chunk_id)
@@ -76,7 +83,6 @@ def mark_used(repo: Repository, used: UsedBlobs) -> int:
             raise RepositoryError(
                 f"prune stopped before deleting anything: backup {backup_id} cannot be read ({exc}), so the data "
                 "it references is unknown; run `insite-console verify --deep` and `repair snapshots` first") from None
-        manifests += 1
     used.flush()
     return manifests
 
