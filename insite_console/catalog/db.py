@@ -80,6 +80,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE backups ADD COLUMN started_at_precise TEXT;
     ALTER TABLE backups ADD COLUMN host TEXT;
     UPDATE backups SET started_at_precise = substr(started_at, 1, 19) || '.000000Z';
+    CREATE TRIGGER backups_precise AFTER INSERT ON backups WHEN NEW.started_at_precise IS NULL
+    BEGIN
+        UPDATE backups SET started_at_precise = substr(NEW.started_at, 1, 19) || '.000000Z'
+        WHERE rowid = NEW.rowid;
+    END;
     CREATE INDEX backups_order ON backups(started_at_precise DESC, id DESC);
     CREATE INDEX backups_policy_order ON backups(policy, started_at_precise DESC, id DESC);
     CREATE TABLE forgotten (
@@ -122,9 +127,13 @@ class Catalog:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if db.execute("PRAGMA user_version").fetchone()[0] < number:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
+                    statement = ""
+                    for part in script.split(";"):  # a trigger's body holds ";" too
+                        statement += part + ";"
+                        if sqlite3.complete_statement(statement):
+                            if statement.strip(" \n;"):
+                                db.execute(statement)
+                            statement = ""
                     db.execute(f"PRAGMA user_version = {number}")
                 db.execute("COMMIT")
             except BaseException:
@@ -204,8 +213,6 @@ class Catalog:
     def insert_backup(self, row: dict) -> None:
         row = dict(row)
         info = json.dumps(row.pop("info", {}) or {})
-        if not row.get("started_at_precise"):
-            row["started_at_precise"] = clock.iso_precise(clock.parse_iso(row["started_at"]))
         names = list(row) + ["info"]
         self.db.execute(f"INSERT OR REPLACE INTO backups ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         (*map(_text, row.values()), info))
