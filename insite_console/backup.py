@@ -75,6 +75,7 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
     catalog.insert_backup({
         "id": backup_id, "policy": policy_name, "source": source_name, "source_type": source_settings["type"],
         "storage": storage_name, "type": backup_type, "status": "running", "started_at": clock.iso(started),
+        "started_at_precise": clock.iso_precise(started), "host": socket.gethostname(),
         "parent_id": parent["id"] if parent else None, "run_id": backup_id,
     })
     catalog.event(backup_id, f"{backup_type} backup of {policy_name} to {storage_name} started"
@@ -85,6 +86,7 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
     repo: Repository | None = None
     held = contextlib.ExitStack()
     try:
+        ws.config.check_source_paths(source_name)
         repo = ws.repository(storage_name)
         lock = held.enter_context(repo.lock(f"backup of {policy_name}"))
         if catalog.interrupted_since_success(policy_name):  # a killed run may have left unindexed packs
@@ -120,7 +122,8 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
             "version": MANIFEST_VERSION, "id": backup_id, "policy": policy_name, "source": source_name,
             "source_type": source_settings["type"], "type": backup_type,
             "parent_id": parent["id"] if parent else None, "started_at": clock.iso(started),
-            "finished_at": clock.iso(finished), "hostname": socket.gethostname(),
+            "started_at_precise": clock.iso_precise(started), "finished_at": clock.iso(finished),
+            "hostname": socket.gethostname(),
             "paths": source_settings.get("paths", []), "compression": policy["compression"],
             "tree": tree_chunks, "totals": totals, "source_info": source.metadata(), "warnings": warnings,
         }

@@ -260,14 +260,18 @@ def cmd_prune(args) -> int:
 
 
 def cmd_catalog(args) -> int:
-    from insite_console.catalog.rebuild import rebuild
+    from insite_console.catalog.rebuild import sync
 
     ws = _workspace(args)
-    result = rebuild(ws, args.storage)
+    result = sync(ws, args.storage)  # rebuild and sync are one operation: see catalog/rebuild.py
     if args.json:
         _print_json(result)
     else:
-        print(f"catalog rebuilt from {', '.join(result['storages'])}: {result['backups']} backup(s) found")
+        verb = "rebuilt" if args.action == "rebuild" else "synced"
+        print(f"catalog {verb} from {', '.join(result['storages'])}: {result['backups']} backup(s) found, "
+              f"{len(result['added'])} added, {len(result['removed'])} no longer on storage removed")
+        if result["skipped_forgotten"]:
+            print(f"{len(result['skipped_forgotten'])} forgotten backup(s) still on storage were not brought back")
         for problem in result["problems"]:
             print(f"problem: {problem}", file=sys.stderr)
     return 1 if result["problems"] else 0
@@ -527,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy")
     p.add_argument("--dry-run", action="store_true")
 
-    p = add("catalog", cmd_catalog, "rebuild the local catalog from the repositories on storage")
-    p.add_argument("action", choices=["rebuild"])
+    p = add("catalog", cmd_catalog, "rebuild the local catalog from the repositories on storage, or sync it "
+            "with what other hosts wrote there")
+    p.add_argument("action", choices=["rebuild", "sync"])
     p.add_argument("storage", nargs="?")
 
     p = add("schedule", cmd_schedule, "run policies when their cron schedule is due")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -104,6 +105,18 @@ def _is_retention(value: Any) -> str | None:
     return None
 
 
+def _is_timezone(value: Any) -> str | None:
+    """An IANA name (Europe/Berlin), looked up in the system's time zone database."""
+    expected = 'an IANA time zone name such as "UTC" or "Europe/Berlin"'
+    if not isinstance(value, str) or not value:
+        return expected
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return expected + " (not in this system's time zone database)"
+    return None
+
+
 def _is_seconds(value: Any) -> str | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
     return None if ok else "a positive number of seconds"
@@ -176,7 +189,8 @@ TOP_TABLES = {
     "catalog": {"path": (_is_str, False)},
     "encryption": {"passphrase_env": (_is_str, False), "passphrase_file": (_is_str, False)},
     "engine": {"threads": (_is_pos_int, False), "memory_limit": (_is_size, False), "pack_size": (_is_size, False),
-               "restore_threads": (_is_pos_int, False), "prune_max_unused": (_is_share, False)},
+               "restore_threads": (_is_pos_int, False), "prune_max_unused": (_is_share, False),
+               "timezone": (_is_timezone, False)},
     "console": {"theme": (_is_str, False), "refresh_seconds": (_is_pos_int, False), "keymap": (lambda v: None if isinstance(v, dict) else "a table", False)},
     "dr": {"rto": (_is_duration, False), "rpo": (_is_duration, False), "scenarios_file": (_is_str, False)},
 }
@@ -209,6 +223,21 @@ class Config:
     def prune_max_unused(self) -> float:
         """Repack a pack once more than this share of it is unused (restic's --max-unused)."""
         return parse_share(self.engine.get("prune_max_unused", "5%"))
+
+    @property
+    def timezone(self) -> zoneinfo.ZoneInfo:
+        """`[engine] timezone`: where retention's hours, days and weeks begin (default UTC)."""
+        return zoneinfo.ZoneInfo(self.engine.get("timezone", "UTC"))
+
+    def check_source_paths(self, name: str) -> None:
+        """A backup of a file-tree source needs every path it names: one that is gone would
+        give a backup `succeeded` without it."""
+        table = self.sources[name]
+        missing = [f"{self.path}: source.{name}.paths[{i}]: path {entry} does not exist"
+                   for i, entry in enumerate(table.get("paths", []) if table["type"] == "files" else [])
+                   if not os.path.lexists(entry)]
+        if missing:
+            raise ConfigError(missing)
 
     def policy(self, name: str) -> dict[str, Any]:
         if name not in self.policies:
@@ -290,19 +319,15 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
             check_table(table, kinds[kind], label, allow=("type",))
             groups[group][name] = dict(table)
 
-    # Paths: resolve relative ones and make sure file-tree sources exist.
+    # Paths: resolve relative ones. Whether a source's paths exist is checked by the backup of
+    # that source (Config.check_source_paths), not here: a DR host restoring with the production
+    # config has none of them, and every other command must work there.
     for name, table in groups["storage"].items():
         if table["type"] == "local" and isinstance(table.get("path"), str):
             table["path"] = str(_resolve(base_dir, table["path"]))
     for name, table in groups["source"].items():
         if table["type"] == "files" and not _is_str_list(table.get("paths")):
-            resolved = []
-            for i, entry in enumerate(table["paths"]):
-                full = _resolve(base_dir, entry)
-                if not os.path.lexists(full):
-                    problems.append(f"{where}: source.{name}.paths[{i}]: path {full} does not exist")
-                resolved.append(str(full))
-            table["paths"] = resolved
+            table["paths"] = [str(_resolve(base_dir, entry)) for entry in table["paths"]]
 
     for name, table in groups["source"].items():
         key = {"postgresql": "dsn", "redis": "url"}.get(table["type"])

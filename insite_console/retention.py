@@ -1,19 +1,21 @@
 """Retention and prune: decide which backups a policy keeps, forget the rest, then delete the
 packs no kept backup references.
 
-Keep rules work like restic's `forget`: keep_last N, and the newest backup in each of the last
-N hours/days/weeks/months/years. A differential or incremental backup also keeps the chain it
-depends on (its parent, and so on), since restoring it needs nothing but its own manifest —
-yet forgetting a parent would change what "incremental" means to an operator reading the list.
+Keep rules are restic's `forget` rules: keep_last N, the newest backup in each of the last N
+hours/days/weeks/months/years that have one, and keep_within a duration of the newest backup.
+Each backup is judged on its own: every manifest lists all its files (an incremental reuses
+its parent's chunk lists), so any backup restores alone and a parent is no dependency.
 """
 
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
+import socket
+from datetime import tzinfo
 from typing import Any
 
 from insite_console import clock
+from insite_console.catalog.db import order_key
 from insite_console.repo.prune import collect
 
 _BUCKETS = {
@@ -25,49 +27,59 @@ _BUCKETS = {
 }
 
 
-def select_kept(backups: list[dict], rules: dict[str, Any], now: datetime | None = None) -> dict[str, list[str]]:
-    """backup id -> reasons to keep it; `backups` are one policy's succeeded backups, newest first."""
+def select_kept(backups: list[dict], rules: dict[str, Any], tz: tzinfo = clock.UTC) -> dict[str, list[str]]:
+    """backup id -> reasons to keep it, among one group of succeeded backups (a policy on one host).
+
+    Buckets are counted in `tz`, so "daily" means the operator's midnight, not UTC's.
+    keep_within counts back from the newest backup, not from now (as restic does): a policy
+    whose backups stopped keeps its last ones instead of losing them all."""
+    ordered = sorted(backups, key=order_key, reverse=True)
+    started = {b["id"]: clock.parse_iso(b.get("started_at_precise") or b["started_at"]) for b in ordered}
     reasons: dict[str, list[str]] = {}
-    for i, backup in enumerate(backups):
-        if i < rules.get("keep_last", 0):
-            reasons.setdefault(backup["id"], []).append("last")
+    for backup in ordered[:rules.get("keep_last", 0)]:
+        reasons.setdefault(backup["id"], []).append("last")
     for rule, bucket_of in _BUCKETS.items():
         limit = rules.get(rule, 0)
-        seen: list[str] = []
-        for backup in backups:
-            bucket = bucket_of(clock.parse_iso(backup["started_at"]))
+        seen: set[str] = set()
+        for backup in ordered:
+            bucket = bucket_of(started[backup["id"]].astimezone(tz))
             if bucket in seen:
                 continue
             if len(seen) >= limit:
                 break
-            seen.append(bucket)
+            seen.add(bucket)
             reasons.setdefault(backup["id"], []).append(rule.replace("keep_", ""))
-    if "keep_within" in rules:
-        horizon = (now or clock.now()) - clock.parse_duration(rules["keep_within"])
-        for backup in backups:
-            if clock.parse_iso(backup["started_at"]) >= horizon:
+    if rules.get("keep_within") and ordered:
+        horizon = started[ordered[0]["id"]] - clock.parse_duration(rules["keep_within"])
+        for backup in ordered:
+            if started[backup["id"]] >= horizon:
                 reasons.setdefault(backup["id"], []).append("within")
-    by_id = {b["id"]: b for b in backups}
-    for backup_id in list(reasons):
-        parent = by_id.get(backup_id, {}).get("parent_id")
-        while parent and parent in by_id and parent not in reasons:
-            reasons[parent] = ["parent of a kept backup"]
-            parent = by_id[parent].get("parent_id")
     return reasons
 
 
 def plan(ws, policy: str | None = None) -> list[dict]:
-    """Per backup: keep or forget, with the reasons."""
+    """Per backup: keep or forget, with the reasons and every storage holding it (copies too).
+
+    Rules apply per policy and host: two hosts sharing a config (and so its policy names)
+    each keep their own last N, as restic groups by host."""
     decisions = []
     names = [policy] if policy else sorted(ws.config.policies)
+    here = socket.gethostname()
     for name in names:
-        settings = ws.config.policy(name)
-        rules = settings.get("retention")
+        rules = ws.config.policy(name).get("retention")
         backups = ws.catalog.backups(policy=name, status="succeeded")
-        kept = select_kept(backups, rules) if rules else {b["id"]: ["no retention set"] for b in backups}
+        groups: dict[str, list[dict]] = {}
         for backup in backups:
-            decisions.append({"id": backup["id"], "policy": name, "started_at": backup["started_at"],
-                              "type": backup["type"], "storage": backup["storage"],
+            groups.setdefault(backup.get("host") or here, []).append(backup)
+        kept: dict[str, list[str]] = {}
+        for group in groups.values():
+            kept.update(select_kept(group, rules, ws.config.timezone) if rules
+                        else {b["id"]: ["no retention set"] for b in group})
+        for backup in backups:
+            decisions.append({"id": backup["id"], "policy": name, "host": backup.get("host") or here,
+                              "started_at": backup["started_at"], "type": backup["type"],
+                              "storage": backup["storage"],
+                              "storages": ws.catalog.backup_storages(backup["id"]) or [backup["storage"]],
                               "action": "keep" if backup["id"] in kept else "forget",
                               "reasons": kept.get(backup["id"], [])})
     return decisions
@@ -85,15 +97,23 @@ def prune(ws, policy: str | None = None, dry_run: bool = False) -> dict[str, Any
                               "packs_deleted": 0, "packs_repacked": 0, "bytes_freed": 0}
     if dry_run:
         return result
-    storages = sorted({d["storage"] for d in decisions})
+    storages = sorted({s for d in decisions for s in d["storages"] if s in ws.config.storages})
+    result["warnings"] = []
     with contextlib.ExitStack() as held:
         locks = {}
         for storage in storages:  # exclusive: no backup may reuse a blob prune is about to delete
             locks[storage] = held.enter_context(ws.repository(storage).lock("prune", exclusive=True))
         for decision in forget:
-            ws.repository(decision["storage"]).delete_manifest(decision["id"])
-            ws.catalog.delete_backup(decision["id"])
-            ws.catalog.event(None, f"forgot backup {decision['id']} of {decision['policy']} (outside retention)")
+            # every copy goes: a manifest left on a copy storage would come back on rebuild
+            for storage in decision["storages"]:
+                if storage in ws.config.storages:
+                    ws.repository(storage).delete_manifest(decision["id"])
+                else:
+                    result["warnings"].append(f"backup {decision['id']}: storage {storage} is no longer in "
+                                              f"{ws.config.path}; its copy there was not deleted")
+            ws.catalog.delete_backup(decision["id"], reason="outside retention")
+            ws.catalog.event(None, f"forgot backup {decision['id']} of {decision['policy']} (outside retention) "
+                                   f"on {', '.join(decision['storages'])}")
         for storage in storages:
             _collect_packs(ws, storage, locks[storage], result)
         result["wal"] = _prune_wal(ws, policy)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from insite_console import backup, restore, retention
-from insite_console.catalog.rebuild import rebuild
+from insite_console.catalog.rebuild import sync as catalog_sync
 from insite_console.errors import RepositoryError
 from insite_console.repo import locks
 from insite_console.repo.packs import pack_id_from_key
@@ -169,7 +169,7 @@ def test_prune_elsewhere_between_runs_of_a_long_lived_process(workspace, tmp_pat
     monkeypatch.delenv("INSITE_FAKE_NOW")
 
     host_b = _other_host(workspace, tmp_path)
-    rebuild(host_b.ws)
+    catalog_sync(host_b.ws)
     done = retention.prune(host_b.ws)
     assert len(done["forgotten"]) == 1 and done["packs_deleted"] >= 1, done
     host_b.close()

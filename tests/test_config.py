@@ -73,7 +73,7 @@ def test_all_problems_are_reported_at_once(tmp_path):
         _load(tmp_path, """
         [source.app]
         type = "files"
-        paths = ["/definitely/not/here"]
+        paths = "/not/a/list"
         [policy.app]
         source = "app"
         storage = "missing"

@@ -102,7 +102,8 @@ def test_unreadable_source_file_is_reported_not_fatal(tmp_path):
 
 def test_source_path_that_does_not_exist_is_a_config_error(tmp_path):
     config = write_config(tmp_path, [str(tmp_path / "missing")])
-    result = subprocess.run([sys.executable, "-m", "insite_console", "-c", str(config), "backups"],
+    subprocess.run([sys.executable, "-m", "insite_console", "-c", str(config), "init"], check=True)
+    result = subprocess.run([sys.executable, "-m", "insite_console", "-c", str(config), "backup", "tree"],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert f"source.tree.paths[0]: path {tmp_path / 'missing'} does not exist" in result.stderr

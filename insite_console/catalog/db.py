@@ -73,6 +73,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (source, name)
     );
     """,
+    # 4: an order that survives a rebuild (sub-second start, then id), the host of each backup
+    # (retention groups by it), tombstones of forgotten backups (rebuild and sync never bring them
+    # back), and the identity of a run's process (pid reuse after a reboot is not "alive")
+    """
+    ALTER TABLE backups ADD COLUMN started_at_precise TEXT;
+    ALTER TABLE backups ADD COLUMN host TEXT;
+    UPDATE backups SET started_at_precise = substr(started_at, 1, 19) || '.000000Z';
+    CREATE TRIGGER backups_precise AFTER INSERT ON backups WHEN NEW.started_at_precise IS NULL
+    BEGIN
+        UPDATE backups SET started_at_precise = substr(NEW.started_at, 1, 19) || '.000000Z'
+        WHERE rowid = NEW.rowid;
+    END;
+    CREATE INDEX backups_order ON backups(started_at_precise DESC, id DESC);
+    CREATE INDEX backups_policy_order ON backups(policy, started_at_precise DESC, id DESC);
+    CREATE TABLE forgotten (
+        backup_id TEXT PRIMARY KEY, policy TEXT, forgotten_at TEXT NOT NULL, reason TEXT
+    );
+    ALTER TABLE runs ADD COLUMN process_start TEXT;
+    ALTER TABLE runs ADD COLUMN boot_id TEXT;
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -107,9 +127,13 @@ class Catalog:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if db.execute("PRAGMA user_version").fetchone()[0] < number:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
+                    statement = ""
+                    for part in script.split(";"):  # a trigger's body holds ";" too
+                        statement += part + ";"
+                        if sqlite3.complete_statement(statement):
+                            if statement.strip(" \n;"):
+                                db.execute(statement)
+                            statement = ""
                     db.execute(f"PRAGMA user_version = {number}")
                 db.execute("COMMIT")
             except BaseException:
@@ -127,9 +151,10 @@ class Catalog:
     def start_run(self, run_id: str, kind: str, subject: str) -> None:
         now = clock.iso_precise(clock.now())
         self.db.execute(
-            "INSERT INTO runs (id, kind, subject, status, pid, host, started_at, updated_at, phase) "
-            "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, 'starting')",
-            (run_id, kind, subject, os.getpid(), socket.gethostname(), now, now),
+            "INSERT INTO runs (id, kind, subject, status, pid, host, started_at, updated_at, phase, process_start, "
+            "boot_id) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, 'starting', ?, ?)",
+            (run_id, kind, subject, os.getpid(), socket.gethostname(), now, now, _start_ticks(os.getpid()),
+             _boot_id()),
         )
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -171,9 +196,10 @@ class Catalog:
         """Mark runs whose process died (kill -9, power loss) as failed, with their backups."""
         reaped = []
         host = socket.gethostname()
-        for row in self.db.execute("SELECT id, kind, pid, host FROM runs WHERE status = 'running'").fetchall():
-            if row["host"] == host and row["pid"] and not _pid_alive(row["pid"]):
-                message = f"interrupted: process {row['pid']} ended without finishing"
+        for row in self.db.execute("SELECT * FROM runs WHERE status = 'running'").fetchall():
+            ended = _run_ended(row) if row["host"] == host and row["pid"] else None
+            if ended:
+                message = f"interrupted: {ended}"
                 self.finish_run(row["id"], "failed", message)
                 self.db.execute("UPDATE backups SET status = 'failed', error = ?, finished_at = COALESCE(finished_at, ?) "
                                 "WHERE run_id = ? AND status = 'running'", (message, clock.iso(clock.now()), row["id"]))
@@ -194,6 +220,7 @@ class Catalog:
         return row is not None
 
     def insert_backup(self, row: dict) -> None:
+        row = dict(row)
         info = json.dumps(row.pop("info", {}) or {})
         names = list(row) + ["info"]
         self.db.execute(f"INSERT OR REPLACE INTO backups ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
@@ -226,7 +253,7 @@ class Catalog:
         sql, args = self.backup_filter(policy, status, source, search)
         if order not in _ORDERS:
             order = "started_at DESC"
-        sql = "SELECT * FROM backups" + sql + f" ORDER BY {order}, rowid DESC"
+        sql = "SELECT * FROM backups" + sql + " ORDER BY " + _order_by(*order.split())
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
@@ -238,7 +265,7 @@ class Catalog:
 
         SQLite's OFFSET walks every skipped row, so a page in the second half is read from the
         other end (the exact reverse order, then flipped): the last page of 100,000 backups
-        costs what the first one does. rowid breaks ties, so pages never repeat or skip a row."""
+        costs what the first one does. The id breaks ties, so pages never repeat or skip a row."""
         if f"{column} ASC" not in _ORDERS:
             column = "started_at"
         where, args = self.backup_filter(policy, None, None, search)
@@ -246,7 +273,7 @@ class Catalog:
         reverse = start > total - end
         direction = "DESC" if descending != reverse else "ASC"
         rows = self.db.execute(
-            f"SELECT * FROM backups{where} ORDER BY {column} {direction}, rowid {direction} LIMIT ? OFFSET ?",
+            f"SELECT * FROM backups{where} ORDER BY {_order_by(column, direction)} LIMIT ? OFFSET ?",
             [*args, max(0, end - start), total - end if reverse else start]).fetchall()
         page = [_backup_dict(row) for row in rows]
         return page[::-1] if reverse else page
@@ -275,12 +302,23 @@ class Catalog:
             types = list(types)
             sql += f" AND type IN ({', '.join('?' * len(types))})"
             args += types
-        row = self.db.execute(sql + " ORDER BY started_at DESC, rowid DESC LIMIT 1", args).fetchone()
+        row = self.db.execute(sql + " ORDER BY " + _order_by("started_at", "DESC") + " LIMIT 1", args).fetchone()
         return _backup_dict(row) if row else None
 
-    def delete_backup(self, backup_id: str) -> None:
+    def delete_backup(self, backup_id: str, reason: str = "forgotten") -> None:
+        """Forget a backup: its row goes, a tombstone stays, so that `catalog rebuild` and
+        `catalog sync` never bring it back from a storage that still holds its manifest."""
+        policy = self.db.execute("SELECT policy FROM backups WHERE id = ?", (backup_id,)).fetchone()
+        self.db.execute("INSERT OR REPLACE INTO forgotten VALUES (?, ?, ?, ?)",
+                        (backup_id, policy[0] if policy else None, clock.iso(clock.now()), reason))
         self.db.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
         self.db.execute("DELETE FROM backup_storages WHERE backup_id = ?", (backup_id,))
+
+    def forgotten_ids(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT backup_id FROM forgotten")}
+
+    def remove_backup_storage(self, backup_id: str, storage: str) -> None:
+        self.db.execute("DELETE FROM backup_storages WHERE backup_id = ? AND storage = ?", (backup_id, storage))
 
     # ----- restores and verifications ------------------------------------------------
 
@@ -352,6 +390,19 @@ _ORDERS = {f"{column} {direction}" for column in ("started_at", "finished_at", "
            for direction in ("ASC", "DESC")}
 
 
+def _order_by(column: str, direction: str) -> str:
+    """ORDER BY for a listing: the start is compared to the microsecond and ties break by id,
+    so the order is total and the same after `catalog rebuild` (rowids are not)."""
+    if column == "started_at":
+        column = "started_at_precise"
+    return f"{column} {direction}, id {direction}" if column != "id" else f"id {direction}"
+
+
+def order_key(backup: dict) -> tuple[str, str]:
+    """The catalog's order as a sort key (newest last), for lists merged in Python."""
+    return backup.get("started_at_precise") or clock.iso_precise(clock.parse_iso(backup["started_at"])), backup["id"]
+
+
 def _backup_dict(row: sqlite3.Row) -> dict:
     item = dict(row)
     item["info"] = json.loads(item.get("info") or "{}")
@@ -385,3 +436,56 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _run_ended(row: sqlite3.Row) -> str | None:
+    """Why the process of a run on this host is gone, or None if it is still running.
+
+    A pid alone is not an identity: after a reboot or enough forks another process holds it,
+    and the run would stay `running` forever (the scheduler then skips its policy). A process
+    instance is its pid, its start time (/proc/PID/stat) and the boot it belongs to."""
+    pid = row["pid"]
+    boot = _boot_id()
+    if row["boot_id"] and boot and row["boot_id"] != boot:
+        return f"the host restarted after process {pid} began"
+    if not _pid_alive(pid):
+        return f"process {pid} ended without finishing"
+    ticks = _start_ticks(pid)
+    if ticks is None:  # no /proc (not Linux): the pid is all there is to go by
+        return None
+    if row["process_start"]:
+        same = row["process_start"] == ticks
+    else:  # a row from before process identities were recorded: started before the run did?
+        boot_time = _boot_time()
+        same = boot_time is None or (boot_time + int(ticks) / os.sysconf("SC_CLK_TCK")
+                                     <= clock.parse_iso(row["started_at"]).timestamp() + 2)
+    return None if same else f"process {pid} ended without finishing (its pid now belongs to another process)"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rpartition(b")")[2].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+def _boot_time() -> float | None:
+    try:
+        with open("/proc/stat") as handle:
+            for line in handle:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None

@@ -1,50 +1,80 @@
-"""Rebuild the catalog from the repositories: the storage is the source of truth."""
+"""Rebuild or sync the catalog from the repositories: the storage is the source of truth.
+
+`catalog rebuild` is for a lost or damaged catalog, `catalog sync` for a host learning what
+other hosts wrote to a shared repository; both do the same: add the backups whose manifests
+are on storage and not in the catalog, record every storage holding a copy, and drop rows
+whose manifest is gone from every storage that held it (another host's prune forgot them).
+Neither brings back a backup this catalog forgot: its tombstone outranks a stray manifest.
+"""
 
 from __future__ import annotations
 
 from insite_console.errors import InsiteError
 
 
-def rebuild(ws, storage: str | None = None) -> dict:
+def sync(ws, storage: str | None = None) -> dict:
     names = [storage] if storage else sorted(ws.config.storages)
-    found, problems = 0, []
+    catalog = ws.catalog
+    forgotten = catalog.forgotten_ids()
+    found, added, problems = 0, [], []
+    skipped: set[str] = set()
+    on_storage: dict[str, set[str]] = {}
     for name in names:
         try:
             repo = ws.repository(name)
             repo.sync_index()
-            ids = repo.list_manifest_ids()
+            ids = set(repo.list_manifest_ids())
         except InsiteError as exc:
             problems.append(f"{name}: {exc}")
             continue
-        for backup_id in ids:
-            try:
-                manifest = repo.load_manifest(backup_id)
-            except InsiteError as exc:
-                problems.append(f"{name}: backup {backup_id}: {exc}")
+        on_storage[name] = ids
+        for backup_id in sorted(ids):
+            if backup_id in forgotten:
+                skipped.add(backup_id)
                 continue
-            existing = ws.catalog.backup(backup_id)
+            existing = catalog.backup(backup_id)
             if existing is None or existing["id"] != backup_id:
-                totals = manifest.get("totals", {})
-                ws.catalog.insert_backup({
-                    "id": backup_id, "policy": manifest["policy"], "source": manifest["source"],
-                    "source_type": manifest["source_type"], "storage": name, "type": manifest["type"],
-                    "status": "succeeded", "started_at": manifest["started_at"],
-                    "finished_at": manifest["finished_at"], "bytes_read": totals.get("bytes_read", 0),
-                    "bytes_stored": totals.get("bytes_stored", 0), "files": totals.get("files", 0),
-                    "parent_id": manifest.get("parent_id"), "repo_id": repo.id, "run_id": None,
-                    "info": {"totals": totals, "warnings": manifest.get("warnings", [])[:20],
-                             "source_info": manifest.get("source_info", {}), "rebuilt": True},
-                })
-            elif existing["status"] != "succeeded":
-                ws.catalog.update_backup(backup_id, status="succeeded", error=None)
-            ws.catalog.add_backup_storage(backup_id, name)
+                try:
+                    manifest = repo.load_manifest(backup_id)
+                except InsiteError as exc:
+                    problems.append(f"{name}: backup {backup_id}: {exc}")
+                    continue
+                catalog.insert_backup(_row(ws, manifest, name, repo.id))
+                added.append(backup_id)
+            elif existing["status"] not in ("succeeded", "running"):
+                catalog.update_backup(backup_id, status="succeeded", error=None)
+            catalog.add_backup_storage(backup_id, name)
             found += 1
-    # rows whose manifest is gone from every storage checked are no longer restore points
-    removed = 0
-    for row in ws.catalog.backups(status="succeeded"):
-        if row["storage"] in names and row["storage"] not in [p.split(":")[0] for p in problems]:
-            if not ws.repository(row["storage"]).storage.exists(f"snapshots/{row['id']}"):
-                ws.catalog.update_backup(row["id"], status="failed", error="manifest missing from storage")
-                removed += 1
-    ws.catalog.event(None, f"catalog rebuilt from {', '.join(names)}: {found} backup(s)")
-    return {"storages": names, "backups": found, "marked_missing": removed, "problems": problems}
+    removed = []
+    for row in catalog.backups(status="succeeded"):
+        holders = catalog.backup_storages(row["id"]) or [row["storage"]]
+        gone = [s for s in holders if s in on_storage and row["id"] not in on_storage[s]]
+        for name in gone:
+            catalog.remove_backup_storage(row["id"], name)
+        if gone and len(gone) == len(holders):
+            catalog.delete_backup(row["id"], reason=f"manifest gone from {', '.join(gone)}")
+            catalog.event(None, f"backup {row['id']} of {row['policy']} is no longer on storage "
+                                f"({', '.join(gone)}): removed from the catalog", level="warning")
+            removed.append(row["id"])
+    catalog.event(None, f"catalog synced from {', '.join(names)}: {found} backup(s), {len(added)} added, "
+                        f"{len(removed)} removed")
+    return {"storages": names, "backups": found, "added": added, "removed": removed,
+            "marked_missing": len(removed), "skipped_forgotten": sorted(skipped), "problems": problems}
+
+
+def _row(ws, manifest: dict, storage: str, repo_id: str) -> dict:
+    """A catalog row from a manifest; a copy is listed under the storage it was written to."""
+    totals = manifest.get("totals", {})
+    origin = (manifest.get("copied_from") or {}).get("storage")
+    return {
+        "id": manifest["id"], "policy": manifest["policy"], "source": manifest["source"],
+        "source_type": manifest["source_type"],
+        "storage": origin if origin in ws.config.storages else storage, "type": manifest["type"],
+        "status": "succeeded", "started_at": manifest["started_at"],
+        "started_at_precise": manifest.get("started_at_precise"), "host": manifest.get("hostname"),
+        "finished_at": manifest["finished_at"], "bytes_read": totals.get("bytes_read", 0),
+        "bytes_stored": totals.get("bytes_stored", 0), "files": totals.get("files", 0),
+        "parent_id": manifest.get("parent_id"), "repo_id": repo_id, "run_id": None,
+        "info": {"totals": totals, "warnings": manifest.get("warnings", [])[:20],
+                 "source_info": manifest.get("source_info", {}), "rebuilt": True},
+    }

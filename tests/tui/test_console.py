@@ -68,12 +68,15 @@ async def test_backup_now_runs_in_a_worker_and_finishes_in_live_jobs(make_app, c
 
 
 async def test_runs_of_other_processes_appear_and_finishing_one_toasts(make_app, console_workspace):
+    from insite_console.catalog.db import _start_ticks
+
     app = make_app()
     catalog = console_workspace.catalog
     async with app.run_test(size=(120, 40)) as pilot:
         catalog.start_run("feedfacefeedface", "backup", "etc")
-        catalog.db.execute("UPDATE runs SET pid = ?, bytes_done = 50, bytes_total = 100, phase = 'reading' "
-                           "WHERE id = 'feedfacefeedface'", (os.getppid(),))
+        catalog.db.execute("UPDATE runs SET pid = ?, process_start = ?, bytes_done = 50, bytes_total = 100, "
+                           "phase = 'reading' WHERE id = 'feedfacefeedface'",
+                           (os.getppid(), _start_ticks(os.getppid())))
         await pilot.press("3")
         await pilot.pause(0.4)
         rows = table_rows(app.screen.query_one("#job-table", DataTable))
@@ -487,6 +490,7 @@ async def test_detached_backup_runs_in_its_own_session(console_workspace):
 def test_backup_table_pages_match_the_catalog_order_from_both_ends(console_workspace):
     """Pages in the second half are read in reverse and flipped: the order must be one total order,
     with every row exactly once."""
+    from insite_console.catalog.db import _order_by
     from insite_console.tui.widgets.backup_table import SORTABLE, BackupTable
 
     rows = [(f"{i:016x}", "app_files" if i % 3 else "etc", "app_files", "files", "local",
@@ -505,7 +509,7 @@ def test_backup_table_pages_match_the_catalog_order_from_both_ends(console_works
                 where, args = console_workspace.catalog.backup_filter(None, None, None, search or None)
                 direction = "DESC" if descending else "ASC"
                 expected = [row[0] for row in db.execute(
-                    f"SELECT id FROM backups{where} ORDER BY {column} {direction}, rowid {direction}", args)]
+                    f"SELECT id FROM backups{where} ORDER BY {_order_by(column, direction)}", args)]
                 assert len(expected) == table.total
                 got = [table.row(i)["id"] for i in range(table.total)]
                 first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
