@@ -146,6 +146,8 @@ def test_a_backup_whose_verification_finds_data_missing_is_not_a_restore_point(t
     assert result["status"] == "failed"
     assert result["error"].startswith("verify after backup failed: pack data/")
     assert helper.ws.catalog.last_backup("tree") is None  # never offered as a restore point
+    catalog_sync(helper.ws)  # its manifest is on storage, but its verification failed
+    assert helper.ws.catalog.last_backup("tree") is None
     helper.close()
 
 

@@ -41,7 +41,9 @@ def sync(ws, storage: str | None = None) -> dict:
                     continue
                 catalog.insert_backup(_row(ws, manifest, name, repo.id))
                 added.append(backup_id)
-            elif existing["status"] not in ("succeeded", "running"):
+            elif existing["status"] not in ("succeeded", "running") and not _last_verification_failed(catalog, backup_id):
+                # its manifest is there: the run died after committing it (a verification that
+                # found its data damaged or missing keeps it failed)
                 catalog.update_backup(backup_id, status="succeeded", error=None)
             catalog.add_backup_storage(backup_id, name)
             found += 1
@@ -60,6 +62,11 @@ def sync(ws, storage: str | None = None) -> dict:
                         f"{len(removed)} removed")
     return {"storages": names, "backups": found, "added": added, "removed": removed,
             "marked_missing": len(removed), "skipped_forgotten": sorted(skipped), "problems": problems}
+
+
+def _last_verification_failed(catalog, backup_id: str) -> bool:
+    latest = catalog.verifications(backup_id, limit=1)
+    return bool(latest) and latest[0]["status"] != "ok"
 
 
 def _row(ws, manifest: dict, storage: str, repo_id: str) -> dict:
