@@ -253,6 +253,8 @@ def cmd_prune(args) -> int:
         reasons = ", ".join(decision["reasons"])
         print(f"{decision['action']:<6} {decision['id']}  {decision['started_at']}  {decision['policy']}"
               + (f"  ({reasons})" if reasons else ""))
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     verb = "would forget" if args.dry_run else "forgot"
     print(f"{verb} {len(result['forgotten'])} backup(s); deleted {result['packs_deleted']} pack(s), "
           f"repacked {result['packs_repacked']}, freed {clock.human_bytes(result['bytes_freed'])}")

@@ -94,11 +94,10 @@ def prune(ws, policy: str | None = None, dry_run: bool = False) -> dict[str, Any
     decisions = plan(ws, policy)
     forget = [d for d in decisions if d["action"] == "forget"]
     result: dict[str, Any] = {"dry_run": dry_run, "backups": decisions, "forgotten": [d["id"] for d in forget],
-                              "packs_deleted": 0, "packs_repacked": 0, "bytes_freed": 0}
+                              "packs_deleted": 0, "packs_repacked": 0, "bytes_freed": 0, "warnings": []}
     if dry_run:
         return result
     storages = sorted({s for d in decisions for s in d["storages"] if s in ws.config.storages})
-    result["warnings"] = []
     with contextlib.ExitStack() as held:
         locks = {}
         for storage in storages:  # exclusive: no backup may reuse a blob prune is about to delete

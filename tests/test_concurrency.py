@@ -243,6 +243,11 @@ def test_prune_repacks_packs_that_are_mostly_unused(workspace, tmp_path):
     from insite_console import verify
 
     assert verify.run(ws, kept["id"], deep=True)["status"] == "ok"
+    host_b = _other_host(workspace, tmp_path)  # a fresh cache reads the index prune wrote
+    catalog_sync(host_b.ws)
+    restore.run(host_b.ws, kept["id"], str(tmp_path / "restored-b"), yes=True)
+    assert_same_tree(workspace.source, workspace.restored(tmp_path / "restored-b"))
+    host_b.close()
 
 
 def test_unreadable_packs_are_deleted_only_under_the_exclusive_lock(workspace):

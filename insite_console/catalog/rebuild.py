@@ -16,6 +16,7 @@ def sync(ws, storage: str | None = None) -> dict:
     names = [storage] if storage else sorted(ws.config.storages)
     catalog = ws.catalog
     forgotten = catalog.forgotten_ids()
+    known = catalog.backup_statuses()
     found, added, problems = 0, [], []
     skipped: set[str] = set()
     on_storage: dict[str, set[str]] = {}
@@ -32,19 +33,20 @@ def sync(ws, storage: str | None = None) -> dict:
             if backup_id in forgotten:
                 skipped.add(backup_id)
                 continue
-            existing = catalog.backup(backup_id)
-            if existing is None or existing["id"] != backup_id:
+            if backup_id not in known:
                 try:
                     manifest = repo.load_manifest(backup_id)
                 except InsiteError as exc:
                     problems.append(f"{name}: backup {backup_id}: {exc}")
                     continue
                 catalog.insert_backup(_row(ws, manifest, name, repo.id))
+                known[backup_id] = "succeeded"
                 added.append(backup_id)
-            elif existing["status"] not in ("succeeded", "running") and not _last_verification_failed(catalog, backup_id):
+            elif known[backup_id] not in ("succeeded", "running") and not _last_verification_failed(catalog, backup_id):
                 # its manifest is there: the run died after committing it (a verification that
                 # found its data damaged or missing keeps it failed)
                 catalog.update_backup(backup_id, status="succeeded", error=None)
+                known[backup_id] = "succeeded"
             catalog.add_backup_storage(backup_id, name)
             found += 1
     removed = []

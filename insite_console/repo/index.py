@@ -98,9 +98,13 @@ class IndexCache:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def forget_index(self, index_id: str) -> None:
+    def replace_loaded(self, old_ids: list[str], new_ids: list[str]) -> None:
+        """After prune replaced the index on storage: the cache's rows already match it."""
         with self._lock:
-            self._db.execute("DELETE FROM loaded_indexes WHERE id = ?", (index_id,))
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM loaded_indexes WHERE id = ?", ((i,) for i in old_ids))
+            self._db.executemany("INSERT OR IGNORE INTO loaded_indexes VALUES (?)", ((i,) for i in new_ids))
+            self._db.execute("COMMIT")
 
     def drop_packs(self, pack_ids: list[str]) -> None:
         with self._lock:
@@ -125,10 +129,6 @@ class IndexCache:
     def packs(self) -> dict[str, int]:
         with self._lock:
             return dict(self._db.execute("SELECT id, size FROM packs"))
-
-    def pack_index_ids(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._db.execute("SELECT id, index_id FROM packs"))
 
     def blobs_in_pack(self, pack_id: str) -> list[tuple[bytes, BlobLocation]]:
         with self._lock:

@@ -101,17 +101,23 @@ def collect(repo: Repository, lock, max_unused: float = MAX_UNUSED,
     try:
         manifests = mark_used(repo, used)
         delete, repack, keep, freed = _classify(repo, used, max_unused)
-        new_packs = list(_repack(repo, used, repack)) if repack else []
-        lock.check()  # from here on, deletions: the lock must still be ours
-        written = _replace_index(repo, keep, new_packs, old_index_ids)
+        gone = [pack_id for pack_id, _size in delete + repack]
+        repo.index.drop_packs([pack_id for pack_id, _size in delete])  # the cache forgets first: at worst
+        # a blob is uploaded again; repacked packs are forgotten as their blobs are copied
+        written = _write_index(repo, _described(repo, keep), register=False)
+        new_packs: list[tuple[str, int]] = []
+        written += _write_index(repo, _repack(repo, used, repack, new_packs), register=True)
     finally:
         used.close()
-    gone = [pack_id for pack_id, _size in delete] + [pack_id for pack_id, _size in repack]
+    lock.check()  # from here on, deletions: the lock must still be ours
+    new_ids = set(written)
+    repo.storage.delete([INDEX + index_id for index_id in old_index_ids if index_id not in new_ids])
     repo.storage.delete([pack_key(pack_id) for pack_id in gone])
+    repo.index.replace_loaded(old_index_ids, written)
     repacked_bytes = sum(size for _pack, size in repack)
-    new_bytes = sum(pack["size"] for pack in new_packs)
+    new_bytes = sum(size for _pack, size in new_packs)
     result = {"manifests": manifests, "packs_deleted": len(delete), "packs_repacked": len(repack),
-              "packs_written": len(new_packs), "index_objects": written,
+              "packs_written": len(new_packs), "index_objects": len(written),
               "bytes_freed": freed + repacked_bytes - new_bytes}
     if gone:
         event(f"prune: deleted {len(delete)} unreferenced pack(s), repacked {len(repack)} into {len(new_packs)}, "
@@ -139,48 +145,48 @@ def _classify(repo: Repository, used: UsedBlobs, max_unused: float):
     return delete, repack, keep, freed
 
 
-def _repack(repo: Repository, used: UsedBlobs, packs: list[tuple[str, int]]) -> Iterator[dict]:
-    """Copy the used blobs of `packs`, still sealed and checked, into new packs."""
+def _repack(repo: Repository, used: UsedBlobs, packs: list[tuple[str, int]],
+            written: list[tuple[str, int]]) -> Iterator[dict]:
+    """Copy the used blobs of `packs`, still sealed and checked, into new packs (each new
+    pack's id and size is appended to `written`)."""
     builder = PackBuilder()
     for pack_id, _size in packs:
-        for blob_id, loc in repo.index.blobs_in_pack(pack_id):
+        blobs = repo.index.blobs_in_pack(pack_id)
+        repo.index.drop_packs([pack_id])  # so the new pack's rows replace these in the cache
+        for blob_id, loc in blobs:
             if not used.has(blob_id):
                 continue
-            sealed = repo.read_sealed_blob(blob_id, loc)
-            builder.add(loc.type, blob_id, sealed, loc.plain_length)
+            builder.add(loc.type, blob_id, repo.read_sealed_blob(blob_id, loc), loc.plain_length)
             if builder.size >= repo.pack_size:
-                yield repo.write_pack(builder)
+                yield _uploaded(repo, builder, written)
                 builder = PackBuilder()
     if builder.entries:
-        yield repo.write_pack(builder)
+        yield _uploaded(repo, builder, written)
 
 
-def _replace_index(repo: Repository, keep: list[tuple[str, int]], new_packs: list[dict],
-                   old_index_ids: list[str]) -> int:
-    """Write index objects for every kept and new pack, then delete every old index object;
-    the cache ends up holding exactly the new index."""
-    written: list[tuple[str, list[dict]]] = []
+def _uploaded(repo: Repository, builder: PackBuilder, written: list[tuple[str, int]]) -> dict:
+    pack = repo.write_pack(builder)
+    written.append((pack["id"], pack["size"]))
+    return pack
+
+
+def _write_index(repo: Repository, packs: Iterator[dict], register: bool) -> list[str]:
+    """Index objects for `packs`, in batches (memory holds one batch); with `register` their
+    rows go into the cache too (kept packs' rows are there already)."""
+    ids: list[str] = []
     batch: list[dict] = []
     blobs = 0
-
-    def emit() -> None:
-        nonlocal batch, blobs
-        if batch:
-            written.append((repo.write_index_object(batch), batch))
+    for pack in itertools.chain(packs, [None]):
+        if pack is not None:
+            batch.append(pack)
+            blobs += len(pack["blobs"])
+        if batch and (pack is None or blobs >= INDEX_BATCH_BLOBS):
+            index_id = repo.write_index_object(batch)
+            if register:
+                repo.index.add_index(index_id, batch)
+            ids.append(index_id)
             batch, blobs = [], 0
-
-    for pack in itertools.chain(_described(repo, keep), new_packs):
-        batch.append(pack)
-        blobs += len(pack["blobs"])
-        if blobs >= INDEX_BATCH_BLOBS:
-            emit()
-    emit()
-    new_ids = {index_id for index_id, _ in written}
-    repo.storage.delete([INDEX + index_id for index_id in old_index_ids if index_id not in new_ids])
-    repo.index.clear()
-    for index_id, packs in written:
-        repo.index.add_index(index_id, packs)
-    return len(written)
+    return ids
 
 
 def _described(repo: Repository, packs: list[tuple[str, int]]) -> Iterator[dict]:
