@@ -284,3 +284,45 @@ def test_the_index_cache_waits_for_another_process_writing_it(workspace):
         released.join()
         other.close()
     assert result["status"] == "succeeded"
+
+
+# ----- bounded memory -------------------------------------------------------------------
+
+
+def test_entries_queued_behind_a_slow_file_are_bounded(workspace, monkeypatch):
+    """A file that reads slowly must not let the scan queue every unchanged file behind it:
+    the queue of entries is bounded (backup.ENTRIES_IN_FLIGHT), whatever the tree's size."""
+    (workspace.source / "aaa-slow.bin").write_bytes(b"first version")
+    for i in range(1500):
+        (workspace.source / f"f{i:04}.txt").write_text(f"unchanged file {i}")
+    backup.run(workspace.ws, "tree", "full")
+    (workspace.source / "aaa-slow.bin").write_bytes(b"second version, read slowly")
+
+    scanned = [0]
+    seen_while_slow = []
+    release = threading.Event()
+    real_make_source, real_submit = backup.make_source, workspace.ws.repository("local").submit_stream
+
+    def counting_source(name, settings):
+        source = real_make_source(name, settings)
+        real_scan = source.scan
+
+        def scan(ctx):
+            for item in real_scan(ctx):
+                scanned[0] += 1
+                yield item
+        source.scan = scan
+        return source
+
+    def slow_submit(handle, *args, **kwargs):
+        if os.readlink(f"/proc/self/fd/{handle.fileno()}").endswith("aaa-slow.bin"):
+            time.sleep(1.0)  # the scan runs on meanwhile: this is how far it gets
+            seen_while_slow.append(scanned[0])
+            release.set()
+        return real_submit(handle, *args, **kwargs)
+
+    monkeypatch.setattr(backup, "make_source", counting_source)
+    monkeypatch.setattr(workspace.ws.repository("local"), "submit_stream", slow_submit)
+    result = backup.run(workspace.ws, "tree", "incremental")
+    assert result["status"] == "succeeded" and result["files"] == 1501
+    assert seen_while_slow and seen_while_slow[0] <= backup.ENTRIES_IN_FLIGHT + 16, seen_while_slow
