@@ -196,13 +196,14 @@ def _repair_snapshots(ws, repo: Repository, result: dict, dry_run: bool) -> None
             continue
         names = ["/" + entry.path for entry in removed]
         lost_files.extend({"backup_id": backup_id, "path": name} for name in names)
-        what = f"backup {backup_id}: {len(removed)} unreadable file(s) removed" + (
+        what = f"backup {backup_id}: {len(removed)} file(s) with unreadable data" + (
             f", listing cut short ({truncated})" if truncated else "") + (f": {name_files(names)}" if names else "")
         result["problems"].append(what)
         rewritten.append(backup_id)
         if not dry_run:
             _rewrite_manifest(ws, repo, manifest, kept, names, truncated)
-    result.update(repairs=[f"rewrite {len(rewritten)} manifest(s)"] if rewritten else [], rewritten=rewritten,
+    result.update(repairs=[f"rewrite {len(rewritten)} manifest(s) without them"] if rewritten else [],
+                  rewritten=rewritten,
                   lost_files=lost_files)
 
 
@@ -240,8 +241,9 @@ def summary(result: dict) -> list[str]:
     lines = [f"repair {result['action']} on {result['storage']}: {result['status']}"]
     lines += [f"  problem: {p}" for p in result["problems"]]
     lines += [f"  {verb}{r}" for r in result.get("repairs", [])]
+    label = "removed from" if result["action"] == "snapshots" else "data lost:"
     for item in result.get("lost_files", []):
-        lines.append(f"  data lost: backup {item['backup_id']} " + (item["path"] or item.get("problem", "")))
+        lines.append(f"  {label} backup {item['backup_id']}: " + (item["path"] or item.get("problem", "")))
     if result["action"] == "index" and not result["dry_run"]:
         lines.append(f"  {result['packs']} pack(s) indexed in {result['index_objects_written']} index object(s); "
                      f"{result['index_objects_deleted']} old index object(s) deleted")

@@ -128,7 +128,11 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
             for pack_id in sorted(bad):
                 blobs, _ = damaged_blobs(repo, pack_id) if deep else ({b for b, _ in repo.index.blobs_in_pack(pack_id)}, None)
                 lost |= blobs & needed[pack_id]
-                if deep and not blobs:
+                if deep and blobs:
+                    ids = sorted(b.hex()[:16] for b in blobs)
+                    problems.append(f"pack {pack_key(pack_id)}: {len(ids)} chunk(s) fail authentication: "
+                                    + ", ".join(ids[:10]) + (" …" if len(ids) > 10 else ""))
+                elif deep:
                     problems.append(f"pack {pack_key(pack_id)}: every chunk still authenticates (only its header or "
                                     f"padding is damaged); `insite-console repair packs {storage_name}` rewrites it")
             affected, listing = files_with_blobs(repo, manifest, lost)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from insite_console import backup, config as config_module, restore
@@ -121,7 +121,8 @@ _manifests = st.fixed_dictionaries({
                                                             "started_at", "finished_at")},
     "totals": st.just({}) | _json_values, "warnings": st.just([]) | _json_values,
     "parent_id": st.none() | _json_values})
-_fuzz = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# INSITE_FUZZ_EXAMPLES=100000 for the long run; 200 keeps CI short
+_fuzz = settings(max_examples=int(os.environ.get("INSITE_FUZZ_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _clean(call) -> None:
@@ -197,6 +198,8 @@ _tables = st.dictionaries(st.sampled_from(["type", "path", "paths", "source", "s
     "engine": _tables | _config_values, "encryption": _tables | _config_values,
     "catalog": _tables | _config_values, "console": _tables | _config_values, "dr": _tables | _config_values,
     "other": _config_values}))
+@example(raw={"storage": {"local": {"type": []}}})  # found by this test: TypeError in validate
+@example(raw={"policy": {"p": {"copy_to": [[1]]}}})
 def test_fuzz_config_loader(tmp_path_factory, raw):
     import tomli_w
 

@@ -202,6 +202,7 @@ class Repository:
         index_id = hashlib.sha256(data).hexdigest()
         self.put_sealed_object(INDEX + index_id, data, aad=b"index")
         self.index.add_index(index_id, packs)
+        self.damaged_indexes.pop(index_id, None)  # rewritten whole (e.g. by recover_unindexed_packs)
         return index_id
 
     def known(self, blob_id: bytes) -> bool:
