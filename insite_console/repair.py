@@ -52,10 +52,10 @@ def run(ws, action: str, storage: str, dry_run: bool = False) -> dict[str, Any]:
 def _status(result: dict, dry_run: bool) -> str:
     """clean: nothing was damaged; repaired: damage fixed, nothing lost (or, for snapshots, the
     manifests no longer name lost data); data lost: the damage is gone but chunks went with it
-    (the files are named); damaged: found and not (yet) repaired."""
+    (the files are named); damaged: found and not (yet) repaired, or left for another step."""
     if not result["problems"] and not result.get("repairs"):
         return "clean"
-    if dry_run or result.get("unrepairable"):
+    if dry_run or result.get("unrepairable") or result.get("remaining"):
         return "damaged"
     return "data lost" if result.get("lost_chunks") else "repaired"
 
@@ -79,7 +79,7 @@ def _repair_index(ws, repo: Repository, result: dict, dry_run: bool, exclude: se
     if missing:
         repairs.append(f"drop {len(missing)} missing pack(s) from the index")
         result["lost_chunks"] = result.get("lost_chunks", 0) + sum(len(repo.index.blobs_in_pack(p)) for p in missing)
-    packs, unindexed, kept_from_cache = [], 0, 0
+    packs, unindexed = [], 0
     for pack_id, size in sorted(listed.items()):
         if pack_id in exclude:
             continue
@@ -88,11 +88,11 @@ def _repair_index(ws, repo: Repository, result: dict, dry_run: bool, exclude: se
         except (IntegrityError, ObjectNotFound) as exc:
             blobs = repo.index.blobs_in_pack(pack_id) if cached.get(pack_id) == size else []
             if blobs:
-                kept_from_cache += 1
                 packs.append({"id": pack_id, "size": size, "blobs": [
                     [bid.hex(), loc.type, loc.offset, loc.length, loc.plain_length] for bid, loc in blobs]})
                 result["problems"].append(f"{exc}; kept its entries from the old index "
                                           f"(run `insite-console repair packs {repo.storage.name}`)")
+                result.setdefault("remaining", []).append(pack_key(pack_id))
             else:
                 result["problems"].append(f"{exc}; its data cannot be located and is not indexed")
                 result.setdefault("unrepairable", []).append(pack_key(pack_id))

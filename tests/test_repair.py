@@ -148,3 +148,18 @@ def test_repair_snapshots_of_a_missing_pack_keeps_the_original_on_dry_run(worksp
     assert result["rewritten"] == [second["id"]] and result["status"] == "repaired"
     restore.run(workspace.ws, second["id"], str(tmp_path / "after"))
     assert sorted(p.name for p in workspace.restored(tmp_path / "after").iterdir()) == ["a.bin"]
+
+
+def test_a_pack_with_a_damaged_header_keeps_its_index_entries_and_is_rewritten(workspace, tmp_path):
+    (workspace.source / "a.bin").write_bytes(os.urandom(100_000))
+    first = backup.run(workspace.ws, "tree", "full")
+    location = _chunk_location(workspace, first["id"], "a.bin")
+    pack = workspace.root / "repo" / pack_key(location.pack)
+    _flip(pack, pack.stat().st_size - 10)  # inside the sealed header: the chunks are intact
+    index = repair.run(workspace.ws, "index", "local")
+    assert index["status"] == "damaged" and any("header" in p and "repair packs" in p for p in index["problems"])
+    packs = repair.run(workspace.ws, "packs", "local")
+    assert packs["status"] == "repaired" and packs["lost_files"] == [] and not pack.exists()
+    assert json.loads(workspace.cli("repair", "index", "local", "--json").stdout)["status"] == "clean"
+    restore.run(workspace.ws, first["id"], str(tmp_path / "t"))
+    assert_same_tree(workspace.source, workspace.restored(tmp_path / "t"))
