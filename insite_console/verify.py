@@ -126,13 +126,13 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
         if bad:
             lost: set[bytes] = set()
             for pack_id in sorted(bad):
-                blobs, _ = damaged_blobs(repo, pack_id) if deep else ({b for b, _ in repo.index.blobs_in_pack(pack_id)}, None)
+                blobs, data = damaged_blobs(repo, pack_id) if deep else ({b for b, _ in repo.index.blobs_in_pack(pack_id)}, None)
                 lost |= blobs & needed[pack_id]
-                if deep and blobs:
+                if data is not None and blobs:  # (a missing pack, or a quick verify's, is named above)
                     ids = sorted(b.hex()[:16] for b in blobs)
                     problems.append(f"pack {pack_key(pack_id)}: {len(ids)} chunk(s) fail authentication: "
                                     + ", ".join(ids[:10]) + (" …" if len(ids) > 10 else ""))
-                elif deep:
+                elif data is not None:
                     problems.append(f"pack {pack_key(pack_id)}: every chunk still authenticates (only its header or "
                                     f"padding is damaged); `insite-console repair packs {storage_name}` rewrites it")
             affected, listing = files_with_blobs(repo, manifest, lost)

@@ -183,7 +183,9 @@ class Repository:
         for index_id in sorted(todo):
             try:
                 packs = self._read_index_object(index_id)
-            except (IntegrityError, ObjectNotFound) as exc:
+            except ObjectNotFound:
+                continue  # deleted since the listing (a prune elsewhere)
+            except IntegrityError as exc:
                 if index_id not in self.damaged_indexes:
                     log.warning("skipping %s (run `insite-console repair index %s`)", exc, self.storage.name)
                 self.damaged_indexes[index_id] = str(exc)
