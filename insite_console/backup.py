@@ -89,7 +89,8 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
         ws.config.check_source_paths(source_name)
         repo = ws.repository(storage_name)
         lock = held.enter_context(repo.lock(f"backup of {policy_name}"))
-        if catalog.interrupted_since_success(policy_name):  # a killed run may have left unindexed packs
+        # packs no index names: left by a killed run, or named only by a damaged index object
+        if repo.damaged_indexes or catalog.interrupted_since_success(policy_name):
             recovered, unreadable = repo.recover_unindexed_packs()
             if recovered:
                 catalog.event(backup_id, f"indexed {recovered} pack(s) left by an interrupted run; their data is reused")

@@ -279,6 +279,18 @@ def cmd_catalog(args) -> int:
     return 1 if result["problems"] else 0
 
 
+def cmd_repair(args) -> int:
+    from insite_console import repair
+
+    ws = _workspace(args)
+    result = repair.run(ws, args.action, args.storage, dry_run=args.dry_run)
+    if args.json:
+        _print_json(result)
+    else:
+        print("\n".join(repair.summary(result)))
+    return 0 if result["status"] in ("clean", "repaired") else 1
+
+
 def cmd_status(args) -> int:
     from insite_console import status
 
@@ -537,6 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
             "with what other hosts wrote there")
     p.add_argument("action", choices=["rebuild", "sync"])
     p.add_argument("storage", nargs="?")
+
+    p = add("repair", cmd_repair, "repair a damaged repository: rebuild the index, drop damaged chunks, "
+            "rewrite manifests without unreadable files")
+    p.add_argument("action", choices=["index", "packs", "snapshots"])
+    p.add_argument("storage")
+    p.add_argument("--dry-run", action="store_true", help="report what would be repaired and change nothing")
 
     p = add("schedule", cmd_schedule, "run policies when their cron schedule is due")
     p.add_argument("--once", action="store_true", help="run what is due now, then exit")

@@ -313,7 +313,7 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
                 continue
             kind = table.get("type")
             kinds = SCHEMAS[group]
-            if kind not in kinds:
+            if not isinstance(kind, str) or kind not in kinds:
                 problems.append(f"{where}: {label}.type: expected one of {', '.join(repr(k) for k in kinds)}, got {kind!r}")
                 continue
             check_table(table, kinds[kind], label, allow=("type",))
@@ -355,7 +355,7 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
             problems.append(f"{where}: {label}.storage: no [storage.{storage}] is defined "
                             f"(storages: {', '.join(sorted(groups['storage'])) or 'none'})")
         for i, target in enumerate(table.get("copy_to", []) if isinstance(table.get("copy_to"), list) else []):
-            if target not in groups["storage"]:
+            if not isinstance(target, str) or target not in groups["storage"]:
                 problems.append(f"{where}: {label}.copy_to[{i}]: no [storage.{target}] is defined")
         if table.get("encryption") is False:
             problems.append(f"{where}: {label}.encryption: repository format 1 always encrypts "

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from insite_console import clock
-from insite_console.errors import InsiteError, IntegrityError, StorageError, UsageError
+from insite_console.errors import InsiteError, IntegrityError, ObjectNotFound, StorageError, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
 from insite_console.repo.packs import pack_key
 from insite_console.repo.repository import Repository
@@ -40,20 +40,41 @@ def _needed_packs(repo: Repository, manifest: dict, problems: list[str]) -> dict
     return needed
 
 
-def _files_in_packs(repo: Repository, manifest: dict, bad_packs: set[str], limit: int = 10) -> list[str]:
+def damaged_blobs(repo: Repository, pack_id: str) -> tuple[set[bytes], bytes | None]:
+    """The blobs of one pack, where the index places them, that fail authentication (all of
+    them if the pack is missing), and the pack's bytes: after a damaged pack is found, this
+    names exactly which chunks are lost."""
+    blobs = repo.index.blobs_in_pack(pack_id)
+    try:
+        data = repo.storage.get(pack_key(pack_id))
+    except ObjectNotFound:
+        return {blob_id for blob_id, _ in blobs}, None
+    bad = set()
+    for blob_id, loc in blobs:
+        try:
+            repo.open_blob(blob_id, data[loc.offset:loc.offset + loc.length], "chunk")
+        except IntegrityError:
+            bad.add(blob_id)
+    return bad, data
+
+
+def files_with_blobs(repo: Repository, manifest: dict, blobs: set[bytes]) -> tuple[list[str], str | None]:
+    """The files of a backup whose content uses any of `blobs`, and why the listing itself
+    could not be read (None if it could)."""
     names: list[str] = []
+    if any(bytes.fromhex(chunk_id) in blobs for chunk_id, _ in manifest["tree"]):
+        return names, f"the file listing of backup {manifest['id']} is damaged"
     try:
         for entry in TreeReader(repo, manifest["tree"]):
-            for chunk_id, _ in entry.chunks or []:
-                location = repo.index.lookup(bytes.fromhex(chunk_id))
-                if location is not None and location.pack in bad_packs:
-                    names.append("/" + entry.path)
-                    break
-            if len(names) >= limit:
-                break
-    except InsiteError:
-        pass
-    return names
+            if any(bytes.fromhex(chunk_id) in blobs for chunk_id, _ in entry.chunks or []):
+                names.append("/" + entry.path)
+    except InsiteError as exc:
+        return names, f"the file listing of backup {manifest['id']} is unreadable: {exc}"
+    return names, None
+
+
+def name_files(names: list[str], limit: int = 20) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | None = None,
@@ -74,6 +95,8 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
         repo = ws.repository(storage_name)
         held.enter_context(repo.lock(f"verify of {backup['id']}"))
         manifest = repo.load_manifest(backup["id"])
+        for _, reason in sorted(repo.damaged_indexes.items()):
+            problems.append(f"{reason}: it was skipped; run `insite-console repair index {storage_name}`")
         needed = _needed_packs(repo, manifest, problems)
         listed = {info.key: info.size for info in repo.storage.list("data/")}
         sizes = repo.index.packs()
@@ -101,9 +124,22 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
                         problems.append(problem)
                         bad.add(pack_id)
         if bad:
-            affected = _files_in_packs(repo, manifest, bad)
+            lost: set[bytes] = set()
+            for pack_id in sorted(bad):
+                blobs, data = damaged_blobs(repo, pack_id) if deep else ({b for b, _ in repo.index.blobs_in_pack(pack_id)}, None)
+                lost |= blobs & needed[pack_id]
+                if data is not None and blobs:  # (a missing pack, or a quick verify's, is named above)
+                    ids = sorted(b.hex()[:16] for b in blobs)
+                    problems.append(f"pack {pack_key(pack_id)}: {len(ids)} chunk(s) fail authentication: "
+                                    + ", ".join(ids[:10]) + (" …" if len(ids) > 10 else ""))
+                elif data is not None:
+                    problems.append(f"pack {pack_key(pack_id)}: every chunk still authenticates (only its header or "
+                                    f"padding is damaged); `insite-console repair packs {storage_name}` rewrites it")
+            affected, listing = files_with_blobs(repo, manifest, lost)
+            if listing:
+                problems.append(listing)
             if affected:
-                problems.append("files affected: " + ", ".join(affected))
+                problems.append(f"files of backup {manifest['id']} affected ({len(affected)}): {name_files(affected)}")
     except (StorageError, IntegrityError) as exc:
         problems.append(str(exc))
     finally:

@@ -326,3 +326,46 @@ def test_entries_queued_behind_a_slow_file_are_bounded(workspace, monkeypatch):
     result = backup.run(workspace.ws, "tree", "incremental")
     assert result["status"] == "succeeded" and result["files"] == 1501
     assert seen_while_slow and seen_while_slow[0] <= backup.ENTRIES_IN_FLIGHT + 16, seen_while_slow
+
+
+def test_prune_refuses_while_an_index_object_is_damaged(workspace):
+    """The packs a damaged index object names look unindexed, so unreferenced: prune must not
+    judge them until `repair index` has rebuilt the index from the packs."""
+    from insite_console import repair
+
+    ws = workspace.ws
+    _write_random(workspace.source / "x.bin", 1024 * 1024, seed=11)
+    first = backup.run(ws, "tree", "full")
+    index_file = next((workspace.root / "repo" / "index").iterdir())
+    data = bytearray(index_file.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    index_file.write_bytes(bytes(data))
+    ws = workspace.reopen()
+    packs_before = _packs_on_storage(ws.repository("local"))
+    with pytest.raises(RepositoryError, match="prune stopped before deleting anything: 1 index object.*repair index local"):
+        retention.prune(ws)
+    assert _packs_on_storage(ws.repository("local")) == packs_before
+    assert repair.run(ws, "index", "local")["status"] == "repaired"
+    retention.prune(ws)
+    target = workspace.root / "restored"
+    restore.run(ws, first["id"], str(target), yes=True)
+    assert (workspace.restored(target) / "x.bin").read_bytes() == (workspace.source / "x.bin").read_bytes()
+
+
+def test_a_dead_runs_pack_with_a_damaged_blob_is_not_trusted(workspace):
+    """Packs no index names are checked blob by blob before they are indexed for reuse."""
+    ws = workspace.ws
+    _write_random(workspace.source / "x.bin", 1024 * 1024, seed=12)
+    backup.run(ws, "tree", "full")
+    repo = ws.repository("local")
+    for info in list(repo.storage.list(INDEX)):  # as if the run died before writing its index
+        repo.storage.delete([info.key])
+    pack = max((workspace.root / "repo" / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else -1)
+    data = bytearray(pack.read_bytes())
+    data[100] ^= 0x01  # inside the first blob, not the header
+    pack.write_bytes(bytes(data))
+    repo.reload_index()
+    with repo.lock("backup of tree"):
+        recovered, unreadable = repo.recover_unindexed_packs()
+    assert "data/" + pack.parent.name + "/" + pack.name in unreadable
+    assert not repo.index.packs().get(pack.name)

@@ -8,6 +8,7 @@ never touches data, so a passphrase can be rotated or a recovery key escrowed.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import socket
@@ -42,8 +43,14 @@ class MasterKey:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "MasterKey":
-        raw = json.loads(data)
-        return cls(_unb64(raw["encryption_key"]), _unb64(raw["mac_key"]), int(raw["chunker_seed"]))
+        try:
+            raw = json.loads(data)
+            master = cls(_unb64(raw["encryption_key"]), _unb64(raw["mac_key"]), int(raw["chunker_seed"]))
+        except (ValueError, TypeError, KeyError, binascii.Error):
+            raise IntegrityError("the master key material is malformed") from None
+        if len(master.encryption_key) != 32 or len(master.mac_key) != 32:
+            raise IntegrityError("the master key material is malformed")
+        return master
 
 
 def _b64(data: bytes) -> str:
@@ -51,7 +58,34 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
+    return base64.b64decode(text, validate=True)
+
+
+# Key files are plain JSON on storage: whoever can write there could ask for scrypt with
+# terabytes of memory or hours of CPU. Refuse anything beyond these (the default is n=2**16, r=8).
+MAX_SCRYPT = {"n": 2**20, "r": 32, "p": 16}
+MAX_SCRYPT_MEMORY = 1 << 30  # 128 * n * r bytes
+
+
+def check_key_file(key_file, what: str) -> dict:
+    """A key file's fields, checked before any scrypt runs on them."""
+    if not isinstance(key_file, dict):
+        raise RepositoryError(f"{what} is not a JSON object")
+    if key_file.get("kdf") != "scrypt":
+        raise RepositoryError(f"{what} uses unknown kdf {str(key_file.get('kdf'))[:40]!r}")
+    for name, high in MAX_SCRYPT.items():
+        value = key_file.get(name)
+        if type(value) is not int or not 1 <= value <= high:
+            raise RepositoryError(f"{what}: scrypt parameter {name}={str(value)[:40]} is outside 1..{high}")
+    if key_file["n"] < 2 or key_file["n"] & (key_file["n"] - 1) or 128 * key_file["n"] * key_file["r"] > MAX_SCRYPT_MEMORY:
+        raise RepositoryError(f"{what}: scrypt parameters n={key_file['n']}, r={key_file['r']} are not allowed "
+                              f"(n a power of two, at most {MAX_SCRYPT_MEMORY >> 20} MiB of memory)")
+    for name in ("salt", "data"):
+        try:
+            _unb64(key_file.get(name))
+        except (ValueError, TypeError, binascii.Error):
+            raise RepositoryError(f"{what}: {name} is not base64") from None
+    return key_file
 
 
 def wrap(master: MasterKey, passphrase: str, label: str = "", scrypt: dict | None = None) -> dict:
@@ -67,19 +101,25 @@ def wrap(master: MasterKey, passphrase: str, label: str = "", scrypt: dict | Non
 
 def unwrap(key_file: dict, passphrase: str) -> MasterKey | None:
     """The master key if this passphrase opens this key file, else None."""
-    if key_file.get("kdf") != "scrypt":
-        raise RepositoryError(f"key file uses unknown kdf {key_file.get('kdf')!r}")
+    check_key_file(key_file, "key file")
     kek = derive_key(passphrase, _unb64(key_file["salt"]), key_file["n"], key_file["r"], key_file["p"])
     try:
-        return MasterKey.from_bytes(Cipher(kek).open(_unb64(key_file["data"]), b"key"))
+        material = Cipher(kek).open(_unb64(key_file["data"]), b"key")
     except IntegrityError:
         return None
+    return MasterKey.from_bytes(material)
 
 
 def list_keys(storage: Storage) -> list[tuple[str, dict]]:
+    """Every key file, as JSON; one that is not JSON is listed as an empty dict (and refused
+    by check_key_file), so one damaged key file does not hide the others."""
     keys = []
     for info in storage.list(KEYS_PREFIX):
-        keys.append((info.key[len(KEYS_PREFIX):], json.loads(storage.get(info.key))))
+        try:
+            key_file = json.loads(storage.get(info.key))
+        except ValueError:
+            key_file = {}
+        keys.append((info.key[len(KEYS_PREFIX):], key_file if isinstance(key_file, dict) else {}))
     return keys
 
 
@@ -94,14 +134,22 @@ def unlock(storage: Storage, passphrase: str) -> tuple[MasterKey, str]:
     keys = list_keys(storage)
     if not keys:
         raise RepositoryError(f"storage {storage.name} ({storage.describe()}): repository has no key files")
+    damaged = []
     for key_id, key_file in keys:
-        master = unwrap(key_file, passphrase)
+        what = f"key file {KEYS_PREFIX}{key_id} on storage {storage.name}"
+        try:
+            check_key_file(key_file, what)
+            master = unwrap(key_file, passphrase)
+        except (RepositoryError, IntegrityError) as exc:
+            damaged.append(f"{what}: {exc}" if isinstance(exc, IntegrityError) else str(exc))
+            continue
         if master is not None:
             return master, key_id
-    raise WrongPassphrase(
-        f"wrong passphrase: none of the {len(keys)} key(s) of the repository on storage "
-        f"{storage.name} ({storage.describe()}) opens with it"
-    )
+    message = (f"none of the {len(keys)} key(s) of the repository on storage {storage.name} "
+               f"({storage.describe()}) opens with this passphrase")
+    if damaged:
+        raise RepositoryError(message + "; damaged: " + "; ".join(damaged))
+    raise WrongPassphrase("wrong passphrase: " + message)
 
 
 def remove_key(storage: Storage, key_id: str, current_key_id: str) -> None:

@@ -91,6 +91,11 @@ def collect(repo: Repository, lock, max_unused: float = MAX_UNUSED,
             event: Callable[[str], None] = lambda message: None) -> dict:
     """Delete and repack packs under the held exclusive `lock`; returns what was done."""
     repo.reload_index()  # from storage, not from what this host cached
+    if repo.damaged_indexes:  # the packs they name look unreferenced: nothing may be judged unused
+        raise RepositoryError(
+            f"prune stopped before deleting anything: {len(repo.damaged_indexes)} index object(s) on storage "
+            f"{repo.storage.name} cannot be read ({next(iter(repo.damaged_indexes.values()))}); run "
+            f"`insite-console repair index {repo.storage.name}` first")
     recovered, unreadable = repo.recover_unindexed_packs(delete_unreadable=True)
     if recovered:
         event(f"indexed {recovered} pack(s) left by interrupted runs")

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,7 +31,7 @@ from pyfastcdc import FastCDC
 from insite_console import clock
 from insite_console.errors import IntegrityError, ObjectNotFound, RepositoryError
 from insite_console.events import CancelToken
-from insite_console.repo import compression, keys
+from insite_console.repo import compression, keys, objects
 from insite_console.repo.crypto import Cipher
 from insite_console.repo.index import BlobLocation, IndexCache
 from insite_console.repo.packs import DATA, PackBuilder, pack_id_from_key, pack_key, read_header
@@ -51,6 +52,8 @@ CHUNK_MAX = 4 * 1024 * 1024
 PACK_TARGET = 8 * 1024 * 1024
 READ_BLOCK = 8 * 1024 * 1024
 INDEX_CHECKPOINT_PACKS = 64
+
+log = logging.getLogger("insite_console.repo")
 
 
 class _ByteBudget:
@@ -122,6 +125,7 @@ class Repository:
         self._builder = PackBuilder()
         self._upload_futures: list[Future] = []
         self._upload_error: BaseException | None = None
+        self.damaged_indexes: dict[str, str] = {}  # index id -> why sync_index skipped it
         self.stats = {"blobs_new": 0, "bytes_new": 0, "bytes_stored": 0, "packs_written": 0}
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -170,20 +174,37 @@ class Repository:
         self.sync_index()
 
     def sync_index(self) -> int:
-        """Load index objects written since the cache last looked (by any process or host)."""
+        """Load index objects written since the cache last looked (by any process or host).
+
+        A damaged index object is skipped, not fatal: it is kept in `damaged_indexes` and
+        logged, the packs it named are found again as unindexed packs by the next writer,
+        and `repair index` replaces it."""
         loaded = self.index.loaded_index_ids()
         on_storage = {info.key[len(INDEX):] for info in self.storage.list(INDEX)}
-        for index_id in sorted(on_storage - loaded):
-            self.index.add_index(index_id, self._read_index_object(index_id))
+        for index_id in set(self.damaged_indexes) - on_storage:
+            del self.damaged_indexes[index_id]  # replaced (repair index, prune)
         gone = loaded - on_storage
         if gone:  # a prune rewrote the index elsewhere: start again from storage
             self.index.clear()
-            for index_id in sorted(on_storage):
-                self.index.add_index(index_id, self._read_index_object(index_id))
+        todo = on_storage if gone else on_storage - loaded
+        for index_id in sorted(todo):
+            try:
+                packs = self._read_index_object(index_id)
+            except ObjectNotFound:
+                continue  # deleted since the listing (a prune elsewhere)
+            except IntegrityError as exc:
+                if index_id not in self.damaged_indexes:
+                    log.warning("skipping %s (run `insite-console repair index %s`)", exc, self.storage.name)
+                self.damaged_indexes[index_id] = str(exc)
+                continue
+            self.damaged_indexes.pop(index_id, None)
+            self.index.add_index(index_id, packs)
         return len(on_storage - loaded)
 
     def _read_index_object(self, index_id: str) -> list[dict]:
-        return json.loads(self.get_sealed_object(INDEX + index_id, aad=b"index"))["packs"]
+        key = INDEX + index_id
+        plain = self.get_sealed_object(key, aad=b"index")
+        return objects.decode_index(index_id, plain, f"index object {key} on storage {self.storage.name}")
 
     def write_index(self, packs: list[dict]) -> str:
         index_id = self.write_index_object(packs)
@@ -195,6 +216,7 @@ class Repository:
         data = json.dumps({"packs": packs}, separators=(",", ":")).encode()
         index_id = hashlib.sha256(data).hexdigest()
         self.put_sealed_object(INDEX + index_id, data, aad=b"index")
+        self.damaged_indexes.pop(index_id, None)  # rewritten whole (e.g. by recover_unindexed_packs)
         return index_id
 
     def known(self, blob_id: bytes) -> bool:
@@ -208,7 +230,7 @@ class Repository:
 
     def recover_unindexed_packs(self, delete_unreadable: bool = False) -> tuple[int, list[str]]:
         """Index packs that a killed run uploaded but never indexed, so their data is reused:
-        (packs indexed, keys of packs whose header cannot be read). Those are deleted only with
+        (packs indexed, keys of packs that fail their check). Those are deleted only with
         `delete_unreadable`, which only a holder of the exclusive lock may ask: under a shared
         lock nothing is deleted (docs/FORMAT.md, "Concurrency")."""
         known = self.index.packs()
@@ -218,10 +240,17 @@ class Repository:
                    if pack_id_from_key(info.key) not in known and pack_id_from_key(info.key) not in pending]
         packs, unreadable = [], []
         for info in orphans:
-            try:
-                packs.append(self._describe_pack(pack_id_from_key(info.key), info.size))
-            except IntegrityError:
-                unreadable.append(info.key)
+            pack_id = pack_id_from_key(info.key)
+            # read whole and checked: a pack is trusted for deduplication only once every blob in
+            # it authenticates (a flipped byte in a dead run's pack must not be reused)
+            _read, problem = self.check_pack(pack_id, info.size)
+            if problem is None:
+                try:
+                    packs.append(self._describe_pack(pack_id, info.size))
+                    continue
+                except IntegrityError:
+                    pass
+            unreadable.append(info.key)
         if unreadable and delete_unreadable:
             self.storage.delete(unreadable)  # torn or foreign: nothing references it
         if packs:
@@ -256,14 +285,17 @@ class Repository:
             return len(data), f"{what} does not match its SHA-256 name (corrupted on storage)"
         try:
             for _type, blob_id, offset, length, _plain in read_header(self._cipher, data, len(data), what):
-                blob_what = f"{what} blob {blob_id.hex()[:16]}"
-                plain = compression.decompress(self._cipher.open(data[offset:offset + length], blob_id, what=blob_what),
-                                               blob_what)
-                if not hmac.compare_digest(self.blob_id(plain), blob_id):
-                    return len(data), f"{blob_what}: content does not match its id"
+                self.open_blob(blob_id, data[offset:offset + length], f"{what} blob {blob_id.hex()[:16]}")
         except IntegrityError as exc:
             return len(data), str(exc)
         return len(data), None
+
+    def open_blob(self, blob_id: bytes, sealed: bytes | memoryview, what: str) -> bytes:
+        """A sealed blob's plain bytes, authenticated, decompressed and checked against its id."""
+        plain = compression.decompress(self._cipher.open(sealed, blob_id, what=what), what)
+        if not hmac.compare_digest(self.blob_id(plain), blob_id):
+            raise IntegrityError(f"{what}: content does not match its id")
+        return plain
 
     # ----- writing ---------------------------------------------------------------------
 
@@ -348,6 +380,11 @@ class Repository:
             return blob_id.hex(), len(data)
         finally:
             self._budget.release(len(data))
+
+    def copy_sealed_blob(self, blob_type: int, blob_id: bytes, sealed: bytes, plain_length: int) -> None:
+        """Add a blob the caller has already authenticated, as sealed: `repair packs` moves
+        the good blobs of a damaged pack into new packs without re-encrypting them."""
+        self._add_to_pack(blob_type, blob_id, sealed, plain_length)
 
     def _add_to_pack(self, blob_type: int, blob_id: bytes, sealed: bytes, plain_length: int) -> None:
         with self._pack_lock:
@@ -531,8 +568,8 @@ class Repository:
             raise RepositoryError(
                 f"backup {backup_id} has no manifest on storage {self.storage.name} ({self.storage.describe()})"
             ) from None
-        manifest = json.loads(data)
-        if manifest.get("version", 0) > MANIFEST_VERSION:
+        manifest = objects.decode_manifest(backup_id, data, f"manifest {SNAPSHOTS}{backup_id} on storage {self.storage.name}")
+        if manifest["version"] > MANIFEST_VERSION:
             raise RepositoryError(
                 f"backup {backup_id} was written in manifest format version {manifest['version']}, newer than "
                 f"this insite-console reads ({MANIFEST_VERSION}); upgrade insite-console to restore it"
@@ -628,16 +665,13 @@ class _ChunkStream(io.RawIOBase):
 def read_config(storage: Storage) -> dict:
     """The repository's plain config; checks the format version before any key is tried."""
     try:
-        config = json.loads(storage.get(CONFIG_KEY))
+        data = storage.get(CONFIG_KEY)
     except ObjectNotFound:
         raise RepositoryError(
             f"no repository on storage {storage.name} ({storage.describe()}): run `insite-console init {storage.name}`"
         ) from None
-    except ValueError:
-        raise RepositoryError(f"storage {storage.name}: repository config is not valid JSON") from None
-    if config.get("format") != FORMAT_NAME:
-        raise RepositoryError(f"storage {storage.name} ({storage.describe()}) does not hold an insite-console repository")
-    if config.get("version", 0) > FORMAT_VERSION:
+    config = objects.decode_config(data, f"storage {storage.name} ({storage.describe()})", FORMAT_NAME)
+    if config["version"] > FORMAT_VERSION:
         raise RepositoryError(
             f"repository on storage {storage.name} is format version {config['version']}, newer than this "
             f"insite-console supports ({FORMAT_VERSION}); upgrade insite-console"

@@ -12,6 +12,7 @@ import json
 import tempfile
 from typing import TYPE_CHECKING, Iterator
 
+from insite_console.repo.objects import decode_tree_line
 from insite_console.repo.packs import TREE
 from insite_console.sources.base import Entry
 
@@ -57,7 +58,7 @@ class TreeReader:
         stream = self._repo.open_chunks(self._chunks)
         for line in stream:
             if line.strip():
-                yield Entry.from_json(json.loads(line))
+                yield Entry.from_json(decode_tree_line(line, "file listing"))
 
 
 class ParentLookup:
