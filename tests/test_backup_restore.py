@@ -327,6 +327,11 @@ def test_incremental_rereads_a_change_that_puts_the_mtime_back(workspace, tmp_pa
     target = tmp_path / "target"
     restore.run(workspace.ws, incremental["id"], str(target))
     assert (workspace.restored(target) / "config.ini").read_text() == "mode = evil\n"
+    os.setxattr(path, "user.note", b"only an attribute changed")  # changes the ctime, not the mtime
+    third = backup.run(workspace.ws, "tree", "incremental")
+    target = tmp_path / "third"
+    restore.run(workspace.ws, third["id"], str(target))
+    assert os.getxattr(workspace.restored(target) / "config.ini", "user.note") == b"only an attribute changed"
 
 
 def test_a_file_modified_just_before_the_scan_is_read_again_next_time(workspace):

@@ -123,7 +123,8 @@ class FilesSource(Source):
         else:
             ctx.warn(f"{path}: skipped: not a regular file, directory, symlink, FIFO or device")
             return None
-        entry.xattrs = _read_xattrs(path, ctx)
+        if entry.type != "file":  # a file's are read by _visit, unless reused
+            entry.xattrs = _read_xattrs(path, ctx)
         return entry
 
     def _visit(self, path: str, st: os.stat_result, device: int, state: _Scan,
@@ -135,7 +136,7 @@ class FilesSource(Source):
         if entry.type == "file":
             if st.st_nlink > 1:
                 entry.hardlink = state.links.setdefault((st.st_dev, st.st_ino), entry.path)
-                if entry.link_member:  # the content is the leader's, stored once
+                if entry.link_member:  # content and attributes are the leader's, stored once
                     entry.chunks = []
                     yield Item(entry)
                     return
@@ -146,6 +147,9 @@ class FilesSource(Source):
                     and previous.mtime_ns == entry.mtime_ns and previous.ctime_ns == entry.ctime_ns
                     and previous.inode == entry.inode and previous.chunks is not None):
                 entry.chunks = previous.chunks
+                entry.xattrs = previous.xattrs  # setting an xattr changes the ctime
+            else:
+                entry.xattrs = _read_xattrs(path, ctx)
             yield Item(entry, open=lambda p=path, e=entry: _open_regular(p, e))
             return
         yield Item(entry)
