@@ -199,3 +199,250 @@ def test_files_that_vanish_or_change_while_read_are_reported(workspace, monkeypa
     assert (restored / "stable.txt").read_text() == "stable"
     assert not (restored / "vanishing.txt").exists()
     assert (restored / "growing.log").read_text().startswith("first line\n")
+
+
+# ----- fidelity: what tar and restic keep ----------------------------------------------
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="needs root")
+
+
+def _round_trip(workspace, tmp_path, name: str = "target", **kwargs):
+    result = backup.run(workspace.ws, "tree", "full")
+    target = tmp_path / name
+    outcome = restore.run(workspace.ws, result["id"], str(target), **kwargs)
+    return result, outcome, workspace.restored(target)
+
+
+def test_hard_links_come_back_as_hard_links(workspace, tmp_path):
+    src = workspace.source
+    (src / "a").mkdir()
+    (src / "b").mkdir()
+    (src / "a" / "one.bin").write_bytes(os.urandom(300_000))
+    os.link(src / "a" / "one.bin", src / "a" / "two.bin")  # same folder
+    os.link(src / "a" / "one.bin", src / "b" / "three.bin")  # another folder
+    (src / "b" / "x.txt").write_text("second group")
+    os.link(src / "b" / "x.txt", src / "y.txt")
+    result, _, restored = _round_trip(workspace, tmp_path)
+    assert result["bytes_read"] == 300_000 + len("second group")  # each group's content read once
+    assert_same_tree(src, restored)  # compares hard-link groups too
+    assert os.stat(restored / "a" / "one.bin").st_nlink == 3
+    assert os.stat(restored / "b" / "three.bin").st_ino == os.stat(restored / "a" / "two.bin").st_ino
+
+    # an incremental stores the groups by path, not by inode numbers of another backup
+    os.unlink(src / "a" / "one.bin")  # the group's first path goes; the others stay linked
+    incremental = backup.run(workspace.ws, "tree", "incremental")
+    target = tmp_path / "incremental"
+    restore.run(workspace.ws, incremental["id"], str(target))
+    assert_same_tree(src, workspace.restored(target))
+    # a restore of part of a group: the selected members keep the content and stay linked
+    target = tmp_path / "partial"
+    restore.run(workspace.ws, result["id"], str(target), includes=[f"{src}/b/**"])
+    part = workspace.restored(target)
+    assert (part / "b" / "three.bin").read_bytes() == (src / "b" / "three.bin").read_bytes()
+    assert not (part / "a").exists()
+
+
+def test_sparse_files_come_back_sparse_and_dense_ones_dense(workspace, tmp_path):
+    sparse = workspace.source / "disk.img"
+    with open(sparse, "wb") as handle:
+        handle.truncate(3 * 1024 * 1024)
+        handle.seek(1024 * 1024)
+        handle.write(os.urandom(4096))
+    assert os.stat(sparse).st_blocks * 512 <= 16 * 1024  # the filesystem keeps holes
+    (workspace.source / "zeros.bin").write_bytes(bytes(1024 * 1024))  # dense zeros stay dense
+    _, _, restored = _round_trip(workspace, tmp_path)
+    assert (restored / "disk.img").read_bytes() == sparse.read_bytes()
+    assert os.stat(restored / "disk.img").st_size == 3 * 1024 * 1024
+    assert os.stat(restored / "disk.img").st_blocks * 512 <= 64 * 1024
+    assert os.stat(restored / "zeros.bin").st_blocks * 512 >= 1024 * 1024
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX ACL as the kernel stores it in system.posix_acl_* (version 2, tag/perm/id)."""
+    import struct
+
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid & 0xFFFFFFFF)
+                                           for tag, perm, uid in entries)
+
+
+@needs_root
+def test_xattrs_acls_capabilities_and_labels_round_trip(workspace, tmp_path):
+    import struct
+
+    src = workspace.source
+    tool = src / "tool"
+    tool.write_bytes(b"#!/bin/sh\n")
+    os.setxattr(tool, "user.comment", b"kept")
+    os.setxattr(tool, "trusted.origin", b"\x00\x01binary")
+    os.setxattr(tool, "security.capability", struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0))
+    os.setxattr(tool, "security.selinux", b"system_u:object_r:bin_t:s0\x00")
+    os.setxattr(tool, "system.posix_acl_access", _acl((1, 7, -1), (2, 5, 1234), (4, 5, -1), (0x10, 5, -1), (0x20, 0, -1)))
+    shared = src / "shared"
+    shared.mkdir()
+    os.setxattr(shared, "system.posix_acl_default", _acl((1, 7, -1), (4, 5, -1), (8, 7, 4321), (0x10, 7, -1), (0x20, 0, -1)))
+    (src / "link").symlink_to("tool")
+    os.setxattr(src / "link", "trusted.on-link", b"yes", follow_symlinks=False)
+    _, _, restored = _round_trip(workspace, tmp_path)
+    assert os.getxattr(restored / "tool", "security.capability") == os.getxattr(tool, "security.capability")
+    assert os.getxattr(restored / "link", "trusted.on-link", follow_symlinks=False) == b"yes"
+    assert_same_tree(src, restored)  # every xattr of every node, ACLs included
+
+
+def test_fifos_and_devices_are_recreated_and_sockets_skipped_by_name(workspace, tmp_path, monkeypatch):
+    import socket
+
+    src = workspace.source
+    os.mkfifo(src / "queue", 0o620)
+    if ROOT:
+        os.mknod(src / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    monkeypatch.chdir(src)  # a short relative name: socket paths are limited to 108 bytes
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind("app.sock")
+    try:
+        result, _, restored = _round_trip(workspace, tmp_path)
+    finally:
+        listener.close()
+    assert any(w.endswith("app.sock: skipped: a socket (sockets are not backed up, as with tar)")
+               for w in result["warnings"]), result["warnings"]
+    assert os.path.exists(src / "app.sock") and not os.path.lexists(restored / "app.sock")
+    os.unlink(src / "app.sock")
+    assert_same_tree(src, restored)  # type, mode and device numbers
+    import stat
+
+    assert stat.S_ISFIFO(os.lstat(restored / "queue").st_mode)
+    if ROOT:
+        assert os.lstat(restored / "null").st_rdev == os.makedev(1, 3)
+
+
+def test_incremental_rereads_a_change_that_puts_the_mtime_back(workspace, tmp_path):
+    path = workspace.source / "config.ini"
+    path.write_text("mode = safe\n")
+    os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    backup.run(workspace.ws, "tree", "full")
+    path.write_text("mode = evil\n")  # same size, and the mtime put back (as tar -x, rsync -t, cp -p)
+    os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    incremental = backup.run(workspace.ws, "tree", "incremental")
+    assert incremental["bytes_read"] == len("mode = evil\n")
+    target = tmp_path / "target"
+    restore.run(workspace.ws, incremental["id"], str(target))
+    assert (workspace.restored(target) / "config.ini").read_text() == "mode = evil\n"
+    os.setxattr(path, "user.note", b"only an attribute changed")  # changes the ctime, not the mtime
+    third = backup.run(workspace.ws, "tree", "incremental")
+    target = tmp_path / "third"
+    restore.run(workspace.ws, third["id"], str(target))
+    assert os.getxattr(workspace.restored(target) / "config.ini", "user.note") == b"only an attribute changed"
+
+
+def test_a_file_modified_just_before_the_scan_is_read_again_next_time(workspace):
+    old = workspace.source / "old.txt"
+    old.write_text("settled")
+    os.utime(old, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    (workspace.source / "fresh.txt").write_text("just written")  # may change again within its mtime's tick
+    backup.run(workspace.ws, "tree", "full")
+    incremental = backup.run(workspace.ws, "tree", "incremental")
+    assert incremental["bytes_read"] == len("just written")  # fresh.txt read again, old.txt reused
+
+
+@needs_root
+def test_a_restore_over_a_tampered_identical_tree_repairs_its_metadata(workspace, tmp_path):
+    src = workspace.source
+    (src / "app.conf").write_text("secret = 1\n")
+    os.chmod(src / "app.conf", 0o640)
+    os.chown(src / "app.conf", 1234, 5678)
+    os.setxattr(src / "app.conf", "user.kept", b"v")
+    (src / "bin").mkdir()
+    (src / "bin" / "run").write_text("#!/bin/sh\n")
+    os.chmod(src / "bin" / "run", 0o755)
+    (src / "current").symlink_to("app.conf")
+    os.chown(src / "current", 1234, 5678, follow_symlinks=False)
+    result, _, restored = _round_trip(workspace, tmp_path)
+    assert_same_tree(src, restored)
+    os.chmod(restored / "app.conf", 0o666)
+    os.chown(restored / "app.conf", 65534, 65534)
+    os.removexattr(restored / "app.conf", "user.kept")
+    os.setxattr(restored / "bin" / "run", "security.capability", bytes.fromhex("0100000200100000000000000000000000000000"))
+    os.chmod(restored / "bin" / "run", 0o4755)
+    os.chown(restored / "current", 65534, 65534, follow_symlinks=False)
+    os.utime(restored / "bin" / "run")
+    again = restore.run(workspace.ws, result["id"], str(tmp_path / "target"), yes=True)
+    assert again["files"] == 0 and again["skipped_identical"] >= 3  # no content written
+    assert again["metadata_repaired"] == 3
+    assert_same_tree(src, restored)  # modes, owners, times and xattrs as backed up
+    assert os.listxattr(restored / "bin" / "run") == []
+
+
+@needs_root
+def test_a_root_restore_applies_root_owner_and_symlink_owners(workspace, tmp_path):
+    src = workspace.source
+    (src / "owned-by-root").write_text("root:root")
+    (src / "link").symlink_to("owned-by-root")
+    os.chown(src / "link", 1234, 4321, follow_symlinks=False)
+    target = tmp_path / "target"
+    target.mkdir()
+    os.chown(target, 0, 65534)
+    os.chmod(target, 0o2775)  # setgid: new files would take the folder's group
+    _, _, restored = _round_trip(workspace, tmp_path)
+    st = os.stat(restored / "owned-by-root")
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    st = os.lstat(restored / "link")
+    assert (st.st_uid, st.st_gid) == (1234, 4321)
+    assert_same_tree(src, restored)
+
+
+def test_a_fifo_swapped_in_after_the_scan_does_not_block_the_backup(workspace, monkeypatch):
+    import contextlib
+    import threading
+
+    from insite_console.sources import files as files_source
+
+    (workspace.source / "kept.txt").write_text("kept")
+    swapped = workspace.source / "swapped.txt"
+    swapped.write_text("a file at scan time")
+    original = files_source._open_regular
+    blocked = []
+
+    def unblock() -> None:  # on failure: open the FIFO's other end so the test ends
+        blocked.append(True)
+        with contextlib.suppress(OSError):
+            os.close(os.open(swapped, os.O_WRONLY | os.O_NONBLOCK))
+
+    @contextlib.contextmanager
+    def swapping_open(path, entry):
+        if path.endswith("swapped.txt"):
+            os.unlink(path)
+            os.mkfifo(path)
+        with original(path, entry) as handle:
+            yield handle
+
+    monkeypatch.setattr(files_source, "_open_regular", swapping_open)
+    timer = threading.Timer(10, unblock)
+    timer.start()
+    try:
+        result = backup.run(workspace.ws, "tree", "full")
+    finally:
+        timer.cancel()
+    assert not blocked, "the backup blocked opening a FIFO"
+    assert any("swapped.txt" in w and "no longer a regular file" in w for w in result["warnings"]), result["warnings"]
+    target = workspace.root / "t"
+    restore.run(workspace.ws, result["id"], str(target))
+    assert (workspace.restored(target) / "kept.txt").read_text() == "kept"
+    assert not os.path.lexists(workspace.restored(target) / "swapped.txt")
+
+
+def test_restored_files_are_flushed_to_disk_before_the_restore_is_done(workspace, tmp_path, monkeypatch):
+    (workspace.source / "data.txt").write_text("durable")
+    result = backup.run(workspace.ws, "tree", "full")
+    target = tmp_path / "target"
+    flushed = []
+    real = restore._flush_to_disk
+
+    def recording_flush(fd):
+        flushed.append(os.path.samestat(os.fstat(fd), os.stat(target))
+                       and (workspace.restored(target) / "data.txt").read_text() == "durable")
+        real(fd)
+
+    monkeypatch.setattr(restore, "_flush_to_disk", recording_flush)
+    outcome = restore.run(workspace.ws, result["id"], str(target))
+    assert flushed == [True]  # once, on the target's filesystem, after everything was written
+    assert outcome["verified"] is True and "syncfs" in outcome["verification"]

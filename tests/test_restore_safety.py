@@ -81,3 +81,19 @@ def test_restored_symlink_is_not_followed_when_writing_later_entries(workspace, 
     restored = workspace.restored(target)
     assert os.readlink(restored / "link") == "/etc"
     assert (restored / "zfile").read_text() == "after the link"
+
+
+def test_a_hard_link_to_a_path_outside_the_tree_is_not_made(workspace, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not to be linked into the target")
+    backup_id = _forge_backup(workspace.ws, [
+        Entry(path="inside.txt", type="file", mode=0o644),
+        Entry(path="linked.txt", type="file", mode=0o644, hardlink="../outside.txt"),
+    ])
+    target = tmp_path / "target"
+    result = restore.run(workspace.ws, backup_id, str(target))
+    assert (target / "inside.txt").read_bytes() == b"evil content"
+    assert not os.path.lexists(target / "linked.txt")
+    assert os.stat(outside).st_nlink == 1
+    assert result["warnings"] == ["/linked.txt: not restored: a hard link whose first file could not be read "
+                                  "when backed up"]

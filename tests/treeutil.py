@@ -40,20 +40,28 @@ def build_tree(root: Path, files: int = 200, seed: int = 1) -> None:
     (root / "link-outside").symlink_to("/etc/passwd")
 
 
-def snapshot_tree(root: Path) -> dict[str, tuple]:
-    """path -> (type, mode, mtime_ns, content or link target) for everything under root."""
+def snapshot_tree(root: Path) -> dict[bytes, tuple]:
+    """path -> (type, mode, owner, mtime_ns, xattrs, content, link target or device, hard-link
+    group) for everything under root. A hard-link group is named by its first path in walk order."""
     result = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
+    groups: dict[tuple[int, int], bytes] = {}
+    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+        for name in sorted(dirnames + filenames):
             path = Path(dirpath) / name
             rel = os.fsencode(path.relative_to(root))
             st = os.lstat(path)
+            xattrs = {n: os.getxattr(path, n, follow_symlinks=False)
+                      for n in os.listxattr(path, follow_symlinks=False)}
+            common = (stat.S_IFMT(st.st_mode), (st.st_uid, st.st_gid), xattrs)
             if stat.S_ISLNK(st.st_mode):
-                result[rel] = ("link", os.readlink(path))
+                result[rel] = ("link", *common, os.readlink(path))
             elif stat.S_ISDIR(st.st_mode):
-                result[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+                result[rel] = ("dir", *common, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            elif stat.S_ISREG(st.st_mode):
+                group = groups.setdefault((st.st_dev, st.st_ino), rel) if st.st_nlink > 1 else None
+                result[rel] = ("file", *common, stat.S_IMODE(st.st_mode), st.st_mtime_ns, path.read_bytes(), group)
             else:
-                result[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, path.read_bytes())
+                result[rel] = ("node", *common, stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_rdev)
     return result
 
 

@@ -1,14 +1,20 @@
 """File-tree source: walks the configured paths in tree order, reusing unchanged files.
 
-Symlinks are stored, never followed. A file that vanishes or cannot be read is reported as a
-warning and left out; a file that changes while it is read is stored and reported.
+Symlinks are stored, never followed; FIFOs and device files are stored as nodes, sockets are
+skipped by name (as tar does). Extended attributes (ACLs, capabilities, SELinux labels
+included), hard-link groups and sparseness are recorded. A file that vanishes or cannot be
+read is reported as a warning and left out; a file that changes while it is read is stored
+and reported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
+import time
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Iterator
 
 from insite_console.globs import any_match
@@ -16,8 +22,21 @@ from insite_console.repo.tree import ParentLookup, sort_key
 from insite_console.sources.base import Entry, Item, ScanContext, Source
 
 
+#: a file whose mtime is this close to the scan's start may change again within the same clock
+#: tick after it is read (git's "racy clean" case): it is marked and re-read by the next backup.
+#: 2 s covers the coarsest common timestamps (FAT); finer ones are covered too.
+RACY_NS = 2_000_000_000
+
+
 def stored_path(absolute: str) -> str:
     return absolute.lstrip("/")
+
+
+@dataclass
+class _Scan:
+    parent: ParentLookup
+    racy_from_ns: int
+    links: dict[tuple[int, int], str] = field(default_factory=dict)  # (dev, inode) -> first stored path
 
 
 class FilesSource(Source):
@@ -49,7 +68,7 @@ class FilesSource(Source):
         return total
 
     def scan(self, ctx: ScanContext) -> Iterator[Item]:
-        parent = ParentLookup(ctx.parent)
+        state = _Scan(ParentLookup(ctx.parent), time.time_ns() - RACY_NS)
         emitted_dirs: set[str] = set()
         for root in self.roots:
             # the root's ancestors, so a restore recreates them with their modes
@@ -66,7 +85,7 @@ class FilesSource(Source):
             except OSError as exc:
                 ctx.warn(f"{root}: cannot read: {exc.strerror}")
                 continue
-            yield from self._visit(root, root_stat, root_stat.st_dev, parent, ctx)
+            yield from self._visit(root, root_stat, root_stat.st_dev, state, ctx)
 
     def _entry(self, path: str, ctx: ScanContext, st: os.stat_result | None = None) -> Entry | None:
         try:
@@ -91,23 +110,46 @@ class FilesSource(Source):
         elif stat.S_ISREG(st.st_mode):
             entry.size = st.st_size
             entry.inode = st.st_ino
-        else:
-            ctx.warn(f"{path}: skipped: not a regular file, directory or symlink")
+            entry.ctime_ns = st.st_ctime_ns
+            entry.sparse = st.st_blocks * 512 < st.st_size
+        elif stat.S_ISFIFO(st.st_mode):
+            entry.type = "fifo"
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            entry.type = "chardev" if stat.S_ISCHR(st.st_mode) else "blockdev"
+            entry.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        elif stat.S_ISSOCK(st.st_mode):
+            ctx.warn(f"{path}: skipped: a socket (sockets are not backed up, as with tar)")
             return None
+        else:
+            ctx.warn(f"{path}: skipped: not a regular file, directory, symlink, FIFO or device")
+            return None
+        if entry.type != "file":  # a file's are read by _visit, unless reused
+            entry.xattrs = _read_xattrs(path, ctx)
         return entry
 
-    def _visit(self, path: str, st: os.stat_result, device: int, parent: ParentLookup,
+    def _visit(self, path: str, st: os.stat_result, device: int, state: _Scan,
                ctx: ScanContext) -> Iterator[Item]:
         ctx.cancel.check()
         entry = self._entry(path, ctx, st)
         if entry is None:
             return
         if entry.type == "file":
-            previous = parent.get(entry.path)
-            if (previous is not None and previous.type == "file" and previous.size == entry.size
-                    and previous.mtime_ns == entry.mtime_ns and previous.inode == entry.inode
-                    and previous.chunks is not None):
+            if st.st_nlink > 1:
+                entry.hardlink = state.links.setdefault((st.st_dev, st.st_ino), entry.path)
+                if entry.link_member:  # content and attributes are the leader's, stored once
+                    entry.chunks = []
+                    yield Item(entry)
+                    return
+            entry.racy = entry.mtime_ns >= state.racy_from_ns
+            previous = state.parent.get(entry.path)
+            if (previous is not None and previous.type == "file" and not previous.racy
+                    and not previous.link_member and previous.size == entry.size
+                    and previous.mtime_ns == entry.mtime_ns and previous.ctime_ns == entry.ctime_ns
+                    and previous.inode == entry.inode and previous.chunks is not None):
                 entry.chunks = previous.chunks
+                entry.xattrs = previous.xattrs  # setting an xattr changes the ctime
+            else:
+                entry.xattrs = _read_xattrs(path, ctx)
             yield Item(entry, open=lambda p=path, e=entry: _open_regular(p, e))
             return
         yield Item(entry)
@@ -136,17 +178,40 @@ class FilesSource(Source):
             except OSError as exc:
                 ctx.warn(f"{child_path}: cannot stat: {exc.strerror}")
                 continue
-            yield from self._visit(child_path, child_stat, device, parent, ctx)
+            yield from self._visit(child_path, child_stat, device, state, ctx)
+
+
+def _read_xattrs(path: str, ctx: ScanContext) -> dict[str, bytes] | None:
+    """All extended attributes the process may read: user.*, and as root trusted.* and
+    security.*; ACLs are system.posix_acl_access/default."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT):
+            ctx.warn(f"{path}: cannot list extended attributes: {exc.strerror}")
+        return None
+    values = {}
+    for name in names:
+        try:
+            values[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOENT):
+                ctx.warn(f"{path}: cannot read extended attribute {name}: {exc.strerror}")
+    return values or None
 
 
 @contextlib.contextmanager
 def _open_regular(path: str, entry: Entry) -> Iterator[BinaryIO]:
-    """Open without following a symlink swapped in since the scan; report a change after reading."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    """Open without following a symlink swapped in since the scan, and without blocking on a
+    FIFO swapped in (O_NONBLOCK, then S_ISREG on the descriptor); report a change after reading."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
     except PermissionError:
         fd = os.open(path, flags)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "no longer a regular file (replaced since the scan); skipped", path)
     handle = os.fdopen(fd, "rb", buffering=0)
     try:
         yield handle
