@@ -234,7 +234,8 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
     """Feed every item through the repository pipeline, reading a few files at once; write
     tree lines in order as their chunks complete, so memory holds only the items in flight."""
     tree = TreeWriter()
-    totals = {"files": 0, "dirs": 0, "symlinks": 0, "bytes_read": 0, "bytes_reused": 0, "files_reused": 0}
+    totals = {"files": 0, "dirs": 0, "symlinks": 0, "special": 0, "bytes_read": 0, "bytes_reused": 0,
+              "files_reused": 0}
     in_flight: collections.deque[tuple[Entry, Future | None]] = collections.deque()
     slots = threading.BoundedSemaphore(FILES_IN_FLIGHT)
     stop = ctx.cancel.child()
@@ -287,8 +288,10 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
                     continue
             elif entry.type == "dir":
                 totals["dirs"] += 1
-            else:
+            elif entry.type == "symlink":
                 totals["symlinks"] += 1
+            else:  # FIFOs and devices
+                totals["special"] += 1
             in_flight.append((entry, future))
             drain(wait=False)
             while len(in_flight) >= ENTRIES_IN_FLIGHT:
