@@ -355,9 +355,16 @@ def cmd_wal_push(args) -> int:
 
 
 def cmd_wal_fetch(args) -> int:
+    """Exit 1 only for "not in the archive"; any other failure (integrity, storage, config,
+    passphrase, a bug) exits wal.FETCH_FATAL, so PostgreSQL stops recovery instead of promoting."""
     from insite_console import wal
 
-    return wal.fetch(_workspace(args), args.source, args.name, args.path) or 0
+    try:
+        return wal.fetch(_workspace(args), args.source, args.name, args.path) or 0
+    except wal.WalNotFound:
+        raise
+    except Exception as exc:
+        return wal.fetch_failed(args.source, args.name, args.path, exc)
 
 
 def cmd_wal(args) -> int:

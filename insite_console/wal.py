@@ -10,6 +10,12 @@ stored; pushing a segment that is already archived with identical content succee
 after a crash); a different content under the same name fails, so nothing is overwritten; any
 storage failure exits non-zero so PostgreSQL keeps the segment and retries.
 
+wal-fetch exits 1 only when the asked file is not in the archive: PostgreSQL reads any exit
+status of 125 or less as "not there" and ends recovery, promoting at that point. Every other
+failure (a segment that fails authentication, a storage error, a wrong passphrase or config)
+exits FETCH_FATAL (above 125), so PostgreSQL stops recovery instead, and leaves a note
+(FETCH_FAILURE_NOTE in the spool directory) naming the segment and why, for the restore to report.
+
 wal-fetch fetches the asked segment and the next few in parallel (PREFETCH) into a spool
 directory beside %p, so the following restore_command calls are served locally: WAL fetch
 latency, not bandwidth, is what makes point-in-time recovery slow.
@@ -21,7 +27,9 @@ The table is created here (CREATE TABLE IF NOT EXISTS) on the catalog connection
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -37,11 +45,13 @@ from insite_console.errors import ConfigError, InsiteError, ObjectNotFound, Stor
 
 PREFETCH = 8  # segments fetched in parallel on a spool miss
 SPOOL_DIR_NAME = ".insite-wal-prefetch"
+FETCH_FATAL = 200  # above 125: PostgreSQL stops recovery (FATAL) instead of taking it as "not archived"
+FETCH_FAILURE_NOTE = "wal-fetch-failed.json"
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _ARCHIVE_NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
 
 class WalError(InsiteError):
-    """A WAL archive operation failed (exit status 1, so PostgreSQL retries)."""
+    """A WAL archive operation failed (wal-push exits 1, so PostgreSQL retries)."""
 
 
 class WalNotFound(WalError):
@@ -188,15 +198,49 @@ def segment_times(ws, source: str, path: str) -> tuple[str | None, str | None]:
 # ----- fetch ----------------------------------------------------------------------------------------
 
 def fetch(ws, source: str, name: str, dest: str) -> int:
-    """`insite-console wal-fetch SOURCE %f %p`: 0 when placed; raises (exit 1) when missing."""
+    """`insite-console wal-fetch SOURCE %f %p`: 0 when placed; raises WalNotFound (exit 1) when
+    missing; any other failure raises and must end in fetch_failed."""
     fetch_file(ws, source, name, dest)
     return 0
 
 
+def spool_dir(dest: str) -> str:
+    """The prefetch spool beside restore_command's %p (pg_wal/RECOVERYXLOG -> pg_wal/.insite-wal-prefetch)."""
+    return os.environ.get("INSITE_WAL_SPOOL") or os.path.join(os.path.dirname(os.path.abspath(dest)), SPOOL_DIR_NAME)
+
+
+def fetch_failed(source: str, name: str, dest: str, exc: BaseException) -> int:
+    """wal-fetch failed for another reason than "not in the archive": say why on stderr (the
+    server log), leave the note the restore reads, and return FETCH_FATAL so recovery stops."""
+    why = str(exc) if isinstance(exc, InsiteError) else f"{type(exc).__name__}: {exc}"
+    print(f"error: wal-fetch {source}: cannot fetch {name}: {why}; exiting {FETCH_FATAL} so PostgreSQL stops "
+          "recovery here instead of ending it early", file=sys.stderr)
+    spool = spool_dir(dest)
+    try:
+        os.makedirs(spool, mode=0o700, exist_ok=True)
+        _write_atomic(os.path.join(spool, FETCH_FAILURE_NOTE), json.dumps(
+            {"segment": name, "source": source, "error": why, "at": clock.iso_precise(clock.now())}).encode())
+    except OSError as err:
+        print(f"error: wal-fetch {source}: cannot write the failure note in {spool}: {err.strerror}", file=sys.stderr)
+    return FETCH_FATAL
+
+
+def fetch_failure(pg_wal: str) -> dict[str, Any] | None:
+    """The note a fatal wal-fetch left in the spool of `pg_wal` ({"segment", "error", ...}), if any."""
+    try:
+        with open(os.path.join(pg_wal, SPOOL_DIR_NAME, FETCH_FAILURE_NOTE)) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
 def fetch_file(ws, source: str, name: str, dest: str, prefetch: int = PREFETCH) -> dict[str, Any]:
     """restore_command: put WAL file `name` at `dest`. Raises WalNotFound when the archive does
-    not have it (exit 1: PostgreSQL then ends recovery or tries the next timeline)."""
-    spool = os.environ.get("INSITE_WAL_SPOOL") or os.path.join(os.path.dirname(os.path.abspath(dest)), SPOOL_DIR_NAME)
+    not have it (exit 1: PostgreSQL then ends recovery or tries the next timeline); anything
+    else it raises must end in fetch_failed (exit FETCH_FATAL)."""
+    spool = spool_dir(dest)
+    with contextlib.suppress(OSError):  # a previous run's failure is no longer the story
+        os.unlink(os.path.join(spool, FETCH_FAILURE_NOTE))
     spooled = os.path.join(spool, name)
     if os.path.exists(spooled):
         _place(spooled, dest, move=True)
@@ -218,7 +262,7 @@ def fetch_file(ws, source: str, name: str, dest: str, prefetch: int = PREFETCH) 
 
     with ThreadPoolExecutor(min(len(names), prefetch)) as pool:
         futures = [pool.submit(get, one) for one in names]
-        first = futures[0].result()  # raises StorageError / IntegrityError: exit 1
+        first = futures[0].result()  # raises StorageError / IntegrityError: exit FETCH_FATAL
         if first is None:
             for future in futures[1:]:
                 future.cancel()
@@ -255,6 +299,11 @@ def _segno(name: str, seg_size: int) -> int:
 def _segname(timeline: int, segno: int, seg_size: int) -> str:
     per_id = 0x100000000 // seg_size
     return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
+
+
+def segment_start_lsn(name: str, seg_size: int) -> int:
+    """The WAL position (LSN, as an integer) where segment `name` begins."""
+    return _segno(name, seg_size) * seg_size
 
 
 def _clean_spool(spool: str, current: str) -> None:

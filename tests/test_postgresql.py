@@ -425,7 +425,7 @@ def test_point_in_time_restore_between_two_inserts(pitr_setup, pg_factory):
                              target_time.isoformat(), "--start-port", str(port), "--json")
     restored = json.loads(result.stdout)
     recovered = pg_factory.adopt(type(cluster)(datadir=str(restored_dir), port=port, sockdir=str(restored_dir),
-                                               log=str(restored_dir / "insite-recovery.log")))
+                                               log=restored["recovery"]["log"]))
     assert restored["recovery"]["state"] == "promoted"
     rows = recovered.sql("SELECT id FROM events ORDER BY id")
     assert rows == [(1,), (2,)], rows
@@ -442,7 +442,7 @@ def test_point_in_time_restore_between_two_inserts(pitr_setup, pg_factory):
                              target_time.isoformat(), "--start-port", str(port), "--pause", "--json")
     assert json.loads(result.stdout)["backup_id"] == base["id"]
     paused = pg_factory.adopt(type(cluster)(datadir=str(paused_dir), port=port, sockdir=str(paused_dir),
-                                            log=str(paused_dir / "insite-recovery.log")))
+                                            log=json.loads(result.stdout)["recovery"]["log"]))
     assert json.loads(result.stdout)["recovery"]["state"] == "paused"
     assert paused.sql("SELECT pg_is_in_recovery()") == [(True,)]
     assert paused.sql("SELECT id FROM events ORDER BY id") == [(1,), (2,)]

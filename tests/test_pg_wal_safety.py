@@ -1,0 +1,159 @@
+"""PostgreSQL recovery never loses WAL silently: a damaged or missing archived segment, or a
+recovery that fails, ends in a failed restore naming the cause, never in `succeeded`.
+
+One real PostgreSQL 15 cluster archives through the worktree's `wal-push` (run as postgres);
+each test damages the archive, restores with a throwaway server, and puts the archive back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.pg_servers import *  # noqa: F401,F403
+from tests.pg_servers import PG_USER, as_postgres, free_port, postgres_can_reach
+from tests.test_postgresql import CONSOLE, ROOT, _wait_archived, pg_config, run_as_postgres
+
+pytestmark = [pytest.mark.postgres, needs_pg, pytest.mark.timeout(240)]  # noqa: F405
+
+ROWS_PER_BATCH = 1000
+STALE_LOG = "2026-01-01 00:00:00 UTC [1] LOG:  database system is ready to accept connections\n"
+
+
+@pytest.fixture(scope="module")
+def archive(pg_factory):
+    """A cluster archiving into its own repository: a base backup, then three batches of rows,
+    each in a segment of its own. Its PGDATA carries an old recovery log, as a cluster that was
+    itself restored by an earlier insite-console did (the log used to live in PGDATA)."""
+    if not postgres_can_reach(CONSOLE) or not postgres_can_reach(str(ROOT / "insite_console" / "wal.py")):
+        pytest.skip(f"the postgres user cannot run {CONSOLE}")
+    wsdir = Path(pg_factory.make_dir("walsafe"))
+    passfile = wsdir / "passphrase"
+    passfile.write_text("wal safety passphrase\n")
+    os.chmod(passfile, 0o600)
+    cluster = pg_factory(start=False)
+    config = pg_config(wsdir, f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres", mode="physical",
+                       passphrase=str(passfile))
+    for path in (passfile, config):
+        os.chown(path, PG_USER.pw_uid, PG_USER.pw_gid)
+    with open(os.path.join(cluster.datadir, "postgresql.conf"), "a") as handle:
+        handle.write(f"archive_mode = on\narchive_command = '{CONSOLE} -c {config} wal-push db %p'\n")
+    stale = Path(cluster.datadir) / "insite-recovery.log"
+    stale.write_text(STALE_LOG)
+    os.chown(stale, PG_USER.pw_uid, PG_USER.pw_gid)
+    cluster.start()
+    run_as_postgres(config, "init")
+    cluster.sql("CREATE TABLE t (id int PRIMARY KEY, batch int)")
+    base = json.loads(run_as_postgres(config, "backup", "db", "--json").stdout)
+    assert base["status"] == "succeeded"
+    segments, marks = [], []
+    for batch in range(3):
+        marks.append(cluster.sql("SELECT clock_timestamp()")[0][0].isoformat())
+        first = batch * ROWS_PER_BATCH
+        cluster.sql(f"INSERT INTO t SELECT g, {batch} FROM generate_series({first + 1}, {first + ROWS_PER_BATCH}) g")
+        segments.append(cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0])
+        _wait_archived(cluster)
+    assert len(set(segments)) == 3, segments
+    return {"cluster": cluster, "config": config, "wsdir": wsdir, "base": base, "segments": segments,
+            "before_batch": marks}
+
+
+def sealed_path(archive, name: str) -> Path:
+    return archive["wsdir"] / "repo" / "sealed" / "wal" / "db" / name
+
+
+def restore_with_server(archive, pg_factory, *extra: str):
+    """`restore db --start-port` into a fresh directory; returns (result, the restored cluster)."""
+    target = Path(pg_factory.make_dir(f"walsafe-restore-{free_port()}"))
+    port = free_port()
+    result = run_as_postgres(archive["config"], "restore", "db", "--target", str(target), "--start-port", str(port),
+                             *extra, check=False)
+    cluster = archive["cluster"]
+    restored = pg_factory.adopt(type(cluster)(datadir=str(target), port=port, sockdir=str(target),
+                                              log=str(target) + ".insite-recovery.log"))
+    return result, restored
+
+
+def test_corrupt_segment_stops_recovery_and_fails_the_restore(archive, pg_factory):
+    """A flipped byte in a sealed segment mid-archive: wal-fetch exits above 125 (not 1, which
+    PostgreSQL takes for "end of the archive" and promotes), and both a latest and an --at
+    restore fail naming the segment; before, both said `succeeded` with a third of the rows."""
+    config, middle = archive["config"], archive["segments"][1]
+    path = sealed_path(archive, middle)
+    original = path.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    try:
+        # the restore_command helper itself: "damaged" is not "missing"
+        scratch = Path(pg_factory.make_dir("walsafe-fetch"))
+        fetched = run_as_postgres(config, "wal-fetch", "db", middle, str(scratch / "RECOVERYXLOG"), check=False)
+        assert fetched.returncode > 125 and middle in fetched.stderr and "failed authentication" in fetched.stderr
+        note = json.loads((scratch / ".insite-wal-prefetch" / "wal-fetch-failed.json").read_text())
+        assert note["segment"] == middle
+        missing = run_as_postgres(config, "wal-fetch", "db", "0000000100000000000000EE", str(scratch / "X"),
+                                  check=False)
+        assert missing.returncode == 1
+        # a configuration or passphrase it cannot use is no "missing segment" either
+        broken = as_postgres([CONSOLE, "-c", str(scratch / "no-such-config.toml"), "wal-fetch", "db", middle,
+                              str(scratch / "X")], capture_output=True, text=True, timeout=60)
+        assert broken.returncode > 125, broken.stderr
+        wrong = scratch / "wrong-passphrase"
+        wrong.write_text("not the passphrase\n")
+        os.chmod(wrong, 0o600)
+        os.chown(wrong, PG_USER.pw_uid, PG_USER.pw_gid)
+        other = scratch / "config.toml"
+        other.write_text(config.read_text().replace(str(archive["wsdir"] / "passphrase"), str(wrong))
+                         .replace('"repo"', f'"{archive["wsdir"] / "repo"}"')
+                         .replace('"state/', f'"{archive["wsdir"] / "state"}/'))
+        os.chown(other, PG_USER.pw_uid, PG_USER.pw_gid)
+        locked = run_as_postgres(other, "wal-fetch", "db", archive["segments"][0], str(scratch / "X"), check=False)
+        assert locked.returncode > 125 and "passphrase" in locked.stderr, locked.stderr
+
+        for extra in ((), ("--at", archive["before_batch"][2])):
+            result, restored = restore_with_server(archive, pg_factory, *extra)
+            assert result.returncode == 1, (extra, result.stdout, result.stderr)
+            assert "succeeded" not in result.stdout + result.stderr
+            assert middle in result.stderr and "failed authentication" in result.stderr, result.stderr
+            assert not restored.running()
+        from insite_console.workspace import Workspace
+
+        ws = Workspace.load(config)
+        try:
+            assert [row["status"] for row in ws.catalog.restores(limit=2)] == ["failed", "failed"]
+        finally:
+            ws.close()
+    finally:
+        path.write_bytes(original)
+
+
+def test_failed_recovery_of_a_restored_clusters_backup_is_reported(archive, pg_factory):
+    """The base backup carries an old "ready to accept connections" line (its cluster was itself
+    restored); its checkpoint's WAL is replaced by zeros, so recovery cannot start. The restore
+    must fail from the live server's state, not read success from the old log."""
+    from insite_console.workspace import Workspace
+
+    ws = Workspace.load(archive["config"])
+    try:
+        start = ws.catalog.backup(archive["base"]["id"])["info"]["source_info"]["start_wal_file"]
+        path = sealed_path(archive, start)
+        aside = path.with_name(path.name + ".aside")
+        shutil.copy2(path, aside)
+        ws.repository("local").put_sealed(f"wal/db/{start}", bytes(16 * 1024 * 1024))
+        os.chown(path, PG_USER.pw_uid, PG_USER.pw_gid)
+    finally:
+        ws.close()
+    try:
+        result, restored = restore_with_server(archive, pg_factory)
+    finally:
+        os.replace(aside, path)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "succeeded" not in result.stdout + result.stderr
+    assert "stopped during recovery" in result.stderr and "checkpoint record" in result.stderr, result.stderr
+    assert not restored.running()
+    # the new log is beside PGDATA; the old one inside it got nothing new
+    assert (Path(restored.datadir) / "insite-recovery.log").read_text() == STALE_LOG
+    assert "checkpoint record" in Path(restored.log).read_text()
