@@ -1,4 +1,5 @@
-"""Health per policy: last success, its age against the RPO target, next run, failures."""
+"""Health per policy: last success, its age against the RPO target, next run, failures; for a
+physical PostgreSQL source also the WAL archive (lag, and gaps: health `wal_gap`)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
     failing = bool(last_failed and (not last_ok or last_failed["started_at"] > last_ok["started_at"]))
     upcoming = next_run(policy.get("schedule"), now)
     source = ws.config.sources[policy["source"]]
-    window = None
+    window = archive = None
     if source["type"] == "postgresql" and source.get("mode") == "physical":
         from insite_console import wal
 
@@ -44,6 +45,10 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
         lag = window["archive_lag_seconds"]
         if lag is not None and rpo is not None and lag > rpo and health == "ok":
             health = "breach"  # the WAL archive is the real RPO of a physical source
+        # read-only here (no catalog sync): `wal` and `verify --wal` make the catalog match storage
+        archive = wal.archive_check(ws, policy["source"], sync=False)
+        if archive["gaps"] and health != "never":
+            health = "wal_gap"  # a restore to the latest point would stop at the gap
     return {
         "policy": name, "source": policy["source"], "storage": policy["storage"], "health": health,
         "rpo_seconds": rpo, "last_success_at": last_ok["finished_at"] if last_ok else None,
@@ -52,6 +57,7 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
         "last_failure_error": last_failed["error"] if last_failed else None, "failing": failing,
         "running": running["id"] if running else None, "schedule": policy.get("schedule"),
         "next_run_at": clock.iso(upcoming) if upcoming else None, "restorable_window": window,
+        "wal_archive": archive,
     }
 
 
@@ -59,4 +65,4 @@ def overview(ws, now: datetime | None = None) -> list[dict[str, Any]]:
     return [policy_health(ws, name, now) for name in sorted(ws.config.policies)]
 
 
-HEALTH_WORDS = {"ok": "OK", "warning": "WARN", "breach": "RPO BREACH", "never": "NEVER RUN"}
+HEALTH_WORDS = {"ok": "OK", "warning": "WARN", "breach": "RPO BREACH", "never": "NEVER RUN", "wal_gap": "WAL GAP"}

@@ -96,19 +96,24 @@ def list_segments(ws, source: str) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def sync_catalog(ws, source: str) -> int:
-    """Add segments found on storage but missing from the catalog (times unknown); returns the count."""
+def sync_catalog(ws, source: str, names: dict[str, int] | None = None) -> dict[str, int]:
+    """Make the catalog's listing match storage: add segments found there (times unknown), drop
+    rows of segments no longer there. `names`: a listing already made (archived_names)."""
     storage = storage_for_source(ws, source)
-    repo = ws.repository(storage)
+    if names is None:
+        names = archived_names(ws.repository(storage), source)
     known = {row["name"] for row in list_segments(ws, source)}
-    added = 0
-    for name, size in archived_names(repo, source).items():
+    added = removed = 0
+    for name, size in names.items():
         if name not in known:
             _db(ws).execute(
                 "INSERT OR IGNORE INTO wal_segments (source, name, storage, size, sha256, archived_at) "
                 "VALUES (?, ?, ?, ?, '', ?)", (source, name, storage, size, clock.iso_precise(clock.now())))
             added += 1
-    return added
+    for name in known - set(names):
+        _db(ws).execute("DELETE FROM wal_segments WHERE source = ? AND name = ?", (source, name))
+        removed += 1
+    return {"added": added, "removed": removed}
 
 
 def archived_names(repo, source: str) -> dict[str, int]:
@@ -367,6 +372,11 @@ def check_continuity(ws, source: str, start_wal: str | None, stop_wal: str | Non
         return result
     rows = {row["name"]: row for row in list_segments(ws, source)} if ws is not None else {}
     needed_no = last
+    newest = max(present)
+    if at is None and newest > last:
+        problems.append(f"WAL has a gap: segment {_segname(timeline, last + 1, seg_size)} is missing, so a restore to "
+                        f"the latest point would stop at {_segname(timeline, last, seg_size)} although the archive "
+                        f"goes on to {_segname(timeline, newest, seg_size)} (see `insite-console wal {source}`)")
     if at is not None:
         timed = [(_segno(n, seg_size), row) for n, row in rows.items()
                  if _SEGMENT.match(n) and int(n[:8], 16) == timeline and row.get("last_time")]
@@ -391,6 +401,95 @@ def check_continuity(ws, source: str, start_wal: str | None, stop_wal: str | Non
                    "segments": needed_no - start_no + 1,
                    "wal_bytes_estimate": (needed_no - start_no + 1) * seg_size})
     return result
+
+
+def archive_check(ws, source: str, deep: bool = False, sync: bool = True) -> dict[str, Any]:
+    """Continuity (and with `deep`, integrity) of a source's WAL archive, timeline by timeline:
+    every segment from the oldest kept base backup's start on that timeline (else the first
+    archived one) to the newest archived one, and each base backup's start..stop. `sync` makes
+    the catalog's listing match storage first. Returns {"source", "storage", "deep", "status":
+    ok | gap | failed | unknown, "timelines", "gaps", "segments", "bytes", "problems", "checked_at"}."""
+    storage = storage_for_source(ws, source)
+    result: dict[str, Any] = {"source": source, "storage": storage, "deep": deep, "status": "unknown",
+                              "timelines": [], "gaps": [], "segments": 0, "bytes": 0, "problems": [],
+                              "checked_at": clock.iso(clock.now())}
+    problems: list[str] = result["problems"]
+    try:
+        repo = ws.repository(storage)
+        names = archived_names(repo, source)
+    except InsiteError as exc:
+        problems.append(f"cannot list the WAL archive of {source} on storage {storage}: {exc}")
+        return result
+    if sync:
+        sync_catalog(ws, source, names)
+    seg_size = _segment_size(ws, source)
+    present: dict[int, set[int]] = {}
+    for name in names:
+        if _SEGMENT.match(name):
+            present.setdefault(int(name[:8], 16), set()).add(_segno(name, seg_size))
+    starts: dict[int, int] = {}
+    for backup in ws.catalog.backups(status="succeeded", source=source):
+        info = (backup.get("info") or {}).get("source_info") or {}
+        start, stop = info.get("start_wal_file"), info.get("stop_wal_file") or info.get("start_wal_file")
+        if info.get("mode") != "physical" or not start:
+            continue
+        timeline, start_no = int(start[:8], 16), _segno(start, seg_size)
+        starts[timeline] = min(start_no, starts.get(timeline, start_no))
+        lacking = [no for no in range(start_no, _segno(stop, seg_size) + 1) if no not in present.get(timeline, ())]
+        if lacking:
+            problems.append(f"base backup {backup['id']} cannot be made consistent: WAL segment "
+                            f"{_segname(timeline, lacking[0], seg_size)} (of {start} … {stop}) is not in the archive")
+            _add_gap(result, timeline, lacking[0], lacking[-1], seg_size)
+    checked: list[str] = []
+    for timeline in sorted(present):
+        numbers = present[timeline]
+        low, high = starts.get(timeline, min(numbers)), max(numbers)
+        kept = sorted(no for no in numbers if no >= low)
+        result["timelines"].append({"timeline": timeline, "first": _segname(timeline, low, seg_size),
+                                    "last": _segname(timeline, high, seg_size), "segments": len(kept)})
+        previous = low - 1
+        for no in kept:
+            if no > previous + 1:
+                _add_gap(result, timeline, previous + 1, no - 1, seg_size)
+                problems.append(f"WAL gap on timeline {timeline}: {_gap_text(timeline, previous + 1, no - 1, seg_size)} "
+                                f"missing; recovery cannot pass {_segname(timeline, previous, seg_size)}")
+            previous = no
+        checked += [_segname(timeline, no, seg_size) for no in kept]
+    result["segments"] = len(checked)
+    damaged: list[str] = []
+    if deep:
+        digests = {row["name"]: row.get("sha256") for row in list_segments(ws, source)}
+
+        def read(name: str) -> tuple[int, str | None]:
+            try:
+                data = repo.get_sealed(wal_key(source, name))
+            except InsiteError as exc:
+                return 0, f"WAL segment {name} is unreadable: {exc}"
+            if digests.get(name) and hashlib.sha256(data).hexdigest() != digests[name]:
+                return len(data), f"WAL segment {name} differs from what wal-push archived (SHA-256 mismatch)"
+            return len(data), None
+
+        with ThreadPoolExecutor(4, thread_name_prefix="insite-wal-verify") as pool:
+            for size, problem in pool.map(read, checked):
+                result["bytes"] += size
+                if problem:
+                    damaged.append(problem)
+        problems += damaged
+    result["status"] = "failed" if damaged else "gap" if result["gaps"] else "ok"
+    return result
+
+
+def _add_gap(result: dict, timeline: int, first: int, last: int, seg_size: int) -> None:
+    gap = {"timeline": timeline, "first": _segname(timeline, first, seg_size),
+           "last": _segname(timeline, last, seg_size), "count": last - first + 1}
+    if gap not in result["gaps"]:
+        result["gaps"].append(gap)
+
+
+def _gap_text(timeline: int, first: int, last: int, seg_size: int) -> str:
+    if first == last:
+        return f"segment {_segname(timeline, first, seg_size)} is"
+    return f"segments {_segname(timeline, first, seg_size)} … {_segname(timeline, last, seg_size)} ({last - first + 1}) are"
 
 
 def restorable_window(ws, source: str) -> dict[str, Any]:

@@ -157,3 +157,56 @@ def test_failed_recovery_of_a_restored_clusters_backup_is_reported(archive, pg_f
     # the new log is beside PGDATA; the old one inside it got nothing new
     assert (Path(restored.datadir) / "insite-recovery.log").read_text() == STALE_LOG
     assert "checkpoint record" in Path(restored.log).read_text()
+
+
+def test_gap_in_the_archive_is_shown_and_refused(archive, pg_factory):
+    """One segment moved out of storage mid-archive: verify, `wal` and `status` report the gap,
+    the catalog stops listing the segment, and restores that would stop at it are refused
+    before anything is written. Before, all said OK and a latest restore lost the rows past it."""
+    config, middle = archive["config"], archive["segments"][1]
+    path = sealed_path(archive, middle)
+    aside = archive["wsdir"] / f"{middle}.moved"
+    os.replace(path, aside)
+    try:
+        checked = run_as_postgres(config, "verify", "--wal", "--json", check=False)
+        assert checked.returncode == 1
+        [wal_result] = json.loads(checked.stdout)
+        assert wal_result["wal_source"] == "db" and wal_result["status"] == "gap"
+        assert wal_result["gaps"] == [{"timeline": 1, "first": middle, "last": middle, "count": 1}]
+        everything = run_as_postgres(config, "verify", "--all", check=False)
+        assert everything.returncode == 1 and f"segment {middle} is missing" in everything.stdout, everything.stdout
+
+        listing = run_as_postgres(config, "wal", "db", "--json", check=False)
+        assert listing.returncode == 1
+        listed = json.loads(listing.stdout)
+        assert listed["archive"]["status"] == "gap" and middle not in [row["name"] for row in listed["segments"]]
+        assert archive["segments"][2] in [row["name"] for row in listed["segments"]]
+        text = run_as_postgres(config, "wal", "db", check=False).stdout
+        assert "archive GAP" in text and middle in text
+
+        [health] = json.loads(run_as_postgres(config, "status", "--json").stdout)
+        assert health["health"] == "wal_gap" and health["wal_archive"]["gaps"][0]["first"] == middle
+        assert "WAL GAP" in run_as_postgres(config, "status").stdout
+
+        target = Path(pg_factory.make_dir("walsafe-gap"))
+        for extra in ((), ("--at", archive["before_batch"][2])):
+            refused = run_as_postgres(config, "restore", "db", "--target", str(target), *extra, check=False)
+            assert refused.returncode == 1 and "pre-flight failed" in refused.stderr, refused.stderr
+            assert f"segment {middle} is missing" in refused.stderr, refused.stderr
+            assert "succeeded" not in refused.stdout
+        assert os.listdir(target) == []
+    finally:
+        os.replace(aside, path)
+    assert run_as_postgres(config, "verify", "--wal").returncode == 0
+
+    # deep: every segment is read back and authenticated
+    first = sealed_path(archive, archive["segments"][0])
+    original = first.read_bytes()
+    first.write_bytes(original[:-1] + bytes([original[-1] ^ 0x40]))
+    try:
+        assert run_as_postgres(config, "verify", "--wal").returncode == 0  # quick: the listing is whole
+        deep = run_as_postgres(config, "verify", "--wal", "--deep", check=False)
+        assert deep.returncode == 1 and "FAILED" in deep.stdout
+        assert f"WAL segment {archive['segments'][0]} is unreadable" in deep.stdout, deep.stdout
+    finally:
+        first.write_bytes(original)
