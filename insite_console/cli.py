@@ -287,7 +287,10 @@ def cmd_status(args) -> int:
     for row in rows:
         age = clock.human_duration(row["age_seconds"]) if row["age_seconds"] is not None else "-"
         rpo = clock.human_duration(row["rpo_seconds"]) if row["rpo_seconds"] else "-"
-        print(f"{status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  last ok {age} ago (RPO {rpo})  "
+        loss = ""
+        if row["rpo_basis"] == "wal_archive_lag":
+            loss = f", data-loss window {clock.human_duration(row['data_loss_seconds'])} (WAL archive lag)"
+        print(f"{status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  last ok {age} ago{loss} (RPO {rpo})  "
               f"next {row['next_run_at'] or '-'}" + ("  LAST RUN FAILED: " + row["last_failure_error"]
                                                        if row["failing"] else ""))
         window = row.get("restorable_window")

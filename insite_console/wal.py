@@ -492,7 +492,7 @@ def _gap_text(timeline: int, first: int, last: int, seg_size: int) -> str:
     return f"segments {_segname(timeline, first, seg_size)} … {_segname(timeline, last, seg_size)} ({last - first + 1}) are"
 
 
-def restorable_window(ws, source: str) -> dict[str, Any]:
+def restorable_window(ws, source: str, now: datetime | None = None) -> dict[str, Any]:
     """Per physical source: the window one can restore to and the archive lag (the real RPO).
 
     Returns {"source", "oldest": ISO of the oldest base backup's end, "newest": ISO of the newest
@@ -509,7 +509,7 @@ def restorable_window(ws, source: str) -> dict[str, Any]:
     newest_archived = max((row["archived_at"] for row in rows if row.get("archived_at")), default=None)
     lag = None
     if newest_archived:
-        lag = (clock.now() - clock.parse_iso(newest_archived)).total_seconds()
+        lag = ((now or clock.now()) - clock.parse_iso(newest_archived)).total_seconds()
     return {"source": source, "oldest": min(backups) if backups else None,
             "newest": newest_commit or newest_archived, "archive_lag_seconds": lag,
             "segments": len(rows), "base_backups": len(backups)}

@@ -210,3 +210,27 @@ def test_gap_in_the_archive_is_shown_and_refused(archive, pg_factory):
         assert f"WAL segment {archive['segments'][0]} is unreadable" in deep.stdout, deep.stdout
     finally:
         first.write_bytes(original)
+
+
+def test_rpo_of_a_physical_source_is_the_wal_archive_lag(archive):
+    """A base backup an hour old with WAL archived a moment ago loses at most that moment: the
+    RPO is judged on the archive lag (it used to be the base backup's age: a breach). When the
+    archive stops, the lag grows past the RPO: a breach, whatever the base backup's age."""
+    from insite_console import clock, status
+    from insite_console.workspace import Workspace
+
+    ws = Workspace.load(archive["config"])
+    try:
+        ws.config.policies["db"]["rpo"] = "15m"
+        hour_ago = clock.iso(clock.now() - clock.parse_duration("1h"))
+        ws.catalog.db.execute("UPDATE backups SET started_at = ?, finished_at = ? WHERE id = ?",
+                              (hour_ago, hour_ago, archive["base"]["id"]))
+        now = clock.now()
+        row = status.policy_health(ws, "db", now)
+        assert row["age_seconds"] >= 3600
+        assert row["rpo_basis"] == "wal_archive_lag" and row["data_loss_seconds"] < 600
+        assert row["health"] == "ok", row
+        later = status.policy_health(ws, "db", now + clock.parse_duration("20m"))
+        assert later["health"] == "breach" and later["data_loss_seconds"] > 900
+    finally:
+        ws.close()
