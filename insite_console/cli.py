@@ -615,7 +615,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cancelled: {exc}", file=sys.stderr)
         return 130
     except InsiteError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+        from insite_console.redact import redact
+
+        for line in redact(str(exc)).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
