@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.pg_servers import *  # noqa: F401,F403
-from tests.pg_servers import PG_USER, as_postgres, free_port, postgres_can_reach
-from tests.test_postgresql import CONSOLE, ROOT, _wait_archived, pg_config, run_as_postgres
+from tests.pg_servers import PG_USER, as_postgres, free_port
+from tests.test_postgresql import CONSOLE, _wait_archived, archiving_cluster, run_as_postgres
 
 pytestmark = [pytest.mark.postgres, needs_pg, pytest.mark.timeout(240)]  # noqa: F405
 
@@ -28,24 +28,14 @@ def archive(pg_factory):
     """A cluster archiving into its own repository: a base backup, then three batches of rows,
     each in a segment of its own. Its PGDATA carries an old recovery log, as a cluster that was
     itself restored by an earlier insite-console did (the log used to live in PGDATA)."""
-    if not postgres_can_reach(CONSOLE) or not postgres_can_reach(str(ROOT / "insite_console" / "wal.py")):
-        pytest.skip(f"the postgres user cannot run {CONSOLE}")
     wsdir = Path(pg_factory.make_dir("walsafe"))
-    passfile = wsdir / "passphrase"
-    passfile.write_text("wal safety passphrase\n")
-    os.chmod(passfile, 0o600)
-    cluster = pg_factory(start=False)
-    config = pg_config(wsdir, f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres", mode="physical",
-                       passphrase=str(passfile))
-    for path in (passfile, config):
-        os.chown(path, PG_USER.pw_uid, PG_USER.pw_gid)
-    with open(os.path.join(cluster.datadir, "postgresql.conf"), "a") as handle:
-        handle.write(f"archive_mode = on\narchive_command = '{CONSOLE} -c {config} wal-push db %p'\n")
-    stale = Path(cluster.datadir) / "insite-recovery.log"
-    stale.write_text(STALE_LOG)
-    os.chown(stale, PG_USER.pw_uid, PG_USER.pw_gid)
-    cluster.start()
-    run_as_postgres(config, "init")
+
+    def leave_stale_log(cluster):
+        stale = Path(cluster.datadir) / "insite-recovery.log"
+        stale.write_text(STALE_LOG)
+        os.chown(stale, PG_USER.pw_uid, PG_USER.pw_gid)
+
+    cluster, config = archiving_cluster(pg_factory, wsdir, prepare=leave_stale_log)
     cluster.sql("CREATE TABLE t (id int PRIMARY KEY, batch int)")
     base = json.loads(run_as_postgres(config, "backup", "db", "--json").stdout)
     assert base["status"] == "succeeded"

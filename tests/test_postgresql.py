@@ -374,15 +374,13 @@ def _wait_archived(cluster, timeout: float = 60) -> None:
     raise AssertionError(f"WAL {wanted} was not archived in {timeout}s (see {cluster.log})")
 
 
-@pytest.fixture(scope="module")
-def pitr_setup(pg_factory, pg_work_dir):
+def archiving_cluster(pg_factory, wsdir: Path, prepare=None):
+    """A cluster whose archive_command is the worktree's `wal-push db %p` into a physical
+    workspace in `wsdir` (owned by postgres); `prepare(cluster)` runs before it starts."""
     if not postgres_can_reach(CONSOLE) or not postgres_can_reach(str(ROOT / "insite_console" / "wal.py")):
         pytest.skip(f"the postgres user cannot run {CONSOLE}")
-    home = Path(pg_factory.make_dir("pitr"))
-    os.chmod(home, 0o711)
-    wsdir = Path(pg_factory.make_dir("pitr/ws"))
     passfile = wsdir / "passphrase"
-    passfile.write_text("pitr passphrase\n")
+    passfile.write_text(f"{wsdir.name} passphrase\n")
     os.chmod(passfile, 0o600)
     cluster = pg_factory(start=False)
     config = pg_config(wsdir, f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres", mode="physical",
@@ -392,8 +390,19 @@ def pitr_setup(pg_factory, pg_work_dir):
     archive = f"{CONSOLE} -c {config} wal-push db %p"
     with open(os.path.join(cluster.datadir, "postgresql.conf"), "a") as handle:
         handle.write(f"archive_mode = on\narchive_command = '{archive}'\n")
+    if prepare is not None:
+        prepare(cluster)
     cluster.start()
     run_as_postgres(config, "init")
+    return cluster, config
+
+
+@pytest.fixture(scope="module")
+def pitr_setup(pg_factory, pg_work_dir):
+    home = Path(pg_factory.make_dir("pitr"))
+    os.chmod(home, 0o711)
+    wsdir = Path(pg_factory.make_dir("pitr/ws"))
+    cluster, config = archiving_cluster(pg_factory, wsdir)
     return {"cluster": cluster, "config": config, "home": home, "wsdir": wsdir}
 
 
