@@ -173,21 +173,27 @@ def cmd_verify(args) -> int:
         ids = [row["id"] for row in ws.catalog.backups(status="succeeded")]
     elif args.backup_id:
         ids = [args.backup_id]
+    elif args.wal:
+        ids = []
     else:
-        raise UsageError("verify needs a BACKUP_ID or --all")
+        raise UsageError("verify needs a BACKUP_ID, --all or --wal")
     token = _cancel_on_signals()
     results = [verify.run(ws, backup_id, deep=args.deep, progress=_progress_printer(not args.json), cancel=token)
                for backup_id in ids]
+    if args.all or args.wal:  # each physical source's WAL archive: continuity, and with --deep integrity
+        results += [verify.run_wal(ws, source, deep=args.deep) for source in verify.physical_sources(ws)]
     if args.json:
-        _print_json(results if args.all else results[0])
+        _print_json(results if args.all or args.wal else results[0])
     else:
         for result in results:
             kind = "deep" if result["deep"] else "quick"
+            what = result["backup_id"] or f"WAL archive of {result.get('wal_source')}"
+            unit = "packs" if result["backup_id"] else "segments"
             if result["status"] == "ok":
-                print(f"{result['backup_id']}: {kind} verify ok ({result['objects']} packs"
+                print(f"{what}: {kind} verify ok ({result['objects']} {unit}"
                       + (f", {clock.human_bytes(result['bytes'])} read" if result["deep"] else "") + ")")
             else:
-                print(f"{result['backup_id']}: {kind} verify FAILED")
+                print(f"{what}: {kind} verify {'FAILED' if result['status'] == 'failed' else result['status'].upper()}")
                 for problem in result["problems"]:
                     print(f"  - {problem}")
     return 0 if all(r["status"] == "ok" for r in results) else 1
@@ -302,7 +308,10 @@ def cmd_status(args) -> int:
     for row in rows:
         age = clock.human_duration(row["age_seconds"]) if row["age_seconds"] is not None else "-"
         rpo = clock.human_duration(row["rpo_seconds"]) if row["rpo_seconds"] else "-"
-        print(f"{status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  last ok {age} ago (RPO {rpo})  "
+        loss = ""
+        if row["rpo_basis"] == "wal_archive_lag":
+            loss = f", data-loss window {clock.human_duration(row['data_loss_seconds'])} (WAL archive lag)"
+        print(f"{status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  last ok {age} ago{loss} (RPO {rpo})  "
               f"next {row['next_run_at'] or '-'}" + ("  LAST RUN FAILED: " + row["last_failure_error"]
                                                        if row["failing"] else ""))
         window = row.get("restorable_window")
@@ -310,6 +319,10 @@ def cmd_status(args) -> int:
             lag = window["archive_lag_seconds"]
             print(f"{'':<10}  {'':<16}  restorable {window['oldest'] or '-'} … {window['newest'] or '-'}, "
                   f"WAL archive lag {clock.human_duration(lag) if lag is not None else '-'}")
+        archive = row.get("wal_archive")
+        if archive and archive["status"] != "ok":
+            for problem in archive["problems"]:
+                print(f"{'':<10}  {'':<16}  WAL archive {archive['status'].upper()}: {problem}")
     return 0
 
 
@@ -376,9 +389,16 @@ def cmd_wal_push(args) -> int:
 
 
 def cmd_wal_fetch(args) -> int:
+    """Exit 1 only for "not in the archive"; any other failure (integrity, storage, config,
+    passphrase, a bug) exits wal.FETCH_FATAL, so PostgreSQL stops recovery instead of promoting."""
     from insite_console import wal
 
-    return wal.fetch(_workspace(args), args.source, args.name, args.path) or 0
+    try:
+        return wal.fetch(_workspace(args), args.source, args.name, args.path) or 0
+    except wal.WalNotFound:
+        raise
+    except Exception as exc:
+        return wal.fetch_failed(args.source, args.name, args.path, exc)
 
 
 def cmd_wal(args) -> int:
@@ -387,12 +407,12 @@ def cmd_wal(args) -> int:
     ws = _workspace(args)
     if args.source not in ws.config.sources:
         raise UsageError(f"{ws.config.path}: no source named {args.source!r}")
-    wal.sync_catalog(ws, args.source)
+    archive = wal.archive_check(ws, args.source)  # also makes the catalog's listing match storage
     segments = wal.list_segments(ws, args.source)
     window = wal.restorable_window(ws, args.source)
     if args.json:
-        _print_json({"window": window, "segments": segments})
-        return 0
+        _print_json({"window": window, "segments": segments, "archive": archive})
+        return 0 if archive["status"] == "ok" else 1
     for row in segments:
         print(f"{row['name']:<40} {clock.human_bytes(row['size']):>10}  archived {row['archived_at'][:19]}Z  "
               f"commits {row['first_time'] or '?'} … {row['last_time'] or '?'}")
@@ -400,7 +420,9 @@ def cmd_wal(args) -> int:
     print(f"restorable window: {window['oldest'] or '-'} … {window['newest'] or '-'}; "
           f"{window['segments']} segment(s), {window['base_backups']} base backup(s); archive lag "
           + (clock.human_duration(lag) if lag is not None else "-"))
-    return 0
+    print(f"archive {archive['status'].upper()}: " + ("continuous" if archive["status"] == "ok"
+                                                      else "; ".join(archive["problems"])))
+    return 0 if archive["status"] == "ok" else 1
 
 
 def cmd_demo(args) -> int:
@@ -528,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("verify", cmd_verify, "check that a backup's data is on storage (--deep: read and authenticate all of it)")
     p.add_argument("backup_id", nargs="?")
-    p.add_argument("--all", action="store_true")
+    p.add_argument("--all", action="store_true", help="every backup, and every physical source's WAL archive")
+    p.add_argument("--wal", action="store_true", help="the WAL archives of physical PostgreSQL sources: "
+                   "continuity per timeline (--deep: every segment read back and authenticated)")
     p.add_argument("--deep", action="store_true")
 
     p = add("restore", cmd_restore, "restore a backup (see --dry-run for the plan)")
@@ -619,7 +643,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cancelled: {exc}", file=sys.stderr)
         return 130
     except InsiteError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+        from insite_console.redact import redact
+
+        for line in redact(str(exc)).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

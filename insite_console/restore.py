@@ -24,6 +24,7 @@ from typing import Any, Iterator
 from insite_console import clock, globs
 from insite_console.errors import Cancelled, InsiteError, IntegrityError, RestoreRefused, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
+from insite_console.redact import redact, redact_all
 from insite_console.repo.repository import Repository
 from insite_console.repo.tree import TreeReader
 from insite_console.sources import source_module
@@ -106,7 +107,8 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
     started = clock.now()
     reporter = ProgressReporter("restore", [progress])
     reporter.update(run_id=restore_id, phase="planning", force=True)
-    row = {"id": restore_id, "backup_id": backup["id"], "target": target, "status": "running",
+    shown = redact(str(target))  # what is printed and stored: never a password typed into a target URL
+    row = {"id": restore_id, "backup_id": backup["id"], "target": shown, "status": "running",
            "started_at": clock.iso(started), "dry_run": int(dry_run)}
     if not dry_run:
         from insite_console.backup import catalog_writer
@@ -114,7 +116,7 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
         catalog.start_run(restore_id, "restore", backup["id"])
         catalog.insert_restore(row)
         reporter.add_callback(catalog_writer(catalog, restore_id))
-        catalog.event(restore_id, f"restore of {backup['id']} into {target} started")
+        catalog.event(restore_id, f"restore of {backup['id']} into {shown} started")
     try:
         repo = ws.repository(storage or ws.storage_for_backup(backup))
         with repo.lock(f"restore of {backup['id']}"):
@@ -128,7 +130,7 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
     except BaseException as exc:
         if not dry_run:
             status = "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed"
-            message = str(exc) if isinstance(exc, InsiteError) else f"{type(exc).__name__}: {exc}"
+            message = redact(str(exc) if isinstance(exc, InsiteError) else f"{type(exc).__name__}: {exc}")
             catalog.insert_restore({**row, "status": status, "error": message,
                                     "finished_at": clock.iso(clock.now())})
             catalog.finish_run(restore_id, status, message)
@@ -136,8 +138,10 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
         raise
     finished = clock.now()
     result = {"id": restore_id, "backup_id": backup["id"], "status": "planned" if dry_run else "succeeded",
-              "target": target, "files": outcome.get("files", 0), "bytes_written": outcome.get("bytes_written", 0),
+              "target": shown, "files": outcome.get("files", 0), "bytes_written": outcome.get("bytes_written", 0),
               "started_at": clock.iso(started), "finished_at": clock.iso(finished), "error": None}
+    # notes and details name the target; the plan lists stored paths, shown as they are
+    outcome = {key: value if key == "plan" else redact_all(value) for key, value in outcome.items()}
     for key, value in outcome.items():
         if key not in result:
             result[key] = value
@@ -147,7 +151,7 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
                                 "info": {k: v for k, v in outcome.items() if k not in ("plan",)}})
         catalog.finish_run(restore_id, "succeeded")
         catalog.event(restore_id, f"restore {restore_id} succeeded: {result['files']} files, "
-                      f"{result['bytes_written']} bytes into {target}")
+                      f"{result['bytes_written']} bytes into {shown}")
     reporter.update(phase="done", force=True)
     return result
 

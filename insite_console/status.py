@@ -1,4 +1,5 @@
-"""Health per policy: last success, its age against the RPO target, next run, failures."""
+"""Health per policy: last success, its age against the RPO target, next run, failures; for a
+physical PostgreSQL source also the WAL archive (lag, and gaps: health `wal_gap`)."""
 
 from __future__ import annotations
 
@@ -25,33 +26,42 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
     running = catalog.last_backup(name, status="running")
     rpo = clock.parse_duration(policy["rpo"]).total_seconds() if policy.get("rpo") else None
     age = (now - clock.parse_iso(last_ok["finished_at"] or last_ok["started_at"])).total_seconds() if last_ok else None
-    if last_ok is None:
-        health = "never"
-    elif rpo is not None and age > rpo:
-        health = "breach"
-    elif rpo is not None and age > rpo * 0.8:
-        health = "warning"
-    else:
-        health = "ok"
     failing = bool(last_failed and (not last_ok or last_failed["started_at"] > last_ok["started_at"]))
     upcoming = next_run(policy.get("schedule"), now)
     source = ws.config.sources[policy["source"]]
-    window = None
+    window = archive = None
+    data_loss, basis = age, "last_backup"
     if source["type"] == "postgresql" and source.get("mode") == "physical":
         from insite_console import wal
 
-        window = wal.restorable_window(ws, policy["source"])
+        # the data-loss window of a physical source is the archive lag: it restores to its newest
+        # archived WAL, not only to its last base backup
+        window = wal.restorable_window(ws, policy["source"], now)
         lag = window["archive_lag_seconds"]
-        if lag is not None and rpo is not None and lag > rpo and health == "ok":
-            health = "breach"  # the WAL archive is the real RPO of a physical source
+        if lag is not None and age is not None:
+            data_loss, basis = min(lag, age), "wal_archive_lag"
+        # read-only here (no catalog sync): `wal` and `verify --wal` make the catalog match storage
+        archive = wal.archive_check(ws, policy["source"], sync=False)
+    if last_ok is None:
+        health = "never"
+    elif archive and archive["gaps"]:
+        health = "wal_gap"  # a restore to the latest point would stop at the gap
+    elif rpo is not None and data_loss > rpo:
+        health = "breach"
+    elif rpo is not None and data_loss > rpo * 0.8:
+        health = "warning"
+    else:
+        health = "ok"
     return {
         "policy": name, "source": policy["source"], "storage": policy["storage"], "health": health,
         "rpo_seconds": rpo, "last_success_at": last_ok["finished_at"] if last_ok else None,
         "last_success_id": last_ok["id"] if last_ok else None, "age_seconds": age,
+        "data_loss_seconds": data_loss, "rpo_basis": basis,
         "last_failure_at": last_failed["started_at"] if last_failed else None,
         "last_failure_error": last_failed["error"] if last_failed else None, "failing": failing,
         "running": running["id"] if running else None, "schedule": policy.get("schedule"),
         "next_run_at": clock.iso(upcoming) if upcoming else None, "restorable_window": window,
+        "wal_archive": archive,
     }
 
 
@@ -59,4 +69,4 @@ def overview(ws, now: datetime | None = None) -> list[dict[str, Any]]:
     return [policy_health(ws, name, now) for name in sorted(ws.config.policies)]
 
 
-HEALTH_WORDS = {"ok": "OK", "warning": "WARN", "breach": "RPO BREACH", "never": "NEVER RUN"}
+HEALTH_WORDS = {"ok": "OK", "warning": "WARN", "breach": "RPO BREACH", "never": "NEVER RUN", "wal_gap": "WAL GAP"}

@@ -155,3 +155,31 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
                      level="info" if not problems else "error")
     reporter.update(phase="done", force=True)
     return result
+
+
+def physical_sources(ws) -> list[str]:
+    """Sources whose WAL is archived (physical PostgreSQL backed up by a policy), by name."""
+    backed_up = {policy.get("source") for policy in ws.config.policies.values()}
+    return sorted(name for name, source in ws.config.sources.items()
+                  if name in backed_up and source.get("type") == "postgresql" and source.get("mode") == "physical")
+
+
+def run_wal(ws, source: str, deep: bool = False) -> dict[str, Any]:
+    """Verify a source's WAL archive (wal.archive_check: continuity per timeline from each kept base
+    backup's start; `deep`: every segment read back and authenticated). The result has the shape
+    of a backup's verification with `backup_id` null and `wal_source` set; an event records it."""
+    from insite_console import wal
+
+    started = clock.now()
+    check = wal.archive_check(ws, source, deep=deep)
+    status = "ok" if check["status"] == "ok" else check["status"]
+    result = {
+        "id": clock.new_id(), "backup_id": None, "wal_source": source, "storage": check["storage"], "deep": deep,
+        "status": status, "objects": check["segments"], "bytes": check["bytes"], "problems": check["problems"],
+        "gaps": check["gaps"], "timelines": check["timelines"],
+        "started_at": clock.iso(started), "finished_at": clock.iso(clock.now()),
+    }
+    ws.catalog.event(None, f"{'deep' if deep else 'quick'} verify of the WAL archive of {source} on "
+                     f"{check['storage']}: " + ("ok" if status == "ok" else f"{status}: {check['problems'][0]}"),
+                     level="info" if status == "ok" else "error")
+    return result

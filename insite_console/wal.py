@@ -10,6 +10,12 @@ stored; pushing a segment that is already archived with identical content succee
 after a crash); a different content under the same name fails, so nothing is overwritten; any
 storage failure exits non-zero so PostgreSQL keeps the segment and retries.
 
+wal-fetch exits 1 only when the asked file is not in the archive: PostgreSQL reads any exit
+status of 125 or less as "not there" and ends recovery, promoting at that point. Every other
+failure (a segment that fails authentication, a storage error, a wrong passphrase or config)
+exits FETCH_FATAL (above 125), so PostgreSQL stops recovery instead, and leaves a note
+(FETCH_FAILURE_NOTE in the spool directory) naming the segment and why, for the restore to report.
+
 wal-fetch fetches the asked segment and the next few in parallel (PREFETCH) into a spool
 directory beside %p, so the following restore_command calls are served locally: WAL fetch
 latency, not bandwidth, is what makes point-in-time recovery slow.
@@ -21,7 +27,9 @@ The table is created here (CREATE TABLE IF NOT EXISTS) on the catalog connection
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -37,11 +45,13 @@ from insite_console.errors import ConfigError, InsiteError, ObjectNotFound, Stor
 
 PREFETCH = 8  # segments fetched in parallel on a spool miss
 SPOOL_DIR_NAME = ".insite-wal-prefetch"
+FETCH_FATAL = 200  # above 125: PostgreSQL stops recovery (FATAL) instead of taking it as "not archived"
+FETCH_FAILURE_NOTE = "wal-fetch-failed.json"
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _ARCHIVE_NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
 
 class WalError(InsiteError):
-    """A WAL archive operation failed (exit status 1, so PostgreSQL retries)."""
+    """A WAL archive operation failed (wal-push exits 1, so PostgreSQL retries)."""
 
 
 class WalNotFound(WalError):
@@ -86,19 +96,24 @@ def list_segments(ws, source: str) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def sync_catalog(ws, source: str) -> int:
-    """Add segments found on storage but missing from the catalog (times unknown); returns the count."""
+def sync_catalog(ws, source: str, names: dict[str, int] | None = None) -> dict[str, int]:
+    """Make the catalog's listing match storage: add segments found there (times unknown), drop
+    rows of segments no longer there. `names`: a listing already made (archived_names)."""
     storage = storage_for_source(ws, source)
-    repo = ws.repository(storage)
+    if names is None:
+        names = archived_names(ws.repository(storage), source)
     known = {row["name"] for row in list_segments(ws, source)}
-    added = 0
-    for name, size in archived_names(repo, source).items():
+    added = removed = 0
+    for name, size in names.items():
         if name not in known:
             _db(ws).execute(
                 "INSERT OR IGNORE INTO wal_segments (source, name, storage, size, sha256, archived_at) "
                 "VALUES (?, ?, ?, ?, '', ?)", (source, name, storage, size, clock.iso_precise(clock.now())))
             added += 1
-    return added
+    for name in known - set(names):
+        _db(ws).execute("DELETE FROM wal_segments WHERE source = ? AND name = ?", (source, name))
+        removed += 1
+    return {"added": added, "removed": removed}
 
 
 def archived_names(repo, source: str) -> dict[str, int]:
@@ -188,15 +203,49 @@ def segment_times(ws, source: str, path: str) -> tuple[str | None, str | None]:
 # ----- fetch ----------------------------------------------------------------------------------------
 
 def fetch(ws, source: str, name: str, dest: str) -> int:
-    """`insite-console wal-fetch SOURCE %f %p`: 0 when placed; raises (exit 1) when missing."""
+    """`insite-console wal-fetch SOURCE %f %p`: 0 when placed; raises WalNotFound (exit 1) when
+    missing; any other failure raises and must end in fetch_failed."""
     fetch_file(ws, source, name, dest)
     return 0
 
 
+def spool_dir(dest: str) -> str:
+    """The prefetch spool beside restore_command's %p (pg_wal/RECOVERYXLOG -> pg_wal/.insite-wal-prefetch)."""
+    return os.environ.get("INSITE_WAL_SPOOL") or os.path.join(os.path.dirname(os.path.abspath(dest)), SPOOL_DIR_NAME)
+
+
+def fetch_failed(source: str, name: str, dest: str, exc: BaseException) -> int:
+    """wal-fetch failed for another reason than "not in the archive": say why on stderr (the
+    server log), leave the note the restore reads, and return FETCH_FATAL so recovery stops."""
+    why = str(exc) if isinstance(exc, InsiteError) else f"{type(exc).__name__}: {exc}"
+    print(f"error: wal-fetch {source}: cannot fetch {name}: {why}; exiting {FETCH_FATAL} so PostgreSQL stops "
+          "recovery here instead of ending it early", file=sys.stderr)
+    spool = spool_dir(dest)
+    try:
+        os.makedirs(spool, mode=0o700, exist_ok=True)
+        _write_atomic(os.path.join(spool, FETCH_FAILURE_NOTE), json.dumps(
+            {"segment": name, "source": source, "error": why, "at": clock.iso_precise(clock.now())}).encode())
+    except OSError as err:
+        print(f"error: wal-fetch {source}: cannot write the failure note in {spool}: {err.strerror}", file=sys.stderr)
+    return FETCH_FATAL
+
+
+def fetch_failure(pg_wal: str) -> dict[str, Any] | None:
+    """The note a fatal wal-fetch left in the spool of `pg_wal` ({"segment", "error", ...}), if any."""
+    try:
+        with open(os.path.join(pg_wal, SPOOL_DIR_NAME, FETCH_FAILURE_NOTE)) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
 def fetch_file(ws, source: str, name: str, dest: str, prefetch: int = PREFETCH) -> dict[str, Any]:
     """restore_command: put WAL file `name` at `dest`. Raises WalNotFound when the archive does
-    not have it (exit 1: PostgreSQL then ends recovery or tries the next timeline)."""
-    spool = os.environ.get("INSITE_WAL_SPOOL") or os.path.join(os.path.dirname(os.path.abspath(dest)), SPOOL_DIR_NAME)
+    not have it (exit 1: PostgreSQL then ends recovery or tries the next timeline); anything
+    else it raises must end in fetch_failed (exit FETCH_FATAL)."""
+    spool = spool_dir(dest)
+    with contextlib.suppress(OSError):  # a previous run's failure is no longer the story
+        os.unlink(os.path.join(spool, FETCH_FAILURE_NOTE))
     spooled = os.path.join(spool, name)
     if os.path.exists(spooled):
         _place(spooled, dest, move=True)
@@ -218,7 +267,7 @@ def fetch_file(ws, source: str, name: str, dest: str, prefetch: int = PREFETCH) 
 
     with ThreadPoolExecutor(min(len(names), prefetch)) as pool:
         futures = [pool.submit(get, one) for one in names]
-        first = futures[0].result()  # raises StorageError / IntegrityError: exit 1
+        first = futures[0].result()  # raises StorageError / IntegrityError: exit FETCH_FATAL
         if first is None:
             for future in futures[1:]:
                 future.cancel()
@@ -255,6 +304,11 @@ def _segno(name: str, seg_size: int) -> int:
 def _segname(timeline: int, segno: int, seg_size: int) -> str:
     per_id = 0x100000000 // seg_size
     return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
+
+
+def segment_start_lsn(name: str, seg_size: int) -> int:
+    """The WAL position (LSN, as an integer) where segment `name` begins."""
+    return _segno(name, seg_size) * seg_size
 
 
 def _clean_spool(spool: str, current: str) -> None:
@@ -318,6 +372,11 @@ def check_continuity(ws, source: str, start_wal: str | None, stop_wal: str | Non
         return result
     rows = {row["name"]: row for row in list_segments(ws, source)} if ws is not None else {}
     needed_no = last
+    newest = max(present)
+    if at is None and newest > last:
+        problems.append(f"WAL has a gap: segment {_segname(timeline, last + 1, seg_size)} is missing, so a restore to "
+                        f"the latest point would stop at {_segname(timeline, last, seg_size)} although the archive "
+                        f"goes on to {_segname(timeline, newest, seg_size)} (see `insite-console wal {source}`)")
     if at is not None:
         timed = [(_segno(n, seg_size), row) for n, row in rows.items()
                  if _SEGMENT.match(n) and int(n[:8], 16) == timeline and row.get("last_time")]
@@ -344,7 +403,96 @@ def check_continuity(ws, source: str, start_wal: str | None, stop_wal: str | Non
     return result
 
 
-def restorable_window(ws, source: str) -> dict[str, Any]:
+def archive_check(ws, source: str, deep: bool = False, sync: bool = True) -> dict[str, Any]:
+    """Continuity (and with `deep`, integrity) of a source's WAL archive, timeline by timeline:
+    every segment from the oldest kept base backup's start on that timeline (else the first
+    archived one) to the newest archived one, and each base backup's start..stop. `sync` makes
+    the catalog's listing match storage first. Returns {"source", "storage", "deep", "status":
+    ok | gap | failed | unknown, "timelines", "gaps", "segments", "bytes", "problems", "checked_at"}."""
+    storage = storage_for_source(ws, source)
+    result: dict[str, Any] = {"source": source, "storage": storage, "deep": deep, "status": "unknown",
+                              "timelines": [], "gaps": [], "segments": 0, "bytes": 0, "problems": [],
+                              "checked_at": clock.iso(clock.now())}
+    problems: list[str] = result["problems"]
+    try:
+        repo = ws.repository(storage)
+        names = archived_names(repo, source)
+    except InsiteError as exc:
+        problems.append(f"cannot list the WAL archive of {source} on storage {storage}: {exc}")
+        return result
+    if sync:
+        sync_catalog(ws, source, names)
+    seg_size = _segment_size(ws, source)
+    present: dict[int, set[int]] = {}
+    for name in names:
+        if _SEGMENT.match(name):
+            present.setdefault(int(name[:8], 16), set()).add(_segno(name, seg_size))
+    starts: dict[int, int] = {}
+    for backup in ws.catalog.backups(status="succeeded", source=source):
+        info = (backup.get("info") or {}).get("source_info") or {}
+        start, stop = info.get("start_wal_file"), info.get("stop_wal_file") or info.get("start_wal_file")
+        if info.get("mode") != "physical" or not start:
+            continue
+        timeline, start_no = int(start[:8], 16), _segno(start, seg_size)
+        starts[timeline] = min(start_no, starts.get(timeline, start_no))
+        lacking = [no for no in range(start_no, _segno(stop, seg_size) + 1) if no not in present.get(timeline, ())]
+        if lacking:
+            problems.append(f"base backup {backup['id']} cannot be made consistent: WAL segment "
+                            f"{_segname(timeline, lacking[0], seg_size)} (of {start} … {stop}) is not in the archive")
+            _add_gap(result, timeline, lacking[0], lacking[-1], seg_size)
+    checked: list[str] = []
+    for timeline in sorted(present):
+        numbers = present[timeline]
+        low, high = starts.get(timeline, min(numbers)), max(numbers)
+        kept = sorted(no for no in numbers if no >= low)
+        result["timelines"].append({"timeline": timeline, "first": _segname(timeline, low, seg_size),
+                                    "last": _segname(timeline, high, seg_size), "segments": len(kept)})
+        previous = low - 1
+        for no in kept:
+            if no > previous + 1:
+                _add_gap(result, timeline, previous + 1, no - 1, seg_size)
+                problems.append(f"WAL gap on timeline {timeline}: {_gap_text(timeline, previous + 1, no - 1, seg_size)} "
+                                f"missing; recovery cannot pass {_segname(timeline, previous, seg_size)}")
+            previous = no
+        checked += [_segname(timeline, no, seg_size) for no in kept]
+    result["segments"] = len(checked)
+    damaged: list[str] = []
+    if deep:
+        digests = {row["name"]: row.get("sha256") for row in list_segments(ws, source)}
+
+        def read(name: str) -> tuple[int, str | None]:
+            try:
+                data = repo.get_sealed(wal_key(source, name))
+            except InsiteError as exc:
+                return 0, f"WAL segment {name} is unreadable: {exc}"
+            if digests.get(name) and hashlib.sha256(data).hexdigest() != digests[name]:
+                return len(data), f"WAL segment {name} differs from what wal-push archived (SHA-256 mismatch)"
+            return len(data), None
+
+        with ThreadPoolExecutor(4, thread_name_prefix="insite-wal-verify") as pool:
+            for size, problem in pool.map(read, checked):
+                result["bytes"] += size
+                if problem:
+                    damaged.append(problem)
+        problems += damaged
+    result["status"] = "failed" if damaged else "gap" if result["gaps"] else "ok"
+    return result
+
+
+def _add_gap(result: dict, timeline: int, first: int, last: int, seg_size: int) -> None:
+    gap = {"timeline": timeline, "first": _segname(timeline, first, seg_size),
+           "last": _segname(timeline, last, seg_size), "count": last - first + 1}
+    if gap not in result["gaps"]:
+        result["gaps"].append(gap)
+
+
+def _gap_text(timeline: int, first: int, last: int, seg_size: int) -> str:
+    if first == last:
+        return f"segment {_segname(timeline, first, seg_size)} is"
+    return f"segments {_segname(timeline, first, seg_size)} … {_segname(timeline, last, seg_size)} ({last - first + 1}) are"
+
+
+def restorable_window(ws, source: str, now: datetime | None = None) -> dict[str, Any]:
     """Per physical source: the window one can restore to and the archive lag (the real RPO).
 
     Returns {"source", "oldest": ISO of the oldest base backup's end, "newest": ISO of the newest
@@ -361,7 +509,7 @@ def restorable_window(ws, source: str) -> dict[str, Any]:
     newest_archived = max((row["archived_at"] for row in rows if row.get("archived_at")), default=None)
     lag = None
     if newest_archived:
-        lag = (clock.now() - clock.parse_iso(newest_archived)).total_seconds()
+        lag = ((now or clock.now()) - clock.parse_iso(newest_archived)).total_seconds()
     return {"source": source, "oldest": min(backups) if backups else None,
             "newest": newest_commit or newest_archived, "archive_lag_seconds": lag,
             "segments": len(rows), "base_backups": len(backups)}

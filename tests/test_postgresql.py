@@ -374,15 +374,13 @@ def _wait_archived(cluster, timeout: float = 60) -> None:
     raise AssertionError(f"WAL {wanted} was not archived in {timeout}s (see {cluster.log})")
 
 
-@pytest.fixture(scope="module")
-def pitr_setup(pg_factory, pg_work_dir):
+def archiving_cluster(pg_factory, wsdir: Path, prepare=None):
+    """A cluster whose archive_command is the worktree's `wal-push db %p` into a physical
+    workspace in `wsdir` (owned by postgres); `prepare(cluster)` runs before it starts."""
     if not postgres_can_reach(CONSOLE) or not postgres_can_reach(str(ROOT / "insite_console" / "wal.py")):
         pytest.skip(f"the postgres user cannot run {CONSOLE}")
-    home = Path(pg_factory.make_dir("pitr"))
-    os.chmod(home, 0o711)
-    wsdir = Path(pg_factory.make_dir("pitr/ws"))
     passfile = wsdir / "passphrase"
-    passfile.write_text("pitr passphrase\n")
+    passfile.write_text(f"{wsdir.name} passphrase\n")
     os.chmod(passfile, 0o600)
     cluster = pg_factory(start=False)
     config = pg_config(wsdir, f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres", mode="physical",
@@ -392,8 +390,19 @@ def pitr_setup(pg_factory, pg_work_dir):
     archive = f"{CONSOLE} -c {config} wal-push db %p"
     with open(os.path.join(cluster.datadir, "postgresql.conf"), "a") as handle:
         handle.write(f"archive_mode = on\narchive_command = '{archive}'\n")
+    if prepare is not None:
+        prepare(cluster)
     cluster.start()
     run_as_postgres(config, "init")
+    return cluster, config
+
+
+@pytest.fixture(scope="module")
+def pitr_setup(pg_factory, pg_work_dir):
+    home = Path(pg_factory.make_dir("pitr"))
+    os.chmod(home, 0o711)
+    wsdir = Path(pg_factory.make_dir("pitr/ws"))
+    cluster, config = archiving_cluster(pg_factory, wsdir)
     return {"cluster": cluster, "config": config, "home": home, "wsdir": wsdir}
 
 
@@ -425,7 +434,7 @@ def test_point_in_time_restore_between_two_inserts(pitr_setup, pg_factory):
                              target_time.isoformat(), "--start-port", str(port), "--json")
     restored = json.loads(result.stdout)
     recovered = pg_factory.adopt(type(cluster)(datadir=str(restored_dir), port=port, sockdir=str(restored_dir),
-                                               log=str(restored_dir / "insite-recovery.log")))
+                                               log=restored["recovery"]["log"]))
     assert restored["recovery"]["state"] == "promoted"
     rows = recovered.sql("SELECT id FROM events ORDER BY id")
     assert rows == [(1,), (2,)], rows
@@ -442,7 +451,7 @@ def test_point_in_time_restore_between_two_inserts(pitr_setup, pg_factory):
                              target_time.isoformat(), "--start-port", str(port), "--pause", "--json")
     assert json.loads(result.stdout)["backup_id"] == base["id"]
     paused = pg_factory.adopt(type(cluster)(datadir=str(paused_dir), port=port, sockdir=str(paused_dir),
-                                            log=str(paused_dir / "insite-recovery.log")))
+                                            log=json.loads(result.stdout)["recovery"]["log"]))
     assert json.loads(result.stdout)["recovery"]["state"] == "paused"
     assert paused.sql("SELECT pg_is_in_recovery()") == [(True,)]
     assert paused.sql("SELECT id FROM events ORDER BY id") == [(1,), (2,)]

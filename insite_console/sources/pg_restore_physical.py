@@ -131,11 +131,12 @@ def restore_physical(ctx) -> dict[str, Any]:
     notes += [f"warning: {warning}" for warning in check.get("warnings", [])]
     result: dict[str, Any] = {"files": files, "bytes_written": written, "details": summary, "notes": notes}
     if start_port:
-        result["recovery"] = start_recovery_server(ctx, target, int(start_port), owner, pause=pause and at is not None)
+        result["recovery"] = start_recovery_server(ctx, target, int(start_port), owner, pause=pause and at is not None,
+                                                   reach=check.get("last_needed"), seg_size=seg_size)
         if result["recovery"]["state"] == "promoted":  # segments prefetched past the target are not needed
             shutil.rmtree(os.path.join(target, "pg_wal", wal.SPOOL_DIR_NAME), ignore_errors=True)
-        notes.append(f"server running on 127.0.0.1:{start_port} (data {target}); stop it with "
-                     f"`pg_ctl -D {target} stop`")
+        notes.append(f"server running on 127.0.0.1:{start_port} (data {target}, log {result['recovery']['log']}); "
+                     f"stop it with `pg_ctl -D {target} stop`")
     else:
         notes.append(f"start it with: pg_ctl -D {target} start (as the user owning {target})")
         if pause and at is not None:
@@ -244,14 +245,18 @@ def _as_user(owner: tuple[int, int] | None, args: list[str]) -> list[str]:
     return ["runuser", "-u", name, "--"] + args
 
 
-def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, timeout: float = 600.0) -> dict[str, Any]:
+def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, reach: str | None = None,
+                          seg_size: int = 16 * 1024 * 1024, timeout: float = 600.0) -> dict[str, Any]:
     """Start a throwaway server on 127.0.0.1:port over the restored PGDATA and wait until the
-    recovery is done (promoted, or paused at the target)."""
+    recovery is done (promoted, or paused at the target), judged on the live server only: a
+    connection, pg_is_in_recovery(), and the replayed WAL position against `reach` (the last
+    segment the pre-flight found needed). Never on log text: a base backup of a restored cluster
+    carries old logs. The log goes beside PGDATA, not into it (nor into later base backups)."""
     import psycopg
 
     settings = source_settings(ctx)
     pg_ctl = pg_tool("pg_ctl", settings)
-    log = os.path.join(target, "insite-recovery.log")
+    log = _recovery_log(target, owner)
     options = (f"-p {port} -k {target} -c listen_addresses=127.0.0.1 -c unix_socket_directories={target} "
                "-c logging_collector=off")
     ctx.reporter.update(phase="recovering", force=True)
@@ -269,42 +274,88 @@ def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, timeo
     while time.monotonic() < deadline:
         ctx.cancel.check()
         if not os.path.exists(pid_file):
-            raise SourceError(f"the restored server in {target} stopped during recovery: {_log_tail(log)}")
-        # the log says it first, and needs no login (whatever the cluster's superuser is called)
-        try:
-            with open(log, errors="replace") as handle:
-                text = handle.read()
-        except OSError:
-            text = ""
-        if "database system is ready to accept connections" in text:
-            state = "promoted"
-            break
-        if "recovery has paused" in text or "pausing at the end of recovery" in text:
-            state = "paused"
-            break
+            raise SourceError(f"the restored server in {target} stopped during recovery: {_stop_reason(target, log)}")
         try:
             with psycopg.connect(host="127.0.0.1", port=port, dbname="postgres", user=_superuser(target),
                                  connect_timeout=3, autocommit=True) as conn:
-                in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-                if not in_recovery:
-                    state = "promoted"
-                    break
-                paused = conn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0]
-                if paused == "paused":
-                    state = "paused"
-                    break
+                in_recovery, paused, replayed = conn.execute(
+                    "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, "
+                    "pg_last_wal_replay_lsn()").fetchone()
         except psycopg.OperationalError as exc:
             last_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        time.sleep(0.3)
+            if any(word in last_error for word in ("authentication", "pg_hba.conf", "does not exist")):
+                raise SourceError(f"cannot log in to the restored server on 127.0.0.1:{port} to check its recovery "
+                                  f"({last_error}); its state is unknown: check it yourself (log {log}). "
+                                  "Set PGUSER/PGPASSWORD for a superuser it accepts.") from None
+            time.sleep(0.3)
+            continue
+        if not in_recovery:
+            state = "promoted"
+        elif paused == "paused":
+            state = "paused"
+        else:
+            time.sleep(0.3)
+            continue
+        if state == "paused" and not pause:
+            raise SourceError(f"recovery of {target} paused although promotion was asked; the server is running "
+                              f"on 127.0.0.1:{port}, see {log}")
+        _check_reached(target, replayed, reach, seg_size, f"the server is running on 127.0.0.1:{port}, see {log}")
+        break
     if state is None:
         raise SourceError(f"recovery of {target} did not finish within {int(timeout)}s ({last_error}); "
                           f"see {log}")
-    return {"state": state, "port": port, "log": log}
+    return {"state": state, "port": port, "log": log, "replayed_to": str(replayed)}
+
+
+def _recovery_log(target: str, owner) -> str:
+    """A fresh log file beside PGDATA (`<target>.insite-recovery.log`), writable by the server's
+    user; in the temp directory when the parent is not writable."""
+    import tempfile
+
+    path = target.rstrip("/") + ".insite-recovery.log"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        fd, path = tempfile.mkstemp(prefix="insite-recovery-", suffix=".log")
+    os.close(fd)
+    if owner is not None:
+        os.chown(path, *owner)
+    return path
+
+
+def _lsn(text) -> int:
+    high, low = str(text).split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _check_reached(target: str, replayed, reach: str | None, seg_size: int, where: str) -> None:
+    """Recovery ended or paused: did it replay into the last segment it needed? (A fetch that
+    ended recovery early, or WAL PostgreSQL could not read, leaves it short.)"""
+    from insite_console import wal
+
+    if reach is None:
+        return
+    needed = wal.segment_start_lsn(reach, seg_size)
+    if replayed is None or _lsn(replayed) < needed:
+        raise SourceError(f"recovery of {target} ended at WAL position {replayed}, before segment {reach} it needed "
+                          f"(archived WAL was not all replayed): the data is not restored to the asked point; "
+                          f"{where}")
 
 
 def _superuser(target: str) -> str:
     """The bootstrap superuser is normally `postgres`; overridable with PGUSER."""
     return os.environ.get("PGUSER", "postgres")
+
+
+def _stop_reason(target: str, log: str) -> str:
+    """Why recovery stopped: the note a fatal wal-fetch left (segment and cause), else the log's end."""
+    from insite_console import wal
+
+    failure = wal.fetch_failure(os.path.join(target, "pg_wal"))
+    if failure:
+        return (f"WAL segment {failure.get('segment')} could not be fetched from the archive: "
+                f"{failure.get('error')} (recovery stopped there rather than end early; see {log})")
+    return _log_tail(log)
 
 
 def _log_tail(path: str) -> str:

@@ -102,15 +102,9 @@ class RedisAddress:
 
 def scrub_url(url: str) -> str:
     """The URL without its password, for messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}" if user else f":***@{netloc}").geturl()
+    from insite_console.redact import redact
+
+    return redact(url)
 
 
 def _command(*args: bytes | str | int) -> bytes:
