@@ -90,9 +90,9 @@ def prune(ws, policy: str | None = None, dry_run: bool = False) -> dict[str, Any
         locks = {}
         for storage in storages:  # exclusive: no backup may reuse a blob prune is about to delete
             locks[storage] = held.enter_context(ws.repository(storage).lock("prune", exclusive=True))
-        for decision in forget:
-            ws.repository(decision["storage"]).delete_manifest(decision["id"])
+        for decision in forget:  # catalog row first: a kill between the two never lists a backup that is gone
             ws.catalog.delete_backup(decision["id"])
+            ws.repository(decision["storage"]).delete_manifest(decision["id"])
             ws.catalog.event(None, f"forgot backup {decision['id']} of {decision['policy']} (outside retention)")
         for storage in storages:
             _collect_packs(ws, storage, locks[storage], result)

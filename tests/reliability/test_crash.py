@@ -1,0 +1,109 @@
+"""Crash safety: real CLI processes (backup, prune, copy) SIGKILLed right after each of their
+storage writes in turn, every point from the same starting state (storage/local.py's test hook
+INSITE_TEST_KILL_AFTER_WRITES). After each kill the repository and the catalog are consistent
+(checks.assert_consistent), the operation run again succeeds, and what it made restores
+byte-identical."""
+
+from __future__ import annotations
+
+import shutil
+
+from insite_console import backup, copy, retention
+from insite_console.workspace import Workspace
+from tests.reliability.checks import (KILL_ENV, MIB, Snapshot, assert_consistent, assert_restores, killed,
+                                      make_workspace, write_random)
+from tests.reliability.conftest import LONG
+from tests.treeutil import build_tree
+
+
+def _kill_at_every_write(helper, args: list[str], after_kill, figures, name: str, stride: int = 1) -> int:
+    """Run `insite-console ARGS` killed after its 1st, 2nd, … storage write (every `stride`-th
+    in the short variant), each time from the snapshot taken now, until a run finishes before
+    its kill point; `after_kill(n)` checks. Returns how many kill points were tried."""
+    snapshot = Snapshot(helper.root, names=("repo", "offsite", "state"))
+    point = tried = 0
+    while True:
+        point += 1 if LONG or tried == 0 else stride
+        snapshot.put_back()
+        result = helper.cli(*args, env={KILL_ENV: str(point)})
+        if not killed(result):
+            break
+        tried += 1
+        figures[f"{name} kill points"] += 1
+        after_kill(point)
+    assert result.returncode == 0, result.stderr
+    return tried
+
+
+def test_kill_9_backup_after_each_storage_write(tmp_path, figures):
+    helper = make_workspace(tmp_path / "ws")
+    build_tree(helper.source, files=20)
+    backup.run(helper.ws, "tree")  # a parent: the killed runs are incremental
+    helper.close()
+    for i in range(6 if LONG else 2):
+        write_random(helper.source / f"new-{i}.bin", 3 * MIB // 2, seed=i)
+    (helper.source / "name with spaces.txt").write_text("changed\n")
+
+    def after_kill(point: int) -> None:
+        assert_consistent(helper.config)
+        ws = Workspace.load(helper.config)
+        try:
+            rerun = backup.run(ws, "tree")
+            assert rerun["status"] == "succeeded"
+            assert_restores(ws, rerun["id"], helper.source, tmp_path / "restored")
+        finally:
+            ws.close()
+
+    points = _kill_at_every_write(helper, ["backup", "tree"], after_kill, figures, "backup")
+    assert points >= 8
+
+
+def test_kill_9_prune_after_each_storage_write(tmp_path, figures):
+    helper = make_workspace(tmp_path / "ws")
+    build_tree(helper.source, files=20)
+    expected = {}
+    for i in range(4):  # keep_last = 2: the first two are forgotten, their big files' packs freed
+        write_random(helper.source / f"big-{i}.bin", MIB + MIB // 4, seed=10 + i)
+        (helper.source / f"big-{i - 1}.bin").unlink(missing_ok=True)
+        (helper.source / "dir000" / f"small-{i}.txt").write_text(f"small {i}\n" * 50)
+        backup_id = backup.run(helper.ws, "tree", "full")["id"]  # full: no parent chain keeps them
+        expected[backup_id] = tmp_path / "expected" / backup_id
+        shutil.copytree(helper.source, expected[backup_id], symlinks=True)
+    helper.close()
+    kept = list(expected)[2:]
+
+    def after_kill(point: int) -> None:
+        assert_consistent(helper.config)
+        ws = Workspace.load(helper.config)
+        try:
+            done = retention.prune(ws)
+            assert set(done["forgotten"]) <= set(list(expected)[:2])
+            assert [r["id"] for r in ws.catalog.backups(status="succeeded")] == kept[::-1]
+            for backup_id in kept:
+                assert_restores(ws, backup_id, helper.source, tmp_path / "restored", expected=expected[backup_id])
+        finally:
+            ws.close()
+
+    points = _kill_at_every_write(helper, ["prune"], after_kill, figures, "prune", stride=2)
+    assert points >= 7
+
+
+def test_kill_9_copy_after_each_storage_write(tmp_path, figures):
+    helper = make_workspace(tmp_path / "ws", extra='\n[storage.offsite]\ntype = "local"\npath = "offsite"\n')
+    helper.ws.init_repository("offsite")
+    build_tree(helper.source, files=20)
+    backup_id = backup.run(helper.ws, "tree")["id"]
+    helper.close()
+
+    def after_kill(point: int) -> None:
+        assert_consistent(helper.config, storages=("local", "offsite"))
+        ws = Workspace.load(helper.config)
+        try:
+            assert copy.run(ws, backup_id, "offsite")["status"] == "succeeded"
+            assert_restores(ws, backup_id, helper.source, tmp_path / "restored", storage="offsite")
+        finally:
+            ws.close()
+
+    points = _kill_at_every_write(helper, ["copy", backup_id, "--to", "offsite"], after_kill, figures, "copy",
+                                  stride=3)
+    assert points >= 4
