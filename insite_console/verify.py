@@ -13,7 +13,7 @@ from insite_console import clock
 from insite_console.errors import InsiteError, IntegrityError, StorageError, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
 from insite_console.repo.packs import pack_key
-from insite_console.repo.repository import Repository
+from insite_console.repo.repository import INDEX, Repository
 from insite_console.repo.tree import TreeReader
 
 
@@ -54,6 +54,16 @@ def _files_in_packs(repo: Repository, manifest: dict, bad_packs: set[str], limit
     except InsiteError:
         pass
     return names
+
+
+def _check_index_objects(repo: Repository, problems: list[str]) -> None:
+    """Authenticate every index object: this host reads them only once into its cache, so rot
+    after that would surface only on another host, in `catalog rebuild` or in prune."""
+    for info in repo.storage.list(INDEX):
+        try:
+            repo.get_sealed_object(info.key, aad=b"index")
+        except IntegrityError as exc:
+            problems.append(f"{exc} (the index cache of this host still holds a good copy of it)")
 
 
 def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | None = None,
@@ -100,6 +110,7 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
                     if problem:
                         problems.append(problem)
                         bad.add(pack_id)
+            _check_index_objects(repo, problems)
         if bad:
             affected = _files_in_packs(repo, manifest, bad)
             if affected:

@@ -76,11 +76,26 @@ def unwrap(key_file: dict, passphrase: str) -> MasterKey | None:
         return None
 
 
-def list_keys(storage: Storage) -> list[tuple[str, dict]]:
+def list_keys(storage: Storage) -> list[tuple[str, dict | None]]:
+    """(key id, key file); None for a key file that is not even valid JSON (bit rot, a torn copy)."""
     keys = []
     for info in storage.list(KEYS_PREFIX):
-        keys.append((info.key[len(KEYS_PREFIX):], json.loads(storage.get(info.key))))
+        try:
+            key_file = json.loads(storage.get(info.key))
+        except ValueError:
+            key_file = None
+        keys.append((info.key[len(KEYS_PREFIX):], key_file if isinstance(key_file, dict) else None))
     return keys
+
+
+def _try_unwrap(key_file: dict | None, passphrase: str) -> MasterKey | None:
+    """unwrap, with a damaged key file (bad JSON, a field garbled) raised as IntegrityError."""
+    if key_file is None:
+        raise IntegrityError("not valid JSON")
+    try:
+        return unwrap(key_file, passphrase)
+    except (KeyError, TypeError, ValueError, OverflowError, MemoryError) as exc:
+        raise IntegrityError(f"{type(exc).__name__}: {exc}") from None
 
 
 def add_key(storage: Storage, master: MasterKey, passphrase: str, label: str = "", scrypt: dict | None = None) -> str:
@@ -94,13 +109,24 @@ def unlock(storage: Storage, passphrase: str) -> tuple[MasterKey, str]:
     keys = list_keys(storage)
     if not keys:
         raise RepositoryError(f"storage {storage.name} ({storage.describe()}): repository has no key files")
+    damaged, refused = [], []
     for key_id, key_file in keys:
-        master = unwrap(key_file, passphrase)
+        try:
+            master = _try_unwrap(key_file, passphrase)
+        except IntegrityError as exc:
+            damaged.append(f"{KEYS_PREFIX}{key_id} ({exc})")
+            continue
         if master is not None:
             return master, key_id
+        refused.append(KEYS_PREFIX + key_id)
+    where = f"of the repository on storage {storage.name} ({storage.describe()})"
+    if len(damaged) == len(keys):
+        raise IntegrityError(f"every key file {where} is damaged: {', '.join(damaged)}; put back a copy of a key "
+                             "file (without one the repository cannot be opened)")
+    # AES-GCM cannot tell a wrong passphrase from a damaged key file: name the files tried
     raise WrongPassphrase(
-        f"wrong passphrase: none of the {len(keys)} key(s) of the repository on storage "
-        f"{storage.name} ({storage.describe()}) opens with it"
+        f"wrong passphrase: none of the {len(keys)} key(s) {where} opens with it (tried {', '.join(refused)}; "
+        "if the passphrase is right, those key files are damaged)" + (f"; damaged: {', '.join(damaged)}" if damaged else "")
     )
 
 
