@@ -126,7 +126,8 @@ def unlock(storage: Storage, passphrase: str) -> tuple[MasterKey, str]:
     # AES-GCM cannot tell a wrong passphrase from a damaged key file: name the files tried
     raise WrongPassphrase(
         f"wrong passphrase: none of the {len(keys)} key(s) {where} opens with it (tried {', '.join(refused)}; "
-        "if the passphrase is right, those key files are damaged)" + (f"; damaged: {', '.join(damaged)}" if damaged else "")
+        "if the passphrase is right, those key files are damaged)"
+        + (f"; damaged: {', '.join(damaged)}" if damaged else "")
     )
 
 

@@ -83,7 +83,8 @@ def assert_consistent(config: Path, storages=("local",)) -> dict:
             missing = sorted(set(repo.index.packs()) - on_storage)
             assert not missing, f"{storage}: index objects name packs that are not on storage: {missing}"
             ids = set(repo.list_manifest_ids())
-            listed = {r["id"] for r in rows if r["status"] == "succeeded" and storage in ws.catalog.backup_storages(r["id"])}
+            listed = {r["id"] for r in rows
+                      if r["status"] == "succeeded" and storage in ws.catalog.backup_storages(r["id"])}
             for backup_id in sorted(listed):
                 result = verify.run(ws, backup_id, deep=True, storage=storage)
                 assert result["status"] == "ok", (storage, backup_id, result["problems"])

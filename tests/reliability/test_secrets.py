@@ -63,7 +63,8 @@ def pg_with_password(pg_cluster, tmp_path):
     pg_cluster.sql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300000) g",
                    dbname="secrets")
     config = pg_config(tmp_path, f"postgresql://secretuser@127.0.0.1:{pg_cluster.port}/secrets")
-    config.write_text(config.read_text().replace('mode = "logical"\n', 'mode = "logical"\npassword_env = "DB_PASSWORD"\n'))
+    config.write_text(config.read_text().replace('mode = "logical"\n',
+                                                 'mode = "logical"\npassword_env = "DB_PASSWORD"\n'))
     os.environ["DB_PASSWORD"] = DB_PASSWORD
     try:
         subprocess.run([sys.executable, "-m", "insite_console", "-c", str(config), "init"], check=True,
