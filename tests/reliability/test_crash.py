@@ -107,3 +107,41 @@ def test_kill_9_copy_after_each_storage_write(tmp_path, figures):
     points = _kill_at_every_write(helper, ["copy", backup_id, "--to", "offsite"], after_kill, figures, "copy",
                                   stride=3)
     assert points >= 4
+
+
+def test_kill_9_backup_at_spread_times(tmp_path, figures):
+    """Time-based kills land anywhere, also inside a write (a temp file half written) or while
+    the catalog is being updated: same checks. One point here, ten in the long variant."""
+    import subprocess
+    import sys
+    import time
+
+    helper = make_workspace(tmp_path / "ws")
+    build_tree(helper.source, files=20)
+    for i in range(4):
+        write_random(helper.source / f"large-{i}.bin", 4 * MIB, seed=20 + i)
+    helper.close()
+    snapshot = Snapshot(helper.root)
+    started = time.monotonic()
+    helper.cli("backup", "tree", check=True)
+    full_run = time.monotonic() - started
+    offsets = [0.35 + i * (full_run - 0.35) / 10 for i in range(10)] if LONG else [0.35 + (full_run - 0.35) / 2]
+    for offset in offsets:
+        snapshot.put_back()
+        proc = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(helper.config), "backup", "tree"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(offset)
+        proc.kill()
+        if proc.wait() != -9:
+            continue  # finished before the kill: not a kill point
+        figures["timed kill points"] += 1
+        figures["temp files left by a kill"] += len(list((helper.root / "repo").rglob("*.insite-tmp-*")))
+        assert_consistent(helper.config)
+        ws = Workspace.load(helper.config)
+        try:
+            rerun = backup.run(ws, "tree")
+            assert rerun["status"] == "succeeded"
+            assert_restores(ws, rerun["id"], helper.source, tmp_path / "restored")
+        finally:
+            ws.close()
+    assert figures["timed kill points"] >= 1
