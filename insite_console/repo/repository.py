@@ -21,6 +21,7 @@ import io
 import json
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -51,6 +52,7 @@ CHUNK_MAX = 4 * 1024 * 1024
 PACK_TARGET = 8 * 1024 * 1024
 READ_BLOCK = 8 * 1024 * 1024
 INDEX_CHECKPOINT_PACKS = 64
+_SYNC_ATTEMPTS = 10  # listings of index/ tried while a prune elsewhere replaces the index
 
 
 class _ByteBudget:
@@ -170,7 +172,23 @@ class Repository:
         self.sync_index()
 
     def sync_index(self) -> int:
-        """Load index objects written since the cache last looked (by any process or host)."""
+        """Load index objects written since the cache last looked (by any process or host).
+
+        Without a lock (as on open) a prune elsewhere may replace the index between our listing
+        and our reads: an index object listed but gone when read means just that, so the cache
+        is rebuilt from a new listing (under a lock this cannot happen; see Concurrency)."""
+        attempt = 0
+        while True:
+            try:
+                return self._sync_index_once()
+            except ObjectNotFound:
+                attempt += 1
+                if attempt == _SYNC_ATTEMPTS:
+                    raise
+                self.index.clear()
+                time.sleep(0.05 * attempt)
+
+    def _sync_index_once(self) -> int:
         loaded = self.index.loaded_index_ids()
         on_storage = {info.key[len(INDEX):] for info in self.storage.list(INDEX)}
         for index_id in sorted(on_storage - loaded):

@@ -5,6 +5,7 @@ differ from what was backed up."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def _flip(path: Path, at: int) -> None:
 
 def _spread(size: int) -> list[int]:
     return sorted({round(i * (size - 1) / max(1, OFFSETS - 1)) for i in range(OFFSETS)})
+
+
+def _in_key_metadata(snapshot, obj: Path, at: int) -> bool:
+    """Whether offset `at` of the intact key file lies inside its label, host or created_at value."""
+    text = (snapshot.saved / obj.relative_to(snapshot.root)).read_text()
+    for field in ("label", "host", "created_at"):
+        value = json.loads(text)[field]
+        start = text.index(f'"{field}": "') + len(f'"{field}": "')
+        if start <= at < start + len(value):
+            return True
+    return False
 
 
 @pytest.fixture
@@ -93,7 +105,8 @@ def test_flipped_bytes_in_manifests_index_and_key_files_are_named(intact, tmp_pa
         for obj in objects:
             for at in _spread(obj.stat().st_size):
                 name = f"{kind}/{obj.name}"
-                for cached in (False, True) if kind == "index" else (False,):
+                with_cache = kind == "index" and (LONG or at == 0)  # the cached host: one flip per object
+                for cached in (False, True) if with_cache else (False,):
                     snapshot.put_back()
                     if not cached:
                         shutil.rmtree(helper.root / "state" / "cache")
@@ -104,6 +117,12 @@ def test_flipped_bytes_in_manifests_index_and_key_files_are_named(intact, tmp_pa
                         if cached:
                             result = verify.run(ws, backup_id, deep=True)
                             assert result["status"] == "failed" and any(name in p for p in result["problems"]), result
+                            continue
+                        if kind == "keys" and _in_key_metadata(snapshot, obj, at):
+                            # label, host, created_at are not authenticated (RELIABILITY.md):
+                            # the flip changes what `key list` shows, never the key or the data
+                            ws.repository("local").load_manifest(backup_id)
+                            figures["keys flips in unauthenticated labels"] += 1
                             continue
                         with pytest.raises(InsiteError) as opened:
                             ws.repository("local").load_manifest(backup_id)

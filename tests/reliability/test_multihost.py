@@ -15,7 +15,7 @@ from insite_console.workspace import Workspace
 from tests.reliability.checks import MIB, assert_consistent, assert_restores, make_workspace, write_random
 from tests.reliability.conftest import LONG
 
-ROUNDS = 15 if LONG else 5
+ROUNDS = 15 if LONG else 4
 LOCKED = "is locked by"
 
 
@@ -74,9 +74,19 @@ def test_two_hosts_back_up_while_a_third_prunes(tmp_path, figures):
                     outcomes.append(("pruner", "prune refused"))
             round_ += 1
 
+    errors: list[BaseException] = []
+
+    def collecting(target, *args):
+        def run():
+            try:
+                target(*args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test below
+                errors.append(exc)
+        return run
+
     pruner.config.write_text(pruner.config.read_text().replace('type = "incremental"', 'type = "full"'))
-    threads = [threading.Thread(target=host_loop, args=(h,)) for h in hosts]
-    threads.append(threading.Thread(target=prune_loop))
+    threads = [threading.Thread(target=collecting(host_loop, h)) for h in hosts]
+    threads.append(threading.Thread(target=collecting(prune_loop)))
     for thread in threads:
         thread.start()
     for thread in threads[:2]:
@@ -84,6 +94,8 @@ def test_two_hosts_back_up_while_a_third_prunes(tmp_path, figures):
     done.set()
     threads[2].join(300)
     assert not any(t.is_alive() for t in threads)
+    if errors:
+        raise errors[0]
     for _who, what in outcomes:
         figures[what] += 1
     figures["rounds"] = ROUNDS
@@ -103,3 +115,47 @@ def test_two_hosts_back_up_while_a_third_prunes(tmp_path, figures):
                 figures["backups restored"] += 1
         finally:
             ws.close()
+
+
+def test_opening_while_a_prune_replaces_the_index_elsewhere(tmp_path):
+    """Found by the test above (long variant): a backup opening the repository (no lock yet)
+    listed index/, then another host's prune replaced the index before the listed objects were
+    read, and the backup stopped with "object index/… does not exist". Here the prune happens
+    exactly in that gap, deterministically: the open must start again from storage."""
+    from insite_console import backup, retention
+    from insite_console.repo.repository import INDEX
+
+    first, pruner = _host(tmp_path, "host-a", first=True), _host(tmp_path, "pruner")
+    write_random(first.source / "a.bin", MIB, seed=1)
+    backup.run(first.ws, "tree")
+    first.close()
+    pruner.config.write_text(pruner.config.read_text().replace('type = "incremental"', 'type = "full"'))
+    for seed in (2, 3, 4):  # three full backups of the pruner: keep_last = 2 forgets one
+        write_random(pruner.source / "p.bin", MIB, seed=seed)
+        backup.run(pruner.ws, "tree")
+    ws = Workspace.load(first.config)  # host-a's cache knows none of the pruner's index objects
+    storage = ws.storage("local")
+    listed_once = []
+    original_list = type(storage).list
+
+    def list_then_prune(self, prefix=""):
+        items = list(original_list(self, prefix))
+        if prefix == INDEX and not listed_once:
+            listed_once.append(True)
+            assert retention.prune(pruner.ws)["packs_deleted"] >= 1  # replaces every index object
+        return iter(items)
+
+    try:
+        type(storage).list = list_then_prune
+        repo = ws.repository("local")  # lists, the prune runs, then reads what it listed
+        type(storage).list = original_list
+        assert listed_once
+        on_storage = {info.key[len(INDEX):] for info in storage.list(INDEX)}
+        assert repo.index.loaded_index_ids() == on_storage
+        write_random(first.source / "b.bin", MIB, seed=5)
+        result = backup.run(ws, "tree")
+        assert verify.run(ws, result["id"], deep=True)["status"] == "ok"
+    finally:
+        type(storage).list = original_list
+        ws.close()
+        pruner.close()
