@@ -35,6 +35,18 @@ def _kill_at_every_write(helper, args: list[str], after_kill, figures, name: str
     return tried
 
 
+def _after_killed_backup(helper, tmp_path) -> None:
+    """Consistent; the backup run again succeeds and restores byte-identical."""
+    assert_consistent(helper.config)
+    ws = Workspace.load(helper.config)
+    try:
+        rerun = backup.run(ws, "tree")
+        assert rerun["status"] == "succeeded"
+        assert_restores(ws, rerun["id"], helper.source, tmp_path / "restored")
+    finally:
+        ws.close()
+
+
 def test_kill_9_backup_after_each_storage_write(tmp_path, figures):
     helper = make_workspace(tmp_path / "ws")
     build_tree(helper.source, files=20)
@@ -44,17 +56,8 @@ def test_kill_9_backup_after_each_storage_write(tmp_path, figures):
         write_random(helper.source / f"new-{i}.bin", 3 * MIB // 2, seed=i)
     (helper.source / "name with spaces.txt").write_text("changed\n")
 
-    def after_kill(point: int) -> None:
-        assert_consistent(helper.config)
-        ws = Workspace.load(helper.config)
-        try:
-            rerun = backup.run(ws, "tree")
-            assert rerun["status"] == "succeeded"
-            assert_restores(ws, rerun["id"], helper.source, tmp_path / "restored")
-        finally:
-            ws.close()
-
-    points = _kill_at_every_write(helper, ["backup", "tree"], after_kill, figures, "backup")
+    points = _kill_at_every_write(helper, ["backup", "tree"], lambda _point: _after_killed_backup(helper, tmp_path),
+                                  figures, "backup")
     assert points >= 8
 
 
@@ -136,12 +139,5 @@ def test_kill_9_backup_at_spread_times(tmp_path, figures):
             continue  # finished before the kill: not a kill point
         figures["timed kill points"] += 1
         figures["temp files left by a kill"] += len(list((helper.root / "repo").rglob("*.insite-tmp-*")))
-        assert_consistent(helper.config)
-        ws = Workspace.load(helper.config)
-        try:
-            rerun = backup.run(ws, "tree")
-            assert rerun["status"] == "succeeded"
-            assert_restores(ws, rerun["id"], helper.source, tmp_path / "restored")
-        finally:
-            ws.close()
+        _after_killed_backup(helper, tmp_path)
     assert figures["timed kill points"] >= 1
