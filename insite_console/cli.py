@@ -346,8 +346,9 @@ def cmd_key(args) -> int:
     storage = args.storage or sorted(ws.config.storages)[0]
     repo = ws.repository(storage)
     if args.key_command == "list":
-        rows = [{"id": key_id, "label": data.get("label", ""), "created_at": data.get("created_at"),
-                 "host": data.get("host"), "current": key_id == repo.key_id}
+        rows = [{"id": key_id, "label": data.get("label", "") if data else "(damaged key file)",
+                 "created_at": (data or {}).get("created_at"), "host": (data or {}).get("host"),
+                 "current": key_id == repo.key_id}
                 for key_id, data in keys.list_keys(repo.storage)]
         if args.json:
             _print_json(rows)

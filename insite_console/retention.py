@@ -103,6 +103,9 @@ def prune(ws, policy: str | None = None, dry_run: bool = False) -> dict[str, Any
         for storage in storages:  # exclusive: no backup may reuse a blob prune is about to delete
             locks[storage] = held.enter_context(ws.repository(storage).lock("prune", exclusive=True))
         for decision in forget:
+            # catalog row first (its tombstone stays): a kill before the manifests are gone never
+            # lists a backup that is gone, and the next prune deletes the stray manifests below
+            ws.catalog.delete_backup(decision["id"], reason="outside retention")
             # every copy goes: a manifest left on a copy storage would come back on rebuild
             for storage in decision["storages"]:
                 if storage in ws.config.storages:
@@ -110,9 +113,13 @@ def prune(ws, policy: str | None = None, dry_run: bool = False) -> dict[str, Any
                 else:
                     result["warnings"].append(f"backup {decision['id']}: storage {storage} is no longer in "
                                               f"{ws.config.path}; its copy there was not deleted")
-            ws.catalog.delete_backup(decision["id"], reason="outside retention")
             ws.catalog.event(None, f"forgot backup {decision['id']} of {decision['policy']} (outside retention) "
                                    f"on {', '.join(decision['storages'])}")
+        forgotten = ws.catalog.forgotten_ids()
+        for storage in storages:  # manifests an interrupted prune forgot but did not delete
+            repo = ws.repository(storage)
+            for backup_id in sorted(set(repo.list_manifest_ids()) & forgotten):
+                repo.delete_manifest(backup_id)
         for storage in storages:
             _collect_packs(ws, storage, locks[storage], result)
         result["wal"] = _prune_wal(ws, policy)

@@ -13,7 +13,7 @@ from insite_console import clock
 from insite_console.errors import InsiteError, IntegrityError, ObjectNotFound, StorageError, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
 from insite_console.repo.packs import pack_key
-from insite_console.repo.repository import Repository
+from insite_console.repo.repository import INDEX, Repository
 from insite_console.repo.tree import TreeReader
 
 
@@ -77,6 +77,16 @@ def name_files(names: list[str], limit: int = 20) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _check_index_objects(repo: Repository, problems: list[str]) -> None:
+    """Authenticate every index object: this host reads them only once into its cache, so rot
+    after that would surface only on another host, in `catalog rebuild` or in prune."""
+    for info in repo.storage.list(INDEX):
+        try:
+            repo.get_sealed_object(info.key, aad=b"index")
+        except IntegrityError as exc:
+            problems.append(f"{exc} (the index cache of this host still holds a good copy of it)")
+
+
 def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None, storage: str | None = None) -> dict[str, Any]:
     """Verify one backup on its storage (or on `storage`, for a copy); records the result."""
@@ -123,6 +133,7 @@ def run(ws, backup_id: str, deep: bool = False, progress: ProgressCallback | Non
                     if problem:
                         problems.append(problem)
                         bad.add(pack_id)
+            _check_index_objects(repo, problems)
         if bad:
             lost: set[bytes] = set()
             for pack_id in sorted(bad):

@@ -296,6 +296,10 @@ class FaultProxy:
     def reset(self, count: int, methods=None, path_contains=None):
         self._add({"action": "reset", "count": count, "methods": methods, "path": path_contains})
 
+    def delay(self, count: int, seconds: float, methods=None, path_contains=None):
+        """Answer the next N matching requests only after `seconds` (a slow or stalled server)."""
+        self._add({"action": "delay", "count": count, "seconds": seconds, "methods": methods, "path": path_contains})
+
     def corrupt(self, count: int, methods=("PUT",), path_contains=None):
         self._add({"action": "corrupt", "count": count, "methods": set(methods), "path": path_contains})
 
@@ -385,6 +389,8 @@ class FaultProxy:
                     if method != "HEAD":
                         self.wfile.write(payload)
                     return
+                if rule and rule["action"] == "delay":
+                    time.sleep(rule["seconds"])
                 corrupted = False
                 if rule and rule["action"] == "corrupt" and body:
                     middle = len(body) // 2

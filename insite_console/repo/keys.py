@@ -134,7 +134,7 @@ def unlock(storage: Storage, passphrase: str) -> tuple[MasterKey, str]:
     keys = list_keys(storage)
     if not keys:
         raise RepositoryError(f"storage {storage.name} ({storage.describe()}): repository has no key files")
-    damaged = []
+    damaged, refused = [], []
     for key_id, key_file in keys:
         what = f"key file {KEYS_PREFIX}{key_id} on storage {storage.name}"
         try:
@@ -145,11 +145,16 @@ def unlock(storage: Storage, passphrase: str) -> tuple[MasterKey, str]:
             continue
         if master is not None:
             return master, key_id
-    message = (f"none of the {len(keys)} key(s) of the repository on storage {storage.name} "
-               f"({storage.describe()}) opens with this passphrase")
-    if damaged:
-        raise RepositoryError(message + "; damaged: " + "; ".join(damaged))
-    raise WrongPassphrase("wrong passphrase: " + message)
+        refused.append(KEYS_PREFIX + key_id)
+    where = f"of the repository on storage {storage.name} ({storage.describe()})"
+    if not refused:
+        raise RepositoryError(f"every key file {where} is damaged; put back a copy of a key file (without one the "
+                              "repository cannot be opened); damaged: " + "; ".join(damaged))
+    # AES-GCM cannot tell a wrong passphrase from a damaged key file: name the files tried
+    raise WrongPassphrase(
+        f"wrong passphrase: none of the {len(keys)} key(s) {where} opens with it (tried {', '.join(refused)}; "
+        "if the passphrase is right, those key files are damaged)"
+        + (f"; damaged: {'; '.join(damaged)}" if damaged else ""))
 
 
 def remove_key(storage: Storage, key_id: str, current_key_id: str) -> None:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -52,6 +53,7 @@ CHUNK_MAX = 4 * 1024 * 1024
 PACK_TARGET = 8 * 1024 * 1024
 READ_BLOCK = 8 * 1024 * 1024
 INDEX_CHECKPOINT_PACKS = 64
+_SYNC_ATTEMPTS = 10  # listings of index/ tried while a prune elsewhere replaces the index
 
 log = logging.getLogger("insite_console.repo")
 
@@ -178,7 +180,23 @@ class Repository:
 
         A damaged index object is skipped, not fatal: it is kept in `damaged_indexes` and
         logged, the packs it named are found again as unindexed packs by the next writer,
-        and `repair index` replaces it."""
+        and `repair index` replaces it.
+
+        Without a lock (as on open) a prune elsewhere may replace the index between our listing
+        and our reads: an index object listed but gone when read means just that, so the cache
+        is rebuilt from a new listing (under a lock this cannot happen; see Concurrency)."""
+        attempt = 0
+        while True:
+            try:
+                return self._sync_index_once()
+            except ObjectNotFound:
+                attempt += 1
+                if attempt == _SYNC_ATTEMPTS:
+                    raise
+                self.index.clear()
+                time.sleep(0.05 * attempt)
+
+    def _sync_index_once(self) -> int:
         loaded = self.index.loaded_index_ids()
         on_storage = {info.key[len(INDEX):] for info in self.storage.list(INDEX)}
         for index_id in set(self.damaged_indexes) - on_storage:
@@ -190,8 +208,6 @@ class Repository:
         for index_id in sorted(todo):
             try:
                 packs = self._read_index_object(index_id)
-            except ObjectNotFound:
-                continue  # deleted since the listing (a prune elsewhere)
             except IntegrityError as exc:
                 if index_id not in self.damaged_indexes:
                     log.warning("skipping %s (run `insite-console repair index %s`)", exc, self.storage.name)
@@ -225,7 +241,12 @@ class Repository:
     def locate(self, blob_id: bytes) -> BlobLocation:
         location = self._pending.get(blob_id) or self.index.lookup(blob_id)
         if location is None:
-            raise IntegrityError(f"chunk {blob_id.hex()[:16]} is not in the repository index (missing data)")
+            why = "missing data"
+            if self.damaged_indexes:  # most likely named by one of them
+                why = (f"{len(self.damaged_indexes)} damaged index object(s) could not be read: "
+                       f"{', '.join(INDEX + i for i in sorted(self.damaged_indexes)[:3])}; run `insite-console "
+                       f"repair index {self.storage.name}`")
+            raise IntegrityError(f"chunk {blob_id.hex()[:16]} is not in the repository index ({why})")
         return location
 
     def recover_unindexed_packs(self, delete_unreadable: bool = False) -> tuple[int, list[str]]:

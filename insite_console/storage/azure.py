@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 from urllib.parse import urlparse
 
+from insite_console.config import parse_size
 from insite_console.errors import StorageError
 from insite_console.storage import ratelimit
 from insite_console.storage.base import ObjectInfo
@@ -93,7 +94,7 @@ class AzureStorage(CloudStorage):
         self._client = None
         self._session = None
         self._lock = threading.Lock()
-        part = min(MAX_BLOCK_SIZE, max(64 * 1024, int(settings.get("part_size") or DEFAULT_PART_SIZE)))
+        part = min(MAX_BLOCK_SIZE, max(64 * 1024, parse_size(settings.get("part_size") or DEFAULT_PART_SIZE)))
         self._setup(name, settings, self.container, part)
 
     # -- plumbing ---------------------------------------------------------------------------

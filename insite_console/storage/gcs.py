@@ -26,6 +26,7 @@ import os
 import threading
 from typing import BinaryIO
 
+from insite_console.config import parse_size
 from insite_console.errors import StorageError
 from insite_console.storage import ratelimit
 from insite_console.storage.base import ObjectInfo
@@ -144,7 +145,7 @@ class GCSStorage(CloudStorage):
         self._local = threading.local()
         self._credentials = None
         self._lock = threading.Lock()
-        part = int(settings.get("part_size") or DEFAULT_PART_SIZE)
+        part = parse_size(settings.get("part_size") or DEFAULT_PART_SIZE)
         self._setup(name, settings, self.bucket_name, max(CHUNK_QUANTUM, part // CHUNK_QUANTUM * CHUNK_QUANTUM))
 
     # -- plumbing ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import signal
 import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -13,6 +14,22 @@ from insite_console.errors import ObjectNotFound, StorageError
 from insite_console.storage.base import ObjectInfo, Storage
 
 _TEMP_MARK = ".insite-tmp-"
+_KILL_AFTER_ENV = "INSITE_TEST_KILL_AFTER_WRITES"
+_mutations = [0]
+_mutations_lock = threading.Lock()
+
+
+def _crash_point() -> None:
+    """Test-only crash injection, inert unless INSITE_TEST_KILL_AFTER_WRITES=N is set: the
+    process SIGKILLs itself right after its Nth completed put or deleted key, so the
+    reliability suite (tests/reliability) can kill real runs between any two storage writes."""
+    limit = os.environ.get(_KILL_AFTER_ENV)
+    if not limit:
+        return
+    with _mutations_lock:
+        _mutations[0] += 1
+        if _mutations[0] >= int(limit):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class LocalStorage(Storage):
@@ -101,6 +118,7 @@ class LocalStorage(Storage):
             except OSError:
                 pass
             raise self._fail("write", key, exc) from exc
+        _crash_point()
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
@@ -150,9 +168,10 @@ class LocalStorage(Storage):
             try:
                 self._path(key).unlink()
             except FileNotFoundError:
-                pass
+                continue
             except OSError as exc:
                 raise self._fail("delete", key, exc) from exc
+            _crash_point()
 
     def stat(self, key: str) -> ObjectInfo:
         try:

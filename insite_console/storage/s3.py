@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
+from insite_console.config import parse_size
 from insite_console.errors import StorageError
 from insite_console.storage import ratelimit
 from insite_console.storage.base import ObjectInfo
@@ -104,7 +105,8 @@ class S3Storage(CloudStorage):
         self.region = settings.get("region") or "us-east-1"
         self._client = None
         self._client_lock = threading.Lock()
-        self._setup(name, settings, self.bucket, max(MIN_PART_SIZE, int(settings.get("part_size") or DEFAULT_PART_SIZE)))
+        part = max(MIN_PART_SIZE, parse_size(settings.get("part_size") or DEFAULT_PART_SIZE))
+        self._setup(name, settings, self.bucket, part)
 
     # -- plumbing ---------------------------------------------------------------------------
 
