@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from insite_console import clock
 from insite_console.dr import actions, history
-from insite_console.dr.scenarios import AUTOMATED, Scenario, Step, find
+from insite_console.dr.scenarios import AUTOMATED, Scenario, Step, find, topological
 from insite_console.errors import Cancelled, UsageError
 from insite_console.events import CancelToken
 
@@ -232,7 +232,7 @@ class Drill:
         now = self.clock.elapsed()
         st = self.state[step.id]
         seconds = now - st["started"]
-        st.update(status="passed" if status == "passed" else status, finished=now, note=note, by=by, **extra)
+        st.update(status=status, finished=now, note=note, by=by, **extra)
         over = seconds > step.estimate_seconds + 1e-6
         self._emit("step_finished", step=step.id, status=st["status"], note=note, by=by, seconds=round(seconds, 3),
                    over_estimate=over, **extra)
@@ -308,9 +308,7 @@ class Drill:
 
 
 def _ordered(steps) -> list[Step]:
-    from insite_console.dr.scenarios import _topological
-
-    return _topological(list(steps))
+    return topological(list(steps))
 
 
 def run(ws, scenario_id: str, mode: str = "tabletop", speed: float = 1.0, auto: bool = False,

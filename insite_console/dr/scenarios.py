@@ -335,7 +335,7 @@ def _expand(steps: list[Step], ws, file: str) -> tuple[list[Step], list[dict]]:
     inherited: dict[str, list[str]] = {}
     dropped = []
     out = []
-    for step in _topological(steps):
+    for step in topological(steps):
         i = steps.index(step)
         after = []
         for dep in step.after:
@@ -368,7 +368,8 @@ def _expand(steps: list[Step], ws, file: str) -> tuple[list[Step], list[dict]]:
     return out, dropped
 
 
-def _topological(steps: list[Step]) -> list[Step]:
+def topological(steps: list[Step]) -> list[Step]:
+    """Steps in dependency order; steps in a cycle are left out (load rejects cycles first)."""
     done: list[Step] = []
     placed: set[str] = set()
     pending = list(steps)
@@ -440,7 +441,7 @@ def _from_legacy(sid: str, table: Any, file: str) -> dict:
 
 def order(scenario: Scenario) -> list[Step]:
     """Steps in dependency order (load has ruled out cycles)."""
-    return _topological(scenario.steps)
+    return topological(scenario.steps)
 
 
 def find(ws, scenario_id: str) -> Scenario:
