@@ -446,6 +446,18 @@ def _open_console(config_path: str | None, read_only: bool, theme: str | None) -
 
 def cmd_drill(args) -> int:
     ws = _workspace(args)
+    from insite_console.dr import history
+
+    if args.drill_command == "list" and args.history:
+        drills = ws.catalog.drills(limit=200)
+        if args.json:
+            _print_json([{k: d[k] for k in ("id", "scenario", "mode", "status", "started_at", "finished_at",
+                                             "recovery_seconds", "data_loss_seconds")} for d in drills])
+            return 0
+        for d in drills:
+            print(f"{d['id']}  {d['started_at']}  {d['scenario']:<20} {d['mode'] or '-':<9} {d['status']:<10} "
+                  f"recovery {clock.human_duration(d['recovery_seconds'] or 0)}")
+        return 0
     if args.drill_command == "list":
         from insite_console.dr.scenarios import load, order
 
@@ -454,52 +466,123 @@ def cmd_drill(args) -> int:
             _print_json([s.to_json() for s in scenarios])
             return 0
         for scenario in scenarios:
-            print(f"{scenario.id}: {scenario.name} (RTO {clock.human_duration(scenario.rto_minutes * 60)}, "
-                  f"RPO {clock.human_duration(scenario.rpo_minutes * 60)})\n  {scenario.description}")
+            print(f"{scenario.id}: {scenario.name} [{scenario.type}, {scenario.tier}] probability "
+                  f"{scenario.probability:g}/yr, cost {scenario.cost:,.0f} (RTO {clock.human_duration(scenario.rto_seconds)}, "
+                  f"RPO {clock.human_duration(scenario.rpo_seconds)})\n  {scenario.description}")
             for step in order(scenario):
-                after = f"  after {', '.join(step.depends_on)}" if step.depends_on else ""
-                print(f"  - [{step.kind}] {step.id}: {step.title} — {step.owner}, ~{step.expected_minutes:g} min{after}")
+                after = f"  after {', '.join(step.after)}" if step.after else ""
+                print(f"  - {step.id} [{step.kind}] {step.action} — {step.role}, "
+                      f"~{clock.human_duration(step.estimate_seconds)}{after}")
+            for drop in scenario.plan.dropped:
+                print(f"  - {drop['step']} [{drop['kind']}] {drop['action']}: not here, {drop['why']}")
+        return 0
+    if args.drill_command in ("show", "replay"):
+        if not args.scenario:
+            raise UsageError(f"drill {args.drill_command} needs a drill ID (see `insite-console drill list --history`)")
+        record = history.get(ws, args.scenario)
+        if args.drill_command == "show":
+            if args.json:
+                _print_json(record)
+            else:
+                _print_drill(record)
+            return 0
+        emit = (lambda e: print(json.dumps(e), flush=True)) if args.json else _print_event
+        history.replay(record, emit, speed=args.speed or 1.0)
         return 0
     if args.drill_command == "run":
         from insite_console.dr import drill
 
         if not args.scenario:
             raise UsageError("drill run needs a SCENARIO (see `insite-console drill list`)")
-        result = drill.run(ws, args.scenario, progress=_progress_printer(not args.json), cancel=_cancel_on_signals())
+        if args.live and args.tabletop:
+            raise UsageError("a drill is --live or --tabletop, not both")
+        if args.live and args.speed not in (None, 1):
+            raise UsageError("a live drill runs in real time: --speed is for tabletops")
+        result = drill.run(ws, args.scenario, mode="live" if args.live else "tabletop", speed=args.speed or 1.0,
+                           auto=args.auto, listener=None if args.json else (lambda e, snap: _print_event(e, snap)),
+                           on_manual=None if args.auto else _prompt_manual, cancel=_cancel_on_signals())
         if args.json:
             _print_json(result)
         else:
-            print(f"drill {result['id']} of {result['name']}: {result['status'].upper()}")
-            for step in result["steps"]:
-                print(f"  {clock.human_duration(step['starts_at_second']):>7} +{clock.human_duration(step['seconds']):<7} "
-                      f"{step['status']:<12} {step['title']} ({step['owner']})" + (f": {step['notes']}" if step.get("notes") else ""))
-            loss = result["data_loss_seconds"]
-            print(f"recovery time {clock.human_duration(result['recovery_seconds'])} against RTO "
-                  f"{clock.human_duration(result['rto_seconds'])}: {'met' if result['meets_rto'] else 'MISSED'}; "
-                  f"data loss {clock.human_duration(loss) if loss is not None else 'n/a'} against RPO "
-                  f"{clock.human_duration(result['rpo_seconds'])}: {'met' if result['meets_rpo'] else 'MISSED'}")
+            _print_drill(result)
         return 0 if result["status"] == "passed" else 1
     from insite_console.dr import report
 
     result = report.build(ws)
-    if args.json:
+    if args.json or args.format == "json":
         _print_json(result)
-        return 0
-    print(f"DR report, {result['generated_at']}\n\nScenarios:")
-    for item in result["scenarios"]:
-        last = item["last_drill"]
-        print(f"  {item['name']}: RTO {clock.human_duration(item['rto_seconds'])}, RPO "
-              f"{clock.human_duration(item['rpo_seconds'])}; last drill: "
-              + (f"{last['at']} {last['status']} (recovery {clock.human_duration(last['recovery_seconds'])})"
-                 if last else "never"))
-    print("\nPolicies:")
-    for item in result["policies"]:
-        print(f"  {item['policy']}: {item['tier']}, {status_word(item['health'])}, storages "
-              f"{', '.join(item['storages']) or '-'}, last verification {item['last_verification'] or 'never'}")
-    print("\nRisks:" if result["risks"] else "\nRisks: none found")
-    for risk in result["risks"]:
-        print(f"  [{risk['level']}] " + (f"{risk['policy']}: " if risk["policy"] else "") + risk["risk"])
+    else:
+        print(report.markdown(result), end="")
     return 0
+
+
+def _print_event(event: dict, snapshot: dict | None = None) -> None:
+    """One line of a drill's timeline (live or replayed)."""
+    t = clock.human_duration(event["t"])
+    kind = event["type"]
+    if kind == "step_started":
+        text = f"start {event['step']}: {event['action']} ({event['role']}, ~{clock.human_duration(event['estimate_seconds'])})"
+    elif kind == "step_finished":
+        text = f"{event['status']} {event['step']}" + (f" by {event['by']}" if event.get("by") else "") \
+            + (f": {event['note']}" if event.get("note") else "")
+    elif kind == "escalation":
+        text = f"ESCALATION level {event['level']} ({event['trigger']}): notify {', '.join(event['notify'])}"
+    elif kind == "inject":
+        text = f"INJECT ({event['by']}): {event['text']}"
+    elif kind == "response":
+        text = f"response to inject {event['inject']} ({event['by']}): {event['text']}"
+    elif kind == "drill_started":
+        text = f"drill of {event['name']} started ({event['mode']}, speed {event['speed']:g})"
+    elif kind == "drill_finished":
+        text = f"drill {event['status'].upper()}"
+    else:
+        text = f"{kind}: " + ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("seq", "t", "at", "type"))
+    tail = ""
+    if snapshot and kind in ("step_finished", "escalation"):
+        tail = (f"   [level {snapshot['level']}, projected RTO {clock.human_duration(snapshot['projected_rto_seconds'])}"
+                f" of {clock.human_duration(snapshot['rto_seconds'])}]")
+    print(f"{t:>8}  {text}{tail}", file=sys.stderr if snapshot is not None else sys.stdout, flush=True)
+
+
+def _prompt_manual(drill_run, step) -> None:
+    """The CLI's operator: mark a manual step on the terminal (`i TEXT` adds an inject first)."""
+    while True:
+        print(f"\nstep {step.id}: {step.action} ({step.role}, estimate {clock.human_duration(step.estimate_seconds)})\n"
+              "  [d]one / [f]ailed / [s]kipped, then a note; or `i TEXT` for an inject: ", end="", file=sys.stderr,
+              flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            drill_run.mark(step.id, "skipped", "no operator answer (end of input; use --auto for rehearsals)", "cli")
+            return
+        word, _, note = line.strip().partition(" ")
+        if word == "i" and note:
+            drill_run.inject(note, "facilitator")
+            continue
+        status = {"d": "done", "done": "done", "f": "failed", "failed": "failed", "s": "skipped",
+                  "skipped": "skipped"}.get(word.lower())
+        if status:
+            drill_run.mark(step.id, status, note, os.environ.get("USER") or "operator")
+            return
+
+
+def _print_drill(result: dict) -> None:
+    print(f"drill {result['id']} of {result['name']} ({result.get('mode') or 'drill'}): {result['status'].upper()}")
+    for step in result["steps"]:
+        start = step.get("starts_at_second")
+        took = step.get("seconds")
+        print(f"  {clock.human_duration(start) if start is not None else '-':>7} "
+              f"+{clock.human_duration(took) if took is not None else '-':<7} {step['status']:<9} {step['id']} "
+              f"{step['action']} ({step['role']})" + (f": {step['notes']}" if step.get("notes") else ""))
+    loss = result["data_loss_seconds"]
+    rpo_word = {True: "met", False: "MISSED", None: "not measured"}[result.get("meets_rpo")]
+    print(f"recovery time {clock.human_duration(result['recovery_seconds'])} against RTO "
+          f"{clock.human_duration(result['rto_seconds'])}: {'met' if result['meets_rto'] else 'MISSED'}; "
+          f"data loss {clock.human_duration(loss) if loss is not None else 'n/a'} against RPO "
+          f"{clock.human_duration(result['rpo_seconds'])}: {rpo_word}")
+    for item in result.get("missing", []):
+        print(f"not carried out: {item}")
+    for item in result.get("cleanup_problems", []):
+        print(f"cleanup problem: {item}")
 
 
 def status_word(health: str) -> str:
@@ -610,8 +693,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
 
     p = add("drill", cmd_drill, "DR scenarios, drill playback, the DR report")
-    p.add_argument("drill_command", choices=["list", "run", "report"])
-    p.add_argument("scenario", nargs="?")
+    p.add_argument("drill_command", choices=["list", "run", "show", "replay", "report"])
+    p.add_argument("scenario", nargs="?", help="run: a scenario id; show/replay: a drill id")
+    p.add_argument("--history", action="store_true", help="list: past drills instead of scenarios")
+    p.add_argument("--live", action="store_true", help="run: a live drill, in real time")
+    p.add_argument("--tabletop", action="store_true", help="run: a tabletop drill (the default)")
+    p.add_argument("--speed", type=float, help="run (tabletop) / replay: the clock N times faster")
+    p.add_argument("--auto", action="store_true", help="run: mark manual steps done after their estimate")
+    p.add_argument("--format", choices=["md", "json"], default="md", help="report: Markdown or JSON")
     return parser
 
 

@@ -192,7 +192,8 @@ TOP_TABLES = {
                "restore_threads": (_is_pos_int, False), "prune_max_unused": (_is_share, False),
                "timezone": (_is_timezone, False)},
     "console": {"theme": (_is_str, False), "refresh_seconds": (_is_pos_int, False), "keymap": (lambda v: None if isinstance(v, dict) else "a table", False)},
-    "dr": {"rto": (_is_duration, False), "rpo": (_is_duration, False), "scenarios_file": (_is_str, False)},
+    "dr": {"rto": (_is_duration, False), "rpo": (_is_duration, False), "scenarios_file": (_is_str, False),
+           "dir": (_is_str, False), "cadence": (_is_duration, False), "scratch_postgres": (_is_str, False)},
 }
 
 

@@ -1,10 +1,19 @@
-"""DR drills: scenarios played back against a real repository and judged against RTO/RPO."""
+"""DR drills: the strategy's scenarios as data, drills that really restore into scratch targets,
+a drill clock with escalations, history kept in catalog and repository, the DR report."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import textwrap
+
+import pytest
 
 from tests.conftest import WorkspaceHelper, write_config
+from tests.pg_servers import *  # noqa: F403
+from tests.redis_servers import *  # noqa: F403
+
+FAST = ["--auto", "--speed", "1000000"]
 
 
 def _workspace(tmp_path, extra: str = "", offsite: bool = False) -> WorkspaceHelper:
@@ -18,57 +27,103 @@ def _workspace(tmp_path, extra: str = "", offsite: bool = False) -> WorkspaceHel
     return helper
 
 
-def test_drill_list_shows_plans_with_owners_and_dependencies(tmp_path):
+def _damage_packs(repo_dir):
+    for pack in (repo_dir / "data").rglob("*"):
+        if pack.is_file():
+            raw = bytearray(pack.read_bytes())
+            raw[20] ^= 0xFF
+            pack.write_bytes(bytes(raw))
+
+
+def test_drill_list_has_the_strategy_scenarios_and_figures(tmp_path):
     helper = _workspace(tmp_path)
-    scenarios = json.loads(helper.cli("drill", "list", "--json", check=True).stdout)
-    assert {s["id"] for s in scenarios} == {"database-failure", "datacenter-failure", "data-corruption"}
-    corruption = next(s for s in scenarios if s["id"] == "data-corruption")
-    kinds = [step["kind"] for step in corruption["steps"]]
-    assert kinds == ["manual", "check_rpo", "verify", "restore", "manual"]
-    assert all(step["owner"] and step["escalation"] for step in corruption["steps"])
-    assert corruption["steps"][3]["depends_on"] == ["verify-tree"]
+    scenarios = {s["id"]: s for s in json.loads(helper.cli("drill", "list", "--json", check=True).stdout)}
+    assert set(scenarios) == {"database_failure", "datacenter_failure", "data_corruption"}
+    assert [(s["probability"], s["cost"], s["tier"]) for s in scenarios.values()] == [
+        (0.08, 75000, "tier_1"), (0.15, 50000, "tier_1"), (0.05, 250000, "tier_2")]
+    dc = scenarios["datacenter_failure"]
+    assert len(dc["plan"]["escalations"]) == 3 and dc["plan"]["rollback"] and dc["plan"]["post_recovery"]
+    # a files-only config: the @postgresql check is dropped, its dependents wait on the restore
+    corruption = {s["id"]: s for s in scenarios["data_corruption"]["plan"]["steps"]}
+    assert corruption["4.tree"]["kind"] == "restore" and corruption["4.tree"]["after"] == ["3.tree"]
+    assert corruption["7"]["after"] == ["5"]
 
 
-def test_drill_restores_for_real_and_meets_rto_and_rpo(tmp_path):
+def test_files_drill_restores_for_real_and_keeps_history(tmp_path):
     helper = _workspace(tmp_path)
     helper.cli("backup", "tree", check=True)
-    result = helper.cli("drill", "run", "data-corruption", "--json")
+    result = helper.cli("drill", "run", "data_corruption", "--json", *FAST)
     assert result.returncode == 0, result.stderr
     drill = json.loads(result.stdout)
-    assert drill["status"] == "passed" and drill["meets_rto"] and drill["meets_rpo"]
+    assert drill["status"] == "passed" and drill["meets_rto"] and drill["meets_rpo"], drill["missing"]
     steps = {s["id"]: s for s in drill["steps"]}
-    assert steps["restore-tree"]["status"] == "passed"
-    assert steps["restore-tree"]["bytes_written"] == (tmp_path / "src" / "orders.csv").stat().st_size
-    assert steps["verify-tree"]["status"] == "passed"
-    # manual steps count with their expected time: 15 + 20 minutes on the critical path
-    assert 35 * 60 <= drill["recovery_seconds"] < 36 * 60
-    assert not (tmp_path / "state" / "drills" / drill["id"] / "tree").exists()  # scratch removed
-    report = json.loads(helper.cli("drill", "report", "--json", check=True).stdout)
-    last = next(s for s in report["scenarios"] if s["id"] == "data-corruption")["last_drill"]
-    assert last["id"] == drill["id"] and last["status"] == "passed"
-    assert report["policies"][0]["tier"] == "tier 1 (RPO ≤ 15m)"
-    assert any("no off-site copy" in r["risk"] for r in report["risks"])
+    assert steps["4.tree"]["status"] == "passed"
+    assert steps["4.tree"]["bytes_written"] == (tmp_path / "src" / "orders.csv").stat().st_size
+    assert steps["3.tree"]["status"] == "passed" and "deep-verified" in steps["3.tree"]["notes"]
+    # manual steps at their estimates on the critical path: 10 + 15 + 10 + 20 minutes
+    assert 55 * 60 <= drill["recovery_seconds"] < 56 * 60
+    assert not (tmp_path / "state" / "drills" / drill["id"]).exists() or \
+        not any((tmp_path / "state" / "drills" / drill["id"]).iterdir())  # scratch removed
+    assert drill["stored_in"]["repositories"] == ["local"]
+
+    shown = json.loads(helper.cli("drill", "show", drill["id"], "--json", check=True).stdout)
+    assert shown["events"] == drill["events"]
+    replayed = [json.loads(line) for line in
+                helper.cli("drill", "replay", drill["id"], "--speed", "1000000", "--json", check=True).stdout.splitlines()]
+    assert replayed == drill["events"]
+    assert [e["type"] for e in replayed][0] == "drill_started" and replayed[-1]["type"] == "drill_finished"
+
+    # a lost catalog is rebuilt from the repository with the drill history
+    (tmp_path / "state" / "catalog.sqlite").unlink()
+    helper.cli("catalog", "rebuild", check=True)
+    history = json.loads(helper.cli("drill", "list", "--history", "--json", check=True).stdout)
+    assert [h["id"] for h in history] == [drill["id"]] and history[0]["status"] == "passed"
+    again = json.loads(helper.cli("drill", "show", drill["id"], "--json", check=True).stdout)
+    assert again["events"] == drill["events"]
+
+
+def test_a_drill_never_passes_on_a_restore_that_was_not_carried_out(tmp_path):
+    helper = _workspace(tmp_path)
+    helper.cli("backup", "tree", check=True)
+    result = helper.cli("drill", "run", "database_failure", "--json", *FAST)
+    assert result.returncode == 1
+    drill = json.loads(result.stdout)
+    assert drill["status"] == "incomplete"
+    assert any("step 4 (restore): no policy matches @databases" in m for m in drill["missing"])
+    assert any("data loss not measured" in m for m in drill["missing"])
+
+
+def test_operator_skipping_a_manual_step_makes_the_drill_incomplete(tmp_path):
+    helper = _workspace(tmp_path)
+    helper.cli("backup", "tree", check=True)
+    answers = "d declared\nd window found 02:10\nd replayed\ns reconciliation postponed\n"
+    result = helper.cli("drill", "run", "data_corruption", "--json", "--speed", "1000000", input=answers)
+    drill = json.loads(result.stdout)
+    assert drill["status"] == "incomplete" and result.returncode == 1
+    steps = {s["id"]: s for s in drill["steps"]}
+    assert steps["1"]["status"] == "done" and steps["1"]["notes"] == "declared"
+    assert steps["7"]["status"] == "skipped" and any("step 7: skipped" in m for m in drill["missing"])
 
 
 def test_drill_fails_on_rpo_breach_and_on_missing_off_site_copy(tmp_path):
     helper = _workspace(tmp_path)
     helper.cli("backup", "tree", check=True)
-    late = helper.cli("drill", "run", "database-failure", "--json", env={"INSITE_FAKE_NOW": "2099-01-01T00:00:00Z"})
+    late = helper.cli("drill", "run", "data_corruption", "--json", *FAST, env={"INSITE_FAKE_NOW": "2099-01-01T00:00:00Z"})
     assert late.returncode == 1
     drill = json.loads(late.stdout)
-    assert drill["status"] == "failed" and not drill["meets_rpo"]
-    dc = json.loads(helper.cli("drill", "run", "datacenter-failure", "--json").stdout)
-    restore_step = next(s for s in dc["steps"] if s["kind"] == "restore")
-    assert restore_step["status"] == "failed" and "no copy off its own storage" in restore_step["notes"]
-    failover = next(s for s in dc["steps"] if s["id"] == "failover")
-    assert failover["status"] == "blocked"
+    assert drill["status"] == "failed" and drill["meets_rpo"] is False
+    dc = json.loads(helper.cli("drill", "run", "datacenter_failure", "--json", *FAST).stdout)
+    steps = {s["id"]: s for s in dc["steps"]}
+    assert steps["3.tree"]["status"] == "failed" and "no copy off its own storage" in steps["3.tree"]["notes"]
+    assert steps["6"]["status"] == "blocked" and dc["status"] == "failed"
+    assert any(e["type"] == "escalation" and e["level"] == 3 for e in dc["events"])  # on failure
 
 
 def test_datacenter_drill_restores_from_the_off_site_copy(tmp_path):
     helper = _workspace(tmp_path, offsite=True)
     backup = json.loads(helper.cli("backup", "tree", "--json", check=True).stdout)
     helper.cli("copy", backup["id"], "--to", "offsite", check=True)
-    drill = json.loads(helper.cli("drill", "run", "datacenter-failure", "--json", check=True).stdout)
+    drill = json.loads(helper.cli("drill", "run", "datacenter_failure", "--json", *FAST, check=True).stdout)
     restore_step = next(s for s in drill["steps"] if s["kind"] == "restore")
     assert restore_step["status"] == "passed" and "from the copy on offsite" in restore_step["notes"]
 
@@ -76,29 +131,204 @@ def test_datacenter_drill_restores_from_the_off_site_copy(tmp_path):
 def test_corrupted_backup_fails_the_drill_and_blocks_later_steps(tmp_path):
     helper = _workspace(tmp_path)
     helper.cli("backup", "tree", check=True)
-    for pack in (tmp_path / "repo" / "data").rglob("*"):
-        if pack.is_file():
-            raw = bytearray(pack.read_bytes())
-            raw[20] ^= 0xFF
-            pack.write_bytes(bytes(raw))
-    result = helper.cli("drill", "run", "data-corruption", "--json")
+    _damage_packs(tmp_path / "repo")
+    result = helper.cli("drill", "run", "data_corruption", "--json", *FAST)
     assert result.returncode == 1
     steps = {s["id"]: s for s in json.loads(result.stdout)["steps"]}
-    assert steps["verify-tree"]["status"] == "failed"
-    assert steps["restore-tree"]["status"] == "blocked"
+    assert steps["3.tree"]["status"] == "failed"
+    assert steps["4.tree"]["status"] == "blocked"
 
 
-def test_custom_scenarios_file_is_validated(tmp_path):
-    (tmp_path / "scenarios.toml").write_text("""
-[scenario.cyclic]
-name = "Cyclic"
-description = "steps that wait on each other"
-policies = ["tree"]
-steps = [
-  { id = "a", title = "A", owner = "ops", depends_on = ["b"] },
-  { id = "b", title = "B", owner = "ops", depends_on = ["a"] },
-]
-""")
-    helper = _workspace(tmp_path, extra='\n[dr]\nscenarios_file = "scenarios.toml"\n')
+# ----- the drill clock ---------------------------------------------------------------------
+
+class FakeTime:
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_escalations_fire_at_their_elapsed_time_with_an_injected_clock(tmp_path):
+    from insite_console.dr import drill
+
+    helper = _workspace(tmp_path)
+    helper.cli("backup", "tree", check=True)
+    fake = FakeTime()
+    seen = []
+    record = drill.run(helper.ws, "data_corruption", auto=True, drill_clock=drill.DrillClock(1.0, fake.monotonic, fake.sleep),
+                       listener=lambda event, snap: seen.append((event, snap)))
+    escalations = [e for e in record["events"] if e["type"] == "escalation"]
+    # the plan ends at 55 minutes: its escalations at 1h and 2h are never reached, no step overran
+    assert [e["level"] for e in escalations] == []
+    assert record["recovery_seconds"] == 55 * 60 and record["status"] == "passed"
+    projected = [snap["projected_rto_seconds"] for event, snap in seen if event["type"] == "step_finished"]
+    # after the first step: the rest of the critical path at its estimates (15 + 5 + 20 + 10 + 20 minutes);
+    # at the end, the actuals (verify and restore took no fake time)
+    assert projected[0] == 80 * 60 and projected[-1] == 55 * 60
+
+    # an operator who takes 70 minutes over the first step: level 1 (overrun) at 10m, level 2 at exactly 1h
+    fake = FakeTime()
+    clock = drill.DrillClock(1.0, fake.monotonic, fake.sleep)
+    scenario = drill.find(helper.ws, "data_corruption")
+    run = drill.Drill(helper.ws, scenario, auto=True, drill_clock=clock)
+    scenario.plan.steps[0].estimate_seconds = 70 * 60  # the first step takes 70 minutes
+    record = run.run()
+    levels = {e["level"]: e["t"] for e in record["events"] if e["type"] == "escalation"}
+    assert levels[2] == 3600.0 and 3 not in levels
+    assert record["status"] == "failed" and not record["meets_rto"]  # 115 minutes against a 1h RTO
+
+
+# ----- validation --------------------------------------------------------------------------
+
+GOOD = """
+[scenario]
+id = "x"
+name = "X"
+type = "human_error"
+probability = 0.1
+tier = "tier_3"
+cost = 1000
+[plan.team.ops]
+people = ["A"]
+[[plan.steps]]
+number = 1
+action = "a"
+role = "ops"
+[[plan.steps]]
+number = 2
+action = "b"
+role = "ops"
+after = [1]
+"""
+
+
+@pytest.mark.parametrize("change, message", [
+    (('cost = 1000', 'cost = 1000\ncolour = "red"'), "[scenario] colour: unknown key"),
+    (('after = [1]', 'after = [3]'), "[plan.steps[1]] after: unknown dependency '3'"),
+    (('action = "a"', 'action = "a"\nafter = [2]'), "dependency cycle between steps 1, 2"),
+    (('action = "b"', 'action = "b"\nestimate = "soon"'), "[plan.steps[1]] estimate: bad duration"),
+    (('action = "b"', 'action = "b"\nkind = "restore"\npolicy = "nope"'), "[plan.steps[1]] policy: unknown policy 'nope'"),
+    (('role = "ops"\nafter', 'role = "dba"\nafter'), "[plan.steps[1]] role: unknown role 'dba'"),
+    (('tier = "tier_3"', 'tier = "tier_9"'), "[scenario] tier: 'tier_9' is not one of"),
+])
+def test_scenario_files_are_validated_with_file_table_and_key(tmp_path, change, message):
+    helper = _workspace(tmp_path)
+    (tmp_path / "dr").mkdir()
+    (tmp_path / "dr" / "x.toml").write_text(GOOD.replace(*change, 1))
     result = helper.cli("drill", "list")
-    assert result.returncode == 2 and "depend on each other" in result.stderr
+    assert result.returncode == 2 and message in result.stderr and "dr/x.toml" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dr_dir_adds_the_example_security_breach_and_old_scenarios_file_still_works(tmp_path):
+    from insite_console.dr.scenarios import EXAMPLES
+
+    (tmp_path / "plans").mkdir()
+    shutil.copy(EXAMPLES / "security_breach.toml", tmp_path / "plans")
+    (tmp_path / "scenarios.toml").write_text(textwrap.dedent("""
+        [scenario.restore-test]
+        name = "Restore test"
+        description = "old format"
+        policies = ["tree"]
+        steps = [{ id = "r", title = "Restore", owner = "ops", kind = "restore", policy = "tree", expected_minutes = 3 }]
+        """))
+    helper = _workspace(tmp_path, extra='\n[dr]\ndir = "plans"\nscenarios_file = "scenarios.toml"\n')
+    scenarios = {s["id"]: s for s in json.loads(helper.cli("drill", "list", "--json", check=True).stdout)}
+    assert {"security_breach", "restore-test"} <= set(scenarios)
+    assert scenarios["security_breach"]["plan"]["injects"][0]["at_seconds"] == 1800
+    assert scenarios["restore-test"]["plan"]["steps"][0]["estimate_seconds"] == 180
+
+
+def test_dr_report_figures_and_overdue_drills(tmp_path):
+    helper = _workspace(tmp_path, extra='\n[dr]\ncadence = "30d"\n')
+    helper.cli("backup", "tree", check=True)
+    helper.cli("drill", "run", "data_corruption", *FAST, check=True)
+    report = json.loads(helper.cli("drill", "report", "--format", "json", check=True).stdout)
+    assert report["total_annual_risk"] == pytest.approx(0.15 * 50000 + 0.05 * 250000 + 0.08 * 75000)
+    tiers = {t["tier"]: t for t in report["tiers"]}
+    assert tiers["tier_1"] == {"tier": "tier_1", "scenarios": 2, "total_cost": 125000,
+                               "average_downtime_seconds": 3 * 3600}  # (2h + 4h) / 2
+    assert tiers["tier_2"]["scenarios"] == 1 and tiers["tier_2"]["average_downtime_seconds"] == 8 * 3600
+    assert tiers["tier_3"]["scenarios"] == tiers["tier_4"]["scenarios"] == 0
+    assert [r["id"] for r in report["top_risks"]] == ["datacenter_failure", "database_failure", "data_corruption"]
+    assert report["overdue"] == ["database_failure", "datacenter_failure"]
+    last = next(s for s in report["scenarios"] if s["id"] == "data_corruption")["last_drill"]
+    assert last["status"] == "passed" and last["meets_rto"] and last["meets_rpo"]
+    later = helper.cli("drill", "report", check=True, env={"INSITE_FAKE_NOW": "2099-01-01T00:00:00Z"}).stdout
+    assert "**Total annual risk** (Σ probability × cost): **26,000**" in later
+    assert "## Overdue drills (cadence 30d)" in later and "- data_corruption" in later
+
+
+# ----- real servers ------------------------------------------------------------------------
+
+def _db_config(tmp_path, pg_dsn: str, redis_url: str) -> WorkspaceHelper:
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent(f"""
+        [catalog]
+        path = "state/catalog.sqlite"
+        [encryption]
+        passphrase_env = "INSITE_PASSPHRASE"
+        [storage.local]
+        type = "local"
+        path = "repo"
+        [source.db]
+        type = "postgresql"
+        dsn = "{pg_dsn}"
+        [source.cache]
+        type = "redis"
+        url = "{redis_url}"
+        [policy.db]
+        source = "db"
+        storage = "local"
+        type = "full"
+        [policy.cache]
+        source = "cache"
+        storage = "local"
+        type = "full"
+        """))
+    helper = WorkspaceHelper(tmp_path, tmp_path, config)
+    helper.cli("init", check=True)
+    return helper
+
+
+@pytest.mark.postgres
+@needs_pg  # noqa: F405
+@needs_redis  # noqa: F405
+@pytest.mark.timeout(180)
+def test_database_failure_drill_restores_postgres_and_redis_into_scratch_and_cleans_up(tmp_path, pg_cluster,
+                                                                                      redis_server):
+    pg_cluster.sql("CREATE DATABASE drillsrc")
+    pg_cluster.sql("CREATE TABLE orders (id int PRIMARY KEY, amount int); "
+                   "INSERT INTO orders SELECT g, g * 3 FROM generate_series(1, 500) g", dbname="drillsrc")
+    client = redis_server.client()
+    for i in range(40):
+        client.set(f"session:{i}", "x" * i)
+    helper = _db_config(tmp_path, pg_cluster.dsn_for("drillsrc"), redis_server.url)
+    helper.cli("backup", "db", check=True)
+    helper.cli("backup", "cache", check=True)
+    result = helper.cli("drill", "run", "database_failure", "--json", *FAST)
+    drill = json.loads(result.stdout)
+    steps = {s["id"]: s for s in drill["steps"]}
+    assert drill["status"] == "passed", (drill["missing"], {k: (s["status"], s["notes"]) for k, s in steps.items()})
+    assert steps["5.db"]["status"] == "passed" and "1 tables match the backup (500 rows)" in steps["5.db"]["notes"]
+    assert steps["6.cache"]["status"] == "passed" and "(40 keys)" in steps["6.cache"]["notes"]
+    assert "scratch redis-server on 127.0.0.1:" in steps["4.cache"]["scratch"]
+    assert drill["cleanup_problems"] == []
+    names = [r[0] for r in pg_cluster.sql("SELECT datname FROM pg_database")]
+    assert not [n for n in names if n.startswith("insite_drill_")]  # the scratch database was dropped
+    port = int(steps["4.cache"]["scratch"].rsplit(":", 1)[1])
+    import socket
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()  # the scratch redis is stopped
+
+    # the backup's data damaged: the drill fails at the restore, never passes
+    _damage_packs(tmp_path / "repo")
+    drill = json.loads(helper.cli("drill", "run", "database_failure", "--json", *FAST).stdout)
+    steps = {s["id"]: s for s in drill["steps"]}
+    assert drill["status"] == "failed"
+    assert steps["3.db"]["status"] == "failed" and steps["5.db"]["status"] == "blocked"
+    assert not [r for r in pg_cluster.sql("SELECT datname FROM pg_database") if r[0].startswith("insite_drill_")]

@@ -93,6 +93,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN process_start TEXT;
     ALTER TABLE runs ADD COLUMN boot_id TEXT;
     """,
+    # 5: drills keep their whole record (mode, event timeline, what was missing) for show and
+    # replay; a drill learnt back from a repository by `catalog rebuild` is the same record
+    """
+    ALTER TABLE drills ADD COLUMN mode TEXT;
+    ALTER TABLE drills ADD COLUMN record TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -373,9 +379,12 @@ class Catalog:
 
     # ----- DR drills --------------------------------------------------------------------
 
-    def insert_drill(self, row: dict) -> None:
-        row = dict(row)
-        row["steps"] = json.dumps(row.get("steps", []))
+    def insert_drill(self, record: dict) -> None:
+        """A drill's record (drill.py); its summary columns are for listing and the report."""
+        row = {k: record.get(k) for k in ("id", "scenario", "status", "started_at", "finished_at", "rto_seconds",
+                                          "rpo_seconds", "recovery_seconds", "data_loss_seconds", "mode")}
+        row["steps"] = json.dumps(record.get("steps", []))
+        row["record"] = json.dumps(record)
         names = list(row)
         self.db.execute(f"INSERT OR REPLACE INTO drills ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         tuple(map(_text, row.values())))
@@ -386,7 +395,17 @@ class Catalog:
                                    (scenario, limit))
         else:
             rows = self.db.execute("SELECT * FROM drills ORDER BY started_at DESC LIMIT ?", (limit,))
-        return [{**dict(row), "steps": json.loads(row["steps"])} for row in rows]
+        return [{**dict(row), "steps": json.loads(row["steps"]), "record": json.loads(row["record"] or "{}")}
+                for row in rows]
+
+    def drill(self, drill_id: str) -> dict | None:
+        """A drill's whole record by id or unique id prefix."""
+        rows = self.db.execute("SELECT record FROM drills WHERE id LIKE ? ORDER BY id LIMIT 2",
+                               (drill_id.replace("%", "") + "%",)).fetchall()
+        return json.loads(rows[0]["record"]) if len(rows) == 1 else None
+
+    def drill_ids(self) -> set[str]:
+        return {row["id"] for row in self.db.execute("SELECT id FROM drills")}
 
 
 _ORDERS = {f"{column} {direction}" for column in ("started_at", "finished_at", "policy", "source", "type", "status",

@@ -9,6 +9,7 @@ Neither brings back a backup this catalog forgot: its tombstone outranks a stray
 
 from __future__ import annotations
 
+from insite_console.dr import history
 from insite_console.errors import InsiteError
 
 
@@ -17,7 +18,7 @@ def sync(ws, storage: str | None = None) -> dict:
     catalog = ws.catalog
     forgotten = catalog.forgotten_ids()
     known = catalog.backup_statuses()
-    found, added, problems = 0, [], []
+    found, added, problems, drills = 0, [], [], []
     skipped: set[str] = set()
     on_storage: dict[str, set[str]] = {}
     for name in names:
@@ -29,6 +30,10 @@ def sync(ws, storage: str | None = None) -> dict:
             problems.append(f"{name}: {exc}")
             continue
         on_storage[name] = ids
+        try:
+            drills += history.sync(ws, repo)
+        except InsiteError as exc:
+            problems.append(f"{name}: drill history: {exc}")
         for backup_id in sorted(ids):
             if backup_id in forgotten:
                 skipped.add(backup_id)
@@ -63,7 +68,8 @@ def sync(ws, storage: str | None = None) -> dict:
     catalog.event(None, f"catalog synced from {', '.join(names)}: {found} backup(s), {len(added)} added, "
                         f"{len(removed)} removed")
     return {"storages": names, "backups": found, "added": added, "removed": removed,
-            "marked_missing": len(removed), "skipped_forgotten": sorted(skipped), "problems": problems}
+            "marked_missing": len(removed), "skipped_forgotten": sorted(skipped), "problems": problems,
+            "drills_added": drills}
 
 
 def _last_verification_failed(catalog, backup_id: str) -> bool:

@@ -1,136 +1,320 @@
-"""Run a DR drill: carry out a scenario's plan, time every step, and judge it against RTO/RPO.
+"""Run a DR drill: the plan's steps on a drill clock, an event timeline, judged against RTO/RPO.
 
-Automated steps run for real: `check_rpo` measures the data loss a recovery would have now
-(age of the newest restore point), `verify` deep- or quick-verifies it, `restore` restores it
-into a scratch folder under the state directory (removed afterwards) and checks what came
-back against the manifest. `manual` steps are played back with their expected duration.
-The recovery time is the critical path through the plan's dependencies.
+Automated steps run for real (actions.py); manual steps wait for an operator, who marks them
+done, failed or skipped with a note (`Drill.mark`, from any thread: a screen, or the CLI's
+prompt through `on_manual`), or with `auto` they are done after their estimate. Steps whose
+dependencies are done start at once. Escalations fire when their trigger is reached, plan
+injects at their time, facilitator injects whenever `Drill.inject` is called. Each change is an
+event handed to `listener(event, snapshot)`; the snapshot has the elapsed time, the escalation
+level and the projected RTO. The clock is injectable (`DrillClock(monotonic=…, sleep=…)`), so
+tests jump through a two-hour plan at once. A drill passes only when every step was carried out.
 """
 
 from __future__ import annotations
 
-import shutil
+import queue
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
-from insite_console import clock, restore, verify
-from insite_console.errors import Cancelled, InsiteError
-from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
-from insite_console.dr.scenarios import Scenario, Step, find, order
+from insite_console import clock
+from insite_console.dr import actions, history
+from insite_console.dr.scenarios import AUTOMATED, Scenario, Step, find, topological
+from insite_console.errors import Cancelled, UsageError
+from insite_console.events import CancelToken
 
-
-def _run_step(ws, step: Step, drill_id: str, deep: bool, cancel: CancelToken) -> dict[str, Any]:
-    """Carry out one automated step; returns its outcome (status, notes, figures)."""
-    last = ws.catalog.last_backup(step.policy)
-    if last is None:
-        return {"status": "failed", "notes": f"policy {step.policy} has no restore point"}
-    if step.kind == "check_rpo":
-        policy = ws.config.policy(step.policy)
-        loss = (clock.now() - clock.parse_iso(last["finished_at"])).total_seconds()
-        limit = clock.parse_duration(policy["rpo"]).total_seconds() if policy.get("rpo") else None
-        ok = limit is None or loss <= limit
-        return {"status": "passed" if ok else "failed", "data_loss_seconds": loss, "backup_id": last["id"],
-                "notes": f"newest restore point {last['id']} is {clock.human_duration(loss)} old"
-                         + (f" (RPO {clock.human_duration(limit)})" if limit else "")}
-    if step.kind == "verify":
-        result = verify.run(ws, last["id"], deep=deep, cancel=cancel)
-        return {"status": "passed" if result["status"] == "ok" else "failed", "backup_id": last["id"],
-                "notes": "; ".join(result["problems"][:3]) or f"{result['objects']} packs verified"}
-    source_type = last["source_type"]
-    if source_type == "postgresql" and ws.config.sources.get(last["source"], {}).get("mode", "logical") == "logical":
-        return {"status": "skipped", "backup_id": last["id"],
-                "notes": "a logical PostgreSQL restore needs a scratch database: restore it by hand with "
-                         f"`insite-console restore {last['id']} --target DSN`"}
-    storage = None
-    if step.off_site:
-        copies = [s for s in ws.catalog.backup_storages(last["id"]) if s != last["storage"]]
-        if not copies:
-            return {"status": "failed", "backup_id": last["id"],
-                    "notes": f"backup {last['id']} has no copy off its own storage {last['storage']} "
-                             "(see `insite-console copy`)"}
-        storage = copies[0]
-    scratch = ws.config.state_dir / "drills" / drill_id / step.policy
-    try:
-        result = restore.run(ws, last["id"], str(scratch), cancel=cancel, storage=storage)
-        totals = (last["info"] or {}).get("totals", {})
-        expected = totals.get("bytes_read", 0) + totals.get("bytes_reused", 0)
-        ok = source_type != "files" or result["bytes_written"] == expected
-        return {"status": "passed" if ok else "failed", "backup_id": last["id"],
-                "bytes_written": result["bytes_written"],
-                "notes": f"restored {result['files']} files, {clock.human_bytes(result['bytes_written'])}"
-                         + (f" from the copy on {storage}" if storage else "")
-                         + ("" if ok else f"; expected {clock.human_bytes(expected)}")}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+DONE = ("passed", "done")           # a step that was carried out
+NOT_RUN = ("skipped", "not run")    # not carried out: the drill is incomplete
+FAILED = ("failed", "blocked")
 
 
-def run(ws, scenario_id: str, progress: ProgressCallback | None = None,
-        cancel: CancelToken | None = None) -> dict[str, Any]:
-    scenario: Scenario = find(ws, scenario_id)
-    cancel = cancel or CancelToken()
-    drill_id = clock.new_id()
-    started = clock.now()
-    steps = order(scenario)
-    reporter = ProgressReporter("drill", [progress])
-    reporter.update(run_id=drill_id, phase="running", files_total=len(steps), force=True)
-    ws.catalog.event(None, f"DR drill {drill_id} of scenario {scenario.id} started")
-    deep = scenario.id == "data-corruption"
-    finish_at: dict[str, float] = {}
-    outcomes: list[dict[str, Any]] = []
-    failed: set[str] = set()
-    status = "passed"
-    try:
-        for step in steps:
+class DrillClock:
+    """Drill time in seconds since the start: real time, with waits `speed` times shorter."""
+
+    def __init__(self, speed: float = 1.0, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        if speed <= 0:
+            raise UsageError("--speed must be more than 0")
+        self.speed, self._monotonic, self._sleep = speed, monotonic, sleep
+        self._base, self._mark = 0.0, monotonic()
+
+    def elapsed(self) -> float:
+        return self._base + (self._monotonic() - self._mark)
+
+    def wait_until(self, t: float, wake: threading.Event, cancel: CancelToken) -> None:
+        """Sleep until drill time `t` (or until woken: an operator marked a step or an inject came)."""
+        while not wake.is_set():
             cancel.check()
-            reporter.update(current=step.title)
-            begin = max((finish_at[d] for d in step.depends_on), default=0.0)
-            blocked = [d for d in step.depends_on if d in failed]
-            outcome: dict[str, Any] = {"id": step.id, "title": step.title, "owner": step.owner, "kind": step.kind,
-                                       "depends_on": step.depends_on, "expected_seconds": step.expected_minutes * 60,
-                                       "escalation": step.escalation, "verification": step.verification}
-            if blocked:
-                outcome.update(status="blocked", seconds=0.0, notes=f"blocked by {', '.join(blocked)}")
-                failed.add(step.id)
-            elif step.kind == "manual":
-                outcome.update(status="played back", seconds=step.expected_minutes * 60,
-                               notes="manual step: expected duration counted")
+            left = t - self.elapsed()
+            if left <= 0:
+                self._base, self._mark = max(t, self.elapsed()), self._monotonic()
+                return
+            real = left / self.speed
+            self._sleep(min(real, 0.1))
+            if real <= 0.1:  # the remaining wait was compressed: drill time reaches t exactly
+                self._base, self._mark = t, self._monotonic()
+                return
+            self._base += min(real, 0.1) * (self.speed - 1)
+        wake.clear()
+
+
+class Drill:
+    def __init__(self, ws, scenario: Scenario, mode: str = "tabletop", auto: bool = False,
+                 drill_clock: DrillClock | None = None, listener: Callable[[dict, dict], None] | None = None,
+                 on_manual: Callable[["Drill", Step], None] | None = None, cancel: CancelToken | None = None):
+        if mode not in ("tabletop", "live"):
+            raise UsageError(f"drill mode is tabletop or live, not {mode!r}")
+        self.ws, self.scenario, self.mode, self.auto = ws, scenario, mode, auto
+        self.clock = drill_clock or DrillClock()
+        if mode == "live" and self.clock.speed != 1:
+            raise UsageError("a live drill runs in real time: --speed is for tabletops")
+        self.listener, self.on_manual = listener, on_manual
+        self.cancel = cancel or CancelToken()
+        self.id = clock.new_id()
+        self.events: list[dict] = []
+        self.state: dict[str, dict] = {s.id: {"status": "pending"} for s in scenario.steps}
+        self.level = 0
+        self._fired: set[int] = set()
+        self._marks: queue.Queue = queue.Queue()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    # ----- for the operator (any thread) -------------------------------------------------
+
+    def mark(self, step_id: str, status: str, note: str = "", by: str = "operator") -> None:
+        """Mark a manual step done, failed or skipped (with a note and who did it)."""
+        if status not in ("done", "failed", "skipped"):
+            raise UsageError(f"a manual step is marked done, failed or skipped, not {status!r}")
+        self._marks.put(("mark", step_id, status, note, by))
+        self._wake.set()
+
+    def inject(self, text: str, by: str = "facilitator") -> None:
+        self._marks.put(("inject", text, by))
+        self._wake.set()
+
+    def respond(self, inject_seq: int, text: str, by: str = "operator") -> None:
+        """Record the team's response to an inject (by the inject event's `seq`)."""
+        self._marks.put(("response", inject_seq, text, by))
+        self._wake.set()
+
+    # ----- the timeline ------------------------------------------------------------------
+
+    def _emit(self, event_type: str, **fields) -> dict:
+        with self._lock:
+            event = {"seq": len(self.events) + 1, "t": round(self.clock.elapsed(), 3), "at": clock.iso(clock.now()),
+                     "type": event_type, **fields}
+            self.events.append(event)
+        if self.listener:
+            self.listener(event, self.snapshot())
+        return event
+
+    def snapshot(self) -> dict:
+        now = self.clock.elapsed()
+        return {"id": self.id, "scenario": self.scenario.id, "elapsed_seconds": round(now, 3), "level": self.level,
+                "projected_rto_seconds": round(self.projected_rto(now), 3), "rto_seconds": self.scenario.rto_seconds,
+                "steps": {k: dict(v) for k, v in self.state.items()}}
+
+    def projected_rto(self, now: float | None = None) -> float:
+        """Elapsed plus the remaining critical path: actuals for finished steps, estimates for the rest."""
+        now = self.clock.elapsed() if now is None else now
+        finish: dict[str, float] = {}
+        for step in _ordered(self.scenario.steps):
+            st = self.state[step.id]
+            if "finished" in st:
+                finish[step.id] = st["finished"]
+            elif "started" in st:
+                finish[step.id] = max(now, st["started"] + step.estimate_seconds)
             else:
-                tick = time.monotonic()
-                try:
-                    outcome.update(_run_step(ws, step, drill_id, deep, cancel))
-                except Cancelled:
-                    raise
-                except InsiteError as exc:
-                    outcome.update(status="failed", notes=str(exc))
-                outcome["seconds"] = round(time.monotonic() - tick, 3)
-                if outcome["status"] == "failed":
-                    failed.add(step.id)
-            outcome["starts_at_second"] = round(begin, 3)
-            finish_at[step.id] = begin + outcome["seconds"]
-            outcome["ends_at_second"] = round(finish_at[step.id], 3)
-            outcomes.append(outcome)
-            reporter.advance(files_done=1)
-    except Cancelled:
-        status = "cancelled"
-    recovery = max(finish_at.values(), default=0.0)
-    losses = [o["data_loss_seconds"] for o in outcomes if "data_loss_seconds" in o]
-    data_loss = max(losses) if losses else None
-    rto, rpo = scenario.rto_minutes * 60, scenario.rpo_minutes * 60
-    if status != "cancelled":
-        if failed or recovery > rto or (data_loss is not None and data_loss > rpo):
-            status = "failed"
-    result = {
-        "id": drill_id, "scenario": scenario.id, "name": scenario.name, "status": status,
-        "started_at": clock.iso(started), "finished_at": clock.iso(clock.now()),
-        "rto_seconds": rto, "rpo_seconds": rpo, "recovery_seconds": round(recovery, 3),
-        "data_loss_seconds": data_loss, "meets_rto": recovery <= rto,
-        "meets_rpo": data_loss is None or data_loss <= rpo, "steps": outcomes,
-    }
-    ws.catalog.insert_drill({k: result[k] for k in ("id", "scenario", "status", "started_at", "finished_at",
-                                                   "rto_seconds", "rpo_seconds", "recovery_seconds",
-                                                   "data_loss_seconds", "steps")})
-    ws.catalog.event(None, f"DR drill {drill_id} of {scenario.id} {status}: recovery "
-                     f"{clock.human_duration(recovery)} (RTO {clock.human_duration(rto)})",
-                     level="info" if status == "passed" else "error")
-    reporter.update(phase="done", force=True)
-    return result
+                begin = max([now] + [finish[d] for d in step.after])
+                finish[step.id] = begin + step.estimate_seconds
+        return max(finish.values(), default=now)
+
+    # ----- running -----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = clock.now()
+        ctx = actions.StepContext(self.ws, self.id, started, self.cancel)
+        steps = {s.id: s for s in self.scenario.steps}
+        timers: list[tuple[float, str, Any]] = [(j.at_seconds, "inject", j) for j in self.scenario.plan.injects]
+        self._emit("drill_started", scenario=self.scenario.id, name=self.scenario.name, mode=self.mode,
+                   speed=self.clock.speed, auto=self.auto, rto_seconds=self.scenario.rto_seconds,
+                   rpo_seconds=self.scenario.rpo_seconds)
+        for drop in self.scenario.plan.dropped:
+            self._emit("step_missing", **drop)
+        self.ws.catalog.event(None, f"DR drill {self.id} of scenario {self.scenario.id} started ({self.mode})")
+        status = None
+        cleanup: list[str] = []
+        try:
+            while True:
+                self.cancel.check()
+                now = self.clock.elapsed()
+                self._drain(steps)
+                for due, what, item in sorted(t for t in timers if t[0] <= now):
+                    timers.remove((due, what, item))
+                    if what == "inject":
+                        self._emit("inject", text=item.text, by="plan")
+                    elif what == "finish" and self.state[item]["status"] == "running":
+                        self._finish(steps[item], "done", "done after its estimate (--auto)", "auto")
+                    elif what == "overrun" and self.state[item]["status"] in ("running", "waiting"):
+                        self._escalate_on("overrun", f"step {item} is over its estimate")
+                self._escalate_elapsed(now)
+                started_any = self._start_ready(steps, ctx, timers)
+                if all(st["status"] not in ("pending", "running", "waiting") for st in self.state.values()):
+                    break
+                if started_any or not self._marks.empty():
+                    continue
+                upcoming = [t[0] for t in timers] + [e.after_seconds for e in self.scenario.plan.escalations
+                                                     if e.after_seconds is not None and e.level not in self._fired]
+                self.clock.wait_until(min(upcoming, default=now + 3600), self._wake, self.cancel)
+        except (Cancelled, KeyboardInterrupt):
+            status = "cancelled"
+        finally:
+            cleanup = ctx.close()
+        return self._finish_drill(started, status, cleanup)
+
+    def _drain(self, steps: dict[str, Step]) -> None:
+        while True:
+            try:
+                item = self._marks.get_nowait()
+            except queue.Empty:
+                return
+            if item[0] == "inject":
+                self._emit("inject", text=item[1], by=item[2])
+            elif item[0] == "response":
+                self._emit("response", inject=item[1], text=item[2], by=item[3])
+            else:
+                _, step_id, status, note, by = item
+                if step_id in steps and self.state[step_id]["status"] in ("waiting", "running") \
+                        and steps[step_id].kind == "manual":
+                    self._finish(steps[step_id], status, note, by)
+
+    def _start_ready(self, steps: dict[str, Step], ctx, timers: list) -> bool:
+        started = False
+        for step in _ordered(steps.values()):
+            if self.state[step.id]["status"] != "pending":
+                continue
+            deps = [self.state[d]["status"] for d in step.after]
+            if any(d in ("pending", "running", "waiting") for d in deps):
+                continue
+            started = True
+            if any(d in FAILED for d in deps):
+                self._settle(step, "blocked", "a step it depends on failed")
+                continue
+            if any(d in NOT_RUN for d in deps):
+                self._settle(step, "not run", "a step it depends on was not carried out")
+                continue
+            now = self.clock.elapsed()
+            self.state[step.id].update(status="running", started=now)
+            self._emit("step_started", step=step.id, action=step.action, role=step.role, kind=step.kind,
+                       estimate_seconds=step.estimate_seconds)
+            if step.kind in AUTOMATED:
+                outcome = actions.run(ctx, step)
+                extra = {k: v for k, v in outcome.items() if k not in ("status", "notes")}
+                self._finish(step, outcome["status"], outcome.get("notes", ""), "drill", **extra)
+            elif step.kind == "wait":
+                timers.append((now + step.estimate_seconds, "finish", step.id))
+            elif self.auto:
+                timers.append((now + step.estimate_seconds, "finish", step.id))
+            else:
+                self.state[step.id]["status"] = "waiting"
+                timers.append((now + step.estimate_seconds, "overrun", step.id))
+                if self.on_manual:
+                    self.on_manual(self, step)
+                    self._drain(steps)
+        return started
+
+    def _settle(self, step: Step, status: str, note: str) -> None:
+        now = self.clock.elapsed()
+        self.state[step.id].update(status=status, started=now, finished=now, note=note)
+        self._emit("step_finished", step=step.id, status=status, note=note, by="drill", seconds=0.0)
+
+    def _finish(self, step: Step, status: str, note: str, by: str, **extra) -> None:
+        now = self.clock.elapsed()
+        st = self.state[step.id]
+        seconds = now - st["started"]
+        st.update(status=status, finished=now, note=note, by=by, **extra)
+        over = seconds > step.estimate_seconds + 1e-6
+        self._emit("step_finished", step=step.id, status=st["status"], note=note, by=by, seconds=round(seconds, 3),
+                   over_estimate=over, **extra)
+        if status in FAILED:
+            self._escalate_on("failure", f"step {step.id} failed")
+        elif over and step.kind != "manual":
+            self._escalate_on("overrun", f"step {step.id} took longer than its estimate")
+
+    def _escalate_elapsed(self, now: float) -> None:
+        for esc in self.scenario.plan.escalations:
+            if esc.after_seconds is not None and esc.level not in self._fired and now >= esc.after_seconds:
+                self._fire(esc, f"{clock.human_duration(esc.after_seconds)} elapsed")
+
+    def _escalate_on(self, trigger: str, why: str) -> None:
+        for esc in self.scenario.plan.escalations:
+            if esc.on == trigger and esc.level not in self._fired:
+                self._fire(esc, why)
+
+    def _fire(self, esc, why: str) -> None:
+        self._fired.add(esc.level)
+        self.level = max(self.level, esc.level)
+        team = self.scenario.plan.team
+        self._emit("escalation", level=esc.level, trigger=why, notify=esc.notify,
+                   contacts={r: team.get(r, {}).get("contact", "") for r in esc.notify},
+                   response_seconds=esc.response_seconds)
+        self.ws.catalog.event(None, f"DR drill {self.id}: escalation level {esc.level} ({why}): notify "
+                              f"{', '.join(esc.notify)}", level="warning")
+
+    def _finish_drill(self, started, status: str | None, cleanup: list[str]) -> dict[str, Any]:
+        scenario = self.scenario
+        finished_steps = [st for st in self.state.values() if "finished" in st]
+        done = [st["finished"] for st in finished_steps if st["status"] in DONE]
+        recovery = max(done, default=0.0)
+        losses = [st["data_loss_seconds"] for st in self.state.values() if "data_loss_seconds" in st]
+        data_loss = max(losses) if losses else None
+        missing = [f"step {d['step']} ({d['kind']}): {d['why']}" for d in scenario.plan.dropped
+                   if d["kind"] == "restore"]
+        missing += [f"step {sid}: {st['status']}" + (f" ({st['note']})" if st.get("note") else "")
+                    for sid, st in self.state.items() if st["status"] in NOT_RUN or st["status"] == "pending"]
+        if data_loss is None:
+            missing.append("data loss not measured: no restore or check_rpo step was carried out")
+        failed = [sid for sid, st in self.state.items() if st["status"] in FAILED]
+        meets_rto = recovery <= scenario.rto_seconds
+        meets_rpo = None if data_loss is None else data_loss <= scenario.rpo_seconds
+        if status is None:
+            status = "failed" if failed or not meets_rto or meets_rpo is False else (
+                "incomplete" if missing else "passed")
+        self._emit("drill_finished", status=status, recovery_seconds=round(recovery, 3), data_loss_seconds=data_loss,
+                   missing=missing, cleanup_problems=cleanup)
+        steps = []
+        for step in scenario.steps:
+            st = self.state[step.id]
+            steps.append({"id": step.id, "action": step.action, "role": step.role, "kind": step.kind,
+                          "policy": step.policy, "after": step.after, "estimate_seconds": step.estimate_seconds,
+                          "status": st["status"], "notes": st.get("note", ""), "by": st.get("by"),
+                          "starts_at_second": st.get("started"), "ends_at_second": st.get("finished"),
+                          "seconds": None if "finished" not in st else round(st["finished"] - st["started"], 3),
+                          **{k: v for k, v in st.items()
+                             if k in ("backup_id", "bytes_written", "data_loss_seconds", "scratch")}})
+        record = {"id": self.id, "scenario": scenario.id, "name": scenario.name, "mode": self.mode,
+                  "status": status, "started_at": clock.iso(started), "finished_at": clock.iso(clock.now()),
+                  "rto_seconds": scenario.rto_seconds, "rpo_seconds": scenario.rpo_seconds,
+                  "recovery_seconds": round(recovery, 3), "data_loss_seconds": data_loss,
+                  "meets_rto": meets_rto, "meets_rpo": meets_rpo, "max_level": self.level,
+                  "missing": missing, "failed_steps": failed, "cleanup_problems": cleanup,
+                  "steps": steps, "events": list(self.events)}
+        record["stored_in"] = history.save(self.ws, record)
+        self.ws.catalog.event(None, f"DR drill {self.id} of {scenario.id} {status}: recovery "
+                              f"{clock.human_duration(recovery)} (RTO {clock.human_duration(scenario.rto_seconds)})"
+                              + (f"; not carried out: {'; '.join(missing)}" if missing else ""),
+                              level="info" if status == "passed" else "error")
+        return record
+
+
+def _ordered(steps) -> list[Step]:
+    return topological(list(steps))
+
+
+def run(ws, scenario_id: str, mode: str = "tabletop", speed: float = 1.0, auto: bool = False,
+        listener=None, on_manual=None, cancel: CancelToken | None = None,
+        drill_clock: DrillClock | None = None) -> dict[str, Any]:
+    """Run one drill of a scenario to its end; returns its record (also stored, see history.py)."""
+    drill = Drill(ws, find(ws, scenario_id), mode=mode, auto=auto, drill_clock=drill_clock or DrillClock(speed),
+                  listener=listener, on_manual=on_manual, cancel=cancel)
+    return drill.run()

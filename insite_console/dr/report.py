@@ -1,70 +1,87 @@
-"""The DR report: per scenario the last drill against RTO/RPO, per policy its tier, and the
-risks an auditor would raise (RPO breaches, unverified backups, no off-site copy, untested
-recovery)."""
+"""The DR report: the strategy's risk analysis (total annual risk Σ probability × cost,
+per-scenario risk scores, the four recovery tiers, the top five risks) and the after-action
+part: per scenario the last drill against its RTO/RPO targets, steps that overran, drills
+overdue against `[dr] cadence`. `markdown()` renders it to be read on its own."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from insite_console import clock, status
-from insite_console.dr.scenarios import load
-
-TIERS = ((15 * 60, "tier 1 (RPO ≤ 15m)"), (4 * 3600, "tier 2 (RPO ≤ 4h)"), (float("inf"), "tier 3"))
-
-
-def tier(rpo_seconds: float | None) -> str:
-    if rpo_seconds is None:
-        return "untiered (no RPO set)"
-    return next(name for limit, name in TIERS if rpo_seconds <= limit)
+from insite_console import clock
+from insite_console.dr.scenarios import TIERS, load
 
 
 def build(ws) -> dict[str, Any]:
     now = clock.now()
-    catalog = ws.catalog
+    cadence = clock.parse_duration(ws.config.dr.get("cadence", "90d")).total_seconds()
     scenarios = []
-    for scenario in load(ws):
-        drills = catalog.drills(scenario.id, limit=1)
-        last = drills[0] if drills else None
+    for s in load(ws):
+        drills = ws.catalog.drills(s.id, limit=1)
+        last = drills[0]["record"] if drills else None
+        age = (now - clock.parse_iso(last["started_at"])).total_seconds() if last else None
+        overran = [st["id"] for st in (last or {}).get("steps", [])
+                   if st.get("seconds") is not None and st["seconds"] > st["estimate_seconds"]]
         scenarios.append({
-            "id": scenario.id, "name": scenario.name, "policies": scenario.policies,
-            "rto_seconds": scenario.rto_minutes * 60, "rpo_seconds": scenario.rpo_minutes * 60,
-            "steps": len(scenario.steps), "owners": sorted({s.owner for s in scenario.steps}),
+            "id": s.id, "name": s.name, "type": s.type, "tier": s.tier, "probability": s.probability, "cost": s.cost,
+            "risk_score": round(s.risk, 2), "downtime_seconds": s.downtime_seconds, "impact": s.impact,
+            "rto_seconds": s.rto_seconds, "rpo_seconds": s.rpo_seconds,
             "last_drill": None if last is None else {
-                "id": last["id"], "at": last["started_at"], "status": last["status"],
-                "recovery_seconds": last["recovery_seconds"], "data_loss_seconds": last["data_loss_seconds"]},
+                "id": last["id"], "at": last["started_at"], "mode": last.get("mode"), "status": last["status"],
+                "recovery_seconds": last["recovery_seconds"], "data_loss_seconds": last["data_loss_seconds"],
+                "meets_rto": last.get("meets_rto"), "meets_rpo": last.get("meets_rpo"),
+                "steps_over_estimate": overran, "missing": last.get("missing", []),
+                "verification": [{"step": st["id"], "status": st["status"]} for st in last.get("steps", [])
+                                 if st["kind"] in ("verify", "sql_check", "redis_check")]},
+            "overdue": age is None or age > cadence,
+            "days_since_drill": None if age is None else round(age / 86400, 1),
         })
-    policies, risks = [], []
-    recent = now - timedelta(days=30)
-    for health in status.overview(ws, now):
-        name = health["policy"]
-        storages = set()
-        for row in catalog.backups(policy=name, status="succeeded", limit=50):
-            storages.update(catalog.backup_storages(row["id"]))
-        last_ok = catalog.backup(health["last_success_id"]) if health["last_success_id"] else None
-        checks = catalog.verifications(last_ok["id"], limit=1) if last_ok else []
-        policies.append({**health, "tier": tier(health["rpo_seconds"]), "storages": sorted(storages),
-                         "last_verification": checks[0]["status"] if checks else None})
-        if health["health"] in ("breach", "never"):
-            risks.append({"level": "high", "policy": name,
-                          "risk": "no backup ever succeeded" if health["health"] == "never" else
-                          f"RPO breached: newest restore point is {clock.human_duration(health['age_seconds'])} old"})
-        if health["failing"]:
-            risks.append({"level": "high", "policy": name, "risk": f"last run failed: {health['last_failure_error']}"})
-        if last_ok and not checks:
-            risks.append({"level": "medium", "policy": name, "risk": "newest backup was never verified"})
-        elif checks and checks[0]["status"] != "ok":
-            risks.append({"level": "high", "policy": name, "risk": "newest backup failed verification"})
-        if len(storages) < 2:
-            risks.append({"level": "medium", "policy": name,
-                          "risk": "no off-site copy: every restore point is on one storage"})
-    tested = [d for d in catalog.drills(limit=200) if clock.parse_iso(d["started_at"]) >= recent]
-    if not tested:
-        risks.append({"level": "medium", "policy": None, "risk": "no DR drill in the last 30 days"})
-    for item in scenarios:
-        if item["last_drill"] and item["last_drill"]["status"] == "failed":
-            risks.append({"level": "high", "policy": None,
-                          "risk": f"last drill of {item['name']} failed its RTO/RPO or a step"})
-    order = {"high": 0, "medium": 1}
-    risks.sort(key=lambda r: order[r["level"]])
-    return {"generated_at": clock.iso(now), "scenarios": scenarios, "policies": policies, "risks": risks}
+    tiers = []
+    for name in TIERS:
+        members = [s for s in scenarios if s["tier"] == name]
+        tiers.append({"tier": name, "scenarios": len(members), "total_cost": sum(s["cost"] for s in members),
+                      "average_downtime_seconds": (sum(s["downtime_seconds"] for s in members) / len(members))
+                      if members else None})
+    top = sorted(scenarios, key=lambda s: -s["risk_score"])[:5]
+    return {"generated_at": clock.iso(now), "cadence_seconds": cadence,
+            "total_annual_risk": round(sum(s["risk_score"] for s in scenarios), 2),
+            "scenarios": scenarios, "tiers": tiers,
+            "top_risks": [{"id": s["id"], "name": s["name"], "risk_score": s["risk_score"]} for s in top],
+            "overdue": [s["id"] for s in scenarios if s["overdue"]]}
+
+
+def _money(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def markdown(report: dict) -> str:
+    d = clock.human_duration
+    lines = [f"# DR report", "", f"Generated {report['generated_at']}.", "",
+             f"**Total annual risk** (Σ probability × cost): **{_money(report['total_annual_risk'])}**", "",
+             "## Scenarios", "", "| Scenario | Type | Tier | Probability/yr | Cost | Risk score | RTO | RPO |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in report["scenarios"]:
+        lines.append(f"| {s['name']} (`{s['id']}`) | {s['type']} | {s['tier']} | {s['probability']:g} | "
+                     f"{_money(s['cost'])} | {_money(s['risk_score'])} | {d(s['rto_seconds'])} | {d(s['rpo_seconds'])} |")
+    lines += ["", "## Recovery tiers", "", "| Tier | Scenarios | Total cost | Average downtime |", "|---|---|---|---|"]
+    for t in report["tiers"]:
+        avg = d(t["average_downtime_seconds"]) if t["average_downtime_seconds"] is not None else "–"
+        lines.append(f"| {t['tier']} | {t['scenarios']} | {_money(t['total_cost'])} | {avg} |")
+    lines += ["", "## Top risks", ""]
+    lines += [f"{i}. {r['name']}: {_money(r['risk_score'])} a year" for i, r in enumerate(report["top_risks"], 1)]
+    lines += ["", "## Last drills", ""]
+    for s in report["scenarios"]:
+        last = s["last_drill"]
+        if last is None:
+            lines.append(f"- **{s['name']}**: never drilled (overdue)")
+            continue
+        loss = d(last["data_loss_seconds"]) if last["data_loss_seconds"] is not None else "not measured"
+        met = lambda ok: "met" if ok else ("unknown" if ok is None else "MISSED")  # noqa: E731
+        lines.append(f"- **{s['name']}**: {last['at']} ({last['mode'] or 'drill'}) **{last['status']}**; "
+                     f"RTO {d(last['recovery_seconds'])} of {d(s['rto_seconds'])} ({met(last['meets_rto'])}), "
+                     f"RPO {loss} of {d(s['rpo_seconds'])} ({met(last['meets_rpo'])})"
+                     + (f"; over estimate: {', '.join(last['steps_over_estimate'])}" if last["steps_over_estimate"] else "")
+                     + (f"; not carried out: {'; '.join(last['missing'])}" if last["missing"] else "")
+                     + ("; OVERDUE" if s["overdue"] else ""))
+    lines += ["", f"## Overdue drills (cadence {d(report['cadence_seconds'])})", ""]
+    lines += [f"- {sid}" for sid in report["overdue"]] or ["None."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,68 @@
+"""Drill history: each finished drill's record (its event timeline included) goes into the
+catalog and, sealed, into every repository (`sealed/drills/<id>`), so a rebuilt catalog keeps
+the drill history; `replay` plays a record's events back in their order at any speed."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+from insite_console.errors import InsiteError, UsageError
+
+PREFIX = "drills/"
+
+
+def save(ws, record: dict) -> dict:
+    """Into the catalog, then into each storage's repository; says where it went and what failed."""
+    ws.catalog.insert_drill(record)
+    stored, problems = [], []
+    data = json.dumps(record, sort_keys=True).encode()
+    for name in sorted(ws.config.storages):
+        try:
+            ws.repository(name).put_sealed(PREFIX + record["id"], data)
+            stored.append(name)
+        except InsiteError as exc:
+            problems.append(f"{name}: {exc}")
+    where = {"catalog": True, "repositories": stored, "problems": problems}
+    record["stored_in"] = where
+    ws.catalog.insert_drill(record)
+    return where
+
+
+def sync(ws, repo) -> list[str]:
+    """Drills in `repo` the catalog lacks, added to it (catalog rebuild/sync); their ids."""
+    from insite_console.repo.repository import SEALED
+
+    known = ws.catalog.drill_ids()
+    added = []
+    for info in repo.storage.list(SEALED + PREFIX):
+        drill_id = info.key[len(SEALED + PREFIX):]
+        if drill_id in known:
+            continue
+        record = json.loads(repo.get_sealed(PREFIX + drill_id))
+        ws.catalog.insert_drill(record)
+        known.add(drill_id)
+        added.append(drill_id)
+    return added
+
+
+def get(ws, drill_id: str) -> dict:
+    record = ws.catalog.drill(drill_id)
+    if not record:
+        raise UsageError(f"no drill {drill_id!r} (see `insite-console drill list --history`)")
+    return record
+
+
+def replay(record: dict, emit: Callable[[dict], None], speed: float = 1.0,
+           sleep: Callable[[float], None] = time.sleep) -> None:
+    """Hand the recorded events to `emit` in their recorded order, spaced by their drill time / speed."""
+    if speed <= 0:
+        raise UsageError("--speed must be more than 0")
+    last = 0.0
+    for event in sorted(record.get("events", []), key=lambda e: e["seq"]):
+        gap = event["t"] - last
+        if gap > 0:
+            sleep(gap / speed)
+        last = max(last, event["t"])
+        emit(event)
