@@ -9,6 +9,8 @@ they guard what authentication cannot: a swapped name, a writer's bug, a hostile
 
 from __future__ import annotations
 
+import base64
+
 import hashlib
 import json
 import re
@@ -99,7 +101,15 @@ def decode_manifest(backup_id: str, plain: bytes, what: str) -> dict:
     return manifest
 
 
-_ENTRY_TYPES = {"file", "dir", "symlink"}
+_ENTRY_TYPES = {"file", "dir", "symlink", "fifo", "chardev", "blockdev"}
+
+
+def _is_base64(value: Any) -> bool:
+    try:
+        base64.b64decode(value, validate=True)
+        return isinstance(value, str)
+    except (ValueError, TypeError):
+        return False
 
 
 def decode_tree_line(line: bytes, what: str) -> dict:
@@ -107,9 +117,19 @@ def decode_tree_line(line: bytes, what: str) -> dict:
     entry = _json(line, what)
     if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry.get("type") in _ENTRY_TYPES):
         raise IntegrityError(f"{what} holds a malformed entry {line[:80]!r}")
-    for field in ("mode", "uid", "gid", "mtime_ns", "size", "inode"):
-        if field in entry and type(entry[field]) is not int:
-            raise IntegrityError(f"{what}: entry {entry['path'][:80]!r} has a bad {field}")
+    bad = next((field for field in ("mode", "uid", "gid", "mtime_ns", "size", "inode", "ctime_ns")
+                if field in entry and type(entry[field]) is not int), None)
+    bad = bad or next((field for field in ("racy", "sparse") if field in entry and type(entry[field]) is not bool), None)
+    if entry.get("hardlink") is not None and not isinstance(entry["hardlink"], str):
+        bad = "hardlink"
+    rdev = entry.get("rdev")
+    if rdev is not None and not (isinstance(rdev, list) and len(rdev) == 2 and all(_int(n, 0, 2**32) for n in rdev)):
+        bad = "rdev"
+    xattrs = entry.get("xattrs")
+    if xattrs is not None and not (isinstance(xattrs, dict) and all(_is_base64(v) for v in xattrs.values())):
+        bad = "xattrs"
+    if bad:
+        raise IntegrityError(f"{what}: entry {entry['path'][:80]!r} has a bad {bad}")
     if entry.get("chunks") is not None and not _chunk_list(entry["chunks"]):
         raise IntegrityError(f"{what}: entry {entry['path'][:80]!r} has a bad chunk list")
     if entry.get("target") is not None and not isinstance(entry["target"], str):
