@@ -200,7 +200,7 @@ async def test_a_missed_run_says_the_scheduler_is_not_running(make_app, console_
         assert await wait_until(pilot, lambda: any("missed" in n.message for n in app._notifications))
         # a scheduler that beats: running, and the reason changes
         console_workspace.catalog.scheduler_beat(clock.iso(due), 30)
-        assert await wait_until(pilot, lambda: "scheduler running on" in static_text(app, "#running"))
+        assert await wait_until(pilot, lambda: "Scheduler: running on" in static_text(app, "#running"))
         assert status.scheduler_state(console_workspace)["running"] is True
         assert await wait_until(pilot, lambda: "the scheduler did not start it" in table_rows(table)[0][4])
 

@@ -118,7 +118,7 @@ class DashboardScreen(InsiteScreen):
         lines = []
         if scheduler is not None:
             mark = {True: "[$success]▶[/]", False: "[$error]✗[/]"}.get(scheduler["running"], "[$warning]▲[/]")
-            lines.append(f"{mark} scheduler {escape(scheduler['text'])}")
+            lines.append(f"{mark} Scheduler: {escape(scheduler['text'])}")
         if not running:
             lines.append("No job is running.  [dim](b: back up now)[/]" if not self.app.read_only
                          else "No job is running.")

@@ -302,8 +302,8 @@ class RestoreWizard(InsiteScreen):
         for backup in points:
             kind = {"incremental": "incr", "differential": "diff"}.get(backup["type"], backup["type"])
             options.add_option(Option(
-                f"{restore_engine.taken_at(backup):%Y-%m-%d %H:%M:%S}  {kind:<4}  {backup['id'][:12]}  "
-                f"{backup['files']:>7,} files  {model.size_text(backup['bytes_read']):>10}  {backup['policy']}",
+                f"{restore_engine.taken_at(backup):%Y-%m-%d %H:%M:%S}  {kind:<4}  {backup['id'][:8]}  "
+                f"{backup['files']:>6,} files  {model.size_text(backup['bytes_read']):>10}  {backup['policy']}",
                 id=backup["id"]))
         window = self.query_one("#window", Static)
         if points:
