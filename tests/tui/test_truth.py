@@ -32,19 +32,22 @@ def _two_points(ws, monkeypatch) -> tuple[str, str]:
     return early, late
 
 
+async def _type_time(app, pilot, leave_with: str):
+    """Open the wizard, type the time asked into its field, leave the field with `leave_with`."""
+    await pilot.press("4")
+    await settle(app, pilot)
+    app.screen.query_one("#at", Input).focus()
+    await pilot.pause()
+    await pilot.press(*"2030-01-01T19:05:30Z", leave_with)  # the "2"s must not switch screens
+    await settle(app, pilot)
+    return app.screen
+
+
 async def test_a_typed_time_applies_on_ctrl_n_and_the_plan_repeats_it(make_app, console_workspace, monkeypatch):
     early, late = _two_points(console_workspace, monkeypatch)
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("4")
-        await settle(app, pilot)
-        screen = app.screen
-        assert screen.backup["id"] == late  # the newest is highlighted first
-        screen.query_one("#at", Input).focus()
-        await pilot.pause()
-        await pilot.press(*"2030-01-01T19:05:30Z")
-        await pilot.press("ctrl+n")  # no enter: leaving the field applies it
-        await settle(app, pilot)
+        screen = await _type_time(app, pilot, "ctrl+n")  # no enter: leaving the field applies it
         assert app.current_mode == "restore" and screen.step == 1
         assert screen.backup["id"] == early
         await pilot.press("ctrl+n")
@@ -68,12 +71,7 @@ async def test_tab_applies_the_time_and_a_newer_point_is_refused(make_app, conso
     early, late = _two_points(console_workspace, monkeypatch)
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("4")
-        await settle(app, pilot)
-        screen = app.screen
-        screen.query_one("#at", Input).focus()
-        await pilot.press(*"2030-01-01T19:05:30Z", "tab")
-        await settle(app, pilot)
+        screen = await _type_time(app, pilot, "tab")
         assert screen.backup["id"] == early and "You asked for" in static_text(app, "#window")
         screen.choose(screen._points[late])  # a newer point chosen by hand: refused
         await pilot.press("ctrl+n")
