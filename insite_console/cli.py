@@ -305,6 +305,7 @@ def cmd_status(args) -> int:
     if args.json:
         _print_json(rows)
         return 0
+    print(f"scheduler: {status.scheduler_state(ws)['text']}")
     for row in rows:
         age = clock.human_duration(row["age_seconds"]) if row["age_seconds"] is not None else "-"
         rpo = clock.human_duration(row["rpo_seconds"]) if row["rpo_seconds"] else "-"
@@ -314,6 +315,8 @@ def cmd_status(args) -> int:
         print(f"{status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  last ok {age} ago{loss} (RPO {rpo})  "
               f"next {row['next_run_at'] or '-'}" + ("  LAST RUN FAILED: " + row["last_failure_error"]
                                                        if row["failing"] else ""))
+        if row["missed_run"]:
+            print(f"{'':<10}  {'':<16}  MISSED {row['missed_run']['at']}: {row['missed_run']['reason']}")
         window = row.get("restorable_window")
         if window:
             lag = window["archive_lag_seconds"]
@@ -332,6 +335,7 @@ def cmd_schedule(args) -> int:
     ws = _workspace(args)
     if args.once:
         results = scheduler.run_due(ws, log=lambda m: print(m, file=sys.stderr))
+        scheduler.beat_once(ws)
         if args.json:
             _print_json(results)
         return 1 if any(r.get("status") == "failed" for r in results) else 0

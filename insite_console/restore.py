@@ -65,6 +65,11 @@ class RestoreContext:
         return byte_count / rate, basis
 
 
+def taken_at(backup: dict) -> datetime:
+    """When a restore point was taken: its start (what lists and `--at` compare against)."""
+    return clock.parse_iso(backup["started_at"])
+
+
 def resolve_backup(ws, reference: str, at: datetime | None) -> dict:
     """A backup id (or unique prefix); or a policy/source name, then the newest restore point
     at or before `at` (or the newest of all)."""
@@ -82,11 +87,15 @@ def resolve_backup(ws, reference: str, at: datetime | None) -> dict:
         candidates = [b for b in catalog.backups(status="succeeded")
                       if reference in (b["policy"], b["source"])]
         if at is not None:
-            candidates = [b for b in candidates if clock.parse_iso(b["started_at"]) <= at]
+            candidates = [b for b in candidates if taken_at(b) <= at]
         if not candidates:
             raise UsageError(f"no backup {reference!r}: not a backup id, or no restorable backup of a policy or "
                              "source by that name" + (f" before {clock.iso(at)}" if at else ""))
         backup = candidates[0]
+    if at is not None and taken_at(backup) > at:  # never restore data newer than the time asked
+        raise RestoreRefused(f"restore point {backup['id']} was taken at {backup['started_at']}, after the time "
+                             f"asked ({clock.iso(at)}); choose one taken before it, or give the policy or source "
+                             "name to pick the newest one before it")
     if backup["status"] != "succeeded":
         raise RestoreRefused(f"backup {backup['id']} is {backup['status']}"
                              + (f" ({backup['error']})" if backup.get("error") else "")

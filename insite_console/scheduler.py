@@ -6,6 +6,7 @@ started, so a restarted scheduler neither skips nor repeats a run.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime
 
@@ -43,9 +44,37 @@ def run_due(ws, now: datetime | None = None, log=print) -> list[dict]:
     return results
 
 
+def beat_once(ws) -> None:
+    """A one-shot run (`schedule --once`, from cron) leaves a heartbeat with no interval."""
+    now = clock.iso(clock.now())
+    ws.catalog.scheduler_beat(now, None, stopped=True)
+
+
+def _heartbeat(ws, started_at: str, interval: float, stop: threading.Event) -> None:
+    """Beat every `interval` seconds from a thread of its own, so a long backup in the loop
+    never makes a live scheduler look dead."""
+    while not stop.wait(interval):
+        try:
+            ws.catalog.scheduler_beat(started_at, interval)
+        except Exception:  # a locked catalog: the next beat tries again
+            pass
+
+
 def loop(ws, interval: float = 30.0, log=print) -> None:
-    """Run forever (until interrupted), checking every `interval` seconds."""
+    """Run forever (until interrupted), checking every `interval` seconds; heartbeats in the
+    catalog (host, pid, last tick) let the console and `status` tell whether it runs."""
     log(f"scheduler started for {ws.config.path}; {len(ws.config.policies)} policies")
-    while True:
-        run_due(ws, log=log)
-        time.sleep(interval)
+    started_at = clock.iso(clock.now())
+    ws.catalog.scheduler_beat(started_at, interval)
+    stop = threading.Event()
+    beats = threading.Thread(target=_heartbeat, args=(ws, started_at, interval, stop), daemon=True,
+                             name="scheduler-heartbeat")
+    beats.start()
+    try:
+        while True:
+            run_due(ws, log=log)
+            ws.catalog.scheduler_beat(started_at, interval)
+            time.sleep(interval)
+    finally:
+        stop.set()
+        ws.catalog.scheduler_beat(started_at, interval, stopped=True)

@@ -66,7 +66,62 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
 
 
 def overview(ws, now: datetime | None = None) -> list[dict[str, Any]]:
-    return [policy_health(ws, name, now) for name in sorted(ws.config.policies)]
+    now = now or clock.now()
+    scheduler = scheduler_state(ws, now)
+    return [dict(policy_health(ws, name, now), missed_run=missed_run(ws, name, scheduler, now), scheduler=scheduler)
+            for name in sorted(ws.config.policies)]
 
 
 HEALTH_WORDS = {"ok": "OK", "warning": "WARN", "breach": "RPO BREACH", "never": "NEVER RUN", "wal_gap": "WAL GAP"}
+
+
+# ----- scheduler liveness and missed runs (issue 9) ---------------------------------------
+
+MISSED_GRACE_SECONDS = 120  # a due run starts within a scheduler tick (30 s); allow for a busy one
+
+
+def scheduler_state(ws, now: datetime | None = None) -> dict[str, Any]:
+    """Whether a scheduler runs for this catalog, from its heartbeats: running True / False, or
+    None when only one-shot `schedule --once` runs (cron) were seen, whose period is unknown."""
+    now = now or clock.now()
+    beats = ws.catalog.scheduler_beats()
+    if not beats:
+        return {"running": False, "host": None, "pid": None, "last_tick": None, "age_seconds": None,
+                "text": "no scheduler has ever run for this catalog"}
+    beat = beats[0]
+    age = (now - clock.parse_iso(beat["last_tick"])).total_seconds()
+    where = f"on {beat['host']} (pid {beat['pid']})"
+    facts = {"host": beat["host"], "pid": beat["pid"], "last_tick": beat["last_tick"], "age_seconds": age}
+    if beat["interval_seconds"] is None:
+        return dict(facts, running=None, text=f"last `schedule --once` {clock.human_duration(age)} ago {where}")
+    stale = age > max(3 * beat["interval_seconds"], 90)
+    if beat["stopped_at"] or not beat["alive"] or stale:
+        why = "stopped" if beat["stopped_at"] else ("its process is gone" if not beat["alive"] else "no heartbeat")
+        return dict(facts, running=False, text=f"not running ({why}; last seen {clock.human_duration(age)} ago "
+                                                f"{where})")
+    return dict(facts, running=True, text=f"running {where}, last tick {clock.human_duration(age)} ago")
+
+
+def missed_run(ws, name: str, scheduler: dict[str, Any], now: datetime | None = None) -> dict[str, Any] | None:
+    """The scheduled time a policy's run should have started but did not, and why; None if none.
+    Without this the next run moves on silently when no scheduler runs."""
+    from croniter import croniter
+
+    now = now or clock.now()
+    schedule = ws.config.policy(name).get("schedule")
+    if not schedule:
+        return None
+    fired = croniter(schedule, now).get_prev(datetime)
+    if (now - fired).total_seconds() < MISSED_GRACE_SECONDS:
+        fired = croniter(schedule, fired).get_prev(datetime)  # the newest fire is still within its grace
+    latest = ws.catalog.backups(policy=name, limit=1)
+    if latest and (latest[0]["status"] == "running" or clock.parse_iso(latest[0]["started_at"]) >= fired):
+        return None
+    if scheduler["running"] is False:
+        reason = "scheduler not running"
+    elif scheduler["running"] is None and (not scheduler["last_tick"]
+                                           or clock.parse_iso(scheduler["last_tick"]) < fired):
+        reason = "no `schedule --once` run since"
+    else:
+        reason = "the scheduler did not start it"
+    return {"at": clock.iso(fired), "reason": reason}

@@ -13,8 +13,8 @@ from pathlib import Path
 from insite_console import config as config_module
 from insite_console.catalog.db import Catalog
 from insite_console.config import Config, parse_size
-from insite_console.errors import ConfigError, InsiteError, RepositoryError
-from insite_console.repo.repository import Repository
+from insite_console.errors import ConfigError, InsiteError, ObjectNotFound, RepositoryError
+from insite_console.repo.repository import CONFIG_KEY, Repository
 from insite_console.storage import Storage, open_storage
 
 
@@ -87,10 +87,54 @@ class Workspace:
         if repo is not None:
             return repo
         storage = self.storage(name)
-        repo = Repository.open(storage, self.passphrase(), self.cache_dir, **self._repo_options())
+        try:
+            repo = Repository.open(storage, self.passphrase(), self.cache_dir, **self._repo_options())
+        except RepositoryError:
+            vanished = self.vanished_message(name)
+            if vanished:
+                raise RepositoryError(vanished) from None
+            raise
         with self._lock:
             self._repos.setdefault(name, repo)
             return self._repos[name]
+
+    def expected_backups(self, name: str) -> int:
+        """How many restore points the catalog knows on storage `name` (written or copied there)."""
+        row = self.catalog.db.execute(
+            "SELECT COUNT(*) FROM backups WHERE status = 'succeeded' AND (storage = ? OR id IN "
+            "(SELECT backup_id FROM backup_storages WHERE storage = ?))", (name, name)).fetchone()
+        return int(row[0])
+
+    def vanished_message(self, name: str) -> str | None:
+        """When the catalog knows backups on a storage whose repository is gone: what is known,
+        and never the advice to `init` (that would put an empty repository in its place)."""
+        storage = self.storage(name)
+        try:
+            if storage.exists(CONFIG_KEY):
+                return None
+        except InsiteError:
+            return None  # unreadable, not known to be missing: the original error says more
+        expected = self.expected_backups(name)
+        if not expected:
+            return None
+        return (f"storage {name} ({storage.describe()}): the repository is missing, but the catalog expects "
+                f"{expected} backup(s) there. Do NOT run `insite-console init` (it would create an empty "
+                "repository in its place): check the mount, path, bucket and credentials, or restore the "
+                "storage from a copy")
+
+    def probe_storage(self, name: str) -> dict:
+        """A cheap check (one stat of the repository config) that a storage still holds its
+        repository: state ok / missing / unreadable, with what the catalog expects there."""
+        facts = {"name": name, "expected_backups": self.expected_backups(name)}
+        try:
+            storage = self.storage(name)
+            storage.stat(CONFIG_KEY)
+        except ObjectNotFound:
+            message = self.vanished_message(name) or f"storage {name}: no repository (run `insite-console init {name}`)"
+            return dict(facts, state="missing", detail=message)
+        except (InsiteError, OSError) as exc:
+            return dict(facts, state="unreadable", detail=f"storage {name}: cannot be read: {exc}")
+        return dict(facts, state="ok", detail="")
 
     def init_repository(self, name: str) -> Repository:
         storage = self.storage(name)

@@ -99,6 +99,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE drills ADD COLUMN mode TEXT;
     ALTER TABLE drills ADD COLUMN record TEXT NOT NULL DEFAULT '{}';
     """,
+    # 6: scheduler heartbeats, so the console and `status` can tell whether one runs
+    """
+    CREATE TABLE IF NOT EXISTS scheduler_beats (
+        host TEXT NOT NULL, pid INTEGER NOT NULL, started_at TEXT NOT NULL, last_tick TEXT NOT NULL,
+        interval_seconds REAL, stopped_at TEXT, PRIMARY KEY (host, pid)
+    );
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -213,6 +220,26 @@ class Catalog:
                                 (message, row["id"]))
                 reaped.append(row["id"])
         return reaped
+
+    # ----- scheduler liveness ------------------------------------------------------------
+
+    def scheduler_beat(self, started_at: str, interval: float | None, stopped: bool = False) -> None:
+        """Record that this process's scheduler is alive (interval None: a one-shot `--once` run)."""
+        now = clock.iso(clock.now())
+        self.db.execute(
+            "INSERT INTO scheduler_beats (host, pid, started_at, last_tick, interval_seconds, stopped_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host, pid) DO UPDATE SET last_tick = excluded.last_tick, "
+            "interval_seconds = excluded.interval_seconds, stopped_at = excluded.stopped_at",
+            (socket.gethostname(), os.getpid(), started_at, now, interval, now if stopped else None))
+
+    def scheduler_beats(self, limit: int = 5) -> list[dict]:
+        """The newest heartbeats first, each with `alive` False when its process is gone from this host."""
+        rows = [dict(row) for row in self.db.execute(
+            "SELECT * FROM scheduler_beats ORDER BY last_tick DESC LIMIT ?", (limit,))]
+        host = socket.gethostname()
+        for row in rows:
+            row["alive"] = not (row["host"] == host and not _pid_alive(row["pid"]))
+        return rows
 
     # ----- backups ---------------------------------------------------------------------
 

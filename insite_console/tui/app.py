@@ -47,9 +47,10 @@ class InsiteApp(App):
 
     jobs_version = var(0)  # bumped when a job changes; screens watch it
     catalog_version = var(0)  # bumped when the catalog changed (any process)
+    storage_version = var(0)  # bumped when a storage probe or the key check changed what is known
 
     def __init__(self, workspace, read_only: bool = False, theme: str | None = None, detach_jobs: bool = True,
-                 poll_seconds: float | None = None, alerts: bool = True) -> None:
+                 poll_seconds: float | None = None, alerts: bool = True, probe_seconds: float | None = None) -> None:
         from insite_console.tui.screens.catalog import CatalogScreen
         from insite_console.tui.screens.dashboard import DashboardScreen
         from insite_console.tui.screens.jobs import JobsScreen
@@ -73,8 +74,13 @@ class InsiteApp(App):
         self._last_reap = 0.0
         self.alerts = alerts
         self._alerted: dict[str, str] = {}
-        self._last_health_check = 0.0
         self._poll_failing = False
+        self._missed_alerted: dict[str, str | None] = {}
+        # one stat per storage, on the refresh timer but at most every 10 s (an object store bills requests)
+        self.probe_seconds = probe_seconds if probe_seconds is not None else max(self.poll_seconds, 10.0)
+        self._last_probe = float("-inf")
+        self.storage_probes: dict[str, dict] = {}  # name -> Workspace.probe_storage()
+        self.key_problems: dict[str, str] = {}  # storage -> why its repository key does not open
         self.sub_title = workspace.config.path.name + ("  ·  READ-ONLY" if read_only else "")
 
     # ----- start-up ---------------------------------------------------------------------
@@ -89,6 +95,7 @@ class InsiteApp(App):
         self.poll_catalog()
         self.set_interval(self.poll_seconds, self.poll_catalog, name="poll-catalog")
         self.switch_mode("dashboard")
+        self.check_keys()
 
     def set_theme(self, name: str | None) -> None:
         name = name or themes.default_theme()
@@ -422,9 +429,61 @@ class InsiteApp(App):
         if changed:
             self.catalog_version += 1
             self.jobs_version += 1
-        if self.alerts and (changed or now - self._last_health_check > 30):
-            self._last_health_check = now
+        if self.alerts:  # every tick: a breach is a matter of time passing, not of a catalog change
             self.check_alerts()
+        if now - self._last_probe >= self.probe_seconds:
+            self._last_probe = now
+            self.probe_storages()
+
+    # ----- storages and keys: what is known to be wrong, before the first action ----------
+
+    @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
+    def probe_storages(self) -> None:
+        results = {name: self.workspace.probe_storage(name) for name in sorted(self.workspace.config.storages)}
+        self.call_from_thread(self._probed, results)
+
+    def _probed(self, results: dict[str, dict]) -> None:
+        for name, probe in results.items():
+            old = self.storage_probes.get(name)
+            if probe["state"] != "ok" and (old is None or old["state"] != probe["state"]):
+                self.notify(f"✗ {probe['detail']}", severity="error", timeout=12)
+            elif probe["state"] == "ok" and old is not None and old["state"] != "ok":
+                self.notify(f"✓ storage {name} holds its repository again", timeout=6)
+        if results != self.storage_probes:
+            self.storage_probes = results
+            self.storage_version += 1
+
+    @work(thread=True, exclusive=True, group="keys", exit_on_error=False)
+    def check_keys(self) -> None:
+        """Open each repository key at start (in a thread: the first paint stays fast), so a wrong
+        or missing passphrase is a banner now rather than a failure at the first action."""
+        from insite_console.errors import ConfigError, ObjectNotFound, WrongPassphrase
+
+        problems = {}
+        for name in sorted(self.workspace.config.storages):
+            try:
+                self.workspace.repository(name)
+            except WrongPassphrase as exc:
+                problems[name] = str(exc)
+            except ConfigError as exc:  # no passphrase at all (variable unset, file unreadable)
+                problems[name] = f"no passphrase: {exc}"
+            except (InsiteError, ObjectNotFound, OSError):
+                continue  # a missing or unreadable repository: the storage probe says so
+        self.call_from_thread(self._keys_checked, problems)
+
+    def _keys_checked(self, problems: dict[str, str]) -> None:
+        self.key_problems = problems
+        for name, text in problems.items():
+            self.notify(f"✗ storage {name}: {text}", severity="error", timeout=12)
+        self.storage_version += 1
+
+    def banner_lines(self) -> list[str]:
+        """What is known to be wrong with storages and keys, for the dashboard's red banner."""
+        lines = [probe["detail"] for probe in self.storage_probes.values() if probe["state"] != "ok"]
+        lines += [f"storage {name}: cannot open the repository key: {text}; backups and restores will fail "
+                  "until the passphrase is right (then restart the console)"
+                  for name, text in self.key_problems.items()]
+        return lines
 
     def check_alerts(self) -> None:
         """Toast when a policy breaches its RPO, has never run, or its last run failed; once
@@ -447,6 +506,11 @@ class InsiteApp(App):
             elif shown in ("ok", "late") and previous in ("breach", "never", "failing"):
                 self.notify(f"✓ policy {name} is within its RPO again", timeout=6)
             self._alerted[name] = shown
+            missed = row.get("missed_run")
+            if missed and self._missed_alerted.get(name) != missed["at"]:
+                self.notify(f"▲ policy {name}: missed {model.short_clock(missed['at'])}: {missed['reason']}",
+                            severity="warning", timeout=10)
+            self._missed_alerted[name] = missed["at"] if missed else None
 
     def job_list(self) -> list[model.JobView]:
         views = list(self.job_views.values())

@@ -53,6 +53,14 @@ def short_time(text: str | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "—"
 
 
+def short_clock(text: str | None) -> str:
+    """'19:00' for a time today (UTC), else '11-27 19:00': a scheduled fire time, short."""
+    value = parse_time(text)
+    if value is None:
+        return "—"
+    return f"{value:%H:%M}" if value.date() == clock.now().date() else f"{value:%m-%d %H:%M}"
+
+
 def age_text(when: datetime | None, now: datetime | None = None) -> str:
     if when is None:
         return "—"
@@ -86,10 +94,10 @@ def text_bar(fraction: float | None, width: int = 12) -> str:
 
 
 HEALTH = {  # status.policy_health's words -> the STATUS key shown
-    "ok": "ok", "warning": "late", "breach": "breach", "never": "never",
+    "ok": "ok", "warning": "late", "breach": "breach", "never": "never", "wal_gap": "wal_gap",
 }
 STATUS.update({"breach": ("✗", "RPO breach", "error"), "never": ("✗", "never run", "error"),
-               "late": ("▲", "near RPO", "warning")})
+               "late": ("▲", "near RPO", "warning"), "wal_gap": ("✗", "WAL gap", "error")})
 
 
 def policy_health(ws, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -98,19 +106,24 @@ def policy_health(ws, now: datetime | None = None) -> list[dict[str, Any]]:
 
     now = now or clock.now()
     rows = []
+    try:
+        scheduler = status.scheduler_state(ws, now)
+    except (TypeError, ValueError) as exc:
+        scheduler = {"running": None, "last_tick": None, "text": f"unknown: {exc}"}
     for name in sorted(ws.config.policies):
         try:
             row = status.policy_health(ws, name, now)
+            row["missed_run"] = status.missed_run(ws, name, scheduler, now)
         except (TypeError, ValueError) as exc:  # an odd catalog row: show the policy, say why
             policy = ws.config.policies[name]
             row = {"policy": name, "source": policy["source"], "storage": policy["storage"], "health": "unknown",
                    "rpo_seconds": None, "last_success_at": None, "age_seconds": None, "last_failure_at": None,
                    "last_failure_error": f"cannot compute health: {exc}", "failing": False, "running": None,
-                   "next_run_at": None, "schedule": policy.get("schedule")}
+                   "next_run_at": None, "schedule": policy.get("schedule"), "missed_run": None}
         shown = HEALTH.get(row["health"], "unknown")
         if row["failing"] and shown == "ok":
             shown = "failing"
-        row = dict(row, shown=shown)
+        row = dict(row, shown=shown, scheduler=scheduler)
         age = row["age_seconds"]
         rpo = row["rpo_seconds"]
         if age is None:

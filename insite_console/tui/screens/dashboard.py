@@ -23,6 +23,7 @@ class DashboardScreen(InsiteScreen):
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
         with Vertical(id="dashboard"):
+            yield Static(id="banner")
             with Vertical(id="health-box", classes="box") as box:
                 box.border_title = "Policy health"
                 yield DataTable(id="health", cursor_type="row", zebra_stripes=False)
@@ -46,8 +47,21 @@ class DashboardScreen(InsiteScreen):
         self.watch(self.app, "catalog_version", lambda _: self.refresh_data() if self.is_active else None, init=False)
         self.refresh_on_jobs_change(self.refresh_running)
         self.watch(self.app, "theme", lambda _: self.refresh_data(), init=False)
+        self.watch(self.app, "storage_version", lambda _: self.refresh_data() if self.is_active else None,
+                   init=False)
+        # ages, breaches, missed runs change with time alone: recompute with nobody at the keyboard
+        self.set_interval(self.app.poll_seconds, self.refresh_live, name="dashboard-clock")
         self.refresh_data()
         table.focus()
+
+    def refresh_live(self) -> None:
+        if not self.is_active:
+            return
+        for part in (self._refresh_health, self.refresh_storage, self.refresh_running):
+            try:
+                part()
+            except Exception as exc:
+                self.app.report_error("cannot refresh the dashboard", exc)
 
     def on_screen_resume(self) -> None:
         self.refresh_data()
@@ -59,7 +73,7 @@ class DashboardScreen(InsiteScreen):
             self._refresh_health()
         except Exception as exc:  # a damaged catalog row must not take the console down
             self.app.report_error("cannot read policy health", exc)
-        for part in (self.refresh_storage, self.refresh_events, self.refresh_running):
+        for part in (self.refresh_storage, self.refresh_events, self.refresh_running, self.refresh_banner):
             try:
                 part()
             except Exception as exc:
@@ -71,7 +85,9 @@ class DashboardScreen(InsiteScreen):
         table = self.query_one("#health", DataTable)
         cursor = table.cursor_row
         table.clear()
+        self._scheduler = None
         for row in model.policy_health(ws, now):
+            self._scheduler = row["scheduler"]
             label, role = model.status_label(row["shown"])
             if row["running"]:
                 label += " ▶"
@@ -79,10 +95,15 @@ class DashboardScreen(InsiteScreen):
             if row["last_failure_at"]:
                 failure = f"{model.age_text(model.parse_time(row['last_failure_at']), now)}: {row['last_failure_error'] or ''}"
             next_run = model.parse_time(row["next_run_at"])
+            missed = row.get("missed_run")
+            if missed:  # never let the next run move on silently past one that did not happen
+                upcoming = Text(f"▲ missed {model.short_clock(missed['at'])}: {missed['reason']}",
+                                style=role_style(self.app, "warning"))
+            else:
+                upcoming = f"{next_run:%Y-%m-%d %H:%M}" if next_run else "not scheduled"
             table.add_row(
                 Text(label, style=role_style(self.app, role)), row["policy"],
-                model.short_time(row["last_success_at"]), row["age_vs_rpo"],
-                f"{next_run:%Y-%m-%d %H:%M}" if next_run else "not scheduled",
+                model.short_time(row["last_success_at"]), row["age_vs_rpo"], upcoming,
                 Text(failure[:60], style=role_style(self.app, "error") if row["failing"] else ""),
                 key=row["policy"],
             )
@@ -93,23 +114,37 @@ class DashboardScreen(InsiteScreen):
         if not self.is_mounted:
             return
         running = [v for v in self.app.job_list() if v.running]
+        scheduler = getattr(self, "_scheduler", None)
+        lines = []
+        if scheduler is not None:
+            mark = {True: "[$success]▶[/]", False: "[$error]✗[/]"}.get(scheduler["running"], "[$warning]▲[/]")
+            lines.append(f"{mark} Scheduler: {escape(scheduler['text'])}")
         if not running:
-            text = "No job is running.  [dim](b: back up now)[/]" if not self.app.read_only else "No job is running."
+            lines.append("No job is running.  [dim](b: back up now)[/]" if not self.app.read_only
+                         else "No job is running.")
         else:
-            lines = []
             for view in running[:6]:
                 lines.append(f"[$primary]▶[/] {escape(view.kind)} [b]{escape(view.subject)}[/] "
                              f"{escape(view.progress_text())} {escape(view.phase)} · {escape(view.rate_text())}"
                              f" · ETA {escape(view.eta_text())}")
-            text = "\n".join(lines)
-        self.query_one("#running", Static).update(text)
+        self.query_one("#running", Static).update("\n".join(lines))
+
+    def refresh_banner(self) -> None:
+        lines = self.app.banner_lines()
+        banner = self.query_one("#banner", Static)
+        banner.display = bool(lines)
+        banner.update("\n".join(f"✗ {escape(line)}" for line in lines))
 
     def refresh_storage(self) -> None:
         lines = []
+        probes = self.app.storage_probes
         for entry in model.storage_usage(self.app.workspace):
             free = f" · {model.size_text(entry['free'])} free" if entry.get("free") is not None else ""
-            lines.append(f"[b]{escape(entry['name'])}[/] ({escape(entry['type'])}): {entry.get('backups', 0)} backups, "
-                         f"{model.size_text(entry.get('bytes_stored'))} stored{free}")
+            state = (probes.get(entry["name"]) or {}).get("state")
+            mark = {"missing": " [$error]✗ MISSING[/]", "unreadable": " [$error]✗ UNREADABLE[/]"}.get(state, "")
+            known = "expected (catalog)" if mark else "stored"
+            lines.append(f"[b]{escape(entry['name'])}[/] ({escape(entry['type'])}){mark}: {entry.get('backups', 0)} "
+                         f"backups, {model.size_text(entry.get('bytes_stored'))} {known}{free}")
         self.query_one("#storage", Static).update("\n".join(lines) or "No storage configured.")
 
     def refresh_events(self) -> None:

@@ -21,6 +21,7 @@ from textual.widgets import (Button, ContentSwitcher, DataTable, Footer, Header,
 from textual.widgets.option_list import Option
 
 from insite_console import clock
+from insite_console import restore as restore_engine
 from insite_console.tui import commands, model
 from insite_console.tui.dialogs.confirm import ConfirmDialog
 from insite_console.tui.messages import PlanReady, TreeLoaded
@@ -200,6 +201,14 @@ class RestoreWizard(InsiteScreen):
 
     def action_next(self) -> None:
         if self.step == WHAT:
+            if not self.apply_at():
+                self.query_one("#at", Input).focus()
+                return
+            if self.at is not None and self.backup is not None and restore_engine.taken_at(self.backup) > self.at:
+                self.query_one("#window", Static).update(
+                    f"[$error]✗ restore point {escape(self.backup['id'])} was taken after the time you asked "
+                    f"({clock.iso(self.at)}): choose an earlier one, or clear the time[/]")
+                return
             if self.backup is None:
                 self.notify("choose a restore point first", severity="warning")
                 return
@@ -230,11 +239,25 @@ class RestoreWizard(InsiteScreen):
         return True
 
     def reset(self) -> None:
-        self.plan = None
         self.job_key = None
         self.after_check = None
-        self.query_one("#confirm-input", Input).value = ""
+        self.safe_defaults()
         self.show_step(WHAT)
+
+    def safe_defaults(self) -> None:
+        """A new restore starts beside production, with no time, parts or confirmation left
+        over from the previous one ("over production" is never carried over)."""
+        self.plan = None
+        self.at = None
+        self._at_text = ""
+        self.query_one("#at", Input).value = ""
+        self.query_one("#patterns", Input).value = ""
+        self.query_one("#confirm-input", Input).value = ""
+        self.query_one("#parts-tree", StoredTree).selected_paths.clear()
+        self._tree_for = None
+        self.query_one("#where-beside", RadioButton).value = True
+        if self.backup is not None:
+            self.query_one("#target", Input).value = self.default_target(self.backup, "beside")
 
     # ----- 1. what --------------------------------------------------------------------------
 
@@ -255,7 +278,8 @@ class RestoreWizard(InsiteScreen):
         if self.step >= PROGRESS and self.job_key and self.app.console_jobs[self.job_key].status == "running":
             self.notify("a restore is in progress in the wizard; wait for it to finish", severity="warning")
             return
-        self.plan = None
+        self.job_key = None
+        self.safe_defaults()
         select = self.query_one("#source", Select)
         if select.value != backup["source"]:
             select.value = backup["source"]
@@ -278,8 +302,8 @@ class RestoreWizard(InsiteScreen):
         for backup in points:
             kind = {"incremental": "incr", "differential": "diff"}.get(backup["type"], backup["type"])
             options.add_option(Option(
-                f"{model.short_time(backup['started_at'])}  {kind:<4}  {backup['id'][:12]}  "
-                f"{backup['files']:>7,} files  {model.size_text(backup['bytes_read']):>10}  {backup['policy']}",
+                f"{restore_engine.taken_at(backup):%Y-%m-%d %H:%M:%S}  {kind:<4}  {backup['id'][:8]}  "
+                f"{backup['files']:>6,} files  {model.size_text(backup['bytes_read']):>10}  {backup['policy']}",
                 id=backup["id"]))
         window = self.query_one("#window", Static)
         if points:
@@ -307,26 +331,49 @@ class RestoreWizard(InsiteScreen):
         self.action_next()
 
     @on(Input.Submitted, "#at")
-    def at_submitted(self, event: Input.Submitted) -> None:
+    @on(Input.Blurred, "#at")
+    def at_left(self) -> None:
+        self.apply_at()
+
+    def apply_at(self) -> bool:
+        """Apply the typed point in time (whatever leaves the field: enter, tab, ctrl+n, a click):
+        pick the newest restore point taken at or before it. False when it cannot be applied."""
+        text = self.query_one("#at", Input).value.strip()
+        if text == getattr(self, "_at_text", ""):
+            return self.at is not None or not text
+        self._at_text = text
+        self.at = None
+        self.plan = None
+        if not text:
+            return True
         try:
-            at = clock.parse_iso(event.value)
+            at = clock.parse_iso(text)
         except ValueError as exc:
-            self.notify(f"point in time: {exc}", severity="error")
-            return
-        candidates = [b for b in getattr(self, "_points", {}).values() if clock.parse_iso(b["started_at"]) <= at]
+            self.query_one("#window", Static).update(f"[$error]✗ point in time: {escape(str(exc))}[/]")
+            return False
+        candidates = [b for b in getattr(self, "_points", {}).values() if restore_engine.taken_at(b) <= at]
         if not candidates:
-            self.notify(f"no restore point at or before {clock.iso(at)}", severity="error")
-            return
-        best = max(candidates, key=lambda b: b["started_at"])
+            self.query_one("#window", Static).update(
+                f"[$error]✗ no restore point of this source was taken at or before {clock.iso(at)}[/]")
+            return False
+        best = max(candidates, key=restore_engine.taken_at)
         options = self.query_one("#points", OptionList)
         options.highlighted = options.get_option_index(best["id"])
         self.choose(best)
         self.at = at
-        self.plan = None
         replay = " and WAL replayed to it" if self.replays_wal else ""
-        self.query_one("#window", Static).update(
-            f"Point in time [b]{clock.iso(at)}[/]: restore point [b]{escape(best['id'])}[/] "
-            f"({model.short_time(best['started_at'])} UTC){replay}")
+        self.query_one("#window", Static).update(f"{self.asked_text(best)}{replay}")
+        return True
+
+    def asked_text(self, backup: dict) -> str:
+        """'you asked for T; restore point X taken at T' (Δ before T)', so a mismatch shows."""
+        taken = restore_engine.taken_at(backup)
+        text = f"restore point [b]{escape(backup['id'])}[/] taken at [b]{taken:%Y-%m-%d %H:%M:%S}[/] UTC"
+        if self.at is None:
+            return text[0].upper() + text[1:] + " (the one chosen in the list)"
+        delta = (self.at - taken).total_seconds()
+        when = f"{clock.human_duration(delta)} before it" if delta > 0 else "exactly then"
+        return f"You asked for [b]{self.at:%Y-%m-%d %H:%M:%S}[/] UTC; {text} ({when})"
 
     @property
     def replays_wal(self) -> bool:
@@ -338,6 +385,13 @@ class RestoreWizard(InsiteScreen):
     @property
     def replay_at(self):
         return self.at if self.replays_wal else None
+
+    @property
+    def engine_at(self):
+        """The time asked, for the engine to refuse a newer restore point (and, for physical
+        PostgreSQL, to replay to); a logical dump cannot take one."""
+        logical_pg = self.source_type == "postgresql" and not self.replays_wal
+        return None if logical_pg else self.at
 
     def choose(self, backup: dict) -> None:
         if self.backup is None or self.backup["id"] != backup["id"]:
@@ -472,8 +526,8 @@ class RestoreWizard(InsiteScreen):
         self.query_one("#plan-summary", Static).update("Planning (dry run: reading the repository and the target)…")
         self.query_one("#plan-table", DataTable).clear()
         self.query_one("#next", Button).disabled = True
-        self._plan_token = (self.backup["id"], self.target, tuple(self.includes), self.replay_at)
-        self.run_plan(self.backup, self.target, self.includes, self.replay_at, self.source_type)
+        self._plan_token = (self.backup["id"], self.target, tuple(self.includes), self.engine_at)
+        self.run_plan(self.backup, self.target, self.includes, self.engine_at, self.source_type)
 
     @work(thread=True, exclusive=True, group="wizard-plan", exit_on_error=False)
     def run_plan(self, backup: dict, target: str, includes: list[str], at, source_type: str) -> None:
@@ -502,6 +556,7 @@ class RestoreWizard(InsiteScreen):
         self.plan_failed = any(ok is False for ok, _ in message.checks)
         summary = message.plan.get("summary", {})
         lines = [
+            self.asked_text(self.backup),
             f"Create [b]{summary.get('to_create', 0):,}[/] · overwrite [b]{summary.get('to_overwrite', 0):,}[/] · "
             f"already identical {summary.get('identical', 0):,} · {model.size_text(summary.get('bytes_to_write', 0))}"
             f" to write · about {clock.human_duration(summary.get('estimated_seconds', 0))} "
@@ -540,6 +595,7 @@ class RestoreWizard(InsiteScreen):
         summary = (self.plan or {}).get("summary", {})
         lines = [
             "[b]5. Confirm[/]",
+            *([self.asked_text(backup)] if self.at is not None else []),
             f"Restore backup [b]{escape(backup['id'])}[/] ({escape(backup['policy'])}, "
             f"{model.short_time(backup['started_at'])} UTC)",
             f"into [b]{escape(target)}[/]"
@@ -576,7 +632,7 @@ class RestoreWizard(InsiteScreen):
                 "[$error]✗ that is not the target: nothing was written. Type it exactly, or go back.[/]")
             return
         job = self.app.start_restore(self.backup["id"], self.target, self.includes, overwrite=bool(self.overwrites),
-                                     at=self.replay_at)
+                                     at=self.engine_at)
         if job is None:
             return
         self.job_key = job.key
