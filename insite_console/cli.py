@@ -209,7 +209,8 @@ def cmd_restore(args) -> int:
             at = clock.parse_iso(args.at)
         except ValueError as exc:
             raise UsageError(f"--at: {exc}") from None
-    options = {"pause": args.pause, "start_port": args.start_port}
+    options = {"pause": args.pause, "start_port": args.start_port, "target_timeline": args.target_timeline,
+               "as_primary": args.as_primary}
     token = _cancel_on_signals()
     result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
                          yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
@@ -564,6 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="allow overwriting what exists")
     p.add_argument("--pause", action="store_true", help="PostgreSQL PITR: pause at the target instead of promoting")
     p.add_argument("--start-port", type=int, help="PostgreSQL PITR: start a throwaway server on this port")
+    p.add_argument("--target-timeline", default="latest",
+                   help="PostgreSQL PITR: latest (default, as PostgreSQL), current (the base backup's) or a number")
+    p.add_argument("--as-primary", action="store_true",
+                   help="PostgreSQL PITR: restore as the new primary: it archives WAL (its new timeline's history "
+                        "first) into the source's archive, so no later restore reuses that timeline")
 
     p = add("prune", cmd_prune, "apply retention, then delete data no kept backup references")
     p.add_argument("--policy")
