@@ -210,7 +210,8 @@ def cmd_restore(args) -> int:
         except ValueError as exc:
             raise UsageError(f"--at: {exc}") from None
     options = {"pause": args.pause, "start_port": args.start_port, "target_timeline": args.target_timeline,
-               "as_primary": args.as_primary}
+               "as_primary": args.as_primary, "with_globals": args.with_globals, "no_owner": args.no_owner,
+               "no_acl": args.no_acl}
     token = _cancel_on_signals()
     result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
                          yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
@@ -567,6 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-port", type=int, help="PostgreSQL PITR: start a throwaway server on this port")
     p.add_argument("--target-timeline", default="latest",
                    help="PostgreSQL PITR: latest (default, as PostgreSQL), current (the base backup's) or a number")
+    p.add_argument("--with-globals", action="store_true",
+                   help="PostgreSQL logical: create the backup's roles and tablespaces first (existing ones kept)")
+    p.add_argument("--no-owner", action="store_true", help="PostgreSQL logical: objects owned by the restoring user")
+    p.add_argument("--no-acl", action="store_true", help="PostgreSQL logical: leave out GRANT/REVOKE")
     p.add_argument("--as-primary", action="store_true",
                    help="PostgreSQL PITR: restore as the new primary: it archives WAL (its new timeline's history "
                         "first) into the source's archive, so no later restore reuses that timeline")
