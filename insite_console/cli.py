@@ -211,7 +211,7 @@ def cmd_restore(args) -> int:
             raise UsageError(f"--at: {exc}") from None
     options = {"pause": args.pause, "start_port": args.start_port, "target_timeline": args.target_timeline,
                "as_primary": args.as_primary, "with_globals": args.with_globals, "no_owner": args.no_owner,
-               "no_acl": args.no_acl}
+               "no_acl": args.no_acl, "target_password_env": args.target_password_env}
     token = _cancel_on_signals()
     result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
                          yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
@@ -572,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PostgreSQL logical: create the backup's roles and tablespaces first (existing ones kept)")
     p.add_argument("--no-owner", action="store_true", help="PostgreSQL logical: objects owned by the restoring user")
     p.add_argument("--no-acl", action="store_true", help="PostgreSQL logical: leave out GRANT/REVOKE")
+    p.add_argument("--target-password-env", metavar="VAR",
+                   help="Redis target: the environment variable holding the target server's password (the "
+                        "source's password_env is never used for a target)")
     p.add_argument("--as-primary", action="store_true",
                    help="PostgreSQL PITR: restore as the new primary: it archives WAL (its new timeline's history "
                         "first) into the source's archive, so no later restore reuses that timeline")
