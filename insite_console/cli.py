@@ -216,9 +216,10 @@ def cmd_restore(args) -> int:
     result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
                          yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
                          options=options)
+    failed_preflight = 1 if args.dry_run and result.get("problems") else 0  # a plan that would be refused
     if args.json:
         _print_json(result)
-        return 0
+        return failed_preflight
     summary = result.get("summary", {})
     if args.dry_run:
         print(f"plan for restoring {result['backup_id']} into {result['target']} (nothing written):")
@@ -246,7 +247,7 @@ def cmd_restore(args) -> int:
     if not args.dry_run:
         print(f"restore {result['id']} {result['status']}: {result['files']} files, "
               f"{clock.human_bytes(result['bytes_written'])} written into {result['target']}")
-    return 0
+    return failed_preflight
 
 
 def cmd_prune(args) -> int:
@@ -401,6 +402,16 @@ def cmd_wal_fetch(args) -> int:
         raise
     except Exception as exc:
         return wal.fetch_failed(args.source, args.name, args.path, exc)
+
+
+def _fetch_usage_fatal() -> int:
+    """wal-fetch called wrongly: PostgreSQL reads any exit status of 125 or less as "not
+    archived" and would end recovery there; exit FETCH_FATAL so it stops instead."""
+    from insite_console import wal
+
+    print(f"error: wal-fetch: exiting {wal.FETCH_FATAL} so PostgreSQL stops recovery instead of ending it early "
+          "(check restore_command: wal-fetch SOURCE %f %p)", file=sys.stderr)
+    return wal.FETCH_FATAL
 
 
 def cmd_wal(args) -> int:
@@ -634,7 +645,12 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None) and "wal-fetch" in (sys.argv[1:] if argv is None else argv):
+            return _fetch_usage_fatal()  # argparse's 2 would read as "not archived" and end recovery
+        raise
     if not hasattr(args, "config"):
         args.config = None
     if args.command == "key" and args.key_command == "remove" and not args.key_id:
@@ -661,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for line in redact(str(exc)).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)
+        if args.command == "wal-fetch" and exc.exit_code != 1:
+            return _fetch_usage_fatal()
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -158,6 +158,10 @@ def restore_physical(ctx) -> dict[str, Any]:
                              f"{result['recovery']['history_archived']} archived")
         notes.append(f"server running on 127.0.0.1:{start_port} (data {target}, log {result['recovery']['log']}); "
                      f"stop it with `pg_ctl -D {target} stop`")
+        if result["recovery"]["state"] == "paused":
+            notes.append(f"recovery is paused at the target: check the data (psql -h 127.0.0.1 -p {start_port} -U "
+                         f"{_superuser(target)}), then resume and promote with SELECT pg_wal_replay_resume(); "
+                         "or stop the server to discard it")
     else:
         notes.append(f"start it with: pg_ctl -D {target} start (as the user owning {target})")
         if pause and at is not None:
@@ -216,8 +220,8 @@ def _extract_tar(ctx, entry, target: str) -> tuple[int, int]:
                 parts = [p for p in name.split("/") if p not in ("", ".")]
                 if name.startswith("/") or ".." in parts:
                     raise RestoreRefused(f"base backup member {member.name!r} would escape {target}")
-                if not parts:
-                    continue
+                if not parts or (len(parts) == 1 and parts[0].startswith(".s.PGSQL.")):
+                    continue  # a socket lock file (socket dir = PGDATA) would block or confuse the new server
                 dest = os.path.join(root, *parts)
                 parent = os.path.dirname(dest)
                 real_parent = os.path.realpath(parent)
