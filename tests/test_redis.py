@@ -162,6 +162,19 @@ def test_restore_to_a_directory_writes_a_loadable_rdb_and_warns_about_aof(filled
     loaded = redis_factory(dir=str(partial))
     assert sorted(loaded.client(5).keys("*")) == [b"db5:list", b"db5:ttl"]
     assert loaded.client(0).dbsize() == 0
+    loaded.stop()
+    # a directory a server with appendonly yes used: it would load its AOF, never dump.rdb: refused
+    aof_dir = tmp_path / "aof-server"
+    aof_dir.mkdir()
+    aof_server = redis_factory(dir=str(aof_dir), appendonly="yes")
+    aof_server.client().set("from-the-aof", "1")
+    aof_server.stop()
+    assert (aof_dir / "appendonlydir").is_dir()
+    with pytest.raises(RestoreRefused, match="appendonlydir.*ignores dump.rdb"):
+        restore.run(ws, done["id"], str(aof_dir))
+    assert not (aof_dir / "dump.rdb").exists()
+    restore.run(ws, done["id"], str(aof_dir), yes=True)  # the operator turned appendonly off
+    assert (aof_dir / "dump.rdb").exists()
     ws.close()
 
 

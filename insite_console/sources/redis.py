@@ -508,8 +508,18 @@ def _restore_to_dir(ctx, entry, target: str, includes: list[str]) -> dict[str, A
              "keys": "matching " + ", ".join(includes) if includes else "all"}]
     notes = [f"Put {path} in place of the server's RDB file (its `dir`/`dbfilename`) while the server is stopped.",
              AOF_WARNING]
+    aof = sorted(name for name in (os.listdir(target) if os.path.isdir(target) else [])
+                 if name == "appendonlydir" or name.endswith(".aof"))
+    problems = []
+    if aof and not ctx.yes:  # the server there runs with appendonly yes: it would never load dump.rdb
+        problems.append(f"{target} holds an append-only file ({', '.join(aof)}): a Redis server started there loads "
+                        "it and ignores dump.rdb, so the restored snapshot would silently not be loaded. "
+                        + AOF_WARNING + f" Move {', '.join(aof)} away (or pass --yes once appendonly is off)")
     if ctx.dry_run:
-        return {"files": 1, "bytes_written": 0, "plan": plan, "notes": notes}
+        return {"files": 1, "bytes_written": 0, "plan": plan, "problems": problems,
+                "notes": [f"pre-flight problem: {problem}" for problem in problems] + notes}
+    if problems:
+        raise RestoreRefused(problems[0])
     if exists and not ctx.yes:
         raise RestoreRefused(f"{path} exists; pass --yes to overwrite it")
     os.makedirs(target, exist_ok=True)
