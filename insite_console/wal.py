@@ -49,7 +49,6 @@ SPOOL_DIR_NAME = ".insite-wal-prefetch"
 FETCH_FATAL = 200  # above 125: PostgreSQL stops recovery (FATAL) instead of taking it as "not archived"
 FETCH_FAILURE_NOTE = "wal-fetch-failed.json"
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
-_HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
 XLP_LONG_HEADER = 0x0002  # xlp_info bit: the page starts with the long header (system identifier)
 _ARCHIVE_NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
 

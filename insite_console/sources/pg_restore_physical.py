@@ -153,7 +153,8 @@ def restore_physical(ctx) -> dict[str, Any]:
         if result["recovery"]["state"] == "promoted":  # segments prefetched past the target are not needed
             shutil.rmtree(os.path.join(target, "pg_wal", wal.SPOOL_DIR_NAME), ignore_errors=True)
             if as_primary:
-                result["recovery"]["history_archived"] = _wait_history_archived(ctx, source, int(start_port))
+                result["recovery"]["history_archived"] = _wait_history_archived(ctx, source, target,
+                                                                                    int(start_port))
                 notes.append(f"new timeline {result['recovery']['timeline']}: "
                              f"{result['recovery']['history_archived']} archived")
         notes.append(f"server running on 127.0.0.1:{start_port} (data {target}, log {result['recovery']['log']}); "
@@ -335,14 +336,14 @@ def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, reach
     return {"state": state, "port": port, "log": log, "replayed_to": str(replayed), "timeline": timeline}
 
 
-def _wait_history_archived(ctx, source: str, port: int, timeout: float = 60.0) -> str:
+def _wait_history_archived(ctx, source: str, target: str, port: int, timeout: float = 60.0) -> str:
     """A promoted new primary has archived its timeline's history file: checked in the archive
     itself, not on the server's word. Raises when it is not there in time."""
     import psycopg
 
     from insite_console import wal
 
-    with psycopg.connect(host="127.0.0.1", port=port, dbname="postgres", user=_superuser(""),
+    with psycopg.connect(host="127.0.0.1", port=port, dbname="postgres", user=_superuser(target),
                          connect_timeout=5, autocommit=True) as conn:
         name = wal.history_name(conn.execute(f"SELECT {_TIMELINE}").fetchone()[0])
     repo = ctx.ws.repository(wal.storage_for_source(ctx.ws, source))
