@@ -209,14 +209,17 @@ def cmd_restore(args) -> int:
             at = clock.parse_iso(args.at)
         except ValueError as exc:
             raise UsageError(f"--at: {exc}") from None
-    options = {"pause": args.pause, "start_port": args.start_port}
+    options = {"pause": args.pause, "start_port": args.start_port, "target_timeline": args.target_timeline,
+               "as_primary": args.as_primary, "with_globals": args.with_globals, "no_owner": args.no_owner,
+               "no_acl": args.no_acl, "target_password_env": args.target_password_env}
     token = _cancel_on_signals()
     result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
                          yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
                          options=options)
+    failed_preflight = 1 if args.dry_run and result.get("problems") else 0  # a plan that would be refused
     if args.json:
         _print_json(result)
-        return 0
+        return failed_preflight
     summary = result.get("summary", {})
     if args.dry_run:
         print(f"plan for restoring {result['backup_id']} into {result['target']} (nothing written):")
@@ -244,7 +247,7 @@ def cmd_restore(args) -> int:
     if not args.dry_run:
         print(f"restore {result['id']} {result['status']}: {result['files']} files, "
               f"{clock.human_bytes(result['bytes_written'])} written into {result['target']}")
-    return 0
+    return failed_preflight
 
 
 def cmd_prune(args) -> int:
@@ -404,6 +407,16 @@ def cmd_wal_fetch(args) -> int:
         raise
     except Exception as exc:
         return wal.fetch_failed(args.source, args.name, args.path, exc)
+
+
+def _fetch_usage_fatal() -> int:
+    """wal-fetch called wrongly: PostgreSQL reads any exit status of 125 or less as "not
+    archived" and would end recovery there; exit FETCH_FATAL so it stops instead."""
+    from insite_console import wal
+
+    print(f"error: wal-fetch: exiting {wal.FETCH_FATAL} so PostgreSQL stops recovery instead of ending it early "
+          "(check restore_command: wal-fetch SOURCE %f %p)", file=sys.stderr)
+    return wal.FETCH_FATAL
 
 
 def cmd_wal(args) -> int:
@@ -652,6 +665,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="allow overwriting what exists")
     p.add_argument("--pause", action="store_true", help="PostgreSQL PITR: pause at the target instead of promoting")
     p.add_argument("--start-port", type=int, help="PostgreSQL PITR: start a throwaway server on this port")
+    p.add_argument("--target-timeline", default="latest",
+                   help="PostgreSQL PITR: latest (default, as PostgreSQL), current (the base backup's) or a number")
+    p.add_argument("--with-globals", action="store_true",
+                   help="PostgreSQL logical: create the backup's roles and tablespaces first (existing ones kept)")
+    p.add_argument("--no-owner", action="store_true", help="PostgreSQL logical: objects owned by the restoring user")
+    p.add_argument("--no-acl", action="store_true", help="PostgreSQL logical: leave out GRANT/REVOKE")
+    p.add_argument("--target-password-env", metavar="VAR",
+                   help="Redis target: the environment variable holding the target server's password (the "
+                        "source's password_env is never used for a target)")
+    p.add_argument("--as-primary", action="store_true",
+                   help="PostgreSQL PITR: restore as the new primary: it archives WAL (its new timeline's history "
+                        "first) into the source's archive, so no later restore reuses that timeline")
 
     p = add("prune", cmd_prune, "apply retention, then delete data no kept backup references")
     p.add_argument("--policy")
@@ -714,7 +739,12 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None) and "wal-fetch" in (sys.argv[1:] if argv is None else argv):
+            return _fetch_usage_fatal()  # argparse's 2 would read as "not archived" and end recovery
+        raise
     if not hasattr(args, "config"):
         args.config = None
     if args.command == "key" and args.key_command == "remove" and not args.key_id:
@@ -741,6 +771,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for line in redact(str(exc)).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)
+        if args.command == "wal-fetch" and exc.exit_code != 1:
+            return _fetch_usage_fatal()
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

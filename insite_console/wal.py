@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ SPOOL_DIR_NAME = ".insite-wal-prefetch"
 FETCH_FATAL = 200  # above 125: PostgreSQL stops recovery (FATAL) instead of taking it as "not archived"
 FETCH_FAILURE_NOTE = "wal-fetch-failed.json"
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+XLP_LONG_HEADER = 0x0002  # xlp_info bit: the page starts with the long header (system identifier)
 _ARCHIVE_NAME = re.compile(r"^[0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?$|^[0-9A-F]{8}\.history$")
 
 class WalError(InsiteError):
@@ -60,6 +62,11 @@ class WalNotFound(WalError):
 
 def wal_key(source: str, name: str) -> str:
     return f"wal/{source}/{name}"
+
+
+def identity_key(source: str) -> str:
+    """The sealed object naming the cluster a source's archive belongs to (its system identifier)."""
+    return f"wal-info/{source}"
 
 
 def storage_for_source(ws, source: str) -> str:
@@ -147,6 +154,7 @@ def push_file(ws, source: str, path: str) -> dict[str, Any]:
         raise WalError(f"wal-push {source}: cannot read {path}: {exc.strerror}") from None
     digest = hashlib.sha256(data).hexdigest()
     repo = ws.repository(storage)
+    check_system_identifier(ws, repo, source, name, system_identifier(name, data, path))
     key = wal_key(source, name)
     where = f"{key} on storage {storage}"
     try:
@@ -163,6 +171,54 @@ def push_file(ws, source: str, path: str) -> dict[str, Any]:
     repo.put_sealed(key, data)
     _record_quietly(ws, source, name, storage, len(data), digest, path)
     return {"name": name, "status": "archived", "bytes": len(data)}
+
+
+def system_identifier(name: str, data: bytes, path: str) -> str | None:
+    """The system identifier of the cluster a WAL file comes from: a segment's first page (a long
+    header that matches the file name), else the pushing cluster's global/pg_control
+    (archive_command runs in PGDATA with %p = pg_wal/NAME). None when neither can be read."""
+    if _SEGMENT.match(name[:24]) and (len(name) == 24 or name.endswith(".partial")) and len(data) >= 40:
+        info, timeline, pageaddr = struct.unpack_from("<2xHIQ", data, 0)
+        sysid, seg_size = struct.unpack_from("<QI", data, 24)
+        if (info & XLP_LONG_HEADER and timeline == int(name[:8], 16) and seg_size and seg_size & (seg_size - 1) == 0
+                and pageaddr == segment_start_lsn(name[:24], seg_size)):
+            return str(sysid)
+    control = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "global", "pg_control")
+    try:
+        with open(control, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    return str(struct.unpack("<Q", head)[0]) if len(head) == 8 else None
+
+
+def check_system_identifier(ws, repo, source: str, name: str, sysid: str | None) -> None:
+    """Refuse a WAL file from another cluster than the one the source's archive holds (pgBackRest's
+    system-id check): its segments would be replayed into the wrong database. The archive's cluster
+    is recorded (wal-info/<source>) at the first push, else taken from the catalog's base backups."""
+    try:
+        stored = json.loads(repo.get_sealed(identity_key(source)))
+    except ObjectNotFound:
+        stored = None
+    expected = (stored or {}).get("system_identifier") or _backup_system_identifier(ws, source)
+    if sysid is None:
+        print(f"insite-console wal-push: warning: cannot read the system identifier of {name} (nor "
+              "global/pg_control beside its pg_wal); it is archived unchecked", file=sys.stderr)
+        return
+    if expected and expected != sysid:
+        raise WalError(f"wal-push {source}: {name} comes from the cluster with system identifier {sysid}, but the "
+                       f"archive of source {source} belongs to cluster {expected}; refusing it (another cluster's "
+                       "archive_command names this source? A new cluster needs a source of its own)")
+    if stored is None:
+        repo.put_sealed(identity_key(source), json.dumps({"system_identifier": sysid, "first_file": name}).encode())
+
+
+def _backup_system_identifier(ws, source: str) -> str | None:
+    for backup in ws.catalog.backups(status="succeeded", source=source, limit=20):
+        sysid = ((backup.get("info") or {}).get("source_info") or {}).get("system_identifier")
+        if sysid:
+            return str(sysid)
+    return None
 
 
 def _record_quietly(ws, source, name, storage, size, digest, path) -> None:
@@ -341,45 +397,122 @@ def _place(spooled: str, dest: str, move: bool) -> None:
 
 # ----- windows, continuity, lag ---------------------------------------------------------------------
 
+def history_name(timeline: int) -> str:
+    return f"{timeline:08X}.history"
+
+
+def parse_history(text: str) -> list[tuple[int, int]]:
+    """A timeline history file: [(parent timeline, LSN where it was left)], oldest first."""
+    from insite_console.sources.postgresql import parse_lsn
+
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and not fields[0].startswith("#"):
+            entries.append((int(fields[0]), parse_lsn(fields[1])))
+    return entries
+
+
+def resolve_timeline(names, start_timeline: int, wanted: str | int | None) -> int:
+    """The timeline recovery follows: `latest` (PostgreSQL's default: probe N+1.history in the
+    archive from the base backup's timeline up), `current` (the base backup's), or a number."""
+    if wanted in (None, "", "latest"):
+        timeline = start_timeline
+        while history_name(timeline + 1) in names:
+            timeline += 1
+        return timeline
+    if wanted == "current":
+        return start_timeline
+    return int(wanted)
+
+
+def timeline_path(repo, source: str, timeline: int, names) -> list[dict[str, Any]]:
+    """The timelines recovery to `timeline` passes through, from its history file in the archive:
+    [{"timeline", "begin": LSN or None, "end": LSN or None}], oldest first. Raises WalNotFound when
+    a timeline above 1 has no history file."""
+    if timeline == 1:
+        return [{"timeline": 1, "begin": None, "end": None}]
+    if history_name(timeline) not in names:
+        raise WalNotFound(f"timeline {timeline} has no history file ({history_name(timeline)}) in the archive")
+    path, begin = [], None
+    for parent, switch in parse_history(repo.get_sealed(wal_key(source, history_name(timeline))).decode()):
+        path.append({"timeline": parent, "begin": begin, "end": switch})
+        begin = switch
+    path.append({"timeline": timeline, "begin": begin, "end": None})
+    return path
+
+
+def _owner(path: list[dict], segno: int, seg_size: int) -> int:
+    """The timeline whose copy of segment `segno` recovery along `path` reads (as PostgreSQL
+    does: the newest timeline that had begun by that segment)."""
+    owner = path[0]["timeline"]
+    for entry in path:
+        if entry["begin"] is None or segno >= entry["begin"] // seg_size:
+            owner = entry["timeline"]
+    return owner
+
+
 def check_continuity(ws, source: str, start_wal: str | None, stop_wal: str | None, at: datetime | None,
-                     seg_size: int, repo=None) -> dict[str, Any]:
+                     seg_size: int, repo=None, target_timeline: str | int | None = None) -> dict[str, Any]:
     """Pre-flight of a point-in-time restore: is the WAL continuous from the base backup's start
-    to the target, and does the archive reach the target? Returns problems (refuse) and notes."""
+    to the target, along the timelines to `target_timeline` (latest by default, through their
+    history files), and does the archive reach the target? Returns problems (refuse) and notes."""
     problems: list[str] = []
     warnings: list[str] = []
     if not start_wal:
         return {"problems": ["the backup's manifest has no start WAL file; it is not a physical base backup"],
                 "warnings": warnings}
+    start_tli = int(start_wal[:8], 16)
     try:
         repo = repo or ws.repository(storage_for_source(ws, source))
         names = archived_names(repo, source)
-    except StorageError as exc:
-        return {"problems": [f"cannot list the WAL archive: {exc}"], "warnings": warnings}
-    timeline = int(start_wal[:8], 16)
-    present = {_segno(n, seg_size) for n in names if _SEGMENT.match(n) and int(n[:8], 16) == timeline}
+        timeline = resolve_timeline(names, start_tli, target_timeline)
+        path = timeline_path(repo, source, timeline, names)
+    except (StorageError, WalNotFound) as exc:
+        return {"problems": [f"cannot follow the WAL archive: {exc}"], "warnings": warnings}
+    except InsiteError as exc:
+        return {"problems": [f"cannot read the timeline history: {exc}"], "warnings": warnings}
     start_no = _segno(start_wal, seg_size)
+    result: dict[str, Any] = {"problems": problems, "warnings": warnings, "timeline": timeline,
+                              "timelines": [entry["timeline"] for entry in path]}
+    on_path = next((entry for entry in path if entry["timeline"] == start_tli), None)
+    if on_path is None:
+        problems.append(f"timeline {timeline} does not descend from timeline {start_tli} of this base backup "
+                        f"(its history: {' → '.join(str(e['timeline']) for e in path)}); pick another "
+                        "--target-timeline or base backup")
+        return result
+    if on_path["end"] is not None and start_no > on_path["end"] // seg_size:
+        problems.append(f"timeline {timeline} branched off timeline {start_tli} (in segment "
+                        f"{_segname(start_tli, on_path['end'] // seg_size, seg_size)}) before this base backup "
+                        f"started ({start_wal}): use --target-timeline current, or a base backup taken on "
+                        f"timeline {timeline}")
+        return result
+
+    def name(no: int) -> str:
+        return _segname(_owner(path, no, seg_size), no, seg_size)
+
+    present = {no for no in (_segno(n, seg_size) for n in names if _SEGMENT.match(n)) if name(no) in names}
     stop_no = _segno(stop_wal, seg_size) if stop_wal else start_no
     last = start_no - 1
     while last + 1 in present:
         last += 1
-    result: dict[str, Any] = {"problems": problems, "warnings": warnings}
     if last < start_no:
         problems.append(f"WAL segment {start_wal}, where the base backup starts, is not in the archive")
         return result
     if last < stop_no:
-        problems.append(f"WAL is missing: segment {_segname(timeline, last + 1, seg_size)} is needed to make the "
+        problems.append(f"WAL is missing: segment {name(last + 1)} is needed to make the "
                         f"base backup consistent (up to {stop_wal}) but is not in the archive")
         return result
     rows = {row["name"]: row for row in list_segments(ws, source)} if ws is not None else {}
     needed_no = last
     newest = max(present)
     if at is None and newest > last:
-        problems.append(f"WAL has a gap: segment {_segname(timeline, last + 1, seg_size)} is missing, so a restore to "
-                        f"the latest point would stop at {_segname(timeline, last, seg_size)} although the archive "
-                        f"goes on to {_segname(timeline, newest, seg_size)} (see `insite-console wal {source}`)")
+        problems.append(f"WAL has a gap: segment {name(last + 1)} is missing, so a restore to "
+                        f"the latest point would stop at {name(last)} although the archive "
+                        f"goes on to {name(newest)} (see `insite-console wal {source}`)")
     if at is not None:
         timed = [(_segno(n, seg_size), row) for n, row in rows.items()
-                 if _SEGMENT.match(n) and int(n[:8], 16) == timeline and row.get("last_time")]
+                 if _SEGMENT.match(n) and name(_segno(n, seg_size)) == n and row.get("last_time")]
         after = sorted(no for no, row in timed if clock.parse_iso(row["last_time"]) >= at and no >= start_no)
         if not timed:
             warnings.append("the catalog has no commit times for this source's WAL (was wal-push able to write "
@@ -387,17 +520,16 @@ def check_continuity(ws, source: str, start_wal: str | None, stop_wal: str | Non
         elif not after:
             newest = max(clock.parse_iso(row["last_time"]) for _no, row in timed)
             problems.append(f"the target {clock.iso_precise(at)} is after the newest archived transaction "
-                            f"({clock.iso_precise(newest)}); recovery would end before reaching it. Archive "
-                            "lag or no activity since: wait for the next segment (or run SELECT pg_switch_wal() "
-                            "on the server) and retry")
+                            f"on timeline {timeline} ({clock.iso_precise(newest)}); recovery would end before "
+                            "reaching it. Archive lag or no activity since: wait for the next segment (or run "
+                            "SELECT pg_switch_wal() on the server) and retry")
         else:
             needed_no = after[0]
             if needed_no > last:
-                problems.append(f"WAL has a gap: segment {_segname(timeline, last + 1, seg_size)} is missing, "
+                problems.append(f"WAL has a gap: segment {name(last + 1)} is missing, "
                                 f"so the target {clock.iso_precise(at)} cannot be reached (the archive is "
-                                f"continuous up to {_segname(timeline, last, seg_size)})")
-    result.update({"last_needed": _segname(timeline, needed_no, seg_size),
-                   "last_contiguous": _segname(timeline, last, seg_size),
+                                f"continuous up to {name(last)})")
+    result.update({"last_needed": name(needed_no), "last_contiguous": name(last),
                    "segments": needed_no - start_no + 1,
                    "wal_bytes_estimate": (needed_no - start_no + 1) * seg_size})
     return result
@@ -440,13 +572,19 @@ def archive_check(ws, source: str, deep: bool = False, sync: bool = True) -> dic
             problems.append(f"base backup {backup['id']} cannot be made consistent: WAL segment "
                             f"{_segname(timeline, lacking[0], seg_size)} (of {start} … {stop}) is not in the archive")
             _add_gap(result, timeline, lacking[0], lacking[-1], seg_size)
+    branches = _branches(repo, source, names, present, seg_size, result, problems)
     checked: list[str] = []
     for timeline in sorted(present):
         numbers = present[timeline]
         low, high = starts.get(timeline, min(numbers)), max(numbers)
+        if timeline in branches:  # a timeline begins in the segment where it left its parent
+            low = min(low, branches[timeline][1])
         kept = sorted(no for no in numbers if no >= low)
-        result["timelines"].append({"timeline": timeline, "first": _segname(timeline, low, seg_size),
-                                    "last": _segname(timeline, high, seg_size), "segments": len(kept)})
+        row = {"timeline": timeline, "first": _segname(timeline, low, seg_size),
+               "last": _segname(timeline, high, seg_size), "segments": len(kept)}
+        if timeline in branches:
+            row["parent"] = branches[timeline][0]
+        result["timelines"].append(row)
         previous = low - 1
         for no in kept:
             if no > previous + 1:
@@ -475,8 +613,37 @@ def archive_check(ws, source: str, deep: bool = False, sync: bool = True) -> dic
                 if problem:
                     damaged.append(problem)
         problems += damaged
-    result["status"] = "failed" if damaged else "gap" if result["gaps"] else "ok"
+    result["status"] = "failed" if damaged else "gap" if result["gaps"] or problems else "ok"
     return result
+
+
+def _branches(repo, source: str, names, present: dict[int, set[int]], seg_size: int, result: dict,
+              problems: list[str]) -> dict[int, tuple[int, int]]:
+    """Continuity across timelines, through their history files: timeline -> (parent, the segment
+    where it branched off). The parent's segments up to that one must be archived; a timeline
+    with segments but no history file, above one with segments, cannot be followed."""
+    branches: dict[int, tuple[int, int]] = {}
+    for timeline in sorted(present):
+        if timeline == 1 or not any(lower < timeline for lower in present):
+            continue
+        try:
+            path = timeline_path(repo, source, timeline, names)
+        except WalNotFound:
+            problems.append(f"timeline {timeline} has archived segments but no {history_name(timeline)} in the "
+                            "archive: recovery cannot follow it (was it promoted without archiving?)")
+            continue
+        except InsiteError as exc:
+            problems.append(f"cannot read {history_name(timeline)} from the archive: {exc}")
+            continue
+        parent, switch = path[-2]["timeline"], path[-1]["begin"] // seg_size
+        branches[timeline] = (parent, switch)
+        kept = present.get(parent)
+        if kept and min(kept) < switch and max(kept) < switch - 1:
+            _add_gap(result, parent, max(kept) + 1, switch - 1, seg_size)
+            problems.append(f"WAL gap on timeline {parent}: {_gap_text(parent, max(kept) + 1, switch - 1, seg_size)} "
+                            f"missing before timeline {timeline} branched off; recovery to timeline {timeline} "
+                            f"cannot pass {_segname(parent, max(kept), seg_size)}")
+    return branches
 
 
 def _add_gap(result: dict, timeline: int, first: int, last: int, seg_size: int) -> None:

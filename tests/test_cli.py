@@ -49,6 +49,16 @@ def test_unknown_backup_and_policy_are_usage_errors(workspace):
     assert result.returncode == 2 and "no policy named 'nope'" in result.stderr
 
 
+def test_wal_fetch_called_wrongly_stops_recovery(workspace, tmp_path):
+    """PostgreSQL reads a restore_command status of 125 or less as "not archived" and ends
+    recovery there: argparse's usage error (2) or a bad option must exit above 125."""
+    from insite_console.cli import main
+
+    for args in (["wal-fetch", "db"], ["wal-fetch", "db", "000000010000000000000001", str(tmp_path / "x"), "--bogus"],
+                 ["wal-fetch", "--limit-download", "lots", "db", "000000010000000000000001", str(tmp_path / "x")]):
+        assert main(["-c", str(workspace.config), *args]) == 200, args
+
+
 def test_catalog_rebuild_recreates_the_catalog_from_storage(workspace):
     (workspace.source / "a.txt").write_text("hello")
     ids = [json.loads(workspace.cli("backup", "tree", "--json", check=True).stdout)["id"] for _ in range(2)]

@@ -453,6 +453,7 @@ def test_point_in_time_restore_between_two_inserts(pitr_setup, pg_factory):
     paused = pg_factory.adopt(type(cluster)(datadir=str(paused_dir), port=port, sockdir=str(paused_dir),
                                             log=json.loads(result.stdout)["recovery"]["log"]))
     assert json.loads(result.stdout)["recovery"]["state"] == "paused"
+    assert any(f"-p {port}" in note and "pg_wal_replay_resume()" in note for note in json.loads(result.stdout)["notes"])
     assert paused.sql("SELECT pg_is_in_recovery()") == [(True,)]
     assert paused.sql("SELECT id FROM events ORDER BY id") == [(1,), (2,)]
     paused.stop()
@@ -497,6 +498,10 @@ def test_point_in_time_restore_between_two_inserts(pitr_setup, pg_factory):
     refused = run_as_postgres(config, "restore", base["id"], "--target", str(other), "--at", future.isoformat(),
                               check=False)
     assert refused.returncode == 1 and "in the future" in refused.stderr
+    # the dry run of a restore the pre-flight would refuse exits 1 too (scripts check it)
+    planned = run_as_postgres(config, "restore", base["id"], "--target", str(other), "--at", future.isoformat(),
+                              "--dry-run", check=False)
+    assert planned.returncode == 1 and "pre-flight problem" in planned.stdout and "in the future" in planned.stdout
     assert os.listdir(other) == []
 
 
@@ -585,6 +590,12 @@ def test_base_backup_extraction_refuses_paths_and_links_that_escape(tmp_path):
     target.mkdir()
     assert _extract_tar(ctx_for(good), None, str(target)) == (2, 6)
     assert (target / "PG_VERSION").read_bytes() == b"15\n"
+    # a socket lock file (the socket directory was PGDATA) is not carried into the restore
+    locked = tar_with(member("PG_VERSION", data=b"15\n"), member(".s.PGSQL.5433.lock", data=b"4242\n"))
+    target = tmp_path / "locked"
+    target.mkdir()
+    assert _extract_tar(ctx_for(locked), None, str(target)) == (1, 3)
+    assert sorted(os.listdir(target)) == ["PG_VERSION"]
 
     for bad in ([member("../evil")], [member("/etc/evil")],
                 [member("link", tarfile.SYMTYPE, link="/etc")],

@@ -162,6 +162,19 @@ def test_restore_to_a_directory_writes_a_loadable_rdb_and_warns_about_aof(filled
     loaded = redis_factory(dir=str(partial))
     assert sorted(loaded.client(5).keys("*")) == [b"db5:list", b"db5:ttl"]
     assert loaded.client(0).dbsize() == 0
+    loaded.stop()
+    # a directory a server with appendonly yes used: it would load its AOF, never dump.rdb: refused
+    aof_dir = tmp_path / "aof-server"
+    aof_dir.mkdir()
+    aof_server = redis_factory(dir=str(aof_dir), appendonly="yes")
+    aof_server.client().set("from-the-aof", "1")
+    aof_server.stop()
+    assert (aof_dir / "appendonlydir").is_dir()
+    with pytest.raises(RestoreRefused, match="appendonlydir.*ignores dump.rdb"):
+        restore.run(ws, done["id"], str(aof_dir))
+    assert not (aof_dir / "dump.rdb").exists()
+    restore.run(ws, done["id"], str(aof_dir), yes=True)  # the operator turned appendonly off
+    assert (aof_dir / "dump.rdb").exists()
     ws.close()
 
 
@@ -211,4 +224,31 @@ def test_bgsave_fallback_when_the_server_refuses_replication(redis_factory, tmp_
     target = redis_factory()
     restore.run(ws, done["id"], f"redis://127.0.0.1:{target.port}")
     assert target.client().get("only") == b"via bgsave"
+    ws.close()
+
+
+def test_target_without_a_password_does_not_borrow_the_sources(redis_factory, tmp_path, monkeypatch):
+    """The source's password_env is the source's secret: a target URL without a password gets
+    none (the failure says so and names the variable to pass); --target-password-env names the
+    target's own. Before, the source's password went to the target silently."""
+    source = redis_factory(password="source-pass-1")
+    source.client().set("k", "v")
+    ws = open_ws(redis_config(tmp_path, source.url, extra='password_env = "CACHE_PASSWORD"\n'))
+    monkeypatch.setenv("CACHE_PASSWORD", "source-pass-1")
+    done = backup.run(ws, "cache")
+    target = redis_factory(password="source-pass-1")  # same password: borrowing would "work"
+    with pytest.raises(SourceError) as caught:
+        restore.run(ws, done["id"], f"redis://127.0.0.1:{target.port}")
+    message = str(caught.value)
+    assert "authentication failed" in message and "no password was sent" in message
+    assert "--target-password-env CACHE_PASSWORD" in message and "source-pass-1" not in message
+    monkeypatch.setenv("TARGET_PASSWORD", "wrong-target-pass")
+    with pytest.raises(SourceError, match=r"sent the password from \$TARGET_PASSWORD"):
+        restore.run(ws, done["id"], f"redis://127.0.0.1:{target.port}",
+                    options={"target_password_env": "TARGET_PASSWORD"})
+    monkeypatch.setenv("TARGET_PASSWORD", "source-pass-1")
+    restored = restore.run(ws, done["id"], f"redis://127.0.0.1:{target.port}",
+                           options={"target_password_env": "TARGET_PASSWORD"})
+    assert restored["status"] == "succeeded" and target.client().get("k") == b"v"
+    assert any("$TARGET_PASSWORD" in note for note in restored["notes"])
     ws.close()

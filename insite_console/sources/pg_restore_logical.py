@@ -14,9 +14,11 @@ from typing import Any
 from insite_console import clock
 from insite_console.errors import RestoreRefused, SourceError, UsageError
 from insite_console.sources.postgresql import (
+    GLOBALS_FILE,
     PgTarget,
     pg_tool,
     run_tool,
+    scrub,
     source_settings,
 )
 
@@ -290,6 +292,11 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
                "existing_in_target": len(clashes), "target": pg.describe(), "jobs": jobs,
                "rows_expected": sum(v for k, v in baselines.items() if k in selected_tables),
                "left_out": [e.label() for e in left_out]}
+    with_globals = bool(ctx.options.get("with_globals"))
+    if with_globals:
+        roles = _globals_plan(ctx, pg, settings)
+        plan = roles["plan"] + plan
+        summary["globals"] = {"create": roles["create"], "keep_existing": roles["keep"]}
     if ctx.dry_run:
         return {"files": len(selected_tables), "bytes_written": 0, "plan": plan, "details": summary}
     if not ctx.yes:
@@ -303,7 +310,17 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
                 f"{existing['functions']} functions, {existing['large_objects']} large objects); restore into an "
                 "empty database, or pass --yes to drop and recreate the dumped objects")
 
+    notes = []
+    if with_globals:
+        _run_globals(ctx, pg, settings, roles["sql"])
+        notes.append(f"roles and globals restored first: {len(roles['create'])} created "
+                     f"({', '.join(roles['create'][:10]) or 'none'}); existing ones kept as they are "
+                     f"({', '.join(roles['keep'][:10]) or 'none'})")
     args = [pg_restore, "--no-password", "--exit-on-error", "--dbname", pg.conninfo()]
+    if ctx.options.get("no_owner"):
+        args.append("--no-owner")
+    if ctx.options.get("no_acl"):
+        args.append("--no-acl")
     if ctx.yes and (clashes or (non_empty and not includes)):
         args += ["--clean", "--if-exists"]
     list_path = None
@@ -319,6 +336,13 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
                         need_file=True)
         else:
             archive.run(args + ["--single-transaction"], pg.env(), pg.secrets(), f"pg_restore into {pg.describe()}")
+    except SourceError as exc:
+        missing = re.search(r'role "([^"]+)" does not exist', str(exc))
+        if missing and not with_globals:
+            raise SourceError(f"{exc}\nThe target has no role {missing.group(1)!r}, which owns or is granted "
+                              "objects of the dump: restore with --with-globals (the backup's roles and tablespaces "
+                              "first), create the roles, or restore with --no-owner --no-acl") from None
+        raise
     finally:
         if list_path:
             os.unlink(list_path)
@@ -340,7 +364,7 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
             comparison.append({"object": key, "backup": expected, "restored": count, "kind": kind,
                                "match": (expected == count) if kind == "exact" else None})
     mismatched = [c for c in comparison if c["match"] is False]
-    notes = [f"restored {len(selected_tables)} tables into {pg.describe()}"]
+    notes.insert(0, f"restored {len(selected_tables)} tables into {pg.describe()}")
     if left_out:
         notes.append("not restored by a partial restore (they depend on other objects; recreate them if needed): "
                      + ", ".join(e.label() for e in left_out[:20]))
@@ -350,3 +374,57 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
             "details": summary, "notes": notes}
 
 
+
+
+_GLOBAL_LINE = re.compile(r'^(?:CREATE|ALTER) (ROLE|TABLESPACE) ("(?:[^"]|"")*"|[^ ;]+)[ ;]')
+
+
+def _globals_plan(ctx, pg: PgTarget, settings: dict) -> dict[str, Any]:
+    """The backup's globals.sql without the roles and tablespaces the target has already (they
+    are kept as they are: restoring them would change an existing role's password or rights)."""
+    entry = next((e for e in ctx.entries() if e.type == "file" and e.path == GLOBALS_FILE), None)
+    if entry is None:
+        raise RestoreRefused(f"--with-globals: backup {ctx.backup['id']} carries no roles or globals (taken before "
+                             "they were backed up, or pg_dumpall failed: see its warnings); create the roles "
+                             "first, or restore with --no-owner --no-acl")
+    with ctx.open_entry(entry) as stream:
+        text = stream.read().decode("utf-8")
+    with pg.connect() as conn:
+        have = {("ROLE", row[0]) for row in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+        have |= {("TABLESPACE", row[0]) for row in conn.execute("SELECT spcname FROM pg_tablespace").fetchall()}
+    create: list[str] = []
+    keep: list[str] = []
+    lines = []
+    for line in text.splitlines():
+        match = _GLOBAL_LINE.match(line)
+        if match:
+            name = match.group(2)
+            name = name[1:-1].replace('""', '"') if name.startswith('"') else name
+            if (match.group(1), name) in have:
+                if line.startswith("CREATE ") and name not in keep:
+                    keep.append(name)
+                continue
+            if line.startswith("CREATE "):
+                create.append(name)
+        lines.append(line)
+    plan = [{"action": "create", "type": "role/tablespace", "path": name, "bytes": 0} for name in create]
+    plan += [{"action": "skip", "type": "role/tablespace", "path": f"{name} (exists; kept as it is)", "bytes": 0}
+             for name in keep]
+    return {"sql": "\n".join(lines) + "\n", "create": create, "keep": keep, "plan": plan}
+
+
+def _run_globals(ctx, pg: PgTarget, settings: dict, sql_text: str) -> None:
+    """Apply the globals with psql, stopping at the first error (not in one transaction:
+    CREATE TABLESPACE cannot run in one)."""
+    import subprocess
+
+    ctx.reporter.update(phase="restoring roles and globals", force=True)
+    args = [pg_tool("psql", settings), "--no-password", "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1",
+            "--dbname", pg.conninfo(), "-f", "-"]
+    try:
+        result = subprocess.run(args, input=sql_text.encode(), capture_output=True, env=pg.env(), timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SourceError(f"cannot run psql for the roles and globals: {exc}") from None
+    if result.returncode != 0:
+        raise SourceError(f"restoring the roles and globals into {pg.describe()} failed (nothing of the dump was "
+                          f"restored yet): {scrub(result.stderr.decode('utf-8', 'replace').strip(), pg.secrets())[-800:]}")

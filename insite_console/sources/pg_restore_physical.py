@@ -29,6 +29,10 @@ def restore_physical(ctx) -> dict[str, Any]:
     at = ctx.at
     pause = bool(ctx.options.get("pause"))
     start_port = ctx.options.get("start_port")
+    as_primary = bool(ctx.options.get("as_primary"))
+    target_timeline = str(ctx.options.get("target_timeline") or "latest")
+    if target_timeline not in ("latest", "current") and not target_timeline.isdigit():
+        raise UsageError(f"--target-timeline {target_timeline!r}: give latest, current or a timeline number")
     if ctx.includes:
         raise UsageError("--include does not apply to a physical PostgreSQL backup (it restores the whole cluster)")
     entry = next((e for e in ctx.entries() if e.type == "file" and e.path.endswith(".tar")), None)
@@ -54,7 +58,7 @@ def restore_physical(ctx) -> dict[str, Any]:
                             f"(`restore {source} --at ...` picks one)")
     seg_size = int(info.get("wal_segment_size") or 16 * 1024 * 1024)
     check = wal.check_continuity(ctx.ws, source, info.get("start_wal_file"), info.get("stop_wal_file"), at,
-                                 seg_size, repo=ctx.repo)
+                                 seg_size, repo=ctx.repo, target_timeline=target_timeline)
     problems += check["problems"]
     parent = target if os.path.isdir(target) else os.path.dirname(target.rstrip("/")) or "/"
     while not os.path.exists(parent):
@@ -70,9 +74,14 @@ def restore_physical(ctx) -> dict[str, Any]:
     settings = [
         "# added by insite-console restore of backup " + ctx.backup["id"],
         f"restore_command = '{_conf_escape(restore_command)}'",
-        "archive_mode = off",
-        "archive_command = ''",
+        f"recovery_target_timeline = '{check.get('timeline', target_timeline)}'",
     ]
+    if as_primary:  # the new primary archives its new timeline (its .history first) into the source's archive
+        archive_command = (f"{_shell_quote(console)} -c {_shell_quote(config_path)} wal-push "
+                           f"{_shell_quote(source)} %p")
+        settings += ["archive_mode = on", f"archive_command = '{_conf_escape(archive_command)}'"]
+    else:
+        settings += ["archive_mode = off", "archive_command = ''"]
     if at is not None:
         settings.append(f"recovery_target_time = '{at.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S.%f')}+00:00'")
         settings.append(f"recovery_target_action = '{'pause' if pause else 'promote'}'")
@@ -88,6 +97,8 @@ def restore_physical(ctx) -> dict[str, Any]:
     summary = {"base_backup": ctx.backup["id"], "base_backup_end": info.get("stop_time"),
                "target_time": clock.iso_precise(at) if at else "end of the archived WAL",
                "wal_from": info.get("start_wal_file"), "wal_to": check.get("last_needed"),
+               "timelines": " → ".join(str(t) for t in check.get("timelines", [])) or None,
+               "as_primary": as_primary,
                "wal_segments": check.get("segments"), "action": "pause" if pause else "promote"}
     if ctx.dry_run:
         notes = ([f"pre-flight problem: {problem}" for problem in problems] or ["pre-flight checks passed"])
@@ -126,8 +137,14 @@ def restore_physical(ctx) -> dict[str, Any]:
                     else os.unlink(path)
         raise
     notes = [f"PGDATA laid out in {target} from base backup {ctx.backup['id']}",
-             "recovery replays WAL with: " + restore_command,
-             "archive_mode = off: this restored server never pushes WAL into the production archive"]
+             "recovery replays WAL with: " + restore_command]
+    if as_primary:
+        notes.append(f"restored as the new primary: it archives into {source}'s archive (archive_command "
+                     "wal-push); at promotion its new timeline's history file is archived first, so a later "
+                     "restore never picks that timeline again")
+    else:
+        notes.append("archive_mode = off: this restored server never pushes WAL into the production archive "
+                     "(its new timeline stays its own; --as-primary to make it the new primary)")
     notes += [f"warning: {warning}" for warning in check.get("warnings", [])]
     result: dict[str, Any] = {"files": files, "bytes_written": written, "details": summary, "notes": notes}
     if start_port:
@@ -135,8 +152,17 @@ def restore_physical(ctx) -> dict[str, Any]:
                                                    reach=check.get("last_needed"), seg_size=seg_size)
         if result["recovery"]["state"] == "promoted":  # segments prefetched past the target are not needed
             shutil.rmtree(os.path.join(target, "pg_wal", wal.SPOOL_DIR_NAME), ignore_errors=True)
+            if as_primary:
+                result["recovery"]["history_archived"] = _wait_history_archived(ctx, source, target,
+                                                                                    int(start_port))
+                notes.append(f"new timeline {result['recovery']['timeline']}: "
+                             f"{result['recovery']['history_archived']} archived")
         notes.append(f"server running on 127.0.0.1:{start_port} (data {target}, log {result['recovery']['log']}); "
                      f"stop it with `pg_ctl -D {target} stop`")
+        if result["recovery"]["state"] == "paused":
+            notes.append(f"recovery is paused at the target: check the data (psql -h 127.0.0.1 -p {start_port} -U "
+                         f"{_superuser(target)}), then resume and promote with SELECT pg_wal_replay_resume(); "
+                         "or stop the server to discard it")
     else:
         notes.append(f"start it with: pg_ctl -D {target} start (as the user owning {target})")
         if pause and at is not None:
@@ -195,8 +221,8 @@ def _extract_tar(ctx, entry, target: str) -> tuple[int, int]:
                 parts = [p for p in name.split("/") if p not in ("", ".")]
                 if name.startswith("/") or ".." in parts:
                     raise RestoreRefused(f"base backup member {member.name!r} would escape {target}")
-                if not parts:
-                    continue
+                if not parts or (len(parts) == 1 and parts[0].startswith(".s.PGSQL.")):
+                    continue  # a socket lock file (socket dir = PGDATA) would block or confuse the new server
                 dest = os.path.join(root, *parts)
                 parent = os.path.dirname(dest)
                 real_parent = os.path.realpath(parent)
@@ -245,6 +271,9 @@ def _as_user(owner: tuple[int, int] | None, args: list[str]) -> list[str]:
     return ["runuser", "-u", name, "--"] + args
 
 
+_TIMELINE = "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"  # a primary's timeline
+
+
 def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, reach: str | None = None,
                           seg_size: int = 16 * 1024 * 1024, timeout: float = 600.0) -> dict[str, Any]:
     """Start a throwaway server on 127.0.0.1:port over the restored PGDATA and wait until the
@@ -278,9 +307,9 @@ def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, reach
         try:
             with psycopg.connect(host="127.0.0.1", port=port, dbname="postgres", user=_superuser(target),
                                  connect_timeout=3, autocommit=True) as conn:
-                in_recovery, paused, replayed = conn.execute(
+                in_recovery, paused, replayed, timeline = conn.execute(
                     "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, "
-                    "pg_last_wal_replay_lsn()").fetchone()
+                    f"pg_last_wal_replay_lsn(), CASE WHEN NOT pg_is_in_recovery() THEN {_TIMELINE} END").fetchone()
         except psycopg.OperationalError as exc:
             last_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
             if any(word in last_error for word in ("authentication", "pg_hba.conf", "does not exist")):
@@ -304,7 +333,28 @@ def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, reach
     if state is None:
         raise SourceError(f"recovery of {target} did not finish within {int(timeout)}s ({last_error}); "
                           f"see {log}")
-    return {"state": state, "port": port, "log": log, "replayed_to": str(replayed)}
+    return {"state": state, "port": port, "log": log, "replayed_to": str(replayed), "timeline": timeline}
+
+
+def _wait_history_archived(ctx, source: str, target: str, port: int, timeout: float = 60.0) -> str:
+    """A promoted new primary has archived its timeline's history file: checked in the archive
+    itself, not on the server's word. Raises when it is not there in time."""
+    import psycopg
+
+    from insite_console import wal
+
+    with psycopg.connect(host="127.0.0.1", port=port, dbname="postgres", user=_superuser(target),
+                         connect_timeout=5, autocommit=True) as conn:
+        name = wal.history_name(conn.execute(f"SELECT {_TIMELINE}").fetchone()[0])
+    repo = ctx.ws.repository(wal.storage_for_source(ctx.ws, source))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if name in wal.archived_names(repo, source):
+            return name
+        time.sleep(0.5)
+    raise SourceError(f"the restored server was promoted but its timeline history {name} did not reach the "
+                      f"archive within {int(timeout)}s: a later restore could pick its timeline again; check its "
+                      "archive_command in the server log")
 
 
 def _recovery_log(target: str, owner) -> str:

@@ -36,6 +36,7 @@ error messages (DSNs are scrubbed).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -164,6 +165,9 @@ class PgTarget:
             return f"PostgreSQL at {where}: database {self.dbname!r} does not exist"
         first = text.splitlines()[-1] if text else "connection failed"
         return f"PostgreSQL at {where}: {first}"
+
+
+GLOBALS_FILE = "globals.sql"  # pg_dumpall --globals-only, stored beside each logical dump
 
 
 def pg_tool(name: str, settings: dict | None = None) -> str:
@@ -404,7 +408,12 @@ class PostgresSource(Source):
         if self.mode == "physical":
             entry = Entry(path="base.tar", type="file", mode=0o600, mtime_ns=now_ns)
             yield Item(entry=entry, open=lambda: self._open_basebackup(ctx))
-        elif int(self.settings.get("jobs") or 1) > 1:
+            return
+        globals_sql = self._dump_globals(ctx)
+        if globals_sql is not None:
+            entry = Entry(path=GLOBALS_FILE, type="file", mode=0o600, mtime_ns=now_ns, size=len(globals_sql))
+            yield Item(entry=entry, open=lambda: contextlib.nullcontext(io.BytesIO(globals_sql)))
+        if int(self.settings.get("jobs") or 1) > 1:
             yield from self._scan_directory_dump(ctx, facts["database"], int(self.settings["jobs"]))
         else:
             entry = Entry(path=f"{facts['database']}.pgdump", type="file", mode=0o600, mtime_ns=now_ns)
@@ -426,6 +435,33 @@ class PostgresSource(Source):
             return None
 
     # ----- logical
+
+    def _dump_globals(self, ctx: ScanContext) -> bytes | None:
+        """Roles, memberships, role settings and tablespaces (`pg_dumpall --globals-only`), stored
+        beside each logical dump: a database restored into a fresh cluster needs its owners. Without
+        the right to read pg_authid the roles go without passwords (a warning says so); if pg_dumpall
+        fails altogether the backup goes on without globals, warned (source_info.globals = false)."""
+        pg = self.target()
+        args = [pg_tool("pg_dumpall", self.settings), "--globals-only", "--no-password", "--dbname", pg.conninfo()]
+        errors = []
+        for extra in ([], ["--no-role-passwords"]):
+            try:
+                result = subprocess.run(args + extra, capture_output=True, env=pg.env(), stdin=subprocess.DEVNULL,
+                                        timeout=300)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                errors.append(str(exc))
+                break
+            if result.returncode == 0:
+                if extra:
+                    ctx.warn(f"pg_dumpall --globals-only: no right to read role passwords on {pg.host_port} "
+                             f"({errors[-1][:200]}); roles are backed up without passwords")
+                self._meta.update({"globals": True, "globals_role_passwords": not extra})
+                return result.stdout
+            errors.append(scrub(result.stderr.decode("utf-8", "replace").strip(), pg.secrets()))
+        ctx.warn(f"pg_dumpall --globals-only of {pg.host_port} failed ({errors[-1][:300]}); this backup carries "
+                 "no roles or tablespaces (a restore into a fresh cluster needs them created first)")
+        self._meta["globals"] = False
+        return None
 
     @contextmanager
     def _open_dump(self, ctx: ScanContext) -> Iterator[BinaryIO]:

@@ -508,8 +508,18 @@ def _restore_to_dir(ctx, entry, target: str, includes: list[str]) -> dict[str, A
              "keys": "matching " + ", ".join(includes) if includes else "all"}]
     notes = [f"Put {path} in place of the server's RDB file (its `dir`/`dbfilename`) while the server is stopped.",
              AOF_WARNING]
+    aof = sorted(name for name in (os.listdir(target) if os.path.isdir(target) else [])
+                 if name == "appendonlydir" or name.endswith(".aof"))
+    problems = []
+    if aof and not ctx.yes:  # the server there runs with appendonly yes: it would never load dump.rdb
+        problems.append(f"{target} holds an append-only file ({', '.join(aof)}): a Redis server started there loads "
+                        "it and ignores dump.rdb, so the restored snapshot would silently not be loaded. "
+                        + AOF_WARNING + f" Move {', '.join(aof)} away (or pass --yes once appendonly is off)")
     if ctx.dry_run:
-        return {"files": 1, "bytes_written": 0, "plan": plan, "notes": notes}
+        return {"files": 1, "bytes_written": 0, "plan": plan, "problems": problems,
+                "notes": [f"pre-flight problem: {problem}" for problem in problems] + notes}
+    if problems:
+        raise RestoreRefused(problems[0])
     if exists and not ctx.yes:
         raise RestoreRefused(f"{path} exists; pass --yes to overwrite it")
     os.makedirs(target, exist_ok=True)
@@ -557,11 +567,27 @@ def _restore_to_dir(ctx, entry, target: str, includes: list[str]) -> dict[str, A
     return result
 
 
+def _password_hint(password_from: str | None, source_env: str | None) -> str:
+    """Which password a target restore sent, so an auth failure says what to fix."""
+    if password_from:
+        return f"sent {password_from}"
+    hint = ("no password was sent (none in the target URL, no --target-password-env, no $REDISCLI_AUTH)")
+    if source_env:
+        hint += (f"; the source's password_env {source_env} is not used for a target server: pass "
+                 f"--target-password-env {source_env} if the target shares it")
+    return hint
+
+
 def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any]:
     settings = _source_settings(ctx)
-    addr = RedisAddress(target, None)
-    if addr.password is None and settings.get("password_env") and os.environ.get(settings["password_env"]):
-        addr.password = os.environ[settings["password_env"]]
+    own_env = ctx.options.get("target_password_env")
+    addr = RedisAddress(target, own_env)  # never the source's password_env: another server, its own secret
+    if own_env:
+        password_from = f"the password from ${own_env} (--target-password-env)"
+    elif urlsplit(target).password:
+        password_from = "the password in the target URL"
+    else:
+        password_from = "$REDISCLI_AUTH" if addr.password is not None else None
     only_db = addr.db if addr.db_explicit else None
     clients: dict[int, Any] = {}
 
@@ -575,7 +601,8 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
     try:
         client(only_db or 0).ping()
     except redis.AuthenticationError as exc:
-        raise SourceError(f"redis at {addr.describe()}: authentication failed ({exc})") from None
+        raise SourceError(f"redis at {addr.describe()}: authentication failed ({exc}); "
+                          + _password_hint(password_from, settings.get("password_env"))) from None
     except redis.ConnectionError as exc:
         raise SourceError(f"cannot connect to redis at {addr.describe()}: {exc} (is the server running?)") from None
     except redis.ResponseError as exc:
@@ -643,7 +670,8 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
             plan.append({"action": "overwrite", "type": "key", "path": name, "bytes": 0})
         _close(clients)
         return {"files": sum(counts.values()), "bytes_written": 0, "plan": plan,
-                "notes": [f"target redis at {addr.describe()}"] + skipped_note()}
+                "notes": [f"target redis at {addr.describe()} (authentication: {password_from or 'no password'})"]
+                + skipped_note()}
     if existing and not ctx.yes:
         _close(clients)
         total = sum(existing.values())
@@ -724,7 +752,8 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
         shown = [e for e in errors if e]
         raise SourceError(f"redis at {addr.describe()}: {len(errors)} keys failed to restore: " + "; ".join(shown[:5]))
     result = {"files": sum(restored.values()), "bytes_written": written, "baselines": comparison,
-              "notes": [f"restored {sum(restored.values())} keys into redis at {addr.describe()}"
+              "notes": [f"restored {sum(restored.values())} keys into redis at {addr.describe()} (authentication: "
+                        f"{password_from or 'no password'})"
                         + (f"; skipped {expired} keys that have expired since the backup" if expired else "")]
               + skipped_note()}
     return result
