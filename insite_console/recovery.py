@@ -343,22 +343,9 @@ def _finish(ws, record: dict, started: datetime) -> dict[str, Any]:
     ws.catalog.insert_recovery(record)
     ws.catalog.event(record["id"], f"recovery {record['id']} {status} in {clock.human_duration(record['recovery_seconds'])}",
                      level="info" if status == "succeeded" else "error")
-    record["stored_in"] = _seal(ws, record)
+    record["stored_in"] = ws.seal_everywhere(SEALED_PREFIX + record["id"], json.dumps(record, sort_keys=True).encode())
     ws.catalog.insert_recovery(record)
     return record
-
-
-def _seal(ws, record: dict) -> dict:
-    """The record, sealed, into every storage's repository: a rebuilt catalog keeps the history."""
-    stored, problems = [], []
-    data = json.dumps(record, sort_keys=True).encode()
-    for storage in sorted(ws.config.storages):
-        try:
-            ws.repository(storage).put_sealed(SEALED_PREFIX + record["id"], data)
-            stored.append(storage)
-        except InsiteError as exc:
-            problems.append(f"{storage}: {redact(str(exc))}")
-    return {"catalog": True, "repositories": stored, "problems": problems}
 
 
 def history(ws, name: str | None = None, limit: int = 50) -> list[dict]:
