@@ -7,6 +7,7 @@ import json
 import os
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,40 @@ def test_failed_pre_flight_exits_non_zero_and_restores_nothing(platform):
     assert p.items() != STATE1_ITEMS
     early = p.helper.cli("recover", "platform", "--at", "2000-01-01T00:00:00Z", "--dry-run")
     assert early.returncode == 1 and "no succeeded backup of policy 'main_db' at or before" in early.stdout
+
+
+@needs_pg  # noqa: F405
+@pytest.mark.timeout(240)
+def test_physical_component_is_planned_to_exactly_the_time_within_the_restorable_window(pg_factory):
+    from tests.pg_servers import PG_USER
+    from tests.test_postgresql import _wait_archived, archiving_cluster, run_as_postgres
+
+    wsdir = Path(pg_factory.make_dir("platform-pitr"))
+    cluster, config = archiving_cluster(pg_factory, wsdir)
+    target = Path(pg_factory.make_dir("platform-pitr/pgdata"))
+    with open(config, "a") as handle:
+        handle.write(f'\n[recovery.pitr]\ncomponents = ["db"]\ntargets = {{ db = "{target}" }}\n')
+    os.chown(config, PG_USER.pw_uid, PG_USER.pw_gid)
+    cluster.sql("CREATE TABLE events (id int PRIMARY KEY)")
+    base = json.loads(run_as_postgres(config, "backup", "db", "--json").stdout)
+    cluster.sql("INSERT INTO events VALUES (1)")
+    time.sleep(1.2)
+    at = clock.now()
+    time.sleep(1.2)
+    cluster.sql("INSERT INTO events VALUES (2)")
+    _wait_archived(cluster)
+
+    planned = json.loads(run_as_postgres(config, "recover", "pitr", "--at", clock.iso_precise(at),
+                                         "--dry-run", "--json").stdout)
+    db = planned["components"][0]
+    assert planned["checks_ok"] is True and db["kind"] == "postgresql-physical"
+    assert db["backup_id"] == base["id"]
+    assert db["restore_point_at"] == clock.iso_precise(at) and db["data_loss_seconds"] == 0
+    window = db["restorable_window"]
+    assert window["oldest"] < clock.iso_precise(at) < window["newest"]
+    assert {c["check"]: c["status"] for c in db["checks"]}["WAL continuity"] == "ok"
+    assert os.listdir(target) == []  # the dry run wrote nothing
+
+    late = run_as_postgres(config, "recover", "pitr", "--at", clock.iso(clock.now() + timedelta(hours=1)),
+                           "--dry-run", check=False)
+    assert late.returncode == 1 and "[failed] WAL continuity: the target" in late.stdout
