@@ -199,16 +199,19 @@ def cmd_verify(args) -> int:
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
+def _parse_at(text: str | None):
+    """--at TIME: ISO 8601 with an offset, or None when not given."""
+    try:
+        return clock.parse_iso(text) if text else None
+    except ValueError as exc:
+        raise UsageError(f"--at: {exc}") from None
+
+
 def cmd_restore(args) -> int:
     from insite_console import restore
 
     ws = _workspace(args)
-    at = None
-    if args.at:
-        try:
-            at = clock.parse_iso(args.at)
-        except ValueError as exc:
-            raise UsageError(f"--at: {exc}") from None
+    at = _parse_at(args.at)
     options = {"pause": args.pause, "start_port": args.start_port}
     token = _cancel_on_signals()
     result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
@@ -266,12 +269,7 @@ def cmd_recover(args) -> int:
         raise UsageError("recover needs a PLAN (a [recovery.PLAN] table), or --history")
     if bool(args.at) == bool(args.latest):
         raise UsageError("recover needs exactly one of --at TIME or --latest")
-    at = None
-    if args.at:
-        try:
-            at = clock.parse_iso(args.at)
-        except ValueError as exc:
-            raise UsageError(f"--at: {exc}") from None
+    at = _parse_at(args.at)
     token = _cancel_on_signals()
     planned = recovery.plan(ws, args.plan, at, cancel=token)
     if args.dry_run:
