@@ -199,16 +199,19 @@ def cmd_verify(args) -> int:
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 
+def _parse_at(text: str | None):
+    """--at TIME: ISO 8601 with an offset, or None when not given."""
+    try:
+        return clock.parse_iso(text) if text else None
+    except ValueError as exc:
+        raise UsageError(f"--at: {exc}") from None
+
+
 def cmd_restore(args) -> int:
     from insite_console import restore
 
     ws = _workspace(args)
-    at = None
-    if args.at:
-        try:
-            at = clock.parse_iso(args.at)
-        except ValueError as exc:
-            raise UsageError(f"--at: {exc}") from None
+    at = _parse_at(args.at)
     options = {"pause": args.pause, "start_port": args.start_port, "target_timeline": args.target_timeline,
                "as_primary": args.as_primary, "with_globals": args.with_globals, "no_owner": args.no_owner,
                "no_acl": args.no_acl, "target_password_env": args.target_password_env}
@@ -248,6 +251,76 @@ def cmd_restore(args) -> int:
         print(f"restore {result['id']} {result['status']}: {result['files']} files, "
               f"{clock.human_bytes(result['bytes_written'])} written into {result['target']}")
     return failed_preflight
+
+
+def cmd_recover(args) -> int:
+    from insite_console import recovery
+
+    ws = _workspace(args)
+    if args.history:
+        records = recovery.history(ws, args.plan)
+        if args.json:
+            _print_json(records)
+            return 0
+        print(f"{'ID':<16}  {'STARTED (UTC)':<27}  {'PLAN':<12}  {'STATUS':<9}  {'TIME':>8}  WHO / WHY")
+        for r in records:
+            print(f"{r['id']:<16}  {r['started_at']:<27}  {r['plan'][:12]:<12}  {r['status']:<9}  "
+                  f"{clock.human_duration(r['recovery_seconds'] or 0):>8}  {r['user']}@{r['host']}"
+                  + (f": {r['reason']}" if r.get("reason") else ""))
+        return 0
+    if not args.plan:
+        raise UsageError("recover needs a PLAN (a [recovery.PLAN] table), or --history")
+    if bool(args.at) == bool(args.latest):
+        raise UsageError("recover needs exactly one of --at TIME or --latest")
+    at = _parse_at(args.at)
+    token = _cancel_on_signals()
+    planned = recovery.plan(ws, args.plan, at, cancel=token)
+    if args.dry_run:
+        if args.json:
+            _print_json(planned)
+        else:
+            _print_recovery_plan(planned)
+        return 0 if planned["checks_ok"] else 1
+    if not args.json:
+        _print_recovery_plan(planned)
+    show = _progress_printer(not args.json)
+    result = recovery.run(ws, args.plan, at, yes=args.yes, reason=args.reason, progress=show, cancel=token,
+                          planned=planned)
+    if args.json:
+        _print_json(result)
+    else:
+        for c in result["components"]:
+            verified = {True: "verified", False: "NOT verified", None: "unverified"}[c["verified"]]
+            print(f"  {c['policy']:<14} {c['status']:<10} {verified:<12} backup {c['backup_id']}  "
+                  f"data loss {clock.human_duration(c['data_loss_seconds'] or 0)}"
+                  + (f"  {c['error']}" if c["error"] else ""))
+            if c.get("verification"):
+                print(f"  {'':<14} {c['verification']}")
+        print(f"recovery {result['id']} {result['status']} in {clock.human_duration(result['recovery_seconds'])}")
+    return 0 if result["status"] == "succeeded" else 1
+
+
+def _print_recovery_plan(planned: dict) -> None:
+    when = planned["at"] or f"latest ({planned['planned_at']})"
+    print(f"recovery plan {planned['plan']} to {when}, {planned['mode']}, on failure {planned['on_failure']}:")
+    for c in planned["components"]:
+        print(f"  {c['policy']} ({c['kind']}) -> {c['target']}")
+        if c["backup_id"]:
+            rpo = "" if c["within_rpo"] is None else (" within RPO" if c["within_rpo"] else " BEYOND RPO")
+            print(f"    restore point {c['restore_point_at']} (backup {c['backup_id']}), data loss "
+                  f"{clock.human_duration(c['data_loss_seconds'])}{rpo}")
+        if c.get("restorable_window"):
+            print(f"    restorable window {c['restorable_window']['oldest']} .. {c['restorable_window']['newest']}")
+        if c.get("overwrites"):
+            print(f"    target: {c['overwrites']['what']}")
+        print(f"    {clock.human_bytes(c['bytes'])}, about {clock.human_duration(c['estimated_seconds'])}")
+        for check in c["checks"]:
+            print(f"    [{check['status']}] {check['check']}: {check['detail']}")
+    skew = planned["skew_seconds"]
+    print(f"skew between restore points: {'unknown' if skew is None else clock.human_duration(skew)}; "
+          f"{clock.human_bytes(planned['bytes'])}, about {clock.human_duration(planned['estimated_seconds'])} "
+          f"({planned['estimate_basis']})")
+    print("pre-flight checks passed" if planned["checks_ok"] else "pre-flight checks FAILED: nothing can be restored")
 
 
 def cmd_prune(args) -> int:
@@ -677,6 +750,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-primary", action="store_true",
                    help="PostgreSQL PITR: restore as the new primary: it archives WAL (its new timeline's history "
                         "first) into the source's archive, so no later restore reuses that timeline")
+
+    p = add("recover", cmd_recover, "platform recovery of a [recovery.PLAN]: every component to one point in time")
+    p.add_argument("plan", nargs="?", help="a [recovery.PLAN] table of the config")
+    p.add_argument("--at", help="point in time (ISO 8601 with offset, e.g. 2026-11-27T02:14:00Z)")
+    p.add_argument("--latest", action="store_true", help="the newest restore point of every component")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its pre-flight checks, change nothing")
+    p.add_argument("--yes", action="store_true", help="allow overwriting what the targets hold")
+    p.add_argument("--reason", help="why: recorded with the result")
+    p.add_argument("--history", action="store_true", help="past recoveries (of PLAN, or all)")
 
     p = add("prune", cmd_prune, "apply retention, then delete data no kept backup references")
     p.add_argument("--policy")

@@ -210,6 +210,7 @@ class Config:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    recoveries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def resolve(self, path: str) -> Path:
         """Relative paths in config resolve against the folder of the config file."""
@@ -239,6 +240,12 @@ class Config:
                    if not os.path.lexists(entry)]
         if missing:
             raise ConfigError(missing)
+
+    def recovery(self, name: str) -> dict[str, Any]:
+        if name not in self.recoveries:
+            known = ", ".join(sorted(self.recoveries)) or "none"
+            raise ConfigError(f"{self.path}: no recovery plan named {name!r} ([recovery.NAME] tables: {known})")
+        return self.recoveries[name]
 
     def policy(self, name: str) -> dict[str, Any]:
         if name not in self.policies:
@@ -294,7 +301,7 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
                 problems.append(f"{where}: {prefix}.{key}: missing (required)")
         return table
 
-    known_top = set(TOP_TABLES) | {"storage", "source", "policy"}
+    known_top = set(TOP_TABLES) | {"storage", "source", "policy", "recovery"}
     for key in raw:
         if key not in known_top:
             problems.append(f"{where}: [{key}]: unknown table (expected one of: {', '.join(sorted(known_top))})")
@@ -366,6 +373,8 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         policy.update(table)
         policies[name] = policy
 
+    recoveries = _recoveries(raw.get("recovery", {}), policies, groups["source"], base_dir, where, problems)
+
     encryption = tops["encryption"]
     if "passphrase_env" not in encryption and "passphrase_file" not in encryption:
         encryption = {"passphrase_env": "INSITE_PASSPHRASE", **encryption}
@@ -379,8 +388,83 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
     return Config(
         path=path, base_dir=base_dir, catalog_path=catalog_path, encryption=encryption,
         engine=tops["engine"], console=tops["console"], dr=tops["dr"],
-        storages=groups["storage"], sources=groups["source"], policies=policies, raw=raw,
+        storages=groups["storage"], sources=groups["source"], policies=policies, raw=raw, recoveries=recoveries,
     )
+
+
+RECOVERY_KEYS = ("components", "mode", "targets", "includes", "on_failure")
+
+
+def _recoveries(tables: Any, policies: dict, sources: dict, base_dir: Path, where: str,
+                problems: list[str]) -> dict[str, dict]:
+    """`[recovery.NAME]`: components (policies, in the order they come back), a target for each,
+    optional includes per component; a plan that names no known policy is refused here, not mid-recovery."""
+    if not isinstance(tables, dict):
+        problems.append(f"{where}: [recovery] must contain named tables like [recovery.NAME]")
+        return {}
+    plans: dict[str, dict] = {}
+    for name, table in tables.items():
+        label = f"recovery.{name}"
+        if not isinstance(table, dict):
+            problems.append(f"{where}: {label}: must be a table")
+            continue
+        for key in table:
+            if key not in RECOVERY_KEYS:
+                problems.append(f"{where}: {label}.{key}: unknown key (expected one of: {', '.join(RECOVERY_KEYS)})")
+        components = table.get("components")
+        if "components" not in table:
+            problems.append(f"{where}: {label}.components: missing (required): the policies to recover, in order")
+            components = []
+        elif _is_str_list(components) or not components:
+            problems.append(f"{where}: {label}.components: expected a non-empty list of policy names, got {components!r}")
+            components = []
+        elif len(set(components)) != len(components):
+            problems.append(f"{where}: {label}.components: names a policy twice: {components!r}")
+        for i, policy in enumerate(components):
+            if policy not in policies:
+                problems.append(f"{where}: {label}.components[{i}]: no [policy.{policy}] is defined "
+                                f"(policies: {', '.join(sorted(policies)) or 'none'})")
+        for key, choices in (("mode", ("rolling", "parallel")), ("on_failure", ("stop", "continue"))):
+            if key in table and _one_of(*choices)(table[key]):
+                problems.append(f"{where}: {label}.{key}: expected {_one_of(*choices)(table[key])}, "
+                                f"got {table[key]!r}")
+        targets = table.get("targets", {})
+        if not isinstance(targets, dict):
+            problems.append(f"{where}: {label}.targets: expected a table of component = target, got {targets!r}")
+            targets = {}
+        for policy in components:
+            if policy not in targets:
+                problems.append(f"{where}: {label}.targets.{policy}: missing (each component needs a target: "
+                                "a directory, a PostgreSQL DSN or a redis URL)")
+        for key, value in targets.items():
+            if key not in components:
+                problems.append(f"{where}: {label}.targets.{key}: not one of the components {components!r}")
+            elif _is_str(value):
+                problems.append(f"{where}: {label}.targets.{key}: expected {_is_str(value)}, got {value!r}")
+            elif _has_password(value):
+                problems.append(f"{where}: {label}.targets.{key}: holds a password; secrets never live in the "
+                                "config file: remove it and use PGPASSWORD, ~/.pgpass or the source's password_env")
+        includes = table.get("includes", {})
+        if not isinstance(includes, dict):
+            problems.append(f"{where}: {label}.includes: expected a table of component = [patterns], got {includes!r}")
+            includes = {}
+        for key, value in includes.items():
+            if key not in components:
+                problems.append(f"{where}: {label}.includes.{key}: not one of the components {components!r}")
+            elif _is_str_list(value):
+                problems.append(f"{where}: {label}.includes.{key}: expected {_is_str_list(value)}, got {value!r}")
+            else:
+                source = sources.get(policies[key].get("source"), {})
+                if source.get("type") == "postgresql" and source.get("mode") == "physical":
+                    problems.append(f"{where}: {label}.includes.{key}: a physical PostgreSQL backup restores the "
+                                    "whole cluster; a partial recovery needs a logical one")
+        # a directory target (files, an RDB, PGDATA) resolves like every path here; URLs and DSNs stay
+        targets = {key: value if not isinstance(value, str) or "://" in value or "=" in value
+                   else str(_resolve(base_dir, value)) for key, value in targets.items()}
+        plans[name] = {"components": list(components), "mode": table.get("mode", "rolling"),
+                       "targets": targets, "includes": {k: list(v) for k, v in includes.items()},
+                       "on_failure": table.get("on_failure", "stop")}
+    return plans
 
 
 def _has_password(dsn: str) -> bool:

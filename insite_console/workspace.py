@@ -14,6 +14,7 @@ from insite_console import config as config_module
 from insite_console.catalog.db import Catalog
 from insite_console.config import Config, parse_size
 from insite_console.errors import ConfigError, InsiteError, ObjectNotFound, RepositoryError
+from insite_console.redact import redact
 from insite_console.repo.repository import CONFIG_KEY, Repository
 from insite_console.storage import Storage, open_storage
 
@@ -161,6 +162,18 @@ class Workspace:
             except InsiteError as exc:
                 reasons.append(f"{name}: {exc}")
         raise RepositoryError(f"backup {backup['id']} cannot be read from any storage holding it: " + "; ".join(reasons))
+
+    def seal_everywhere(self, name: str, data: bytes) -> dict:
+        """A record (a drill, a recovery) sealed into every storage's repository, so a rebuilt
+        catalog keeps it; says where it went and what failed."""
+        stored, problems = [], []
+        for storage in sorted(self.config.storages):
+            try:
+                self.repository(storage).put_sealed(name, data)
+                stored.append(storage)
+            except InsiteError as exc:
+                problems.append(f"{storage}: {redact(str(exc))}")
+        return {"catalog": True, "repositories": stored, "problems": problems}
 
     def close(self) -> None:
         for repo in self._repos.values():

@@ -106,6 +106,16 @@ MIGRATIONS: list[str] = [
         interval_seconds REAL, stopped_at TEXT, PRIMARY KEY (host, pid)
     );
     """,
+    # 7: platform recoveries (recover PLAN): the summary columns for listing, the whole result as
+    # `record` (per component backup, restore point, data loss, verification), who ran it and why
+    """
+    CREATE TABLE recoveries (
+        id TEXT PRIMARY KEY, plan TEXT NOT NULL, status TEXT NOT NULL, at TEXT,
+        started_at TEXT NOT NULL, finished_at TEXT, recovery_seconds REAL,
+        user TEXT, host TEXT, reason TEXT, record TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX recoveries_started ON recoveries(started_at DESC);
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -403,6 +413,29 @@ class Catalog:
             result.append(item)
         return result
 
+
+    # ----- platform recoveries ----------------------------------------------------------
+
+    def insert_recovery(self, record: dict) -> None:
+        """A platform recovery's result (recovery.py), replaced as it progresses."""
+        row = {k: record.get(k) for k in ("id", "plan", "status", "at", "started_at", "finished_at",
+                                          "recovery_seconds", "user", "host", "reason")}
+        row["record"] = json.dumps(record)
+        names = list(row)
+        self.db.execute(f"INSERT OR REPLACE INTO recoveries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                        tuple(map(_text, row.values())))
+
+    def recoveries(self, plan: str | None = None, limit: int = 50) -> list[dict]:
+        """Whole records, newest first."""
+        if plan:
+            rows = self.db.execute("SELECT record FROM recoveries WHERE plan = ? ORDER BY started_at DESC LIMIT ?",
+                                   (plan, limit))
+        else:
+            rows = self.db.execute("SELECT record FROM recoveries ORDER BY started_at DESC LIMIT ?", (limit,))
+        return [json.loads(row["record"]) for row in rows]
+
+    def recovery_ids(self) -> set[str]:
+        return {row["id"] for row in self.db.execute("SELECT id FROM recoveries")}
 
     # ----- DR drills --------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import json
 import time
 from typing import Callable
 
-from insite_console.errors import InsiteError, UsageError
+from insite_console.errors import UsageError
 
 PREFIX = "drills/"
 
@@ -16,15 +16,7 @@ PREFIX = "drills/"
 def save(ws, record: dict) -> dict:
     """Into the catalog, then into each storage's repository; says where it went and what failed."""
     ws.catalog.insert_drill(record)
-    stored, problems = [], []
-    data = json.dumps(record, sort_keys=True).encode()
-    for name in sorted(ws.config.storages):
-        try:
-            ws.repository(name).put_sealed(PREFIX + record["id"], data)
-            stored.append(name)
-        except InsiteError as exc:
-            problems.append(f"{name}: {exc}")
-    where = {"catalog": True, "repositories": stored, "problems": problems}
+    where = ws.seal_everywhere(PREFIX + record["id"], json.dumps(record, sort_keys=True).encode())
     record["stored_in"] = where
     ws.catalog.insert_drill(record)
     return where

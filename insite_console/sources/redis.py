@@ -668,8 +668,9 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
                          "overwrite": existing.get(db, 0)})
         for name in existing_sample:
             plan.append({"action": "overwrite", "type": "key", "path": name, "bytes": 0})
+        target_keys = {f"db{db}": client(db).dbsize() for db in non_empty}
         _close(clients)
-        return {"files": sum(counts.values()), "bytes_written": 0, "plan": plan,
+        return {"files": sum(counts.values()), "bytes_written": 0, "plan": plan, "target_keys": target_keys,
                 "notes": [f"target redis at {addr.describe()} (authentication: {password_from or 'no password'})"]
                 + skipped_note()}
     if existing and not ctx.yes:
@@ -678,6 +679,12 @@ def _restore_live(ctx, entry, target: str, includes: list[str]) -> dict[str, Any
         raise RestoreRefused(
             f"redis at {addr.describe()}: {total} of the keys to restore exist already "
             f"(e.g. {', '.join(existing_sample[:5])}); pass --yes to replace them")
+
+    # A platform recovery brings the database back as it was: keys made after the backup go too
+    # (options["replace_all"], with --yes and no key patterns); a plain restore only adds and replaces.
+    if ctx.options.get("replace_all") and ctx.yes and not includes:
+        for db in non_empty:
+            client(db).flushdb()
 
     # Pass 2: RESTORE, pipelined.
     now_ms = int(time.time() * 1000)
