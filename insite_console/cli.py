@@ -89,11 +89,20 @@ def cmd_init(args) -> int:
 
 
 def cmd_backup(args) -> int:
-    from insite_console import backup
+    from insite_console import alerts, backup
+    from insite_console.errors import PolicyBusy
 
     ws = _workspace(args)
     token = _cancel_on_signals()
-    result = backup.run(ws, args.policy, args.type, progress=_progress_printer(not args.json), cancel=token)
+    try:
+        result = backup.run(ws, args.policy, args.type, progress=_progress_printer(not args.json), cancel=token)
+    except (Cancelled, PolicyBusy):
+        raise  # not a failed backup: the operator stopped it, or another run holds the policy
+    except InsiteError as exc:
+        if args.policy in ws.config.policies:  # (an unknown policy is a usage error, not a failure)
+            alerts.backup_outcome(ws, args.policy, error=str(exc))
+        raise
+    alerts.backup_outcome(ws, args.policy, result)
     if args.json:
         _print_json(result)
     else:
@@ -180,6 +189,15 @@ def cmd_verify(args) -> int:
     token = _cancel_on_signals()
     results = [verify.run(ws, backup_id, deep=args.deep, progress=_progress_printer(not args.json), cancel=token)
                for backup_id in ids]
+    from insite_console import alerts
+
+    for result in results:
+        if result["status"] != "ok":
+            policy = ws.catalog.backup(result["backup_id"])["policy"]
+            alerts.fire(ws, "verify_failed", policy, f"verify of {result['backup_id']} on {result['storage']} found "
+                        f"{len(result['problems'])} problem(s): {result['problems'][0]}",
+                        {"backup_id": result["backup_id"], "storage": result["storage"],
+                         "problems": result["problems"][:20]})
     if args.all or args.wal:  # each physical source's WAL archive: continuity, and with --deep integrity
         results += [verify.run_wal(ws, source, deep=args.deep) for source in verify.physical_sources(ws)]
     if args.json:
@@ -298,32 +316,38 @@ def cmd_repair(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from insite_console import status
+    """Exits like a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL (status.assess says why)."""
+    from insite_console import alerts, status
 
     ws = _workspace(args)
-    rows = status.overview(ws)
+    rows = status.overview(ws, check_storage=True)
+    alerts.watch(ws, rows)  # announce breaches (and recoveries) even where no scheduler runs
+    code = status.exit_code(rows)
     if args.json:
         _print_json(rows)
-        return 0
+        return code
     for row in rows:
         age = clock.human_duration(row["age_seconds"]) if row["age_seconds"] is not None else "-"
         rpo = clock.human_duration(row["rpo_seconds"]) if row["rpo_seconds"] else "-"
         loss = ""
         if row["rpo_basis"] == "wal_archive_lag":
             loss = f", data-loss window {clock.human_duration(row['data_loss_seconds'])} (WAL archive lag)"
-        print(f"{status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  last ok {age} ago{loss} (RPO {rpo})  "
-              f"next {row['next_run_at'] or '-'}" + ("  LAST RUN FAILED: " + row["last_failure_error"]
-                                                       if row["failing"] else ""))
+        print(f"{row['level'].upper():<8}  {status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  "
+              f"last ok {age} ago{loss} (RPO {rpo})  next {row['next_run_at'] or '-'}"
+              + ("" if row["enabled"] else "  (disabled)"))
+        for problem in row["problems"]:
+            print(f"{'':<8}  {'':<10}  {'':<16}  {problem}")
         window = row.get("restorable_window")
         if window:
             lag = window["archive_lag_seconds"]
-            print(f"{'':<10}  {'':<16}  restorable {window['oldest'] or '-'} … {window['newest'] or '-'}, "
+            print(f"{'':<8}  {'':<10}  {'':<16}  restorable {window['oldest'] or '-'} … {window['newest'] or '-'}, "
                   f"WAL archive lag {clock.human_duration(lag) if lag is not None else '-'}")
         archive = row.get("wal_archive")
         if archive and archive["status"] != "ok":
             for problem in archive["problems"]:
-                print(f"{'':<10}  {'':<16}  WAL archive {archive['status'].upper()}: {problem}")
-    return 0
+                print(f"{'':<8}  {'':<10}  {'':<16}  WAL archive {archive['status'].upper()}: {problem}")
+    print({0: "OK", 1: "WARNING", 2: "CRITICAL"}[code])
+    return code
 
 
 def cmd_schedule(args) -> int:
