@@ -350,6 +350,20 @@ def cmd_status(args) -> int:
     return code
 
 
+def cmd_metrics(args) -> int:
+    from insite_console import metrics
+
+    ws = _workspace(args)
+    if args.textfile:
+        try:
+            metrics.write_textfile(ws, args.textfile)
+        except OSError as exc:
+            raise InsiteError(f"cannot write metrics to {args.textfile}: {exc.strerror or exc}") from None
+        return 0
+    sys.stdout.buffer.write(metrics.exposition(ws))
+    return 0
+
+
 def cmd_schedule(args) -> int:
     from insite_console import scheduler
 
@@ -607,7 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("schedule", cmd_schedule, "run policies when their cron schedule is due")
     p.add_argument("--once", action="store_true", help="run what is due now, then exit")
 
-    add("status", cmd_status, "health per policy: last success against the RPO, next run, failures")
+    add("status", cmd_status, "health per policy: last success against the RPO, next run, failures "
+        "(exits 0 OK, 1 WARNING, 2 CRITICAL)")
+
+    p = add("metrics", cmd_metrics, "Prometheus metrics (text exposition)", json_flag=False)
+    p.add_argument("--textfile", metavar="PATH", help="write them to PATH atomically (node_exporter's textfile "
+                   "collector) instead of printing them")
 
     p = add("key", cmd_key, "list, add or remove the passphrases that open a repository")
     p.add_argument("key_command", choices=["list", "add", "remove"])

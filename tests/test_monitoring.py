@@ -262,3 +262,36 @@ def test_a_breach_is_announced_once_and_again_on_recovery(workspace, hook):
     events = [json.loads(b) for _, b in hook.received]
     assert [e["event"] for e in events] == ["rpo_breach", "recovered"]
     assert events[1]["details"]["condition"] == "rpo_breach"
+
+
+# ----- metrics ------------------------------------------------------------------------------
+
+
+def _parse(text: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_metrics_parse_and_match_the_catalog(workspace, tmp_path):
+    (workspace.source / "a.txt").write_text("hello" * 1000)
+    done = backup.run(workspace.ws, "tree")
+    shutil.move(workspace.source, workspace.root / "gone")
+    assert workspace.cli("backup", "tree").returncode != 0
+    assert workspace.cli("backup", "tree").returncode != 0
+    printed = workspace.cli("metrics", check=True).stdout
+    samples = _parse(printed)
+    policy = (("policy", "tree"),)
+    assert samples[("insite_backup_last_success_timestamp_seconds", policy)] == \
+        clock.parse_iso(done["finished_at"]).timestamp()
+    assert samples[("insite_backup_last_bytes_stored", policy)] == done["bytes_stored"] > 0
+    assert samples[("insite_backup_last_duration_seconds", policy)] >= 0
+    assert samples[("insite_backup_failures_total", policy)] == 2
+    assert samples[("insite_policy_rpo_seconds", policy)] == 900
+    target = tmp_path / "node" / "insite.prom"
+    target.parent.mkdir()
+    workspace.cli("metrics", "--textfile", str(target), check=True)
+    assert _parse(target.read_text()) == samples and list(target.parent.iterdir()) == [target]  # no temp left
+    refused = workspace.cli("metrics", "--textfile", str(tmp_path / "missing" / "x.prom"))
+    assert refused.returncode == 1 and "cannot write metrics to" in refused.stderr and "Traceback" not in refused.stderr

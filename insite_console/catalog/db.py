@@ -374,6 +374,11 @@ class Catalog:
         self.db.execute(f"INSERT OR REPLACE INTO verifications ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         tuple(row.values()))
 
+    def failure_counts(self) -> dict[str, int]:
+        """Failed backups per policy, in one aggregate query (for the metrics counter)."""
+        return {row[0]: row[1] for row in self.db.execute(
+            "SELECT policy, COUNT(*) FROM backups WHERE status = 'failed' GROUP BY policy")}
+
     def last_verification(self, policy: str) -> dict | None:
         """The newest verification of any backup of `policy` (for `verify_every` and status)."""
         row = self.db.execute(
