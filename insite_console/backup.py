@@ -321,23 +321,3 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
     totals["entries"] = tree.count
     totals["tree"] = tree
     return totals
-
-
-def run_with_retries(ws, policy_name: str, backup_type: str | None = None, progress=None, cancel=None,
-                     sleep=time.sleep) -> dict[str, Any]:
-    """The scheduler's entry: retry a failed backup as the policy says (`retries`, `retry_delay`)."""
-    policy = ws.config.policy(policy_name)
-    attempts = 1 + int(policy.get("retries", 0))
-    delay = clock.parse_duration(policy.get("retry_delay", "1m")).total_seconds()
-    for attempt in range(1, attempts + 1):
-        try:
-            return run(ws, policy_name, backup_type, progress, cancel)
-        except Cancelled:
-            raise
-        except InsiteError as exc:
-            if attempt == attempts:
-                raise
-            ws.catalog.event(None, f"{policy_name}: attempt {attempt} of {attempts} failed ({exc}); "
-                             f"retrying in {int(delay)}s", level="warning")
-            sleep(delay * attempt)
-    raise AssertionError("unreachable")

@@ -368,12 +368,36 @@ def cmd_schedule(args) -> int:
     from insite_console import scheduler
 
     ws = _workspace(args)
+    if args.list:
+        rows = scheduler.schedule_list(ws)
+        if args.json:
+            _print_json(rows)
+            return 0
+        print(f"{'POLICY':<16}  {'ENABLED':<7}  {'SCHEDULE':<16}  {'LAST RUN':<30}  {'NEXT RUN':<20}  RETRIES")
+        for row in rows:
+            last = f"{row['last_run_at']} {row['last_run_status']}" if row["last_run_at"] else "never"
+            print(f"{row['policy'][:16]:<16}  {'yes' if row['enabled'] else 'no':<7}  {row['schedule'] or '-':<16}  "
+                  f"{last:<30}  {row['next_run_at'] or '-':<20}  {row['retries']} every {row['retry_delay']} (doubling)")
+        print(f"cron times in {rows[0]['timezone'] if rows else 'UTC'}; next runs shown in UTC")
+        return 0
+    log = lambda m: print(f"{clock.iso(clock.now())} {m}", file=sys.stderr, flush=True)  # noqa: E731
+    jobs = scheduler.Scheduler(ws, log=log)
     if args.once:
-        results = scheduler.run_due(ws, log=lambda m: print(m, file=sys.stderr))
+        results = jobs.run_once()
         if args.json:
             _print_json(results)
-        return 1 if any(r.get("status") == "failed" for r in results) else 0
-    scheduler.loop(ws)
+        return 1 if any(r.get("status") != "succeeded" for r in results) else 0
+
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if jobs.stopping.is_set():  # a second signal: cancel what still runs
+            jobs.stop(f"second {name}", cancel_running=True)
+        else:
+            jobs.stop(f"signal {name}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    jobs.loop()
     return 0
 
 
@@ -619,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="report what would be repaired and change nothing")
 
     p = add("schedule", cmd_schedule, "run policies when their cron schedule is due")
-    p.add_argument("--once", action="store_true", help="run what is due now, then exit")
+    p.add_argument("--once", action="store_true", help="run what is due now (with its retries), then exit")
+    p.add_argument("--list", action="store_true", help="every schedule: enabled, last run, next run, retries")
 
     add("status", cmd_status, "health per policy: last success against the RPO, next run, failures "
         "(exits 0 OK, 1 WARNING, 2 CRITICAL)")
