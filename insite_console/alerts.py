@@ -52,6 +52,8 @@ def fire(ws, event: str, subject: str, message: str, details: dict[str, Any] | N
 
 def condition(ws, event: str, subject: str, active: bool, message: str, details: dict | None = None) -> None:
     """Announce a condition when it begins (`event`) and when it ends (`recovered`), once each."""
+    if not ws.config.alerts:  # nobody to tell: leave the catalog untouched (status stays read-only)
+        return
     try:
         changed = ws.catalog.set_condition(event, subject, active, message)
     except Exception as exc:
@@ -91,6 +93,8 @@ def backup_outcome(ws, policy: str, result: dict | None = None, error: str | Non
     """After a backup (CLI or scheduler, after its last retry): `failure` for each failed run,
     `verify_failed` when the verification after it found problems, `recovered` on the first
     success after a failure."""
+    if not ws.config.alerts:
+        return
     failed = error is not None or (result or {}).get("status") != "succeeded"
     error = error or (result or {}).get("error")
     verification = (result or {}).get("verification")
