@@ -19,7 +19,7 @@ from typing import Any
 
 from insite_console import clock
 from insite_console.catalog.db import public_backup
-from insite_console.errors import Cancelled, InsiteError
+from insite_console.errors import Cancelled, InsiteError, PolicyBusy
 from insite_console.events import CancelToken, Progress, ProgressCallback, ProgressReporter
 from insite_console.repo.repository import MANIFEST_VERSION, PendingStream, Repository
 from insite_console.repo.tree import TreeReader, TreeWriter
@@ -59,7 +59,24 @@ def catalog_writer(catalog, run_id: str, interval: float = 1.0) -> ProgressCallb
 
 def run(ws, policy_name: str, backup_type: str | None = None, progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None) -> dict[str, Any]:
-    """Run one backup of a policy now; returns the contract's JSON object for it."""
+    """Run one backup of a policy now; returns the contract's JSON object for it. One run per
+    policy at a time: a second one, from any process, is refused naming the one that runs."""
+    ws.config.policy(policy_name)
+    backup_id = clock.new_id()
+    holder = ws.catalog.claim_policy(policy_name, backup_id)
+    if holder is not None:
+        age = (clock.now() - clock.parse_iso(holder["started_at"])).total_seconds()
+        raise PolicyBusy(f"a backup of {policy_name} is already running: pid {holder['pid']} on host "
+                         f"{holder['host']}, user {holder['user']}, for {clock.human_duration(age)} "
+                         f"(run {holder['run_id']}); not starting another")
+    try:
+        return _run(ws, policy_name, backup_id, backup_type, progress, cancel)
+    finally:
+        ws.catalog.release_policy(policy_name, backup_id)
+
+
+def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress: ProgressCallback | None,
+         cancel: CancelToken | None) -> dict[str, Any]:
     policy = ws.config.policy(policy_name)
     source_name, storage_name = policy["source"], policy["storage"]
     source_settings = ws.config.sources[source_name]
@@ -69,7 +86,6 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
     parent = choose_parent(catalog, policy_name, storage_name, backup_type)
     if parent is None and backup_type != "full":
         backup_type = "full"
-    backup_id = clock.new_id()
     started = clock.now()
     catalog.start_run(backup_id, "backup", policy_name)
     catalog.insert_backup({
@@ -305,23 +321,3 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
     totals["entries"] = tree.count
     totals["tree"] = tree
     return totals
-
-
-def run_with_retries(ws, policy_name: str, backup_type: str | None = None, progress=None, cancel=None,
-                     sleep=time.sleep) -> dict[str, Any]:
-    """The scheduler's entry: retry a failed backup as the policy says (`retries`, `retry_delay`)."""
-    policy = ws.config.policy(policy_name)
-    attempts = 1 + int(policy.get("retries", 0))
-    delay = clock.parse_duration(policy.get("retry_delay", "1m")).total_seconds()
-    for attempt in range(1, attempts + 1):
-        try:
-            return run(ws, policy_name, backup_type, progress, cancel)
-        except Cancelled:
-            raise
-        except InsiteError as exc:
-            if attempt == attempts:
-                raise
-            ws.catalog.event(None, f"{policy_name}: attempt {attempt} of {attempts} failed ({exc}); "
-                             f"retrying in {int(delay)}s", level="warning")
-            sleep(delay * attempt)
-    raise AssertionError("unreachable")

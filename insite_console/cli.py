@@ -89,11 +89,20 @@ def cmd_init(args) -> int:
 
 
 def cmd_backup(args) -> int:
-    from insite_console import backup
+    from insite_console import alerts, backup
+    from insite_console.errors import PolicyBusy
 
     ws = _workspace(args)
     token = _cancel_on_signals()
-    result = backup.run(ws, args.policy, args.type, progress=_progress_printer(not args.json), cancel=token)
+    try:
+        result = backup.run(ws, args.policy, args.type, progress=_progress_printer(not args.json), cancel=token)
+    except (Cancelled, PolicyBusy):
+        raise  # not a failed backup: the operator stopped it, or another run holds the policy
+    except InsiteError as exc:
+        if args.policy in ws.config.policies:  # (an unknown policy is a usage error, not a failure)
+            alerts.backup_outcome(ws, args.policy, error=str(exc))
+        raise
+    alerts.backup_outcome(ws, args.policy, result)
     if args.json:
         _print_json(result)
     else:
@@ -180,6 +189,15 @@ def cmd_verify(args) -> int:
     token = _cancel_on_signals()
     results = [verify.run(ws, backup_id, deep=args.deep, progress=_progress_printer(not args.json), cancel=token)
                for backup_id in ids]
+    from insite_console import alerts
+
+    for result in results:
+        if result["status"] != "ok":
+            policy = ws.catalog.backup(result["backup_id"])["policy"]
+            alerts.fire(ws, "verify_failed", policy, f"verify of {result['backup_id']} on {result['storage']} found "
+                        f"{len(result['problems'])} problem(s): {result['problems'][0]}",
+                        {"backup_id": result["backup_id"], "storage": result["storage"],
+                         "problems": result["problems"][:20]})
     if args.all or args.wal:  # each physical source's WAL archive: continuity, and with --deep integrity
         results += [verify.run_wal(ws, source, deep=args.deep) for source in verify.physical_sources(ws)]
     if args.json:
@@ -374,13 +392,16 @@ def cmd_repair(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from insite_console import status
+    """Exits like a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL (status.assess says why)."""
+    from insite_console import alerts, status
 
     ws = _workspace(args)
-    rows = status.overview(ws)
+    rows = status.overview(ws, check_storage=True)
+    alerts.watch(ws, rows)  # announce breaches (and recoveries) even where no scheduler runs
+    code = status.exit_code(rows)
     if args.json:
         _print_json(rows)
-        return 0
+        return code
     print(f"scheduler: {status.scheduler_state(ws)['text']}")
     for row in rows:
         age = clock.human_duration(row["age_seconds"]) if row["age_seconds"] is not None else "-"
@@ -388,20 +409,35 @@ def cmd_status(args) -> int:
         loss = ""
         if row["rpo_basis"] == "wal_archive_lag":
             loss = f", data-loss window {clock.human_duration(row['data_loss_seconds'])} (WAL archive lag)"
-        print(f"{status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  last ok {age} ago{loss} (RPO {rpo})  "
-              f"next {row['next_run_at'] or '-'}" + ("  LAST RUN FAILED: " + row["last_failure_error"]
-                                                       if row["failing"] else ""))
-        if row["missed_run"]:
-            print(f"{'':<10}  {'':<16}  MISSED {row['missed_run']['at']}: {row['missed_run']['reason']}")
+        print(f"{row['level'].upper():<8}  {status.HEALTH_WORDS[row['health']]:<10}  {row['policy']:<16}  "
+              f"last ok {age} ago{loss} (RPO {rpo})  next {row['next_run_at'] or '-'}"
+              + ("" if row["enabled"] else "  (disabled)"))
+        for problem in row["problems"]:
+            print(f"{'':<8}  {'':<10}  {'':<16}  {problem}")
         window = row.get("restorable_window")
         if window:
             lag = window["archive_lag_seconds"]
-            print(f"{'':<10}  {'':<16}  restorable {window['oldest'] or '-'} … {window['newest'] or '-'}, "
+            print(f"{'':<8}  {'':<10}  {'':<16}  restorable {window['oldest'] or '-'} … {window['newest'] or '-'}, "
                   f"WAL archive lag {clock.human_duration(lag) if lag is not None else '-'}")
         archive = row.get("wal_archive")
         if archive and archive["status"] != "ok":
             for problem in archive["problems"]:
-                print(f"{'':<10}  {'':<16}  WAL archive {archive['status'].upper()}: {problem}")
+                print(f"{'':<8}  {'':<10}  {'':<16}  WAL archive {archive['status'].upper()}: {problem}")
+    print({0: "OK", 1: "WARNING", 2: "CRITICAL"}[code])
+    return code
+
+
+def cmd_metrics(args) -> int:
+    from insite_console import metrics
+
+    ws = _workspace(args)
+    if args.textfile:
+        try:
+            metrics.write_textfile(ws, args.textfile)
+        except OSError as exc:
+            raise InsiteError(f"cannot write metrics to {args.textfile}: {exc.strerror or exc}") from None
+        return 0
+    sys.stdout.buffer.write(metrics.exposition(ws))
     return 0
 
 
@@ -409,13 +445,36 @@ def cmd_schedule(args) -> int:
     from insite_console import scheduler
 
     ws = _workspace(args)
+    if args.list:
+        rows = scheduler.schedule_list(ws)
+        if args.json:
+            _print_json(rows)
+            return 0
+        print(f"{'POLICY':<16}  {'ENABLED':<7}  {'SCHEDULE':<16}  {'LAST RUN':<30}  {'NEXT RUN':<20}  RETRIES")
+        for row in rows:
+            last = f"{row['last_run_at']} {row['last_run_status']}" if row["last_run_at"] else "never"
+            print(f"{row['policy'][:16]:<16}  {'yes' if row['enabled'] else 'no':<7}  {row['schedule'] or '-':<16}  "
+                  f"{last:<30}  {row['next_run_at'] or '-':<20}  {row['retries']} every {row['retry_delay']} (doubling)")
+        print(f"cron times in {rows[0]['timezone'] if rows else 'UTC'}; next runs shown in UTC")
+        return 0
+    log = lambda m: print(f"{clock.iso(clock.now())} {m}", file=sys.stderr, flush=True)  # noqa: E731
+    jobs = scheduler.Scheduler(ws, log=log)
     if args.once:
-        results = scheduler.run_due(ws, log=lambda m: print(m, file=sys.stderr))
-        scheduler.beat_once(ws)
+        results = jobs.run_once()
         if args.json:
             _print_json(results)
-        return 1 if any(r.get("status") == "failed" for r in results) else 0
-    scheduler.loop(ws)
+        return 1 if any(r.get("status") != "succeeded" for r in results) else 0
+
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if jobs.stopping.is_set():  # a second signal: cancel what still runs
+            jobs.stop(f"second {name}", cancel_running=True)
+        else:
+            jobs.stop(f"signal {name}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    jobs.loop()
     return 0
 
 
@@ -776,9 +835,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="report what would be repaired and change nothing")
 
     p = add("schedule", cmd_schedule, "run policies when their cron schedule is due")
-    p.add_argument("--once", action="store_true", help="run what is due now, then exit")
+    p.add_argument("--once", action="store_true", help="run what is due now (with its retries), then exit")
+    p.add_argument("--list", action="store_true", help="every schedule: enabled, last run, next run, retries")
 
-    add("status", cmd_status, "health per policy: last success against the RPO, next run, failures")
+    add("status", cmd_status, "health per policy: last success against the RPO, next run, failures "
+        "(exits 0 OK, 1 WARNING, 2 CRITICAL)")
+
+    p = add("metrics", cmd_metrics, "Prometheus metrics (text exposition)", json_flag=False)
+    p.add_argument("--textfile", metavar="PATH", help="write them to PATH atomically (node_exporter's textfile "
+                   "collector) instead of printing them")
 
     p = add("key", cmd_key, "list, add or remove the passphrases that open a repository")
     p.add_argument("key_command", choices=["list", "add", "remove"])

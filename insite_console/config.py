@@ -183,6 +183,33 @@ POLICY_KEYS: dict[str, tuple[Check, bool]] = {
     "verify": (_is_bool, False), "rpo": (_is_duration, False), "retention": (_is_retention, False),
     "retries": (_is_count, False),
     "retry_delay": (_is_duration, False), "copy_to": (_is_str_list, False),
+    "enabled": (_is_bool, False), "verify_every": (_is_duration, False),
+}
+
+ALERT_EVENTS = ("failure", "rpo_breach", "verify_failed", "restore_started", "restore_finished", "drill_overdue",
+                "escalation", "storage_unreachable", "recovered")
+
+
+def _is_events(value: Any) -> str | None:
+    expected = "a non-empty list of events from " + ", ".join(ALERT_EVENTS)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        return expected
+    unknown = [v for v in value if v not in ALERT_EVENTS]
+    return expected + f" (unknown: {', '.join(unknown)})" if unknown else None
+
+
+def _is_port(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536 else "a port 1-65535"
+
+
+ALERT_KEYS: dict[str, tuple[Check, bool]] = {
+    "on": (_is_events, True), "name": (_is_str, False), "command": (_is_str_list, False),
+    "webhook_url": (_is_str, False), "email": (lambda v: None if isinstance(v, dict) else "a table", False),
+    "timeout": (_is_seconds, False), "retries": (_is_count, False), "secret_env": (_is_str, False),
+}
+EMAIL_KEYS: dict[str, tuple[Check, bool]] = {
+    "host": (_is_str, True), "port": (_is_port, False), "starttls": (_is_bool, False), "from": (_is_str, True),
+    "to": (_is_str_list, True), "username": (_is_str, False), "password_env": (_is_str, False),
 }
 
 TOP_TABLES = {
@@ -194,6 +221,9 @@ TOP_TABLES = {
     "console": {"theme": (_is_str, False), "refresh_seconds": (_is_pos_int, False), "keymap": (lambda v: None if isinstance(v, dict) else "a table", False)},
     "dr": {"rto": (_is_duration, False), "rpo": (_is_duration, False), "scenarios_file": (_is_str, False),
            "dir": (_is_str, False), "cadence": (_is_duration, False), "scratch_postgres": (_is_str, False)},
+    "scheduler": {"max_parallel": (_is_pos_int, False), "timezone": (_is_timezone, False),
+                  "catch_up": (_is_bool, False), "on_stop": (_one_of("cancel", "finish"), False),
+                  "tick_seconds": (_is_seconds, False)},
 }
 
 
@@ -206,6 +236,8 @@ class Config:
     engine: dict[str, Any]
     console: dict[str, Any]
     dr: dict[str, Any]
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
     storages: dict[str, dict[str, Any]] = field(default_factory=dict)
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -301,7 +333,7 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
                 problems.append(f"{where}: {prefix}.{key}: missing (required)")
         return table
 
-    known_top = set(TOP_TABLES) | {"storage", "source", "policy", "recovery"}
+    known_top = set(TOP_TABLES) | {"storage", "source", "policy", "recovery", "alert"}
     for key in raw:
         if key not in known_top:
             problems.append(f"{where}: [{key}]: unknown table (expected one of: {', '.join(sorted(known_top))})")
@@ -369,11 +401,12 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
             problems.append(f"{where}: {label}.encryption: repository format 1 always encrypts "
                             "(AES-256-GCM); remove the key or set it to true")
         policy = {"type": "incremental", "compression": "zstd", "encryption": True, "verify": False,
-                  "retries": 0, "retry_delay": "1m", "copy_to": []}
+                  "retries": 0, "retry_delay": "1m", "copy_to": [], "enabled": True}
         policy.update(table)
         policies[name] = policy
 
     recoveries = _recoveries(raw.get("recovery", {}), policies, groups["source"], base_dir, where, problems)
+    alerts = _check_alerts(raw.get("alert", []), where, check_table, problems)
 
     encryption = tops["encryption"]
     if "passphrase_env" not in encryption and "passphrase_file" not in encryption:
@@ -389,6 +422,7 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         path=path, base_dir=base_dir, catalog_path=catalog_path, encryption=encryption,
         engine=tops["engine"], console=tops["console"], dr=tops["dr"],
         storages=groups["storage"], sources=groups["source"], policies=policies, raw=raw, recoveries=recoveries,
+        scheduler=tops["scheduler"], alerts=alerts,
     )
 
 
@@ -465,6 +499,36 @@ def _recoveries(tables: Any, policies: dict, sources: dict, base_dir: Path, wher
                        "targets": targets, "includes": {k: list(v) for k, v in includes.items()},
                        "on_failure": table.get("on_failure", "stop")}
     return plans
+
+
+def _check_alerts(raw: Any, where: str, check_table, problems: list[str]) -> list[dict[str, Any]]:
+    """`[[alert]]` tables: the events, and exactly one way to deliver them."""
+    if not isinstance(raw, list):
+        problems.append(f"{where}: alert: must be an array of tables, written [[alert]]")
+        return []
+    alerts = []
+    for i, table in enumerate(raw):
+        label = f"alert[{i}]"
+        if not isinstance(table, dict):
+            problems.append(f"{where}: {label}: must be a table")
+            continue
+        check_table(table, ALERT_KEYS, label)
+        channels = [key for key in ("command", "webhook_url", "email") if key in table]
+        if len(channels) != 1:
+            problems.append(f"{where}: {label}: needs exactly one of command, webhook_url or email"
+                            + (f" (has {', '.join(channels)})" if channels else ""))
+        if "secret_env" in table and "webhook_url" not in table:
+            problems.append(f"{where}: {label}.secret_env: only a webhook_url is signed")
+        url = table.get("webhook_url")
+        if isinstance(url, str) and not re.match(r"^https?://[^/\s]+", url):
+            problems.append(f"{where}: {label}.webhook_url: expected an http:// or https:// URL, got {url!r}")
+        if isinstance(url, str) and _has_password(url):
+            problems.append(f"{where}: {label}.webhook_url: holds a password; secrets never live in the config "
+                            "file: sign with secret_env instead")
+        if isinstance(table.get("email"), dict):
+            check_table(table["email"], EMAIL_KEYS, f"{label}.email")
+        alerts.append({"timeout": 10, "retries": 2, **table})
+    return alerts
 
 
 def _has_password(dsn: str) -> bool:

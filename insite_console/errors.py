@@ -55,3 +55,7 @@ class RestoreRefused(InsiteError):
 
 class Cancelled(InsiteError):
     """The operator cancelled the operation; nothing half-written was left behind."""
+
+
+class PolicyBusy(InsiteError):
+    """A backup of the policy is already running in another process: one run per policy at a time."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator
 
-from insite_console import clock, globs
+from insite_console import alerts, clock, globs
 from insite_console.errors import Cancelled, InsiteError, IntegrityError, RestoreRefused, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
 from insite_console.redact import redact, redact_all
@@ -126,6 +126,8 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
         catalog.insert_restore(row)
         reporter.add_callback(catalog_writer(catalog, restore_id))
         catalog.event(restore_id, f"restore of {backup['id']} into {shown} started")
+        alerts.fire(ws, "restore_started", backup["policy"], f"restore {restore_id} of {backup['id']} into {shown} "
+                    "started", {"restore_id": restore_id, "backup_id": backup["id"], "target": shown})
     try:
         repo = ws.repository(storage or ws.storage_for_backup(backup))
         with repo.lock(f"restore of {backup['id']}"):
@@ -144,6 +146,9 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
                                     "finished_at": clock.iso(clock.now())})
             catalog.finish_run(restore_id, status, message)
             catalog.event(restore_id, f"restore {restore_id} {status}: {message}", level="error")
+            alerts.fire(ws, "restore_finished", backup["policy"], f"restore {restore_id} of {backup['id']} {status}: "
+                        f"{message}", {"restore_id": restore_id, "backup_id": backup["id"], "target": shown,
+                                       "status": status, "error": message})
         raise
     finished = clock.now()
     result = {"id": restore_id, "backup_id": backup["id"], "status": "planned" if dry_run else "succeeded",
@@ -161,6 +166,9 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
         catalog.finish_run(restore_id, "succeeded")
         catalog.event(restore_id, f"restore {restore_id} succeeded: {result['files']} files, "
                       f"{result['bytes_written']} bytes into {shown}")
+        alerts.fire(ws, "restore_finished", backup["policy"], f"restore {restore_id} of {backup['id']} succeeded: "
+                    f"{result['files']} files into {shown}", {"restore_id": restore_id, "backup_id": backup["id"],
+                                                              "target": shown, "status": "succeeded", "error": None})
     reporter.update(phase="done", force=True)
     return result
 

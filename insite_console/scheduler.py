@@ -1,80 +1,277 @@
-"""The scheduler: runs each policy when its cron schedule is due, with the policy's retries.
+"""The scheduler: runs each enabled policy when its cron schedule is due, in `[scheduler]
+timezone`, up to `max_parallel` policies at a time, each job in a workspace of its own.
 
-State is the catalog itself: a policy is due when its schedule fired since its last run
-started, so a restarted scheduler neither skips nor repeats a run.
+Retries are scheduled, not slept: a failed attempt frees its slot and the policy comes back
+after `retry_delay` x 2^(attempt-1), so one policy's retries never delay another's run.
+State is the catalog: a policy is due when its schedule fired since its last run started, so
+a scheduler that was down runs a missed slot once at start (`catch_up`, the default) rather
+than once per missed slot, and a restart never repeats a run. One run per policy at a time
+holds across processes (backup.run's policy lock): a second scheduler, or a `backup` from
+cron, is refused while one runs, and this scheduler then skips that slot.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
+import zoneinfo
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any, Callable
 
-from insite_console import backup, clock
-from insite_console.errors import InsiteError
+from insite_console import alerts, backup, clock, status
+from insite_console.errors import Cancelled, InsiteError, PolicyBusy
+from insite_console.events import CancelToken
+
+DEFAULT_MAX_PARALLEL = 2
+DEFAULT_TICK_SECONDS = 30.0
 
 
-def due_policies(ws, now: datetime | None = None) -> list[str]:
+def timezone(ws) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(ws.config.scheduler.get("timezone", "UTC"))
+
+
+def last_fire(expression: str, now: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
+    """When the schedule last fired at or before `now`, read as wall-clock time in `tz`.
+
+    DST as cron does it: a time skipped in spring fires at the first time after the gap (croniter
+    does this); a time repeated in autumn fires once, unless the hour field is a wildcard
+    (`*`, `*/2`), whose jobs run in both hours."""
     from croniter import croniter
 
+    local = now.astimezone(tz)
+    fire = croniter(expression, local).get_prev(datetime)
+    following = croniter(expression, fire).get_next(datetime)
+    if following <= local:  # get_prev is strictly before: a slot at exactly `now` has fired
+        fire = following
+    wall = fire.replace(tzinfo=None)
+    first, second = wall.replace(tzinfo=tz, fold=0), wall.replace(tzinfo=tz, fold=1)
+    repeated = first.utcoffset() != second.utcoffset() and fire.utcoffset() == second.utcoffset()
+    if repeated and not expression.split()[1].startswith("*"):
+        fire = first  # the second 02:30 of the night the clocks go back is the same slot
+    return fire.astimezone(clock.UTC)
+
+
+def next_fire(expression: str | None, now: datetime, tz: zoneinfo.ZoneInfo) -> datetime | None:
+    if not expression:
+        return None
+    from croniter import croniter
+
+    return croniter(expression, now.astimezone(tz)).get_next(datetime).astimezone(clock.UTC)
+
+
+def due_policies(ws, now: datetime | None = None, since: datetime | None = None) -> list[str]:
+    """Enabled policies whose schedule fired since their last run started. With `since` (the
+    scheduler's start when `catch_up = false`), a slot that fired before it does not count."""
     now = now or clock.now()
+    tz = timezone(ws)
     due = []
     for name, policy in sorted(ws.config.policies.items()):
-        if not policy.get("schedule"):
+        if not policy.get("schedule") or not policy.get("enabled", True):
             continue
-        last_fire = croniter(policy["schedule"], now).get_prev(datetime)
+        fired = last_fire(policy["schedule"], now, tz)
+        if since is not None and fired < since:
+            continue
         runs = ws.catalog.backups(policy=name, limit=1)
         if runs and runs[0]["status"] == "running":
             continue
-        if not runs or clock.parse_iso(runs[0]["started_at"]) < last_fire:
+        if not runs or clock.parse_iso(runs[0]["started_at"]) < fired:
             due.append(name)
     return due
 
 
-def run_due(ws, now: datetime | None = None, log=print) -> list[dict]:
-    results = []
-    for name in due_policies(ws, now):
+def retry_delay(policy: dict, attempt: int) -> float:
+    """Seconds before attempt `attempt + 1`: `retry_delay`, doubled after each failed attempt."""
+    return clock.parse_duration(policy.get("retry_delay", "1m")).total_seconds() * 2 ** (attempt - 1)
+
+
+def schedule_list(ws, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every policy's schedule (the strategy's get_schedule_status): enabled, last run, next
+    run (none when disabled), retries and retry delay."""
+    now = now or clock.now()
+    tz = timezone(ws)
+    rows = []
+    for name, policy in sorted(ws.config.policies.items()):
+        last = ws.catalog.backups(policy=name, limit=1)
+        enabled = policy.get("enabled", True)
+        upcoming = next_fire(policy.get("schedule"), now, tz) if enabled else None
+        rows.append({
+            "policy": name, "enabled": enabled, "schedule": policy.get("schedule"), "timezone": tz.key,
+            "last_run_at": last[0]["started_at"] if last else None,
+            "last_run_status": last[0]["status"] if last else None,
+            "next_run_at": clock.iso(upcoming), "retries": policy.get("retries", 0),
+            "retry_delay": policy.get("retry_delay", "1m"),
+        })
+    return rows
+
+
+class Scheduler:
+    """The jobs of one scheduler process. `tick()` is one pass of the loop (collect finished
+    jobs, start what is due and what is to be retried, announce breaches); `loop()` ticks until
+    `stop()`; `run_once()` ticks until nothing is running or waiting for a retry."""
+
+    def __init__(self, ws, log: Callable[[str], None] = print, now: Callable[[], datetime] = clock.now,
+                 max_parallel: int | None = None):
+        settings = ws.config.scheduler
+        self.ws, self.log, self.now = ws, log, now
+        self.max_parallel = max_parallel or settings.get("max_parallel", DEFAULT_MAX_PARALLEL)
+        self.started_at = now()
+        self.since = None if settings.get("catch_up", True) else self.started_at
+        self.cancel = CancelToken()
+        self.stopping = threading.Event()
+        self.pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="insite-job")
+        self.jobs: dict[str, tuple[Future, int]] = {}  # policy -> (its job, its attempt number)
+        self.retries: dict[str, tuple[int, datetime]] = {}  # policy -> (next attempt, not before)
+        self.results: list[dict[str, Any]] = []  # each policy's final outcome, in finishing order
+
+    # ----- one pass ------------------------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> None:
+        now = now or self.now()
+        self._collect(now)
+        if self.stopping.is_set():
+            return
+        self._start_retries(now)
+        for name in due_policies(self.ws, now, self.since):
+            if name not in self.jobs and name not in self.retries:
+                self._start(name, 1)
         try:
-            result = backup.run_with_retries(ws, name)
-            log(f"{name}: backup {result['id']} succeeded")
+            alerts.watch(self.ws, status.overview(self.ws, now, check_storage=True))
+        except Exception as exc:  # a status that cannot be computed must not stop the backups
+            self.log(f"cannot check RPO and storages for alerts: {exc}")
+
+    def busy(self) -> bool:
+        return bool(self.jobs or self.retries)
+
+    def next_wakeup(self, now: datetime, interval: float) -> float:
+        """Seconds to sleep: the tick interval, or less when a retry is due sooner."""
+        waits = [interval] + [(at - now).total_seconds() for _, at in self.retries.values()]
+        return max(0.05, min(waits))
+
+    # ----- running ---------------------------------------------------------------------------
+
+    def loop(self, interval: float | None = None) -> None:
+        """Run until stopped; heartbeats in the catalog (host, pid, last tick) let the console
+        and `status` tell whether a scheduler runs."""
+        interval = interval or self.ws.config.scheduler.get("tick_seconds", DEFAULT_TICK_SECONDS)
+        self.log(f"scheduler started for {self.ws.config.path}: {len(self.ws.config.policies)} policies, "
+                 f"up to {self.max_parallel} at a time, cron times in {timezone(self.ws).key}")
+        started_at = clock.iso(clock.now())
+        self.ws.catalog.scheduler_beat(started_at, interval)
+        beats_stop = threading.Event()
+        threading.Thread(target=_heartbeat, args=(self.ws, started_at, interval, beats_stop), daemon=True,
+                         name="scheduler-heartbeat").start()
+        try:
+            while not self.stopping.is_set():
+                self.tick()
+                self.stopping.wait(self.next_wakeup(self.now(), interval))
+            self.shutdown()
+        finally:
+            beats_stop.set()
+            self.ws.catalog.scheduler_beat(started_at, interval, stopped=True)
+
+    def run_once(self, poll: float = 0.2) -> list[dict[str, Any]]:
+        """What is due now, with its retries, then return the outcomes (`schedule --once`);
+        leaves a heartbeat with no interval (the cron period is not known here)."""
+        self.ws.catalog.scheduler_beat(clock.iso(clock.now()), None, stopped=True)
+        return self._run_once(poll)
+
+    def _run_once(self, poll: float) -> list[dict[str, Any]]:
+        self.tick()
+        while self.busy() and not self.stopping.is_set():
+            time.sleep(min(poll, self.next_wakeup(self.now(), poll)))
+            now = self.now()
+            self._collect(now)
+            self._start_retries(now)
+        self.shutdown()
+        return self.results
+
+    def stop(self, reason: str, cancel_running: bool | None = None) -> None:
+        """Stop starting jobs; running ones finish, or are cancelled cleanly (`on_stop`)."""
+        if cancel_running is None:
+            cancel_running = self.ws.config.scheduler.get("on_stop", "cancel") == "cancel"
+        self.log(f"scheduler stopping ({reason}); " + (f"cancelling {len(self.jobs)} running job(s)"
+                                                        if cancel_running and self.jobs else
+                                                        f"waiting for {len(self.jobs)} running job(s)"))
+        self.stopping.set()
+        if cancel_running:
+            self.cancel.cancel(reason)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
+        self._collect(self.now())
+        for name in sorted(self.retries):
+            self.log(f"{name}: retry dropped, the scheduler stopped")
+        self.retries.clear()
+
+    def _start_retries(self, now: datetime) -> None:
+        for name, (attempt, at) in sorted(self.retries.items()):
+            if at <= now and name not in self.jobs:
+                del self.retries[name]
+                self._start(name, attempt)
+
+    def _start(self, name: str, attempt: int) -> None:
+        self.jobs[name] = (self.pool.submit(self._attempt, name), attempt)
+
+    def _attempt(self, name: str) -> dict[str, Any]:
+        """One backup of a policy, in a thread, with a workspace of its own (its own catalog
+        connection and repository objects: two jobs never share a half-written pack)."""
+        from insite_console.workspace import Workspace
+
+        job_ws = Workspace(self.ws.config)
+        try:
+            return backup.run(job_ws, name, cancel=self.cancel)
+        finally:
+            job_ws.close()
+
+    def _collect(self, now: datetime) -> None:
+        for name, (future, attempt) in list(self.jobs.items()):
+            if future.done():
+                del self.jobs[name]
+                self._finished(name, future, attempt, now)
+
+    def _finished(self, name: str, future: Future, attempt: int, now: datetime) -> None:
+        policy = self.ws.config.policy(name)
+        try:
+            result = future.result()
+        except PolicyBusy as exc:
+            self.log(f"{name}: skipped: {exc}")
+            return
+        except Cancelled as exc:
+            self.log(f"{name}: cancelled: {exc}")
+            self.results.append({"policy": name, "status": "cancelled", "error": str(exc)})
+            return
         except InsiteError as exc:
-            result = {"policy": name, "status": "failed", "error": str(exc)}
-            log(f"{name}: backup failed: {exc}")
-        results.append(result)
-    return results
-
-
-def beat_once(ws) -> None:
-    """A one-shot run (`schedule --once`, from cron) leaves a heartbeat with no interval."""
-    now = clock.iso(clock.now())
-    ws.catalog.scheduler_beat(now, None, stopped=True)
+            result, error = None, str(exc)
+        except Exception as exc:  # a bug: reported like a failure, so it reaches a person
+            result, error = None, f"{type(exc).__name__}: {exc}"
+        else:
+            error = None if result["status"] == "succeeded" else result.get("error")
+        if error is None:
+            self.log(f"{name}: backup {result['id']} succeeded" + (f" (attempt {attempt})" if attempt > 1 else ""))
+            self.results.append(result)
+            alerts.backup_outcome(self.ws, name, result)
+            return
+        attempts = 1 + int(policy.get("retries", 0))
+        if attempt < attempts and not self.stopping.is_set():
+            delay = retry_delay(policy, attempt)
+            at = now + timedelta(seconds=delay)
+            message = (f"{name}: attempt {attempt} of {attempts} failed ({error}); retrying in "
+                       f"{clock.human_duration(delay)} ({int(delay)}s, at {clock.iso(at)})")
+            self.log(message)
+            self.ws.catalog.event(None, message, level="warning")
+            self.retries[name] = (attempt + 1, at)
+            return
+        self.log(f"{name}: backup failed" + (f" after {attempt} attempts" if attempt > 1 else "") + f": {error}")
+        self.results.append(result or {"policy": name, "status": "failed", "error": error})
+        alerts.backup_outcome(self.ws, name, result, error if result is None else None)
 
 
 def _heartbeat(ws, started_at: str, interval: float, stop: threading.Event) -> None:
-    """Beat every `interval` seconds from a thread of its own, so a long backup in the loop
-    never makes a live scheduler look dead."""
+    """Beat every `interval` seconds from a thread of its own, so a long backup never makes a
+    live scheduler look dead."""
     while not stop.wait(interval):
         try:
             ws.catalog.scheduler_beat(started_at, interval)
         except Exception:  # a locked catalog: the next beat tries again
             pass
-
-
-def loop(ws, interval: float = 30.0, log=print) -> None:
-    """Run forever (until interrupted), checking every `interval` seconds; heartbeats in the
-    catalog (host, pid, last tick) let the console and `status` tell whether it runs."""
-    log(f"scheduler started for {ws.config.path}; {len(ws.config.policies)} policies")
-    started_at = clock.iso(clock.now())
-    ws.catalog.scheduler_beat(started_at, interval)
-    stop = threading.Event()
-    beats = threading.Thread(target=_heartbeat, args=(ws, started_at, interval, stop), daemon=True,
-                             name="scheduler-heartbeat")
-    beats.start()
-    try:
-        while True:
-            run_due(ws, log=log)
-            ws.catalog.scheduler_beat(started_at, interval)
-            time.sleep(interval)
-    finally:
-        stop.set()
-        ws.catalog.scheduler_beat(started_at, interval, stopped=True)

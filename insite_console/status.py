@@ -1,5 +1,9 @@
 """Health per policy: last success, its age against the RPO target, next run, failures; for a
-physical PostgreSQL source also the WAL archive (lag, and gaps: health `wal_gap`)."""
+physical PostgreSQL source also the WAL archive (lag, and gaps: health `wal_gap`).
+
+`assess` turns a row into a monitoring plugin's level (Nagios, Icinga, Sensu): `ok`, `warning`
+(near the RPO, verification overdue) or `critical` (RPO breached or never met, last run failed,
+storage unreachable, WAL gap), each with the reasons; `exit_code` is the plugin's exit status."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from insite_console import clock
+from insite_console.catalog.db import order_key
 
 
 def next_run(schedule: str | None, after: datetime) -> datetime | None:
@@ -17,7 +22,30 @@ def next_run(schedule: str | None, after: datetime) -> datetime | None:
     return croniter(schedule, after).get_next(datetime)
 
 
-def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
+def storage_reachability(ws, names) -> dict[str, str | None]:
+    """Per storage: None when its repository's config object can be read now, else why not.
+    One request per storage: cheap enough for a check that runs every minute."""
+    from insite_console.errors import InsiteError, ObjectNotFound
+    from insite_console.repo.repository import CONFIG_KEY
+
+    problems: dict[str, str | None] = {}
+    for name in sorted(set(names)):
+        try:
+            ws.storage(name).stat(CONFIG_KEY)
+            problems[name] = None
+        except ObjectNotFound:
+            problems[name] = f"storage {name} holds no repository (run `insite-console init {name}`)"
+        except InsiteError as exc:
+            problems[name] = f"storage {name} is unreachable: {exc}"
+        except Exception as exc:  # an SDK's own error (DNS, TLS, credentials): still "unreachable"
+            problems[name] = f"storage {name} is unreachable: {type(exc).__name__}: {exc}"
+    return problems
+
+
+def policy_health(ws, name: str, now: datetime | None = None,
+                  storages: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """One policy's health; `storages` (from storage_reachability) adds whether its storage
+    answers, which costs a request, so the console's refresh leaves it out."""
     now = now or clock.now()
     policy = ws.config.policy(name)
     catalog = ws.catalog
@@ -26,7 +54,8 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
     running = catalog.last_backup(name, status="running")
     rpo = clock.parse_duration(policy["rpo"]).total_seconds() if policy.get("rpo") else None
     age = (now - clock.parse_iso(last_ok["finished_at"] or last_ok["started_at"])).total_seconds() if last_ok else None
-    failing = bool(last_failed and (not last_ok or last_failed["started_at"] > last_ok["started_at"]))
+    # to the microsecond: a failure in the same second as the success before it is still the newest
+    failing = bool(last_failed and (not last_ok or order_key(last_failed) > order_key(last_ok)))
     upcoming = next_run(policy.get("schedule"), now)
     source = ws.config.sources[policy["source"]]
     window = archive = None
@@ -52,6 +81,8 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
         health = "warning"
     else:
         health = "ok"
+    verify_every = clock.parse_duration(policy["verify_every"]).total_seconds() if policy.get("verify_every") else None
+    verified = catalog.last_verification(name) if verify_every or last_ok else None
     return {
         "policy": name, "source": policy["source"], "storage": policy["storage"], "health": health,
         "rpo_seconds": rpo, "last_success_at": last_ok["finished_at"] if last_ok else None,
@@ -61,15 +92,69 @@ def policy_health(ws, name: str, now: datetime | None = None) -> dict[str, Any]:
         "last_failure_error": last_failed["error"] if last_failed else None, "failing": failing,
         "running": running["id"] if running else None, "schedule": policy.get("schedule"),
         "next_run_at": clock.iso(upcoming) if upcoming else None, "restorable_window": window,
-        "wal_archive": archive,
+        "wal_archive": archive, "enabled": policy.get("enabled", True),
+        "storage_problem": storages.get(policy["storage"]) if storages is not None else None,
+        "storage_checked": storages is not None and policy["storage"] in storages,
+        "last_verification_at": verified["finished_at"] if verified else None,
+        "last_verification_status": verified["status"] if verified else None,
+        "verify_overdue": bool(verify_every and last_ok and (
+            not verified or (now - clock.parse_iso(verified["finished_at"])).total_seconds() > verify_every)),
     }
 
 
-def overview(ws, now: datetime | None = None) -> list[dict[str, Any]]:
+def overview(ws, now: datetime | None = None, check_storage: bool = False) -> list[dict[str, Any]]:
+    """Every policy's health; with check_storage, each used storage is asked once and each row
+    gets its monitoring level and reasons (see assess)."""
+    storages = None
+    if check_storage:
+        storages = storage_reachability(ws, [p["storage"] for p in ws.config.policies.values()])
     now = now or clock.now()
     scheduler = scheduler_state(ws, now)
-    return [dict(policy_health(ws, name, now), missed_run=missed_run(ws, name, scheduler, now), scheduler=scheduler)
-            for name in sorted(ws.config.policies)]
+    rows = [dict(policy_health(ws, name, now, storages), missed_run=missed_run(ws, name, scheduler, now),
+                 scheduler=scheduler) for name in sorted(ws.config.policies)]
+    for row in rows:
+        row["level"], row["problems"] = assess(row)
+    return rows
+
+
+def assess(row: dict[str, Any]) -> tuple[str, list[str]]:
+    """A policy's monitoring level and the reasons for it, worst first."""
+    critical, warning = [], []
+    rpo = row["rpo_seconds"]
+    if row["health"] == "never":
+        critical.append("no backup has ever succeeded")
+    elif row["health"] == "breach":
+        critical.append(f"RPO breached: data-loss window {clock.human_duration(row['data_loss_seconds'])} "
+                        f"against an RPO of {clock.human_duration(rpo)}")
+    elif row["health"] == "wal_gap":
+        critical.append("WAL archive has a gap: " + "; ".join((row["wal_archive"] or {}).get("problems", [])[:1]))
+    elif row["health"] == "warning":
+        warning.append(f"near the RPO: data-loss window {clock.human_duration(row['data_loss_seconds'])} "
+                       f"of {clock.human_duration(rpo)}")
+    if row["failing"]:
+        critical.append(f"last run failed: {row['last_failure_error']}")
+    if row.get("storage_problem"):
+        critical.append(row["storage_problem"])
+    if row.get("last_verification_status") == "failed":
+        critical.append(f"last verification ({row['last_verification_at']}) found problems")
+    missed = row.get("missed_run")
+    if missed:  # nothing started the run the schedule promised: the RPO is at risk
+        (critical if (row.get("scheduler") or {}).get("running") is False else warning).append(
+            f"missed {missed['at']}: {missed['reason']}")
+    if row.get("verify_overdue"):
+        warning.append("verification overdue: last " + (row["last_verification_at"] or "never"))
+    if critical:
+        return "critical", critical + warning
+    return ("warning", warning) if warning else ("ok", [])
+
+
+EXIT_CODES = {"ok": 0, "warning": 1, "critical": 2}
+
+
+def exit_code(rows: list[dict[str, Any]]) -> int:
+    """The worst level of the enabled policies: 0 OK, 1 WARNING, 2 CRITICAL. A disabled policy
+    is shown with its level but does not page: it was switched off on purpose."""
+    return max((EXIT_CODES[row["level"]] for row in rows if row.get("enabled", True)), default=0)
 
 
 HEALTH_WORDS = {"ok": "OK", "warning": "WARN", "breach": "RPO BREACH", "never": "NEVER RUN", "wal_gap": "WAL GAP"}
@@ -108,8 +193,9 @@ def missed_run(ws, name: str, scheduler: dict[str, Any], now: datetime | None = 
     from croniter import croniter
 
     now = now or clock.now()
-    schedule = ws.config.policy(name).get("schedule")
-    if not schedule:
+    policy = ws.config.policy(name)
+    schedule = policy.get("schedule")
+    if not schedule or not policy.get("enabled", True):
         return None
     fired = croniter(schedule, now).get_prev(datetime)
     if (now - fired).total_seconds() < MISSED_GRACE_SECONDS:

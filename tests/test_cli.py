@@ -89,14 +89,13 @@ def test_prune_keeps_what_retention_says_and_frees_space(workspace):
 
 
 def test_status_reports_rpo_health(workspace):
-    rows = json.loads(workspace.cli("status", "--json", check=True).stdout)
-    assert rows[0]["health"] == "never"
+    never = workspace.cli("status", "--json")
+    assert never.returncode == 2 and json.loads(never.stdout)[0]["health"] == "never"  # CRITICAL
     workspace.cli("backup", "tree", check=True)
     rows = json.loads(workspace.cli("status", "--json", check=True).stdout)
     assert rows[0]["health"] == "ok" and rows[0]["rpo_seconds"] == 900
-    late = json.loads(workspace.cli("status", "--json", env={"INSITE_FAKE_NOW": "2099-01-01T00:00:00Z"},
-                                    check=True).stdout)
-    assert late[0]["health"] == "breach"
+    late = workspace.cli("status", "--json", env={"INSITE_FAKE_NOW": "2099-01-01T00:00:00Z"})
+    assert late.returncode == 2 and json.loads(late.stdout)[0]["health"] == "breach"
     assert "RPO BREACH" in workspace.cli("status", env={"INSITE_FAKE_NOW": "2099-01-01T00:00:00Z"}).stdout
 
 

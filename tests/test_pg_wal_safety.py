@@ -174,9 +174,11 @@ def test_gap_in_the_archive_is_shown_and_refused(archive, pg_factory):
         text = run_as_postgres(config, "wal", "db", check=False).stdout
         assert "archive GAP" in text and middle in text
 
-        [health] = json.loads(run_as_postgres(config, "status", "--json").stdout)
+        gap = run_as_postgres(config, "status", "--json", check=False)
+        [health] = json.loads(gap.stdout)
         assert health["health"] == "wal_gap" and health["wal_archive"]["gaps"][0]["first"] == middle
-        assert "WAL GAP" in run_as_postgres(config, "status").stdout
+        assert gap.returncode == 2 and health["level"] == "critical"  # a monitoring plugin's CRITICAL
+        assert "WAL GAP" in run_as_postgres(config, "status", check=False).stdout
 
         target = Path(pg_factory.make_dir("walsafe-gap"))
         for extra in ((), ("--at", archive["before_batch"][2])):

@@ -116,6 +116,24 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX recoveries_started ON recoveries(started_at DESC);
     """,
+    # 8: monitoring: each alert delivery with its outcome, the conditions already announced (a
+    # breach is told once, and again when it ends), and one running backup per policy
+    """
+    CREATE TABLE alert_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, event TEXT NOT NULL, subject TEXT,
+        alert TEXT NOT NULL, channel TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 1, seconds REAL, error TEXT
+    );
+    CREATE INDEX alert_deliveries_at ON alert_deliveries(at DESC);
+    CREATE TABLE alert_conditions (
+        event TEXT NOT NULL, subject TEXT NOT NULL, since TEXT NOT NULL, message TEXT,
+        PRIMARY KEY (event, subject)
+    );
+    CREATE TABLE policy_locks (
+        policy TEXT PRIMARY KEY, run_id TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+        user TEXT, started_at TEXT NOT NULL, process_start TEXT, boot_id TEXT
+    );
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -399,6 +417,18 @@ class Catalog:
         self.db.execute(f"INSERT OR REPLACE INTO verifications ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         tuple(row.values()))
 
+    def failure_counts(self) -> dict[str, int]:
+        """Failed backups per policy, in one aggregate query (for the metrics counter)."""
+        return {row[0]: row[1] for row in self.db.execute(
+            "SELECT policy, COUNT(*) FROM backups WHERE status = 'failed' GROUP BY policy")}
+
+    def last_verification(self, policy: str) -> dict | None:
+        """The newest verification of any backup of `policy` (for `verify_every` and status)."""
+        row = self.db.execute(
+            "SELECT v.* FROM verifications v JOIN backups b ON b.id = v.backup_id WHERE b.policy = ? "
+            "ORDER BY v.started_at DESC LIMIT 1", (policy,)).fetchone()
+        return dict(row) if row else None
+
     def verifications(self, backup_id: str | None = None, limit: int = 20) -> list[dict]:
         if backup_id:
             rows = self.db.execute("SELECT * FROM verifications WHERE backup_id = ? ORDER BY started_at DESC LIMIT ?",
@@ -436,6 +466,66 @@ class Catalog:
 
     def recovery_ids(self) -> set[str]:
         return {row["id"] for row in self.db.execute("SELECT id FROM recoveries")}
+
+    # ----- alerts and policy locks ------------------------------------------------------
+
+    def record_delivery(self, row: dict) -> None:
+        names = list(row)
+        self.db.execute(f"INSERT INTO alert_deliveries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                        tuple(map(_text, row.values())))
+
+    def deliveries(self, limit: int = 50) -> list[dict]:
+        return [dict(row) for row in self.db.execute("SELECT * FROM alert_deliveries ORDER BY id DESC LIMIT ?",
+                                                     (limit,))]
+
+    def set_condition(self, event: str, subject: str, active: bool, message: str = "") -> bool:
+        """Record whether a condition (an RPO breach of a policy, say) holds; True when that
+        changed. Atomic, so of two processes seeing the same breach only one announces it."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            held = db.execute("SELECT 1 FROM alert_conditions WHERE event = ? AND subject = ?",
+                              (event, subject)).fetchone() is not None
+            if active and not held:
+                db.execute("INSERT INTO alert_conditions VALUES (?, ?, ?, ?)",
+                           (event, subject, clock.iso(clock.now()), _text(message)))
+            elif held and not active:
+                db.execute("DELETE FROM alert_conditions WHERE event = ? AND subject = ?", (event, subject))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return active != held
+
+    def claim_policy(self, policy: str, run_id: str) -> dict | None:
+        """Take the policy's run lock for this process; returns the live holder instead when
+        another process has it. A holder whose process is gone (on this host) is taken over."""
+        import getpass
+
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            holder = db.execute("SELECT * FROM policy_locks WHERE policy = ?", (policy,)).fetchone()
+            if holder is not None and holder["host"] == socket.gethostname() and _run_ended(holder):
+                holder = None  # its process died: the lock is ours to take
+            if holder is not None:
+                db.execute("COMMIT")
+                return dict(holder)
+            try:
+                user = getpass.getuser()
+            except (KeyError, OSError):
+                user = str(os.getuid())
+            db.execute("INSERT OR REPLACE INTO policy_locks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (policy, run_id, socket.gethostname(), os.getpid(), user, clock.iso_precise(clock.now()),
+                        _start_ticks(os.getpid()), _boot_id()))
+            db.execute("COMMIT")
+            return None
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def release_policy(self, policy: str, run_id: str) -> None:
+        self.db.execute("DELETE FROM policy_locks WHERE policy = ? AND run_id = ?", (policy, run_id))
 
     # ----- DR drills --------------------------------------------------------------------
 
