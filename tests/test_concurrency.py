@@ -369,3 +369,31 @@ def test_a_dead_runs_pack_with_a_damaged_blob_is_not_trusted(workspace):
         recovered, unreadable = repo.recover_unindexed_packs()
     assert "data/" + pack.parent.name + "/" + pack.name in unreadable
     assert not repo.index.packs().get(pack.name)
+
+
+def test_an_index_object_put_back_after_a_prune_is_not_trusted(workspace, tmp_path, monkeypatch):
+    """A replayed index object is authentic and correctly named, but names packs a prune deleted:
+    a host syncing it must not deduplicate against them."""
+    ws = workspace.ws
+    _write_random(workspace.source / "x.bin", 2 * 1024 * 1024, seed=21)
+    monkeypatch.setenv("INSITE_FAKE_NOW", "2026-12-01T10:00:00Z")
+    backup.run(ws, "tree", "full")
+    saved = {p.name: p.read_bytes() for p in (workspace.root / "repo" / "index").iterdir()}
+    x = (workspace.source / "x.bin").read_bytes()
+    (workspace.source / "x.bin").unlink()
+    (workspace.source / "small.txt").write_text("new")
+    for stamp in ("2026-12-01T10:15:00Z", "2026-12-01T10:30:00Z"):
+        monkeypatch.setenv("INSITE_FAKE_NOW", stamp)
+        backup.run(ws, "tree", "full")
+    monkeypatch.delenv("INSITE_FAKE_NOW")
+    assert retention.prune(ws)["packs_deleted"] >= 1
+    for name, data in saved.items():  # someone puts the old index objects back
+        (workspace.root / "repo" / "index" / name).write_bytes(data)
+
+    host_b = _other_host(workspace, tmp_path)
+    (workspace.source / "x.bin").write_bytes(x)
+    result = backup.run(host_b.ws, "tree", "full")
+    assert result["bytes_stored"] >= 2 * 1024 * 1024 * 0.9  # stored again, not deduplicated against nothing
+    restore.run(host_b.ws, result["id"], str(tmp_path / "restored"), yes=True)
+    assert (workspace.restored(tmp_path / "restored") / "x.bin").read_bytes() == x
+    host_b.close()

@@ -205,6 +205,10 @@ class Repository:
         if gone:  # a prune rewrote the index elsewhere: start again from storage
             self.index.clear()
         todo = on_storage if gone else on_storage - loaded
+        # An index object is trusted only for the packs that are on storage: one put back by
+        # someone (replayed: authentic, correctly named, but older than a prune) would otherwise
+        # make backups deduplicate against deleted data. Many objects: one listing; few: a stat each.
+        present = None if len(todo) <= 8 else {pack_id_from_key(i.key) for i in self.storage.list("data/")}
         for index_id in sorted(todo):
             try:
                 packs = self._read_index_object(index_id)
@@ -214,6 +218,13 @@ class Repository:
                 self.damaged_indexes[index_id] = str(exc)
                 continue
             self.damaged_indexes.pop(index_id, None)
+            missing = {p["id"] for p in packs
+                       if (p["id"] not in present if present is not None else not self.storage.exists(pack_key(p["id"])))}
+            if missing:
+                log.warning("index object %s%s on storage %s names %d pack(s) that are not on storage (an index object "
+                            "put back from before a prune?); they are not used", INDEX, index_id, self.storage.name,
+                            len(missing))
+                packs = [p for p in packs if p["id"] not in missing]
             self.index.add_index(index_id, packs)
         return len(on_storage - loaded)
 
