@@ -141,3 +141,44 @@ def test_kill_9_backup_at_spread_times(tmp_path, figures):
         figures["temp files left by a kill"] += len(list((helper.root / "repo").rglob("*.insite-tmp-*")))
         _after_killed_backup(helper, tmp_path)
     assert figures["timed kill points"] >= 1
+
+
+def test_kill_9_repair_index_after_each_storage_write(tmp_path, figures):
+    """`repair index` rewrites the whole index: killed after any of its writes, no index object
+    names a missing pack, and run again it finishes the repair with every backup whole."""
+    from insite_console.repo.packs import pack_id_from_key
+
+    helper = make_workspace(tmp_path / "ws")
+    build_tree(helper.source, files=20)
+    kept = []
+    for i in range(3):
+        write_random(helper.source / f"big-{i}.bin", MIB, seed=40 + i)
+        kept.append(backup.run(helper.ws, "tree", "full")["id"])
+    helper.close()
+    index_dir = helper.root / "repo" / "index"
+    victim = sorted(index_dir.iterdir())[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01  # the damage the repair is for
+    victim.write_bytes(bytes(data))
+
+    def after_kill(point: int) -> None:
+        ws = Workspace.load(helper.config)
+        try:
+            repo = ws.repository("local")
+            repo.reload_index()
+            on_storage = {pack_id_from_key(info.key) for info in repo.storage.list("data/")}
+            assert not set(repo.index.packs()) - on_storage, point
+        finally:
+            ws.close()
+        rerun = helper.cli("repair", "index", "local", "--json")
+        assert rerun.returncode == 0, rerun.stderr
+        assert_consistent(helper.config)
+        ws = Workspace.load(helper.config)
+        try:
+            assert_restores(ws, kept[-1], helper.source, tmp_path / "restored")
+        finally:
+            ws.close()
+
+    points = _kill_at_every_write(helper, ["repair", "index", "local"], after_kill, figures, "repair",
+                                  stride=2)
+    assert points >= 2
