@@ -121,8 +121,10 @@ _manifests = st.fixed_dictionaries({
                                                             "started_at", "finished_at")},
     "totals": st.just({}) | _json_values, "warnings": st.just([]) | _json_values,
     "parent_id": st.none() | _json_values})
-# INSITE_FUZZ_EXAMPLES=100000 for the long run; 200 keeps CI short
-_fuzz = settings(max_examples=int(os.environ.get("INSITE_FUZZ_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 200 keeps CI short; the reliability suite's long variant (INSITE_RELIABILITY_LONG=1) runs
+# 100,000 a decoder, and INSITE_FUZZ_EXAMPLES sets any other count
+_EXAMPLES = os.environ.get("INSITE_FUZZ_EXAMPLES") or ("100000" if os.environ.get("INSITE_RELIABILITY_LONG") else "200")
+_fuzz = settings(max_examples=int(_EXAMPLES), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _clean(call) -> None:
