@@ -190,7 +190,6 @@ async def test_catalog_with_100k_backups_is_paged_from_sqlite(make_app, console_
     db.execute("COMMIT")
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
-        started = time.perf_counter()
         await pilot.press("2")
         await pilot.pause()
         table = app.screen.table
@@ -200,10 +199,8 @@ async def test_catalog_with_100k_backups_is_paged_from_sqlite(make_app, console_
         assert table.cursor == 100_001 and table.selected is not None
         await pilot.press("pageup", "pageup", "home")
         await pilot.pause()
-        elapsed = time.perf_counter() - started
         assert table.cursor == 0
-        assert table.fetches <= 6  # only the pages shown were read
-        assert elapsed < 5
+        assert table.fetches <= 6  # only the pages shown were read (the speed is bench/bench_tui.py's)
 
 
 async def test_backup_details_show_manifest_chain_and_stored_tree(make_app):
