@@ -53,7 +53,8 @@ class ChoiceDialog(ModalScreen[str | None]):
     SCOPE = "dialog"
 
     def __init__(self, title: str, body: str, choices: list[tuple[str, str]], cancel_label: str = "Cancel") -> None:
-        super().__init__(classes="dialog")
+        # more than three choices do not fit side by side: one under the other
+        super().__init__(classes="dialog many" if len(choices) > 3 else "dialog")
         self.title_text = title
         self.body = body
         self.choices = choices

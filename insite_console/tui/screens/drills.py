@@ -74,6 +74,7 @@ class DrillsScreen(InsiteScreen):
         self.record: dict | None = None  # the finished drill shown (the summary), or the one played back
         self.playback: dict | None = None  # {"record", "pos", "t", "playing", "speed"}
         self._waiting_seen: set[str] = set()
+        self._shown_second = -1
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
@@ -104,6 +105,10 @@ class DrillsScreen(InsiteScreen):
         self.set_interval(TICK, self._tick, name="drill-tick")
         self.show_all()
         table.focus()
+
+    def on_unmount(self) -> None:
+        if self.drill is not None:  # the console is closing: the drill ends, recorded as cancelled
+            self.drill.cancel.cancel("the console was closed")
 
     # ----- what is shown ---------------------------------------------------------------
 
@@ -152,7 +157,7 @@ class DrillsScreen(InsiteScreen):
         second = ""
         if self.playback is not None:
             pb = self.playback
-            second = (f"[b]{'▶ playback' if pb['playing'] else '❚❚ paused'}[/] ×{pb['speed']:g} of drill "
+            second = (f"[b]{'▶ playback' if pb['playing'] else '❚❚ paused (space: play)'}[/] ×{pb['speed']:g} of drill "
                       f"{escape(self.record['id'])} ({escape(self.record.get('mode') or '')}) · event {pb['pos']}/"
                       f"{len(self.record.get('events', []))} · ")
         elif self.drill is not None:
@@ -188,7 +193,7 @@ class DrillsScreen(InsiteScreen):
         selected = self.selected_step()
         steps = self._steps()
         state = self._state()
-        width = max(18, self.app.size.width - 90)
+        width = max(18, self.app.size.width - 96)
         narrow = self.app.size.width < 100  # the step's words get what the other columns leave
         table.clear()
         for step in steps:
@@ -255,7 +260,7 @@ class DrillsScreen(InsiteScreen):
         if kind == "drill_finished":
             style = "$" + _status(event["status"])[1]
         line = f"[dim]{_hms(event['t'])}[/] " + (f"[{style}]{text}[/]" if style else text)
-        self.query_one("#drill-log", RichLog).write(Text.from_markup(_theme_markup(self.app, line)))
+        self.query_one("#drill-log", RichLog).write(Text.from_markup(_theme_markup(self.app, line)), expand=True)
 
     def reset_log(self) -> None:
         self.query_one("#drill-log", RichLog).clear()
@@ -277,7 +282,9 @@ class DrillsScreen(InsiteScreen):
             return True if self.playback is not None else False
         if action == "start_drill":
             return False if running or self.playback is not None else (True if self.scenario else None)
-        if action in ("pick_scenario", "playback"):
+        if action == "pick_scenario":
+            return False if running or self.playback is not None else True
+        if action == "playback":
             return False if running else True
         if action in ("mark_done", "mark_failed", "mark_skipped"):
             if not running:
@@ -413,10 +420,11 @@ class DrillsScreen(InsiteScreen):
                 self.snap = self.drill.snapshot()
             except RuntimeError:  # the drill thread changed a step while we copied: next tick
                 return
-            self._ticks = getattr(self, "_ticks", 0) + 1
             if self.is_active:
                 self.show_head()
-                if _statuses(self.snap) != before or self._ticks % 4 == 0:  # a step's state, or its running time
+                second = int(self.snap["elapsed_seconds"])
+                if _statuses(self.snap) != before or second != self._shown_second:  # a state, or a running time
+                    self._shown_second = second
                     self.show_steps()
                     self.refresh_bindings()
         elif self.playback is not None and self.playback["playing"]:
@@ -510,7 +518,7 @@ class DrillsScreen(InsiteScreen):
             return
         self._leave_record()
         self.record = record
-        self.playback = {"pos": 0, "t": 0.0, "playing": True, "speed": 60.0}
+        self.playback = {"pos": 0, "t": 0.0, "playing": False, "speed": 60.0}  # space plays, n steps
         self.snap = dr_drill.snapshot_at(record, 0)
         self.show_all()
 
@@ -520,7 +528,7 @@ class DrillsScreen(InsiteScreen):
             return
         if pb["pos"] >= len(self.record.get("events", [])):  # at the end: play again from the start
             self._play(self.record["id"])
-            return
+            pb = self.playback
         pb["playing"] = not pb["playing"]
         self.show_head()
 
