@@ -41,7 +41,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("jobs", "3", "show_jobs", "Jobs", "Running and recent jobs with progress and log"),
     Command("restore_wizard", "4", "show_restore", "Restore", "Restore wizard: what, which parts, where, plan",
             writes=True),
-    Command("drills", "5", "show_drills", "Drills", "DR drills: scenarios and plans, tabletop and live drills, playback"),
+    Command("drills", "5", "show_drills", "DR", "DR drills: scenarios and plans, tabletop and live drills, playback"),
     Command("backup", "b", "backup_now", "Backup", "Run a backup now (of the selected policy, or choose one)",
             writes=True),
     Command("help", "question_mark", "help", "Help", "Keys of every screen", key_display="?"),
