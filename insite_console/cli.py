@@ -667,25 +667,11 @@ def cmd_drill(args) -> int:
 
 def _print_event(event: dict, snapshot: dict | None = None) -> None:
     """One line of a drill's timeline (live or replayed)."""
+    from insite_console.dr.history import event_text
+
     t = clock.human_duration(event["t"])
     kind = event["type"]
-    if kind == "step_started":
-        text = f"start {event['step']}: {event['action']} ({event['role']}, ~{clock.human_duration(event['estimate_seconds'])})"
-    elif kind == "step_finished":
-        text = f"{event['status']} {event['step']}" + (f" by {event['by']}" if event.get("by") else "") \
-            + (f": {event['note']}" if event.get("note") else "")
-    elif kind == "escalation":
-        text = f"ESCALATION level {event['level']} ({event['trigger']}): notify {', '.join(event['notify'])}"
-    elif kind == "inject":
-        text = f"INJECT ({event['by']}): {event['text']}"
-    elif kind == "response":
-        text = f"response to inject {event['inject']} ({event['by']}): {event['text']}"
-    elif kind == "drill_started":
-        text = f"drill of {event['name']} started ({event['mode']}, speed {event['speed']:g})"
-    elif kind == "drill_finished":
-        text = f"drill {event['status'].upper()}"
-    else:
-        text = f"{kind}: " + ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("seq", "t", "at", "type"))
+    text = event_text(event)
     tail = ""
     if snapshot and kind in ("step_finished", "escalation"):
         tail = (f"   [level {snapshot['level']}, projected RTO {clock.human_duration(snapshot['projected_rto_seconds'])}"

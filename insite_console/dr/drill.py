@@ -117,17 +117,8 @@ class Drill:
     def projected_rto(self, now: float | None = None) -> float:
         """Elapsed plus the remaining critical path: actuals for finished steps, estimates for the rest."""
         now = self.clock.elapsed() if now is None else now
-        finish: dict[str, float] = {}
-        for step in _ordered(self.scenario.steps):
-            st = self.state[step.id]
-            if "finished" in st:
-                finish[step.id] = st["finished"]
-            elif "started" in st:
-                finish[step.id] = max(now, st["started"] + step.estimate_seconds)
-            else:
-                begin = max([now] + [finish[d] for d in step.after])
-                finish[step.id] = begin + step.estimate_seconds
-        return max(finish.values(), default=now)
+        return critical_path([(s.id, s.after, s.estimate_seconds) for s in _ordered(self.scenario.steps)],
+                             self.state, now)
 
     # ----- running -----------------------------------------------------------------------
 
@@ -305,6 +296,50 @@ class Drill:
                               + (f"; not carried out: {'; '.join(missing)}" if missing else ""),
                               level="info" if status == "passed" else "error")
         return record
+
+
+def critical_path(steps: list[tuple[str, list[str], float]], state: dict[str, dict], now: float) -> float:
+    """When the last step would finish: `steps` as (id, after, estimate), `state` each step's
+    `started`/`finished` drill seconds (a live drill's, or a replayed one's)."""
+    finish: dict[str, float] = {}
+    pending = list(steps)
+    while pending:  # dependency order (plans have no cycles; an unknown dependency counts as done)
+        known = {s[0] for s in pending}
+        ready = [s for s in pending if not any(d in known for d in s[1])] or pending[:1]
+        pending = [s for s in pending if s not in ready]
+        for step_id, after, estimate in ready:
+            st = state.get(step_id, {})
+            if "finished" in st:
+                finish[step_id] = st["finished"]
+            elif "started" in st:
+                finish[step_id] = max(now, st["started"] + estimate)
+            else:
+                finish[step_id] = max([now] + [finish[d] for d in after if d in finish]) + estimate
+    return max(finish.values(), default=now)
+
+
+def snapshot_at(record: dict, count: int, now: float | None = None) -> dict:
+    """A finished drill as it stood after its first `count` events (or at drill time `now`,
+    between two of them): the same fields as `Drill.snapshot()`, rebuilt from the recorded
+    timeline (playback)."""
+    events = sorted(record.get("events", []), key=lambda e: e["seq"])[:count]
+    state: dict[str, dict] = {s["id"]: {"status": "pending"} for s in record.get("steps", [])}
+    kinds = {s["id"]: s.get("kind") for s in record.get("steps", [])}
+    level, now = 0, now or 0.0
+    for event in events:
+        now = max(now, event["t"])
+        step = state.get(event.get("step", ""))
+        if event["type"] == "step_started" and step is not None:
+            step.update(status="waiting" if kinds.get(event["step"]) == "manual" else "running", started=event["t"])
+        elif event["type"] == "step_finished" and step is not None:
+            step.setdefault("started", event["t"])
+            step.update(status=event["status"], finished=event["t"], note=event.get("note", ""), by=event.get("by"))
+        elif event["type"] == "escalation":
+            level = max(level, event["level"])
+    plan = [(s["id"], s.get("after", []), s.get("estimate_seconds", 0.0)) for s in record.get("steps", [])]
+    return {"id": record.get("id"), "scenario": record.get("scenario"), "elapsed_seconds": round(now, 3),
+            "level": level, "projected_rto_seconds": round(critical_path(plan, state, now), 3),
+            "rto_seconds": record.get("rto_seconds"), "steps": state}
 
 
 def _ordered(steps) -> list[Step]:

@@ -8,6 +8,7 @@ import json
 import time
 from typing import Callable
 
+from insite_console import clock
 from insite_console.errors import UsageError
 
 PREFIX = "drills/"
@@ -58,3 +59,27 @@ def replay(record: dict, emit: Callable[[dict], None], speed: float = 1.0,
             sleep(gap / speed)
         last = max(last, event["t"])
         emit(event)
+
+
+def event_text(event: dict) -> str:
+    """One event of a drill's timeline in words (the CLI's lines, the console's timeline)."""
+    kind = event["type"]
+    if kind == "step_started":
+        return (f"start {event['step']}: {event['action']} ({event['role']}, "
+                f"~{clock.human_duration(event['estimate_seconds'])})")
+    if kind == "step_finished":
+        return f"{event['status']} {event['step']}" + (f" by {event['by']}" if event.get("by") else "") \
+            + (f": {event['note']}" if event.get("note") else "")
+    if kind == "escalation":
+        return f"ESCALATION level {event['level']} ({event['trigger']}): notify {', '.join(event['notify'])}"
+    if kind == "inject":
+        return f"INJECT ({event['by']}): {event['text']}"
+    if kind == "response":
+        return f"response to inject {event['inject']} ({event['by']}): {event['text']}"
+    if kind == "drill_started":
+        return f"drill of {event['name']} started ({event['mode']}, speed {event['speed']:g})"
+    if kind == "drill_finished":
+        return f"drill {event['status'].upper()}"
+    if kind == "step_missing":
+        return f"step {event['step']} ({event['kind']}) is not in this drill: {event['why']}"
+    return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("seq", "t", "at", "type"))

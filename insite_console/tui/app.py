@@ -53,11 +53,12 @@ class InsiteApp(App):
                  poll_seconds: float | None = None, alerts: bool = True, probe_seconds: float | None = None) -> None:
         from insite_console.tui.screens.catalog import CatalogScreen
         from insite_console.tui.screens.dashboard import DashboardScreen
+        from insite_console.tui.screens.drills import DrillsScreen
         from insite_console.tui.screens.jobs import JobsScreen
         from insite_console.tui.screens.restore import RestoreWizard
 
         self.MODES = {"dashboard": DashboardScreen, "catalog": CatalogScreen, "jobs": JobsScreen,
-                      "restore": RestoreWizard}
+                      "restore": RestoreWizard, "drills": DrillsScreen}
         super().__init__()
         self.workspace = workspace
         self.read_only = read_only
@@ -127,6 +128,9 @@ class InsiteApp(App):
 
     def action_show_restore(self) -> None:
         self.switch_mode("restore")
+
+    def action_show_drills(self) -> None:
+        self.switch_mode("drills")
 
     def action_help(self) -> None:
         from insite_console.tui.screens.help import HelpScreen

@@ -41,6 +41,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("jobs", "3", "show_jobs", "Jobs", "Running and recent jobs with progress and log"),
     Command("restore_wizard", "4", "show_restore", "Restore", "Restore wizard: what, which parts, where, plan",
             writes=True),
+    Command("drills", "5", "show_drills", "DR", "DR drills: scenarios and plans, tabletop and live drills, playback"),
     Command("backup", "b", "backup_now", "Backup", "Run a backup now (of the selected policy, or choose one)",
             writes=True),
     Command("help", "question_mark", "help", "Help", "Keys of every screen", key_display="?"),
@@ -78,6 +79,34 @@ COMMANDS: tuple[Command, ...] = (
     # restore wizard
     Command("wizard_back", "escape", "back", "Back", "Previous step (choices are kept)", scope="restore"),
     Command("wizard_next", "ctrl+n", "next", "Next", "Next step", scope="restore", key_display="^n"),
+    # DR drills
+    Command("drill_scenario", "p", "pick_scenario", "Scenario", "Pick the DR scenario to show and drill",
+            scope="drills"),
+    Command("drill_start", "s", "start_drill", "Start", "Start a tabletop, a rehearsal (--auto) or a live drill",
+            scope="drills", writes=True),
+    Command("drill_done", "d", "mark_done", "Done", "Mark the selected manual step done, with a note",
+            scope="drills", writes=True),
+    Command("drill_failed", "f", "mark_failed", "Failed", "Mark the selected manual step failed, with a note",
+            scope="drills", writes=True),
+    Command("drill_skip", "k", "mark_skipped", "Skip",
+            "Mark the selected manual step skipped (the drill is then incomplete, never passed)",
+            scope="drills", writes=True),
+    Command("drill_inject", "i", "inject", "Inject", "Add an inject to the running drill (\"the DBA is unreachable\")",
+            scope="drills", writes=True),
+    Command("drill_respond", "e", "respond", "Respond", "Record the team's response to the newest inject",
+            scope="drills", writes=True, show=False),
+    Command("drill_stop", "x", "stop_drill", "Stop", "Stop the running drill (asks first; recorded as cancelled)",
+            scope="drills", writes=True, show=False),
+    Command("drill_playback", "h", "playback", "Playback", "Play back a finished drill from the history",
+            scope="drills"),
+    Command("play_pause", "space", "play_pause", "Play/Pause", "Playback: play or pause", scope="drills",
+            key_display="space"),
+    Command("play_step", "n", "step_event", "Step", "Playback: one event forward (pauses)", scope="drills"),
+    Command("play_faster", "plus", "faster", "Faster", "Playback: faster", scope="drills", key_display="+"),
+    Command("play_slower", "minus", "slower", "Slower", "Playback: slower", scope="drills", key_display="-",
+            show=False),
+    Command("drills_back", "escape", "back", "Back", "Leave the playback, or go back to the dashboard",
+            scope="drills", show=False),
     # help
     Command("help_close", "escape", "close", "Close", "Close the help", scope="help"),
 )
@@ -85,7 +114,7 @@ COMMANDS: tuple[Command, ...] = (
 BY_ID = {command.id: command for command in COMMANDS}
 SCOPES = {
     "app": "Everywhere", "dashboard": "Dashboard", "catalog": "Backup catalog", "detail": "Backup details",
-    "jobs": "Live jobs", "restore": "Restore wizard", "help": "Help",
+    "jobs": "Live jobs", "restore": "Restore wizard", "drills": "DR drills", "help": "Help",
 }
 
 

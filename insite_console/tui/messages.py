@@ -68,3 +68,22 @@ class PlanReady(Message):
         self.plan = plan
         self.error = error
         self.checks = checks or []
+
+
+class DrillEvent(Message):
+    """An event of the drill this console runs (from the drill's worker thread), with the
+    drill's snapshot at that moment (elapsed time, escalation level, projected RTO)."""
+
+    def __init__(self, event: dict[str, Any], snapshot: dict[str, Any]) -> None:
+        super().__init__()
+        self.event = event
+        self.snapshot = snapshot
+
+
+class DrillDone(Message):
+    """The drill ended: its stored `record`, or `error` (a plain message) when it could not run."""
+
+    def __init__(self, record: dict[str, Any] | None = None, error: str | None = None) -> None:
+        super().__init__()
+        self.record = record
+        self.error = error

@@ -29,6 +29,15 @@ STATUS = {
     "failing": ("✗", "failing", "error"),
     "unknown": ("?", "unknown", "secondary"),
     "norpo": ("·", "no RPO", "secondary"),
+    # DR drills and their steps: only a drill whose every step was carried out is "passed"
+    "passed": ("✓", "passed", "success"),
+    "done": ("✓", "done", "success"),
+    "incomplete": ("◐", "incomplete", "warning"),
+    "skipped": ("○", "skipped", "warning"),
+    "not run": ("○", "not run", "warning"),
+    "blocked": ("✗", "blocked", "error"),
+    "waiting": ("◆", "waiting", "accent"),
+    "pending": ("·", "pending", "secondary"),
 }
 
 

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Static
+from textual.widgets import Button, Input, Label, Static
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -53,7 +53,8 @@ class ChoiceDialog(ModalScreen[str | None]):
     SCOPE = "dialog"
 
     def __init__(self, title: str, body: str, choices: list[tuple[str, str]], cancel_label: str = "Cancel") -> None:
-        super().__init__(classes="dialog")
+        # more than three choices do not fit side by side: one under the other
+        super().__init__(classes="dialog many" if len(choices) > 3 else "dialog")
         self.title_text = title
         self.body = body
         self.choices = choices
@@ -108,3 +109,52 @@ class MessageDialog(ModalScreen[None]):
     def pressed(self, event: Button.Pressed) -> None:
         event.stop()
         self.dismiss(None)
+
+
+class TextDialog(ModalScreen[str | None]):
+    """One line of text (a note, an inject): Enter or the second button gives it, Esc cancels
+    with None. The field has the focus, so typing never reaches the screen's keys."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog_cancel")]
+    SCOPE = "dialog"
+
+    def __init__(self, title: str, body: str, ok_label: str = "OK", placeholder: str = "",
+                 required: bool = False) -> None:
+        super().__init__(classes="dialog")
+        self.title_text, self.body, self.ok_label = title, body, ok_label
+        self.placeholder, self.required = placeholder, required
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog-box"):
+            yield Label(self.title_text, id="dialog-title")
+            yield Static(self.body, id="dialog-body", markup=False)
+            yield Input(placeholder=self.placeholder, id="dialog-input")
+            with Horizontal(id="dialog-buttons"):
+                yield Button("Cancel", id="cancel", variant="primary")
+                yield Button(self.ok_label, id="ok")
+
+    def on_mount(self) -> None:
+        self.query_one("#dialog-input", Input).focus()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def _give(self) -> None:
+        text = self.query_one("#dialog-input", Input).value.strip()
+        if self.required and not text:
+            self.notify("type something first (Esc cancels)", severity="warning", timeout=3)
+            return
+        self.dismiss(text)
+
+    @on(Input.Submitted, "#dialog-input")
+    def submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._give()
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "cancel":
+            self.dismiss(None)
+        else:
+            self._give()
