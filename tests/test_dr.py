@@ -182,6 +182,24 @@ def test_escalations_fire_at_their_elapsed_time_with_an_injected_clock(tmp_path)
     assert record["status"] == "failed" and not record["meets_rto"]  # 115 minutes against a 1h RTO
 
 
+def test_a_rehearsal_records_auto_steps_at_their_estimate_however_late_the_loop_wakes(tmp_path):
+    """At ×600 one poll of the drill loop is minutes of drill time: a step the rehearsal marks done
+    after its estimate took its estimate, and is not reported over it."""
+    from insite_console.dr import drill
+
+    class LateWaking(FakeTime):
+        def sleep(self, seconds):
+            self.now += seconds + 90  # every wake-up 90 s of drill time late
+
+    helper = _workspace(tmp_path)
+    helper.cli("backup", "tree", check=True)
+    fake = LateWaking()
+    record = drill.run(helper.ws, "data_corruption", auto=True, drill_clock=drill.DrillClock(1.0, fake.monotonic,
+                                                                                             fake.sleep))
+    finished = [e for e in record["events"] if e["type"] == "step_finished" and e.get("by") == "auto"]
+    assert finished and not [e for e in finished if e["over_estimate"]], finished
+
+
 # ----- validation --------------------------------------------------------------------------
 
 GOOD = """

@@ -145,7 +145,8 @@ class Drill:
                     if what == "inject":
                         self._emit("inject", text=item.text, by="plan")
                     elif what == "finish" and self.state[item]["status"] == "running":
-                        self._finish(steps[item], "done", "done after its estimate (--auto)", "auto")
+                        # finished when due, not when this loop noticed (at ×600, a poll is minutes)
+                        self._finish(steps[item], "done", "done after its estimate (--auto)", "auto", at=due)
                     elif what == "overrun" and self.state[item]["status"] in ("running", "waiting"):
                         self._escalate_on("overrun", f"step {item} is over its estimate")
                 self._escalate_elapsed(now)
@@ -219,8 +220,8 @@ class Drill:
         self.state[step.id].update(status=status, started=now, finished=now, note=note)
         self._emit("step_finished", step=step.id, status=status, note=note, by="drill", seconds=0.0)
 
-    def _finish(self, step: Step, status: str, note: str, by: str, **extra) -> None:
-        now = self.clock.elapsed()
+    def _finish(self, step: Step, status: str, note: str, by: str, at: float | None = None, **extra) -> None:
+        now = self.clock.elapsed() if at is None else at
         st = self.state[step.id]
         seconds = now - st["started"]
         st.update(status=status, finished=now, note=note, by=by, **extra)

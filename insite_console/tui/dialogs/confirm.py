@@ -53,8 +53,9 @@ class ChoiceDialog(ModalScreen[str | None]):
     SCOPE = "dialog"
 
     def __init__(self, title: str, body: str, choices: list[tuple[str, str]], cancel_label: str = "Cancel") -> None:
-        # more than three choices do not fit side by side: one under the other
-        super().__init__(classes="dialog many" if len(choices) > 3 else "dialog")
+        # buttons that would not fit side by side in an 80-column dialog go one under the other
+        width = sum(len(label) + 6 for label in [cancel_label, *(label for _, label in choices)])
+        super().__init__(classes="dialog many" if len(choices) > 3 or width > 64 else "dialog")
         self.title_text = title
         self.body = body
         self.choices = choices
