@@ -136,6 +136,7 @@ def _fixed_environment(monkeypatch) -> None:
 
     counter = itertools.count(1)
     monkeypatch.setenv("INSITE_FAKE_NOW", FIXED_NOW)
+    monkeypatch.setenv("TZ", "UTC")  # the wizard shows the local zone
     monkeypatch.setattr(clock, "new_id", lambda: f"{next(counter):04x}5eed{next(counter) * 7919:08x}")
     monkeypatch.setattr(socket, "gethostname", lambda: "bastion-1")
     monkeypatch.setattr(model, "HOST", "bastion-1")
