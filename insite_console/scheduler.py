@@ -10,7 +10,7 @@ import threading
 import time
 from datetime import datetime
 
-from insite_console import backup, clock
+from insite_console import backup, clock, who
 from insite_console.errors import InsiteError
 
 
@@ -35,7 +35,8 @@ def run_due(ws, now: datetime | None = None, log=print) -> list[dict]:
     results = []
     for name in due_policies(ws, now):
         try:
-            result = backup.run_with_retries(ws, name)
+            with who.acting_as("scheduler"):
+                result = backup.run_with_retries(ws, name)
             log(f"{name}: backup {result['id']} succeeded")
         except InsiteError as exc:
             result = {"policy": name, "status": "failed", "error": str(exc)}
