@@ -48,3 +48,20 @@ async def test_an_unreadable_time_lists_the_forms(make_app, console_workspace, m
         text = static_text(app, "#window")
         assert screen.at is None and "use one of" in text and "-2h" in text and "yesterday 14:00" in text
         assert "isoformat" not in text
+
+
+async def test_each_step_starts_on_its_first_field(make_app, console_workspace):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("4")
+        await settle(app, pilot)
+        screen, focused = app.screen, []
+        for step in range(5):
+            await settle(app, pilot, 0.3)
+            focused.append((screen.step, app.focused.id if app.focused else None))
+            if step < 4:  # not on the confirmation: that would start the restore
+                await pilot.press("ctrl+n")
+        assert focused == [(0, "source"), (1, "parts-tree"), (2, "where"), (3, "plan-table"), (4, "next")]
+        await pilot.press("escape", "escape", "escape", "escape")  # back to the first step
+        await settle(app, pilot)
+        assert screen.step == 0 and app.focused.id == "source"

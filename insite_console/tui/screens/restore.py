@@ -163,8 +163,8 @@ class RestoreWizard(InsiteScreen):
         nxt.label = "Restore ▶" if step == CONFIRM else "Next ▶"
         nxt.variant = "error" if step == CONFIRM and self.overwrites else "primary"
         nxt.disabled = step == PLAN and (self.plan is None or self.plan_failed)
-        if step == WHAT:
-            self.query_one("#points", OptionList).focus()
+        if step == WHAT:  # each step starts on its first field
+            self.query_one("#source", Select).focus()
         elif step == PARTS:
             self.enter_parts()
         elif step == WHERE:
@@ -529,6 +529,7 @@ class RestoreWizard(InsiteScreen):
         self.plan_failed = False
         self.query_one("#plan-summary", Static).update("Planning (dry run: reading the repository and the target)…")
         self.query_one("#plan-table", DataTable).clear()
+        self.query_one("#plan-table", DataTable).focus()
         self.query_one("#next", Button).disabled = True
         self._plan_token = (self.backup["id"], self.target, tuple(self.includes), self.engine_at)
         self.run_plan(self.backup, self.target, self.includes, self.engine_at, self.source_type)
