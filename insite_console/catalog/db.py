@@ -189,8 +189,9 @@ class Catalog:
             self.db.execute("UPDATE runs SET cancelled_by = COALESCE(cancelled_by, ?) WHERE id = ?",
                             (who.me(), run_id))
 
-    def cancel_requested(self, run_id: str, by: str) -> None:
-        """Record who asked a running run to stop (before the signal, so the run keeps it)."""
+    def cancel_requested(self, run_id: str, by: str | None) -> None:
+        """Record who asked a running run to stop (before the signal, so the run keeps it);
+        None takes it back when the signal could not be sent."""
         self.db.execute("UPDATE runs SET cancelled_by = ? WHERE id = ? AND status = 'running'", (by, run_id))
 
     def event(self, run_id: str | None, message: str, level: str = "info") -> None:

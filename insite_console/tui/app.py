@@ -368,19 +368,22 @@ class InsiteApp(App):
     def cancel_job(self, view: model.JobView) -> None:
         """Cancel a running job: our worker's token, or SIGINT to the job's process on this host."""
         by = who.me()
-        if view.running and not view.id.startswith("console-"):
-            self.workspace.catalog.cancel_requested(view.id, by)
+        catalog = self.workspace.catalog
         for job in self.console_jobs.values():
             if job.status == "running" and (job.run_id == view.id or job.key == view.id) and not job.detached:
+                if job.run_id:
+                    catalog.cancel_requested(job.run_id, by)
                 job.cancel.cancel(f"cancelled by {by}")
                 self.notify(f"cancelling {job.kind} of {job.subject}…", timeout=3)
                 return
         if view.host and view.host != model.HOST:
             self.notify(f"this job runs on host {view.host}; cancel it there", severity="warning")
             return
+        catalog.cancel_requested(view.id, by)  # before the signal: the job records who stopped it
         if view.pid and jobs.interrupt(view.pid):
             self.notify(f"cancelling {view.kind} of {view.subject} (signalled process {view.pid})…", timeout=3)
         else:
+            catalog.cancel_requested(view.id, None)  # nobody cancelled it after all
             self.notify(f"cannot signal process {view.pid}: it has ended or belongs to another user",
                         severity="error")
 
