@@ -218,9 +218,11 @@ def cmd_verify(args) -> int:
 
 
 def _parse_at(text: str | None):
-    """--at TIME: ISO 8601 with an offset, or None when not given."""
+    """`--at` as an operator types it (clock.parse_when); a time without a zone is local."""
+    if not text:
+        return None
     try:
-        return clock.parse_iso(text) if text else None
+        return clock.parse_when(text, clock.now(), clock.local_zone())
     except ValueError as exc:
         raise UsageError(f"--at: {exc}") from None
 
@@ -777,7 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("restore", cmd_restore, "restore a backup (see --dry-run for the plan)")
     p.add_argument("backup_id", help="a backup id, or a policy/source name (with --at: the restore point before it)")
     p.add_argument("--target", required=True)
-    p.add_argument("--at", help="point in time (ISO 8601 with offset, e.g. 2026-11-27T02:15:00Z)")
+    p.add_argument("--at", help="point in time: 2026-11-27T02:15:00Z, 2026-11-27 02:15 (local), "
+                   "14:05 (today), -2h, yesterday 14:00")
     p.add_argument("--include", action="append", default=[], help="glob / schema.table / key pattern (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("--yes", action="store_true", help="allow overwriting what exists")
@@ -866,6 +869,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_relative_at(argv: list[str]) -> list[str]:
+    """`--at -2h` as `--at=-2h`: argparse would take `-2h` for an option."""
+    joined, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--at" and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            joined.append(f"--at={argv[i + 1]}")
+            i += 2
+        else:
+            joined.append(argv[i])
+            i += 1
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     # file names that are not UTF-8 print as their original bytes, as ls would
     for stream in (sys.stdout, sys.stderr):
@@ -873,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="surrogateescape")
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_join_relative_at(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
         if exc.code not in (0, None) and "wal-fetch" in (sys.argv[1:] if argv is None else argv):
             return _fetch_usage_fatal()  # argparse's 2 would read as "not archived" and end recovery

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
+import zoneinfo
+from datetime import datetime, time, timedelta, timezone, tzinfo
 
 UTC = timezone.utc
 
@@ -41,6 +42,49 @@ def parse_iso(text: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"time {text!r} has no UTC offset (add Z or +HH:MM)")
     return value.astimezone(UTC)
+
+
+def local_zone() -> tzinfo:
+    """The operator's zone, for times typed without one: $TZ when it names a zone, else the system's."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if name:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    return datetime.now().astimezone().tzinfo or UTC
+
+
+def zone_name(zone: tzinfo) -> str:
+    """'Europe/Paris' for a named zone, else its abbreviation ('UTC', 'CET')."""
+    return getattr(zone, "key", None) or zone.tzname(None) or str(zone)
+
+
+WHEN_FORMS = ("2026-11-27T02:15:00Z or +01:00 (ISO 8601 with a zone)",
+              "2026-11-27 02:15 (ISO 8601 without a zone: local time)",
+              "14:05 (today, local time)",
+              "-2h, -30m, -1d (before now)",
+              "yesterday 14:00 (local time)")
+_CLOCK_TIME = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
+
+
+def parse_when(text: str, now: datetime, local_tz: tzinfo) -> datetime:
+    """A point in time as an operator types it (see WHEN_FORMS), in UTC. A time without a zone
+    is read in local_tz; anything else is refused with the forms that work."""
+    words = text.strip().lower().split()
+    try:
+        if len(words) == 1 and words[0].startswith("-"):
+            return (now - parse_duration(words[0][1:])).astimezone(UTC)
+        if len(words) in (1, 2) and _CLOCK_TIME.match(words[-1]) and words[:-1] in ([], ["today"], ["yesterday"]):
+            hour, minute, second = (int(g or 0) for g in _CLOCK_TIME.match(words[-1]).groups())
+            day = now.astimezone(local_tz).date() - timedelta(days=1 if words[:-1] == ["yesterday"] else 0)
+            return datetime.combine(day, time(hour, minute, second), local_tz).astimezone(UTC)
+        if len(words) in (1, 2) and words[0][:1].isdigit():
+            value = datetime.fromisoformat(" ".join(words).upper().replace("Z", "+00:00"))
+            return (value if value.tzinfo else value.replace(tzinfo=local_tz)).astimezone(UTC)
+    except ValueError:
+        pass
+    raise ValueError(f"{text.strip()!r} is not a point in time; use one of: " + "; ".join(WHEN_FORMS))
 
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")

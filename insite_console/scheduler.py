@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from insite_console import alerts, backup, clock, status
+from insite_console import alerts, backup, clock, status, who
 from insite_console.errors import Cancelled, InsiteError, PolicyBusy
 from insite_console.events import CancelToken
 
@@ -220,7 +220,8 @@ class Scheduler:
 
         job_ws = Workspace(self.ws.config)
         try:
-            return backup.run(job_ws, name, cancel=self.cancel)
+            with who.acting_as("scheduler"):
+                return backup.run(job_ws, name, cancel=self.cancel)
         finally:
             job_ws.close()
 

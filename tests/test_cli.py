@@ -204,3 +204,18 @@ def test_policy_verify_and_copy_to_run_after_each_backup(tmp_path):
     output = json.loads(second.stdout)
     assert output["status"] == "succeeded" and output["storages"] == ["local"]
     assert any(w.startswith("copy to offsite failed") for w in output["warnings"])
+
+
+def test_restore_at_takes_relative_and_local_times_and_explains_a_bad_one(workspace, tmp_path):
+    (workspace.source / "a.txt").write_text("hello")
+    early = json.loads(workspace.cli("backup", "tree", "--json", check=True,
+                                     env={"INSITE_FAKE_NOW": "2030-01-01T10:00:00Z"}).stdout)
+    workspace.cli("backup", "tree", "--json", check=True, env={"INSITE_FAKE_NOW": "2030-01-01T13:00:00Z"})
+    later = {"INSITE_FAKE_NOW": "2030-01-01T13:30:00Z", "TZ": "Europe/Paris"}
+    for at in ("-2h", "12:00", "2030-01-01 11:05"):  # 11:30Z; 12:00 Paris = 11:00Z; 10:05Z
+        plan = json.loads(workspace.cli("restore", "tree", "--at", at, "--target", str(tmp_path / "t"),
+                                        "--dry-run", "--json", check=True, env=later).stdout)
+        assert plan["backup_id"] == early["id"], at
+    bad = workspace.cli("restore", "tree", "--at", "half past two", "--target", str(tmp_path / "t"), env=later)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "isoformat" not in bad.stderr
+    assert "use one of" in bad.stderr and "-2h" in bad.stderr and "yesterday 14:00" in bad.stderr

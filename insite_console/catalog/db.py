@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from insite_console import clock
+from insite_console import clock, who
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -134,6 +134,13 @@ MIGRATIONS: list[str] = [
         user TEXT, started_at TEXT NOT NULL, process_start TEXT, boot_id TEXT
     );
     """,
+    # 9: who started each run (OS user and origin: console / cli / scheduler / drill; the host
+    # is already there) and who cancelled it
+    """
+    ALTER TABLE runs ADD COLUMN user TEXT;
+    ALTER TABLE runs ADD COLUMN origin TEXT;
+    ALTER TABLE runs ADD COLUMN cancelled_by TEXT;
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -193,9 +200,9 @@ class Catalog:
         now = clock.iso_precise(clock.now())
         self.db.execute(
             "INSERT INTO runs (id, kind, subject, status, pid, host, started_at, updated_at, phase, process_start, "
-            "boot_id) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, 'starting', ?, ?)",
+            "boot_id, user, origin) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, 'starting', ?, ?, ?, ?)",
             (run_id, kind, subject, os.getpid(), socket.gethostname(), now, now, _start_ticks(os.getpid()),
-             _boot_id()),
+             _boot_id(), who.user(), who.origin()),
         )
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -206,6 +213,14 @@ class Catalog:
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         self.update_run(run_id, status=status, error=error, finished_at=clock.iso_precise(clock.now()),
                         phase="done" if status == "succeeded" else status)
+        if status == "cancelled":  # by whoever asked first (the console), else by this process's user
+            self.db.execute("UPDATE runs SET cancelled_by = COALESCE(cancelled_by, ?) WHERE id = ?",
+                            (who.me(), run_id))
+
+    def cancel_requested(self, run_id: str, by: str | None) -> None:
+        """Record who asked a running run to stop (before the signal, so the run keeps it);
+        None takes it back when the signal could not be sent."""
+        self.db.execute("UPDATE runs SET cancelled_by = ? WHERE id = ? AND status = 'running'", (by, run_id))
 
     def event(self, run_id: str | None, message: str, level: str = "info") -> None:
         self.db.execute("INSERT INTO events (run_id, at, level, message) VALUES (?, ?, ?, ?)",

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from insite_console import clock
+from insite_console import clock, who
 from insite_console.dr import actions, history
 from insite_console.dr.scenarios import AUTOMATED, Scenario, Step, find, topological
 from insite_console.errors import Cancelled, UsageError
@@ -123,6 +123,10 @@ class Drill:
     # ----- running -----------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        with who.acting_as("drill"):  # the restores and verifies of its steps say so
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         started = clock.now()
         ctx = actions.StepContext(self.ws, self.id, started, self.cancel)
         steps = {s.id: s for s in self.scenario.steps}

@@ -22,7 +22,7 @@ from textual.app import App
 from textual.reactive import var
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from insite_console import clock
+from insite_console import clock, who
 from insite_console.errors import Cancelled, InsiteError
 from insite_console.tui import commands, jobs, model, themes
 from insite_console.tui.dialogs.confirm import ChoiceDialog, ConfirmDialog, MessageDialog
@@ -262,7 +262,8 @@ class InsiteApp(App):
         # jobs never share an open pack, and the UI's reads never wait on a job.
         ws = Workspace(self.workspace.config)
         try:
-            result = call(ws, lambda p: self.post_message(JobProgress(job.key, p)), job.cancel)
+            with who.acting_as("console"):
+                result = call(ws, lambda p: self.post_message(JobProgress(job.key, p)), job.cancel)
             self.post_message(JobFinished(job.key, result=result))
         except Cancelled as exc:
             self.post_message(JobFinished(job.key, error=str(exc), status="cancelled"))
@@ -298,7 +299,8 @@ class InsiteApp(App):
         view = self.job_views.get(job.run_id or job.key)
         if view is None:
             view = model.JobView(id=job.run_id or job.key, kind=job.kind, subject=job.subject, status="running",
-                                 started_at=job.started_at, origin="this console", pid=os.getpid(), host=model.HOST)
+                                 started_at=job.started_at, origin="this console", pid=os.getpid(), host=model.HOST,
+                                 started_by=f"{who.user()}@{model.HOST} · console")
             self.job_views[view.id] = view
         if view.running:
             view.phase = progress.phase
@@ -333,7 +335,9 @@ class InsiteApp(App):
             else:
                 self.notify(f"✓ {what} succeeded{detail}", timeout=6)
         elif message.status == "cancelled":
-            self.notify(f"■ {what} cancelled", severity="warning", timeout=6)
+            view = self.job_views.get(job.run_id or job.key)
+            by = f" by {view.cancelled_by}" if view and view.cancelled_by else ""
+            self.notify(f"■ {what} cancelled{by}", severity="warning", timeout=6)
         else:
             self.notify(f"✗ {what} failed: {message.error}", severity="error", timeout=12)
         self.poll_catalog()
@@ -351,26 +355,35 @@ class InsiteApp(App):
         view = self.job_views.get(job.key)
         if view is None:
             view = model.JobView(id=job.key, kind=job.kind, subject=job.subject, status=job.status,
-                                 started_at=job.started_at, origin="this console", pid=os.getpid(), host=model.HOST)
+                                 started_at=job.started_at, origin="this console", pid=os.getpid(), host=model.HOST,
+                                 started_by=f"{who.user()}@{model.HOST} · console")
             self.job_views[job.key] = view
         view.status = job.status
+        if job.status == "cancelled" and not view.cancelled_by:
+            view.cancelled_by = who.me()  # only this console cancels its own run-less jobs
         view.phase = "done" if job.status == "succeeded" else job.status
         view.error = job.error
         view.finished_at = clock.iso(clock.now())
 
     def cancel_job(self, view: model.JobView) -> None:
         """Cancel a running job: our worker's token, or SIGINT to the job's process on this host."""
+        by = who.me()
+        catalog = self.workspace.catalog
         for job in self.console_jobs.values():
             if job.status == "running" and (job.run_id == view.id or job.key == view.id) and not job.detached:
-                job.cancel.cancel("cancelled from the console")
+                if job.run_id:
+                    catalog.cancel_requested(job.run_id, by)
+                job.cancel.cancel(f"cancelled by {by}")
                 self.notify(f"cancelling {job.kind} of {job.subject}…", timeout=3)
                 return
         if view.host and view.host != model.HOST:
             self.notify(f"this job runs on host {view.host}; cancel it there", severity="warning")
             return
+        catalog.cancel_requested(view.id, by)  # before the signal: the job records who stopped it
         if view.pid and jobs.interrupt(view.pid):
             self.notify(f"cancelling {view.kind} of {view.subject} (signalled process {view.pid})…", timeout=3)
         else:
+            catalog.cancel_requested(view.id, None)  # nobody cancelled it after all
             self.notify(f"cannot signal process {view.pid}: it has ended or belongs to another user",
                         severity="error")
 

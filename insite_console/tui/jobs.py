@@ -62,7 +62,8 @@ def spawn(ws, args: list[str], name: str) -> tuple[subprocess.Popen, Path]:
     command = [sys.executable, "-m", "insite_console", "-c", str(ws.config.path.resolve()), *args]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                   start_new_session=True, close_fds=True, cwd=str(ws.config.base_dir))
+                                   start_new_session=True, close_fds=True, cwd=str(ws.config.base_dir),
+                                   env={**os.environ, "INSITE_ORIGIN": "console"})
     return process, base
 
 

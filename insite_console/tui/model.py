@@ -192,6 +192,8 @@ class JobView:
     pid: int | None = None
     host: str | None = None
     origin: str = "other process"
+    started_by: str = ""  # 'USER@HOST · console', from the run's record
+    cancelled_by: str | None = None
     bytes_per_second: float | None = None
     files_per_second: float | None = None
     samples: list[tuple[float, int, int]] = field(default_factory=list)
@@ -199,6 +201,13 @@ class JobView:
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+    def status_text(self) -> tuple[str, str]:
+        """Like status_label; a cancel names who asked for it ('■ cancelled by USER@HOST')."""
+        label, role = status_label(self.status)
+        if self.status == "cancelled" and self.cancelled_by:
+            label += f" by {self.cancelled_by}"
+        return label, role
 
     @property
     def fraction(self) -> float | None:
@@ -263,4 +272,12 @@ def job_from_run(row: dict, own_pids: set[int]) -> JobView:
         files_done=row.get("files_done") or 0, files_total=row.get("files_total"),
         current=row.get("current") or "", started_at=row.get("started_at"), finished_at=row.get("finished_at"),
         error=row.get("error"), pid=row.get("pid"), host=row.get("host"), origin=origin,
+        started_by=started_by(row), cancelled_by=row.get("cancelled_by"),
     )
+
+
+def started_by(row: dict) -> str:
+    """'USER@HOST · console' for a run; runs recorded before who-ran-what was kept say so."""
+    if not row.get("user"):
+        return "unrecorded"
+    return f"{row['user']}@{row.get('host') or '?'} · {row.get('origin') or '?'}"

@@ -131,13 +131,15 @@ def make_app(console_workspace):
 
 
 def _fixed_environment(monkeypatch) -> None:
-    from insite_console import clock
+    from insite_console import clock, who
     from insite_console.tui import model
 
     counter = itertools.count(1)
     monkeypatch.setenv("INSITE_FAKE_NOW", FIXED_NOW)
+    monkeypatch.setenv("TZ", "UTC")  # the wizard shows the local zone
     monkeypatch.setattr(clock, "new_id", lambda: f"{next(counter):04x}5eed{next(counter) * 7919:08x}")
     monkeypatch.setattr(socket, "gethostname", lambda: "bastion-1")
+    monkeypatch.setattr(who, "user", lambda: "operator")
     monkeypatch.setattr(model, "HOST", "bastion-1")
     monkeypatch.setattr(model.shutil, "disk_usage",
                         lambda path: shutil._ntuple_diskusage(100 << 30, 60 << 30, 40 << 30))

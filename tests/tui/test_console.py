@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input, Static
 
+from insite_console import who
 from insite_console.tui.messages import JobFinished, JobProgress
 
 
@@ -58,7 +60,8 @@ async def test_backup_now_runs_in_a_worker_and_finishes_in_live_jobs(make_app, c
         await pilot.pause()
         rows = table_rows(app.screen.query_one("#job-table", DataTable))
         assert rows[0][0] == "✓ ok" and rows[0][1] == "backup" and rows[0][2] == "app_files"
-        assert rows[0][7] == "this console"
+        assert rows[0][7] == f"{who.user()}@{socket.gethostname()} · console"
+        assert "· this console ·" in static_text(app, "#job-facts")
         assert "100%" in rows[0][3]
         assert "succeeded" in static_text(app, "#job-log")
     assert console_workspace.catalog.count_backups() == before + 1
@@ -80,7 +83,8 @@ async def test_runs_of_other_processes_appear_and_finishing_one_toasts(make_app,
         await pilot.press("3")
         await pilot.pause(0.4)
         rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][0] == "▶ running" and rows[0][7] == "other process" and "50%" in rows[0][3]
+        assert rows[0][0] == "▶ running" and rows[0][7] == f"{who.user()}@{socket.gethostname()} · cli"
+        assert "50%" in rows[0][3] and "· other process ·" in static_text(app, "#job-facts")
         catalog.finish_run("feedfacefeedface", "failed", "disk full")
         await pilot.pause(0.4)
         assert any("started elsewhere" in n.message for n in app._notifications)
@@ -147,7 +151,7 @@ async def test_cancel_a_running_job_after_confirmation(slow_workspace):
         job = next(iter(app.console_jobs.values()))
         assert job.status == "cancelled"
         rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][0] == "■ cancelled"
+        assert rows[0][0].startswith("■ cancelled by ")
     backup = slow_workspace.catalog.backups(policy="big")[0]
     assert backup["status"] == "cancelled"
 
@@ -480,7 +484,8 @@ async def test_detached_backup_runs_in_its_own_session(console_workspace):
         await pilot.press("3")
         await pilot.pause(0.3)
         rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][7] == "this console (detached)" and rows[0][0] == "✓ ok"
+        assert rows[0][7] == f"{who.user()}@{socket.gethostname()} · console" and rows[0][0] == "✓ ok"
+        assert "this console (detached)" in static_text(app, "#job-facts")
     assert console_workspace.catalog.backups(policy="etc")[0]["id"] == job.result["id"]
 
 
@@ -608,7 +613,9 @@ async def test_cancel_a_detached_job_signals_its_process(console_workspace, tmp_
             if job.status != "running":
                 break
         assert job.status == "cancelled", job.error
-    assert console_workspace.catalog.run(job.run_id)["status"] == "cancelled"
+    run = console_workspace.catalog.run(job.run_id)
+    assert run["status"] == "cancelled" and run["origin"] == "console"  # the child knows who started it
+    assert run["cancelled_by"] == f"{who.user()}@{socket.gethostname()}"  # recorded before the signal
 
 
 async def test_an_unreadable_catalog_is_reported_once_not_crashed_on(make_app, monkeypatch):

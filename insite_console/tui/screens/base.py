@@ -15,6 +15,18 @@ class InsiteScreen(Screen):
             return False  # hidden: read-only mode
         return self.can_run(action)
 
+    def on_key(self, event) -> None:
+        """Read-only mode: a refused key (one no field took) says why nothing happens."""
+        if not getattr(self.app, "read_only", False):
+            return
+        for scope, bindings in ((self.SCOPE, self._bindings), ("app", self.app._bindings)):
+            for binding in bindings.key_to_bindings.get(event.key, []):
+                if not commands.allowed(self.app, scope, binding.action):
+                    self.notify(f"read-only mode: {binding.description or binding.action} is not available",
+                                severity="warning", timeout=3)
+                    event.stop()
+                    return
+
     def can_run(self, action: str) -> bool | None:
         """True to allow, None to show the key dimmed (does not apply right now)."""
         return True

@@ -9,7 +9,6 @@ was recorded, in the recorded order.
 
 from __future__ import annotations
 
-import getpass
 import logging
 
 from rich.text import Text
@@ -19,7 +18,7 @@ from textual.containers import Vertical
 from textual.markup import escape
 from textual.widgets import DataTable, Footer, Header, RichLog, Static
 
-from insite_console import clock
+from insite_console import clock, who
 from insite_console.dr import drill as dr_drill
 from insite_console.dr import history, scenarios
 from insite_console.errors import InsiteError
@@ -46,11 +45,7 @@ PLAYBACK_ACTIONS = ("play_pause", "step_event", "faster", "slower")
 
 def operator() -> str:
     """Who marks a step: USER@HOST, as the timeline records it."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no user name in the environment or the password database
-        user = "operator"
-    return f"{user}@{model.HOST}"
+    return f"{who.user()}@{model.HOST}"
 
 
 def make_clock(speed: float) -> dr_drill.DrillClock:

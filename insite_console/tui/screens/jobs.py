@@ -58,9 +58,9 @@ class JobsScreen(InsiteScreen):
         views = self.app.job_list()
         table.clear()
         for view in views:
-            label, role = model.status_label(view.status)
+            label, role = view.status_text()
             table.add_row(Text(label, style=role_style(self.app, role)), view.kind, view.subject[:20],
-                          view.progress_text(), view.rate_text(), view.eta_text(), view.phase or "—", view.origin,
+                          view.progress_text(), view.rate_text(), view.eta_text(), view.phase or "—", view.started_by or view.origin,
                           model.short_time(view.started_at), key=view.id)
         if views:
             ids = [v.id for v in views]
@@ -98,18 +98,21 @@ class JobsScreen(InsiteScreen):
             bar.update(total=None, progress=0)
             self.query_one("#job-log", Static).update("")
             return
-        label, role = model.status_label(view.status)
+        label, role = view.status_text()
         done = model.size_text(view.bytes_done)
         total = f" of {model.size_text(view.bytes_total)}" if view.bytes_total else ""
         files = f"{view.files_done:,}" + (f" of {view.files_total:,}" if view.files_total else "")
         lines = [
             f"[${role}][b]{escape(label)}[/][/] {escape(view.kind)} of [b]{escape(view.subject)}[/] · run "
-            f"{escape(view.id)} · {escape(view.origin)}",
+            f"{escape(view.id)} · {escape(view.origin)}"
+            + (f" · started by {escape(view.started_by)}" if view.started_by else ""),
             f"Phase [b]{escape(view.phase or '—')}[/] · {done}{total} · {files} files · "
             f"{escape(view.rate_text())} · {escape(view.files_rate_text())} · ETA {escape(view.eta_text())}",
             f"Current: {escape(view.current or '—')}",
         ]
-        if view.error:
+        if view.status == "cancelled":  # an operator's choice, not an error
+            lines.append(f"[$warning]■ cancelled by {escape(view.cancelled_by or 'an operator (unrecorded)')}[/]")
+        elif view.error:
             lines.append(f"[$error]✗ {escape(view.error)}[/]")
         facts.update("\n".join(lines))
         fraction = view.fraction

@@ -89,7 +89,8 @@ class RestoreWizard(InsiteScreen):
                 yield Select([], prompt="source", id="source", allow_blank=True, compact=True)
                 yield Static(id="window")
                 yield OptionList(id="points")
-                yield Input(placeholder="or a point in time, e.g. 2026-11-27T02:00Z (newest restore point before it)",
+                yield Input(placeholder=f"or a time (zone {clock.zone_name(clock.local_zone())} unless typed): -2h, "
+                                        "14:05, yesterday 14:00, 2026-11-27T02:00Z · picks the newest point before it",
                             id="at", compact=True)
             with Vertical(id="step-parts", classes="step"):
                 yield Label("[b]2. Which parts[/]: nothing selected restores everything", markup=True)
@@ -162,8 +163,8 @@ class RestoreWizard(InsiteScreen):
         nxt.label = "Restore ▶" if step == CONFIRM else "Next ▶"
         nxt.variant = "error" if step == CONFIRM and self.overwrites else "primary"
         nxt.disabled = step == PLAN and (self.plan is None or self.plan_failed)
-        if step == WHAT:
-            self.query_one("#points", OptionList).focus()
+        if step == WHAT:  # each step starts on its first field
+            self.query_one("#source", Select).focus()
         elif step == PARTS:
             self.enter_parts()
         elif step == WHERE:
@@ -347,7 +348,7 @@ class RestoreWizard(InsiteScreen):
         if not text:
             return True
         try:
-            at = clock.parse_iso(text)
+            at = clock.parse_when(text, clock.now(), clock.local_zone())
         except ValueError as exc:
             self.query_one("#window", Static).update(f"[$error]✗ point in time: {escape(str(exc))}[/]")
             return False
@@ -373,7 +374,10 @@ class RestoreWizard(InsiteScreen):
             return text[0].upper() + text[1:] + " (the one chosen in the list)"
         delta = (self.at - taken).total_seconds()
         when = f"{clock.human_duration(delta)} before it" if delta > 0 else "exactly then"
-        return f"You asked for [b]{self.at:%Y-%m-%d %H:%M:%S}[/] UTC; {text} ({when})"
+        zone = clock.local_zone()
+        local = self.at.astimezone(zone)
+        shown = f" ({local:%H:%M:%S} {clock.zone_name(zone)})" if local.utcoffset() else ""
+        return f"You asked for [b]{self.at:%Y-%m-%d %H:%M:%S}[/] UTC{shown}; {text} ({when})"
 
     @property
     def replays_wal(self) -> bool:
@@ -525,6 +529,7 @@ class RestoreWizard(InsiteScreen):
         self.plan_failed = False
         self.query_one("#plan-summary", Static).update("Planning (dry run: reading the repository and the target)…")
         self.query_one("#plan-table", DataTable).clear()
+        self.query_one("#plan-table", DataTable).focus()
         self.query_one("#next", Button).disabled = True
         self._plan_token = (self.backup["id"], self.target, tuple(self.includes), self.engine_at)
         self.run_plan(self.backup, self.target, self.includes, self.engine_at, self.source_type)
