@@ -90,7 +90,7 @@ def test_backup_from_the_keyboard_succeeds_in_a_real_terminal(demo, tmux):
     tmux.wait_for(lambda s: "backup of app_files started" in s, what="the start toast")
     tmux.keys("3")
     tmux.wait_for(lambda s: "✓ backup of app_files succeeded" in s, timeout=60, what="the success toast")
-    screen = tmux.wait_for(lambda s: any("✓ ok" in line and "this console (detached)" in line
+    screen = tmux.wait_for(lambda s: any("✓ ok" in line and "· console" in line
                                          for line in s.splitlines()), timeout=10, what="the job in Live jobs")
     assert "Running and recent jobs" in screen
     tmux.keys("q")
