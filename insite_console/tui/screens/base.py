@@ -7,6 +7,16 @@ from textual.screen import Screen
 from insite_console.tui import commands
 
 
+def selected_key(table) -> str | None:
+    """The row key under a DataTable's cursor, or None when the table is empty."""
+    if not table.row_count:
+        return None
+    try:
+        return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+    except Exception:
+        return None
+
+
 class InsiteScreen(Screen):
     SCOPE = "app"
 

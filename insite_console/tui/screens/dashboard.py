@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from insite_console import clock
 from insite_console.tui import commands, model
-from insite_console.tui.screens.base import InsiteScreen
+from insite_console.tui.screens.base import InsiteScreen, selected_key
 from insite_console.tui.widgets.styles import role_style
 
 LEVELS = {"info": ("·", "foreground"), "warning": ("▲", "warning"), "error": ("✗", "error")}
@@ -157,13 +157,7 @@ class DashboardScreen(InsiteScreen):
         self.query_one("#events", Static).update("\n".join(lines) or "No events yet.")
 
     def selected_policy(self) -> str | None:
-        table = self.query_one("#health", DataTable)
-        if not table.row_count:
-            return None
-        try:
-            return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-        except Exception:
-            return None
+        return selected_key(self.query_one("#health", DataTable))
 
     def action_open_policy(self) -> None:
         self.app.open_catalog(self.selected_policy())

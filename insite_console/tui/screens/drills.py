@@ -25,7 +25,7 @@ from insite_console.errors import InsiteError
 from insite_console.tui import commands, model
 from insite_console.tui.dialogs.confirm import ChoiceDialog, ConfirmDialog, TextDialog
 from insite_console.tui.messages import DrillDone, DrillEvent
-from insite_console.tui.screens.base import InsiteScreen
+from insite_console.tui.screens.base import InsiteScreen, selected_key
 from insite_console.tui.widgets.styles import role_style
 
 log = logging.getLogger("insite_console.tui")
@@ -261,13 +261,7 @@ class DrillsScreen(InsiteScreen):
         self.query_one("#drill-log", RichLog).clear()
 
     def selected_step(self) -> str | None:
-        table = self.query_one("#drill-steps", DataTable)
-        if not table.row_count:
-            return None
-        try:
-            return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-        except Exception:
-            return None
+        return selected_key(self.query_one("#drill-steps", DataTable))
 
     # ----- actions and what applies now -------------------------------------------------
 

@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 
 from insite_console.tui import commands, model
 from insite_console.tui.dialogs.confirm import ConfirmDialog
-from insite_console.tui.screens.base import InsiteScreen
+from insite_console.tui.screens.base import InsiteScreen, selected_key
 from insite_console.tui.widgets.styles import role_style
 
 
@@ -72,13 +72,7 @@ class JobsScreen(InsiteScreen):
         self.show_selected()
 
     def selected_id(self) -> str | None:
-        table = self.query_one("#job-table", DataTable)
-        if not table.row_count:
-            return None
-        try:
-            return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-        except Exception:
-            return None
+        return selected_key(self.query_one("#job-table", DataTable))
 
     def selected_view(self) -> model.JobView | None:
         job_id = self.selected_id()
