@@ -145,6 +145,14 @@ def _fixed_environment(monkeypatch) -> None:
                         lambda path: shutil._ntuple_diskusage(100 << 30, 60 << 30, 40 << 30))
 
 
+def pytest_collection_modifyitems(items):
+    """Snapshot workspaces live at one fixed path (it shows on screen): under pytest-xdist,
+    every test using one runs on the same worker (`--dist loadgroup`)."""
+    for item in items:
+        if "snapshot_workspace" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tui-snapshots"))
+
+
 @pytest.fixture
 def snapshot_workspace(monkeypatch):
     """A workspace at a fixed path with fixed clock, ids and host, so snapshots are stable:
