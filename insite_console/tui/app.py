@@ -31,13 +31,6 @@ from insite_console.tui.messages import JobFinished, JobProgress
 log = logging.getLogger("insite_console.tui")
 
 
-def plain_error(exc: BaseException) -> str:
-    """What the operator reads: the engine's message, or the exception's type and text."""
-    if isinstance(exc, InsiteError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
 class InsiteApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "insite-console"
@@ -271,7 +264,7 @@ class InsiteApp(App):
             self.post_message(JobFinished(job.key, error=str(exc), status="failed"))
         except Exception as exc:  # a bug: keep the traceback in the log, show a message
             log.exception("%s %s failed", job.kind, job.subject)
-            self.post_message(JobFinished(job.key, error=plain_error(exc), status="failed"))
+            self.post_message(JobFinished(job.key, error=model.plain_error(exc), status="failed"))
         finally:
             ws.close()
 
@@ -403,7 +396,7 @@ class InsiteApp(App):
             if not self._poll_failing:
                 self._poll_failing = True
                 log.error("cannot read the catalog", exc_info=exc)
-                self.notify(f"cannot read the catalog: {plain_error(exc)} (retrying)", severity="error", timeout=8)
+                self.notify(f"cannot read the catalog: {model.plain_error(exc)} (retrying)", severity="error", timeout=8)
             return
         if self._poll_failing:
             self._poll_failing = False
@@ -508,7 +501,7 @@ class InsiteApp(App):
         try:
             rows = model.policy_health(self.workspace)
         except Exception as exc:
-            log.warning("health check failed: %s", plain_error(exc))
+            log.warning("health check failed: %s", model.plain_error(exc))
             return
         for row in rows:
             shown, name = row["shown"], row["policy"]
@@ -567,13 +560,13 @@ class InsiteApp(App):
     def report_error(self, what: str, exc: BaseException) -> None:
         """An unexpected failure in a refresh: logged with its traceback, shown as one line."""
         log.error("%s", what, exc_info=exc)
-        self.notify(f"{what}: {plain_error(exc)}", severity="error", timeout=8)
+        self.notify(f"{what}: {model.plain_error(exc)}", severity="error", timeout=8)
 
     @on(Worker.StateChanged)
     def worker_state(self, event: Worker.StateChanged) -> None:
         if event.state is WorkerState.ERROR and event.worker.error is not None:
             log.error("worker %s failed", event.worker.name, exc_info=event.worker.error)
-            self.push_screen(MessageDialog("Something went wrong", plain_error(event.worker.error)))
+            self.push_screen(MessageDialog("Something went wrong", model.plain_error(event.worker.error)))
 
 
 def _neg_time(text: str | None) -> float:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from insite_console import clock
+from insite_console.errors import InsiteError
 
 # status -> (symbol, word, theme role). The role names a Textual theme colour.
 STATUS = {
@@ -281,3 +282,10 @@ def started_by(row: dict) -> str:
     if not row.get("user"):
         return "unrecorded"
     return f"{row['user']}@{row.get('host') or '?'} · {row.get('origin') or '?'}"
+
+
+def plain_error(exc: BaseException) -> str:
+    """What the operator reads: the engine's message, or the exception's type and text."""
+    if isinstance(exc, InsiteError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

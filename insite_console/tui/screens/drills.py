@@ -332,7 +332,6 @@ class DrillsScreen(InsiteScreen):
     def _start(self, choice: str | None) -> None:
         if not choice or self.drill is not None:
             return
-        from insite_console.tui import app as tui_app
         from insite_console.workspace import Workspace
 
         mode, speed, auto = START_CHOICES[choice]
@@ -345,7 +344,7 @@ class DrillsScreen(InsiteScreen):
         except InsiteError as exc:
             ws.close()
             job.status, job.error = "failed", str(exc)
-            self.notify(f"✗ cannot start the drill: {tui_app.plain_error(exc)}", severity="error", timeout=8)
+            self.notify(f"✗ cannot start the drill: {model.plain_error(exc)}", severity="error", timeout=8)
             return
         self.job = job
         self._leave_record()
@@ -361,10 +360,8 @@ class DrillsScreen(InsiteScreen):
         except InsiteError as exc:
             self.post_message(DrillDone(error=str(exc)))
         except Exception as exc:  # a bug: the traceback goes to the log, the operator reads one line
-            from insite_console.tui.app import plain_error
-
             log.exception("drill of %s failed", drill.scenario.id)
-            self.post_message(DrillDone(error=plain_error(exc)))
+            self.post_message(DrillDone(error=model.plain_error(exc)))
         finally:
             drill.ws.close()
 
