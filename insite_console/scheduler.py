@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from insite_console import alerts, backup, clock, status, who
+from insite_console import alerts, backup, clock, regular, status, who
 from insite_console.errors import Cancelled, InsiteError, PolicyBusy
 from insite_console.events import CancelToken
 
@@ -80,6 +80,29 @@ def due_policies(ws, now: datetime | None = None, since: datetime | None = None)
     return due
 
 
+def due_tests(ws, now: datetime | None = None, since: datetime | None = None) -> list[tuple[str, str]]:
+    """(kind, policy) of the regular tests (regular.KINDS) whose schedule fired since the last
+    one started, for enabled policies that have a backup to test; `since` as for due_policies."""
+    now = now or clock.now()
+    tz = timezone(ws)
+    due = []
+    for name, policy in sorted(ws.config.policies.items()):
+        if not policy.get("enabled", True):
+            continue
+        for kind, key in regular.KINDS.items():
+            if not policy.get(key):
+                continue
+            fired = last_fire(policy[key], now, tz)
+            if since is not None and fired < since:
+                continue
+            last = ws.catalog.last_run(kind, name)
+            if last and last["status"] == "running":
+                continue
+            if (not last or clock.parse_iso(last["started_at"]) < fired) and ws.catalog.last_backup(name):
+                due.append((kind, name))
+    return due
+
+
 def retry_delay(policy: dict, attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: `retry_delay`, doubled after each failed attempt."""
     return clock.parse_duration(policy.get("retry_delay", "1m")).total_seconds() * 2 ** (attempt - 1)
@@ -120,7 +143,8 @@ class Scheduler:
         self.cancel = CancelToken()
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="insite-job")
-        self.jobs: dict[str, tuple[Future, int]] = {}  # policy -> (its job, its attempt number)
+        # policy (a backup) or (kind, policy) (a regular test) -> (its job, its attempt number)
+        self.jobs: dict[str | tuple[str, str], tuple[Future, int]] = {}
         self.retries: dict[str, tuple[int, datetime]] = {}  # policy -> (next attempt, not before)
         self.results: list[dict[str, Any]] = []  # each policy's final outcome, in finishing order
 
@@ -135,6 +159,9 @@ class Scheduler:
         for name in due_policies(self.ws, now, self.since):
             if name not in self.jobs and name not in self.retries:
                 self._start(name, 1)
+        for kind, name in due_tests(self.ws, now, self.since):
+            if (kind, name) not in self.jobs:
+                self.jobs[(kind, name)] = (self.pool.submit(self._test, kind, name), 1)
         try:
             alerts.watch(self.ws, status.overview(self.ws, now, check_storage=True))
         except Exception as exc:  # a status that cannot be computed must not stop the backups
@@ -225,11 +252,42 @@ class Scheduler:
         finally:
             job_ws.close()
 
+    def _test(self, kind: str, name: str) -> dict[str, Any]:
+        from insite_console.workspace import Workspace
+
+        job_ws = Workspace(self.ws.config)
+        try:
+            with who.acting_as("scheduler"):
+                return regular.run(job_ws, kind, name, cancel=self.cancel)
+        finally:
+            job_ws.close()
+
     def _collect(self, now: datetime) -> None:
-        for name, (future, attempt) in list(self.jobs.items()):
+        for key, (future, attempt) in list(self.jobs.items()):
             if future.done():
-                del self.jobs[name]
-                self._finished(name, future, attempt, now)
+                del self.jobs[key]
+                if isinstance(key, tuple):
+                    self._test_finished(*key, future)
+                else:
+                    self._finished(key, future, attempt, now)
+
+    def _test_finished(self, kind: str, name: str, future: Future) -> None:
+        """A regular test is not retried: its outcome is on record for `status` either way."""
+        what = f"{name}: {regular.WORDS[kind]}"
+        try:
+            result = future.result()
+        except PolicyBusy as exc:
+            self.log(f"{what} skipped: {exc}")
+            return
+        except Cancelled as exc:
+            self.log(f"{what} cancelled: {exc}")
+            return
+        except Exception as exc:  # (regular.run records its own failures; this is one before the run)
+            self.log(f"{what} could not start: {exc}")
+            return
+        self.log(f"{what} of backup {result['backup_id']} {result['status']}"
+                 + (f": {result['error']}" if result["error"] else ""))
+        self.results.append(result)
 
     def _finished(self, name: str, future: Future, attempt: int, now: datetime) -> None:
         policy = self.ws.config.policy(name)
