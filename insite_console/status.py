@@ -7,6 +7,7 @@ storage unreachable, WAL gap), each with the reasons; `exit_code` is the plugin'
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -97,7 +98,7 @@ def policy_health(ws, name: str, now: datetime | None = None,
         "storage_checked": storages is not None and policy["storage"] in storages,
         "last_verification_at": verified["finished_at"] if verified else None,
         "last_verification_status": verified["status"] if verified else None,
-        "last_verification_problem": (verified.get("problems") or [None])[0] if verified else None,
+        "last_verification_problem": (json.loads(verified["problems"] or "[]") or [None])[0] if verified else None,
         "verify_overdue": bool(verify_every and last_ok and (
             not verified or (now - clock.parse_iso(verified["finished_at"])).total_seconds() > verify_every)),
         "regular_tests": regular_tests(ws, name, now, last_ok),
