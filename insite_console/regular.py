@@ -26,7 +26,8 @@ CONTENT_CHECKS = {"postgresql": "sql_check", "redis": "redis_check"}
 
 def run(ws, kind: str, policy: str, cancel: CancelToken | None = None) -> dict[str, Any]:
     """One regular test of the newest backup of `policy`, recorded; returns {id, kind, policy,
-    backup_id, status, error, notes, started_at, finished_at}. `failed` fires `verify_failed`."""
+    backup_id, status, error, notes, started_at, finished_at}. `failed` fires `verify_failed`.
+    One at a time per policy and kind across hosts (PolicyBusy otherwise, as for backups)."""
     if kind not in KINDS:
         raise UsageError(f"no regular test {kind!r} (tests: {', '.join(KINDS)})")
     ws.config.policy(policy)
@@ -34,6 +35,13 @@ def run(ws, kind: str, policy: str, cancel: CancelToken | None = None) -> dict[s
     newest = ws.catalog.last_backup(policy)
     if newest is None:
         raise UsageError(f"policy {policy} has no successful backup to test")
+    from insite_console.backup import policy_lock
+
+    with policy_lock(ws, f"{kind}/{policy}", ws.config.policy(policy)["storage"], f"a {WORDS[kind]} of {policy}"):
+        return _run(ws, kind, policy, newest, cancel)
+
+
+def _run(ws, kind: str, policy: str, newest: dict, cancel: CancelToken) -> dict[str, Any]:
     run_id = clock.new_id()
     started = clock.now()
     ws.catalog.start_run(run_id, kind, policy)

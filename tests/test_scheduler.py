@@ -220,3 +220,81 @@ def test_the_scheduler_stops_cleanly_on_sigterm(workspace):
     finally:
         process.kill()
         process.wait()
+
+
+# ----- one run per policy across hosts -------------------------------------------------------
+
+
+def _on_host(host: str, *argv: str) -> list[str]:
+    """argv run with its own hostname (a UTS namespace): another host sharing this repository."""
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *argv]
+
+
+def _cli_on(host: str, config, *args: str) -> list[str]:
+    return _on_host(host, sys.executable, "-m", "insite_console", "-c", str(config), *args)
+
+
+@pytest.fixture
+def two_hosts(workspace, tmp_path):
+    """Host alpha (the workspace) and host beta: configs and catalogs of their own, one repository."""
+    if subprocess.run(_on_host("probe", "true"), capture_output=True).returncode != 0:
+        pytest.skip("needs unshare --uts (root) to give a process another host name")
+    beta = tmp_path / "beta"
+    beta.mkdir()
+    write_config(beta, [str(workspace.source)], storage_path=str(workspace.root / "repo"))
+    (workspace.source / "big.bin").write_bytes(os.urandom(40 << 20))  # a backup that lasts a moment
+    return workspace.config, beta / "config.toml"
+
+
+def _hold_stopped(config) -> subprocess.Popen:
+    """`backup tree` on host alpha, frozen (SIGSTOP) once it holds the policy lock."""
+    repo = config.parent / "repo" / "policy-locks"
+    process = subprocess.Popen(_cli_on("alpha", config, "backup", "tree"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not [lock for lock in repo.glob("*/*") if len(lock.name) == 16]:  # (not a temporary file of the put)
+        assert process.poll() is None and time.monotonic() < deadline, "alpha's backup took no policy lock"
+        time.sleep(0.001)
+    process.send_signal(signal.SIGSTOP)
+    return process
+
+
+def test_two_hosts_with_catalogs_of_their_own_never_run_one_policy_at_once(two_hosts):
+    alpha, beta = two_hosts
+    holder = _hold_stopped(alpha)
+    try:
+        scheduled = subprocess.run(_cli_on("beta", beta, "schedule", "--once"), capture_output=True, text=True)
+        assert scheduled.returncode == 0, scheduled.stderr
+        assert f"tree: skipped: a backup of tree is already running: pid {holder.pid} on host alpha, user " \
+               in scheduled.stderr
+        refused = subprocess.run(_cli_on("beta", beta, "backup", "tree"), capture_output=True, text=True)
+        assert refused.returncode == 1 and f"pid {holder.pid} on host alpha, user root, for " in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        holder.send_signal(signal.SIGCONT)
+    assert holder.wait(60) == 0, holder.stderr.read()
+    from insite_console.workspace import Workspace
+
+    ws = Workspace.load(beta)
+    try:
+        assert ws.catalog.backups(policy="tree") == []  # beta ran nothing while alpha ran
+    finally:
+        ws.close()
+    # alpha dies holding the lock: beta cannot tell its process is gone, so it waits for the
+    # storage's clock to call the lock stale (30 minutes unrefreshed); alpha itself takes it at once
+    holder = _hold_stopped(alpha)
+    holder.kill()
+    holder.wait()
+    [lock] = (alpha.parent / "repo" / "policy-locks").glob("*/*")
+    refused = subprocess.run(_cli_on("beta", beta, "backup", "tree"), capture_output=True, text=True)
+    assert refused.returncode == 1 and f"pid {holder.pid} on host alpha" in refused.stderr
+    old = time.time() - 31 * 60
+    os.utime(lock, (old, old))
+    done = subprocess.run(_cli_on("beta", beta, "backup", "tree", "--json"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded" and not lock.exists()
+    holder = _hold_stopped(alpha)
+    holder.kill()
+    holder.wait()
+    again = subprocess.run(_cli_on("alpha", alpha, "backup", "tree"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr  # same host, its process gone: taken over at once
