@@ -63,7 +63,7 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
     policy at a time: a second one, from any process on any host, is refused naming the one that
     runs. The catalog's claim answers fast for the processes of this catalog; the policy lock in
     the repository (repo/locks.PolicyLock) holds across hosts with catalogs of their own."""
-    policy = ws.config.policy(policy_name)
+    ws.config.policy(policy_name)
     backup_id = clock.new_id()
     holder = ws.catalog.claim_policy(policy_name, backup_id)
     if holder is not None:
@@ -75,7 +75,7 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
         with contextlib.ExitStack() as held:
             unlocked = None
             try:
-                held.enter_context(policy_lock(ws, policy_name, policy["storage"], f"a backup of {policy_name}"))
+                held.enter_context(policy_lock(ws, policy_name, policy_name, f"a backup of {policy_name}"))
             except PolicyBusy:
                 raise
             except Exception as exc:  # the storage does not answer: the run fails on it, on record
@@ -85,11 +85,18 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
         ws.catalog.release_policy(policy_name, backup_id)
 
 
-def policy_lock(ws, job: str, storage: str, purpose: str):
-    """The cross-host lock of `job` (a policy's name for its backups) on the policy's storage."""
+def policy_lock(ws, job: str, policy_name: str, purpose: str):
+    """The cross-host lock of `job` (the policy's name for its backups) on the policy's storage.
+    It is one job only for the same policy of the same source (type, paths, DSN or URL): hosts
+    whose policies share a name but back up other folders or servers never wait for each other."""
+    import json
+
     from insite_console.repo.locks import PolicyLock
 
-    return PolicyLock(ws.storage(storage), job, purpose)
+    policy = ws.config.policy(policy_name)
+    source = ws.config.sources[policy["source"]]
+    where = [source["type"], sorted(source.get("paths", [])), source.get("dsn"), source.get("url")]
+    return PolicyLock(ws.storage(policy["storage"]), json.dumps([job, where]), purpose)
 
 
 def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress: ProgressCallback | None,

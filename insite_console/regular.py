@@ -37,7 +37,7 @@ def run(ws, kind: str, policy: str, cancel: CancelToken | None = None) -> dict[s
         raise UsageError(f"policy {policy} has no successful backup to test")
     from insite_console.backup import policy_lock
 
-    with policy_lock(ws, f"{kind}/{policy}", ws.config.policy(policy)["storage"], f"a {WORDS[kind]} of {policy}"):
+    with policy_lock(ws, f"{kind}/{policy}", policy, f"a {WORDS[kind]} of {policy}"):
         return _run(ws, kind, policy, newest, cancel)
 
 

@@ -442,3 +442,51 @@ def test_a_backup_failing_after_its_retries_is_delivered_once(workspace, hook):
     assert [r["status"] for r in results] == ["failed"]
     assert len(workspace.ws.catalog.backups(policy="tree")) == 2  # two attempts, one announcement
     assert _events(hook) == [("failure", "tree")]
+
+
+def _fill(ws, start: int, count: int) -> None:
+    """`count` more backups of tree (one in ten failed), each with its run, every tenth verified."""
+    db = ws.catalog.db
+    db.execute("BEGIN")
+    for n in range(start, start + count):
+        at = clock.iso_precise(clock.parse_iso("2020-01-01T00:00:00Z") + clock.parse_duration(f"{15 * n}m"))
+        status_ = "failed" if n % 10 == 7 else "succeeded"
+        db.execute("INSERT INTO backups (id, policy, source, source_type, storage, type, status, started_at, "
+                   "finished_at, started_at_precise, run_id) VALUES (?, 'tree', 'tree', 'files', 'local', 'full', "
+                   "?, ?, ?, ?, ?)", (f"{n:016x}", status_, at[:19] + "Z", at[:19] + "Z", at, f"{n:016x}"))
+        db.execute("INSERT INTO runs (id, kind, subject, status, started_at) VALUES (?, 'backup', 'tree', ?, ?)",
+                   (f"{n:016x}", status_, at))
+        if n % 10 == 3:
+            ws.catalog.insert_verification({"id": f"v{n:015x}", "backup_id": f"{n:016x}", "storage": "local",
+                                            "deep": 1, "status": "ok", "started_at": at, "finished_at": at})
+    db.execute("COMMIT")
+
+
+def test_status_and_metrics_do_not_read_more_as_the_catalog_grows(workspace):
+    """Not timed (bench/bench_status.py measures): SQLite's own step count of what status and
+    metrics ask, at 1,000 and at 10,000 runs, must not grow with the catalog."""
+    from insite_console import metrics
+
+    _config(workspace, "", policy_extra='verify_every = "1d"\nrestore_test_schedule = "0 4 * * *"')
+    ws = workspace.ws
+
+    def steps() -> int:
+        count = [0]
+
+        def tick():
+            count[0] += 1
+            return 0
+
+        ws.catalog.db.set_progress_handler(tick, 100)
+        try:
+            status.overview(ws, check_storage=True)
+            metrics.exposition(ws)
+        finally:
+            ws.catalog.db.set_progress_handler(None, 100)
+        return count[0]
+
+    _fill(ws, 0, 1000)
+    small = steps()
+    _fill(ws, 1000, 9000)
+    large = steps()
+    assert large < small * 1.5 + 50, (small, large)

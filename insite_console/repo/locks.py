@@ -199,7 +199,6 @@ class PolicyLock(RepositoryLock):
 
     def __init__(self, storage: Storage, job: str, purpose: str):
         self.prefix = f"{POLICY_LOCKS}{hashlib.sha256(job.encode()).hexdigest()[:16]}/"
-        self.job = job
         super().__init__(storage, purpose, exclusive=True)
 
     def _refusal(self, conflict: dict) -> InsiteError:
@@ -207,6 +206,6 @@ class PolicyLock(RepositoryLock):
             age = clock.human_duration(max(0.0, (clock.now() - clock.parse_iso(conflict["since"])).total_seconds()))
         except (KeyError, TypeError, ValueError):
             age = "an unknown time"
-        return PolicyBusy(f"{conflict.get('purpose') or self.job} is already running: pid {conflict.get('pid')} on "
+        return PolicyBusy(f"{conflict.get('purpose') or self.purpose} is already running: pid {conflict.get('pid')} on "
                           f"host {conflict.get('host')}, user {conflict.get('user')}, for {age} (lock on storage "
                           f"{self.storage.name}); not starting another")
