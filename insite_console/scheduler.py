@@ -110,7 +110,7 @@ def retry_delay(policy: dict, attempt: int) -> float:
 
 def schedule_list(ws, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every policy's schedule (the strategy's get_schedule_status): enabled, last run, next
-    run (none when disabled), retries and retry delay."""
+    run (none when disabled), retries and retry delay; `tests`: its regular tests' schedules."""
     now = now or clock.now()
     tz = timezone(ws)
     rows = []
@@ -123,8 +123,15 @@ def schedule_list(ws, now: datetime | None = None) -> list[dict[str, Any]]:
             "last_run_at": last[0]["started_at"] if last else None,
             "last_run_status": last[0]["status"] if last else None,
             "next_run_at": clock.iso(upcoming), "retries": policy.get("retries", 0),
-            "retry_delay": policy.get("retry_delay", "1m"),
+            "retry_delay": policy.get("retry_delay", "1m"), "tests": [],
         })
+        for kind, key in regular.KINDS.items():
+            if policy.get(key):
+                test = ws.catalog.last_run(kind, name)
+                rows[-1]["tests"].append({
+                    "kind": kind, "schedule": policy[key], "last_run_at": test["started_at"] if test else None,
+                    "last_run_status": test["status"] if test else None,
+                    "next_run_at": clock.iso(next_fire(policy[key], now, tz)) if enabled else None})
     return rows
 
 

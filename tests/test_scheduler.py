@@ -193,15 +193,18 @@ def test_two_schedulers_racing_for_one_policy_run_it_once(workspace):
 
 def test_schedule_list(workspace):
     _configure(workspace, extra='\n[scheduler]\ntimezone = "Europe/Berlin"\n',
-               policy_extra='retries = 3\nretry_delay = "5m"')
+               policy_extra='retries = 3\nretry_delay = "5m"\nrestore_test_schedule = "0 4 * * 0"')
     workspace.cli("backup", "tree", check=True)
     rows = json.loads(workspace.cli("schedule", "--list", "--json",
                                     env={"INSITE_FAKE_NOW": "2099-01-01T00:07:00Z"}, check=True).stdout)
     assert rows == [{"policy": "tree", "enabled": True, "schedule": "*/15 * * * *", "timezone": "Europe/Berlin",
                      "last_run_at": rows[0]["last_run_at"], "last_run_status": "succeeded",
-                     "next_run_at": "2099-01-01T00:15:00Z", "retries": 3, "retry_delay": "5m"}]
+                     "next_run_at": "2099-01-01T00:15:00Z", "retries": 3, "retry_delay": "5m",
+                     "tests": [{"kind": "restore_test", "schedule": "0 4 * * 0", "last_run_at": None,
+                                "last_run_status": None, "next_run_at": "2099-01-04T03:00:00Z"}]}]
     text = workspace.cli("schedule", "--list", check=True).stdout
     assert "tree" in text and "yes" in text and "3 every 5m (doubling)" in text
+    assert "  restore_test" in text and "0 4 * * 0" in text
 
 
 def test_the_scheduler_stops_cleanly_on_sigterm(workspace):
