@@ -6,8 +6,10 @@ after `retry_delay` x 2^(attempt-1), so one policy's retries never delay another
 State is the catalog: a policy is due when its schedule fired since its last run started, so
 a scheduler that was down runs a missed slot once at start (`catch_up`, the default) rather
 than once per missed slot, and a restart never repeats a run. One run per policy at a time
-holds across processes (backup.run's policy lock): a second scheduler, or a `backup` from
-cron, is refused while one runs, and this scheduler then skips that slot.
+holds across processes and hosts (backup.run's policy locks, in the catalog and in the
+repository): a second scheduler, or a `backup` from cron, is refused while one runs, and this
+scheduler then skips that slot. The regular tests (regular.py: `verify_schedule`,
+`restore_test_schedule`) are jobs in the same slots, due the same way from their own runs.
 """
 
 from __future__ import annotations

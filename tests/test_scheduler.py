@@ -301,3 +301,23 @@ def test_two_hosts_with_catalogs_of_their_own_never_run_one_policy_at_once(two_h
     holder.wait()
     again = subprocess.run(_cli_on("alpha", alpha, "backup", "tree"), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr  # same host, its process gone: taken over at once
+
+
+def test_two_schedulers_on_two_hosts_started_together_never_overlap(two_hosts):
+    alpha, beta = two_hosts
+    started = [subprocess.Popen(_cli_on(host, config, "schedule", "--once"), stderr=subprocess.PIPE, text=True)
+               for host, config in (("alpha", alpha), ("beta", beta))]
+    logs = [process.communicate(timeout=120)[1] for process in started]
+    from insite_console.workspace import Workspace
+
+    runs = []
+    for config in (alpha, beta):
+        ws = Workspace.load(config)
+        try:
+            runs += [(clock.parse_iso(b["started_at"]), clock.parse_iso(b["finished_at"]))
+                     for b in ws.catalog.backups(policy="tree")]
+        finally:
+            ws.close()
+    skipped = [log for log in logs if "tree: skipped: a backup of tree is already running" in log]
+    # one ran and the other stood aside, or (both locking in the same instant) both stood aside
+    assert (len(runs), len(skipped)) in ((1, 1), (0, 2)), logs
