@@ -73,14 +73,14 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
                          f"(run {holder['run_id']}); not starting another")
     try:
         with contextlib.ExitStack() as held:
-            unlocked = None
+            lock_error = None
             try:
                 held.enter_context(policy_lock(ws, policy_name, policy_name, f"a backup of {policy_name}"))
             except PolicyBusy:
                 raise
             except Exception as exc:  # the storage does not answer: the run fails on it, on record
-                unlocked = exc
-            return _run(ws, policy_name, backup_id, backup_type, progress, cancel, unlocked)
+                lock_error = exc
+            return _run(ws, policy_name, backup_id, backup_type, progress, cancel, lock_error)
     finally:
         ws.catalog.release_policy(policy_name, backup_id)
 
@@ -100,7 +100,7 @@ def policy_lock(ws, job: str, policy_name: str, purpose: str):
 
 
 def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress: ProgressCallback | None,
-         cancel: CancelToken | None, unlocked: BaseException | None = None) -> dict[str, Any]:
+         cancel: CancelToken | None, lock_error: BaseException | None = None) -> dict[str, Any]:
     policy = ws.config.policy(policy_name)
     source_name, storage_name = policy["source"], policy["storage"]
     source_settings = ws.config.sources[source_name]
@@ -126,8 +126,8 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
     repo: Repository | None = None
     held = contextlib.ExitStack()
     try:
-        if unlocked is not None:
-            raise unlocked
+        if lock_error is not None:
+            raise lock_error
         ws.config.check_source_paths(source_name)
         repo = ws.repository(storage_name)
         lock = held.enter_context(repo.lock(f"backup of {policy_name}"))
