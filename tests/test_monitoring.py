@@ -67,10 +67,12 @@ def test_status_exits_like_a_monitoring_plugin(workspace):
     assert text.returncode == 2 and text.stdout.rstrip().endswith("CRITICAL") and "RPO breached" in text.stdout
 
 
-def test_status_is_critical_when_no_scheduler_started_a_scheduled_run(workspace):
+def test_status_is_critical_when_no_scheduler_started_a_scheduled_run(workspace, monkeypatch):
     (workspace.source / "a.txt").write_text("hello")
+    monkeypatch.setenv("INSITE_FAKE_NOW", "2026-03-01T10:05:00Z")  # (at XX:00-XX:03 no slot fell in the 13m)
     done = backup.run(workspace.ws, "tree")
-    later = clock.iso(clock.parse_iso(done["finished_at"]) + clock.parse_duration("13m"))  # a */15 run was due
+    monkeypatch.delenv("INSITE_FAKE_NOW")
+    later = clock.iso(clock.parse_iso(done["finished_at"]) + clock.parse_duration("13m"))  # the 10:15 run was due
     result = workspace.cli("status", "--json", env={"INSITE_FAKE_NOW": later})
     rows = json.loads(result.stdout)
     assert result.returncode == 2 and rows[0]["level"] == "critical"
