@@ -34,7 +34,12 @@ SIGNATURE_HEADER = "X-Insite-Signature"  # "sha256=" + hex HMAC-SHA256 of the bo
 
 def fire(ws, event: str, subject: str, message: str, details: dict[str, Any] | None = None) -> list[dict]:
     """Deliver `event` to every alert that wants it; returns the delivery records. Never raises."""
-    chosen = [(i, alert) for i, alert in enumerate(ws.config.alerts) if event in alert["on"]]
+    return _send(ws, [(i, alert) for i, alert in enumerate(ws.config.alerts) if event in alert["on"]],
+                 event, subject, message, details)
+
+
+def _send(ws, chosen: list[tuple[int, dict]], event: str, subject: str, message: str,
+          details: dict[str, Any] | None) -> list[dict]:
     if not chosen:
         return []
     payload = {"event": event, "subject": subject, "message": redact(message), "at": clock.iso(clock.now()),
@@ -62,14 +67,23 @@ def condition(ws, event: str, subject: str, active: bool, message: str, details:
     if changed and active:
         fire(ws, event, subject, message, details)
     elif changed:
-        fire(ws, "recovered", subject, f"{subject}: {event.replace('_', ' ')} is over: {message}",
-             {**(details or {}), "condition": event})
+        recovered(ws, event, subject, f"{subject}: {event.replace('_', ' ')} is over: {message}", details)
+
+
+def recovered(ws, event: str, subject: str, message: str, details: dict | None = None) -> list[dict]:
+    """`recovered` for a condition that is over, to the alerts that were told of it (those
+    with both `recovered` and `event` in `on`): nobody hears of the end of what they never heard."""
+    chosen = [(i, alert) for i, alert in enumerate(ws.config.alerts)
+              if "recovered" in alert["on"] and event in alert["on"]]
+    return _send(ws, chosen, "recovered", subject, message, {**(details or {}), "condition": event})
 
 
 def watch(ws, rows: list[dict]) -> None:
-    """Turn status rows (status.overview) into condition alerts: RPO breaches and storages
-    that stopped answering."""
+    """Turn status rows (status.overview) into condition alerts: RPO breaches, storages that
+    stopped answering, scheduled runs that did not start, a scheduler that is down while
+    schedules are configured, DR drills overdue against `[dr] cadence`."""
     storages: dict[str, str | None] = {}
+    drills: dict[str, dict] = {}
     for row in rows:
         if not row.get("enabled", True):
             continue
@@ -84,9 +98,44 @@ def watch(ws, rows: list[dict]) -> None:
                        "data_loss_seconds": row["data_loss_seconds"], "last_success_at": row["last_success_at"]})
         if row.get("storage_checked"):
             storages[row["storage"]] = row.get("storage_problem")
+        if row.get("schedule"):  # the run the schedule promised did not start (reason: who did not start it)
+            missed = row.get("missed_run")
+            condition(ws, "missed_run", row["policy"], missed is not None,
+                      f"scheduled run of {row['policy']} at {missed['at']} did not start: {missed['reason']}"
+                      if missed else f"{row['policy']} runs on schedule again",
+                      {"policy": row["policy"], "missed_at": missed["at"] if missed else None})
+        for drill in row.get("drills_overdue", []):
+            drills[drill["scenario"]] = drill
     for name, problem in storages.items():
         condition(ws, "storage_unreachable", f"storage:{name}", problem is not None,
                   problem or f"storage {name} answers again", {"storage": name})
+    scheduled = [row for row in rows if row.get("enabled", True) and row.get("schedule") and row.get("scheduler")]
+    if scheduled:  # a scheduler that stopped (or never ran) while schedules are configured
+        state = scheduled[0]["scheduler"]
+        condition(ws, "scheduler_down", "scheduler", state["running"] is False,
+                  f"no scheduler is running: {state['text']}" if state["running"] is False
+                  else f"the scheduler is {state['text']}", {"host": state["host"], "pid": state["pid"],
+                                                             "last_tick": state["last_tick"]})
+    if ws.config.dr.get("cadence") and ws.config.alerts:
+        _drill_conditions(ws, drills)
+
+
+def _drill_conditions(ws, overdue: dict[str, dict]) -> None:
+    """`drill_overdue` per scenario not drilled within `[dr] cadence`; `recovered` once drilled."""
+    for scenario, drill in sorted(overdue.items()):
+        condition(ws, "drill_overdue", f"drill:{scenario}", True,
+                  f"DR drill {scenario} is overdue: " + (f"last drilled {drill['last_drill_at']}"
+                  if drill["last_drill_at"] else "never drilled") + f" (cadence {drill['cadence']})",
+                  {"scenario": scenario, "last_drill_at": drill["last_drill_at"],
+                   "cadence_seconds": drill["cadence_seconds"]})
+    try:
+        held = ws.catalog.conditions("drill_overdue")
+    except Exception:
+        return
+    for subject in held:
+        if subject.removeprefix("drill:") not in overdue:
+            condition(ws, "drill_overdue", subject, False, f"DR drill {subject.removeprefix('drill:')} was drilled",
+                      {"scenario": subject.removeprefix("drill:")})
 
 
 def backup_outcome(ws, policy: str, result: dict | None = None, error: str | None = None) -> None:
@@ -110,8 +159,7 @@ def backup_outcome(ws, policy: str, result: dict | None = None, error: str | Non
     except Exception:
         return
     if changed and not failed:
-        fire(ws, "recovered", policy, f"backup of {policy} succeeded again ({result['id']})",
-             {**details, "condition": "failure"})
+        recovered(ws, "failure", policy, f"backup of {policy} succeeded again ({result['id']})", details)
 
 
 # ----- delivery ------------------------------------------------------------------------------

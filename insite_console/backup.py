@@ -60,7 +60,9 @@ def catalog_writer(catalog, run_id: str, interval: float = 1.0) -> ProgressCallb
 def run(ws, policy_name: str, backup_type: str | None = None, progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None) -> dict[str, Any]:
     """Run one backup of a policy now; returns the contract's JSON object for it. One run per
-    policy at a time: a second one, from any process, is refused naming the one that runs."""
+    policy at a time: a second one, from any process on any host, is refused naming the one that
+    runs. The catalog's claim answers fast for the processes of this catalog; the policy lock in
+    the repository (repo/locks.PolicyLock) holds across hosts with catalogs of their own."""
     ws.config.policy(policy_name)
     backup_id = clock.new_id()
     holder = ws.catalog.claim_policy(policy_name, backup_id)
@@ -70,13 +72,35 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
                          f"{holder['host']}, user {holder['user']}, for {clock.human_duration(age)} "
                          f"(run {holder['run_id']}); not starting another")
     try:
-        return _run(ws, policy_name, backup_id, backup_type, progress, cancel)
+        with contextlib.ExitStack() as held:
+            lock_error = None
+            try:
+                held.enter_context(policy_lock(ws, policy_name, policy_name, f"a backup of {policy_name}"))
+            except PolicyBusy:
+                raise
+            except Exception as exc:  # the storage does not answer: the run fails on it, on record
+                lock_error = exc
+            return _run(ws, policy_name, backup_id, backup_type, progress, cancel, lock_error)
     finally:
         ws.catalog.release_policy(policy_name, backup_id)
 
 
+def policy_lock(ws, job: str, policy_name: str, purpose: str):
+    """The cross-host lock of `job` (the policy's name for its backups) on the policy's storage.
+    It is one job only for the same policy of the same source (type, paths, DSN or URL): hosts
+    whose policies share a name but back up other folders or servers never wait for each other."""
+    import json
+
+    from insite_console.repo.locks import PolicyLock
+
+    policy = ws.config.policy(policy_name)
+    source = ws.config.sources[policy["source"]]
+    where = [source["type"], sorted(source.get("paths", [])), source.get("dsn"), source.get("url")]
+    return PolicyLock(ws.storage(policy["storage"]), json.dumps([job, where]), purpose)
+
+
 def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress: ProgressCallback | None,
-         cancel: CancelToken | None) -> dict[str, Any]:
+         cancel: CancelToken | None, lock_error: BaseException | None = None) -> dict[str, Any]:
     policy = ws.config.policy(policy_name)
     source_name, storage_name = policy["source"], policy["storage"]
     source_settings = ws.config.sources[source_name]
@@ -102,6 +126,8 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
     repo: Repository | None = None
     held = contextlib.ExitStack()
     try:
+        if lock_error is not None:
+            raise lock_error
         ws.config.check_source_paths(source_name)
         repo = ws.repository(storage_name)
         lock = held.enter_context(repo.lock(f"backup of {policy_name}"))

@@ -457,6 +457,10 @@ def cmd_schedule(args) -> int:
             last = f"{row['last_run_at']} {row['last_run_status']}" if row["last_run_at"] else "never"
             print(f"{row['policy'][:16]:<16}  {'yes' if row['enabled'] else 'no':<7}  {row['schedule'] or '-':<16}  "
                   f"{last:<30}  {row['next_run_at'] or '-':<20}  {row['retries']} every {row['retry_delay']} (doubling)")
+            for test in row["tests"]:
+                last = f"{test['last_run_at'][:19]}Z {test['last_run_status']}" if test["last_run_at"] else "never"
+                print(f"{'  ' + test['kind']:<16}  {'':<7}  {test['schedule']:<16}  {last:<30}  "
+                      f"{test['next_run_at'] or '-':<20}  -")
         print(f"cron times in {rows[0]['timezone'] if rows else 'UTC'}; next runs shown in UTC")
         return 0
     log = lambda m: print(f"{clock.iso(clock.now())} {m}", file=sys.stderr, flush=True)  # noqa: E731

@@ -184,10 +184,11 @@ POLICY_KEYS: dict[str, tuple[Check, bool]] = {
     "retries": (_is_count, False),
     "retry_delay": (_is_duration, False), "copy_to": (_is_str_list, False),
     "enabled": (_is_bool, False), "verify_every": (_is_duration, False),
+    "verify_schedule": (_is_cron, False), "restore_test_schedule": (_is_cron, False),
 }
 
 ALERT_EVENTS = ("failure", "rpo_breach", "verify_failed", "restore_started", "restore_finished", "drill_overdue",
-                "escalation", "storage_unreachable", "recovered")
+                "escalation", "storage_unreachable", "missed_run", "scheduler_down", "recovered")
 
 
 def _is_events(value: Any) -> str | None:

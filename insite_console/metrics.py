@@ -50,7 +50,8 @@ class _Collector:
                                      "How long the newest successful backup of the policy took", labels=["policy"])
         stored = GaugeMetricFamily("insite_backup_last_bytes_stored",
                                    "New bytes the newest successful backup of the policy stored", labels=["policy"])
-        failures = CounterMetricFamily("insite_backup_failures", "Failed backups of the policy in the catalog",
+        failures = CounterMetricFamily("insite_backup_failures",
+                                       "Failed backups of the policy recorded in this catalog (never decreases)",
                                        labels=["policy"])
         rpo = GaugeMetricFamily("insite_policy_rpo_seconds", "The policy's RPO target", labels=["policy"])
         lag = GaugeMetricFamily("insite_wal_archive_lag_seconds",

@@ -6,8 +6,10 @@ after `retry_delay` x 2^(attempt-1), so one policy's retries never delay another
 State is the catalog: a policy is due when its schedule fired since its last run started, so
 a scheduler that was down runs a missed slot once at start (`catch_up`, the default) rather
 than once per missed slot, and a restart never repeats a run. One run per policy at a time
-holds across processes (backup.run's policy lock): a second scheduler, or a `backup` from
-cron, is refused while one runs, and this scheduler then skips that slot.
+holds across processes and hosts (backup.run's policy locks, in the catalog and in the
+repository): a second scheduler, or a `backup` from cron, is refused while one runs, and this
+scheduler then skips that slot. The regular tests (regular.py: `verify_schedule`,
+`restore_test_schedule`) are jobs in the same slots, due the same way from their own runs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from insite_console import alerts, backup, clock, status, who
+from insite_console import alerts, backup, clock, regular, status, who
 from insite_console.errors import Cancelled, InsiteError, PolicyBusy
 from insite_console.events import CancelToken
 
@@ -80,6 +82,29 @@ def due_policies(ws, now: datetime | None = None, since: datetime | None = None)
     return due
 
 
+def due_tests(ws, now: datetime | None = None, since: datetime | None = None) -> list[tuple[str, str]]:
+    """(kind, policy) of the regular tests (regular.KINDS) whose schedule fired since the last
+    one started, for enabled policies that have a backup to test; `since` as for due_policies."""
+    now = now or clock.now()
+    tz = timezone(ws)
+    due = []
+    for name, policy in sorted(ws.config.policies.items()):
+        if not policy.get("enabled", True):
+            continue
+        for kind, key in regular.KINDS.items():
+            if not policy.get(key):
+                continue
+            fired = last_fire(policy[key], now, tz)
+            if since is not None and fired < since:
+                continue
+            last = ws.catalog.last_run(kind, name)
+            if last and last["status"] == "running":
+                continue
+            if (not last or clock.parse_iso(last["started_at"]) < fired) and ws.catalog.last_backup(name):
+                due.append((kind, name))
+    return due
+
+
 def retry_delay(policy: dict, attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: `retry_delay`, doubled after each failed attempt."""
     return clock.parse_duration(policy.get("retry_delay", "1m")).total_seconds() * 2 ** (attempt - 1)
@@ -87,7 +112,7 @@ def retry_delay(policy: dict, attempt: int) -> float:
 
 def schedule_list(ws, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every policy's schedule (the strategy's get_schedule_status): enabled, last run, next
-    run (none when disabled), retries and retry delay."""
+    run (none when disabled), retries and retry delay; `tests`: its regular tests' schedules."""
     now = now or clock.now()
     tz = timezone(ws)
     rows = []
@@ -100,8 +125,15 @@ def schedule_list(ws, now: datetime | None = None) -> list[dict[str, Any]]:
             "last_run_at": last[0]["started_at"] if last else None,
             "last_run_status": last[0]["status"] if last else None,
             "next_run_at": clock.iso(upcoming), "retries": policy.get("retries", 0),
-            "retry_delay": policy.get("retry_delay", "1m"),
+            "retry_delay": policy.get("retry_delay", "1m"), "tests": [],
         })
+        for kind, key in regular.KINDS.items():
+            if policy.get(key):
+                test = ws.catalog.last_run(kind, name)
+                rows[-1]["tests"].append({
+                    "kind": kind, "schedule": policy[key], "last_run_at": test["started_at"] if test else None,
+                    "last_run_status": test["status"] if test else None,
+                    "next_run_at": clock.iso(next_fire(policy[key], now, tz)) if enabled else None})
     return rows
 
 
@@ -120,7 +152,8 @@ class Scheduler:
         self.cancel = CancelToken()
         self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(self.max_parallel, thread_name_prefix="insite-job")
-        self.jobs: dict[str, tuple[Future, int]] = {}  # policy -> (its job, its attempt number)
+        # policy (a backup) or (kind, policy) (a regular test) -> (its job, its attempt number)
+        self.jobs: dict[str | tuple[str, str], tuple[Future, int]] = {}
         self.retries: dict[str, tuple[int, datetime]] = {}  # policy -> (next attempt, not before)
         self.results: list[dict[str, Any]] = []  # each policy's final outcome, in finishing order
 
@@ -135,6 +168,9 @@ class Scheduler:
         for name in due_policies(self.ws, now, self.since):
             if name not in self.jobs and name not in self.retries:
                 self._start(name, 1)
+        for kind, name in due_tests(self.ws, now, self.since):
+            if (kind, name) not in self.jobs:
+                self.jobs[(kind, name)] = (self.pool.submit(self._test, kind, name), 1)
         try:
             alerts.watch(self.ws, status.overview(self.ws, now, check_storage=True))
         except Exception as exc:  # a status that cannot be computed must not stop the backups
@@ -225,11 +261,42 @@ class Scheduler:
         finally:
             job_ws.close()
 
+    def _test(self, kind: str, name: str) -> dict[str, Any]:
+        from insite_console.workspace import Workspace
+
+        job_ws = Workspace(self.ws.config)
+        try:
+            with who.acting_as("scheduler"):
+                return regular.run(job_ws, kind, name, cancel=self.cancel)
+        finally:
+            job_ws.close()
+
     def _collect(self, now: datetime) -> None:
-        for name, (future, attempt) in list(self.jobs.items()):
+        for key, (future, attempt) in list(self.jobs.items()):
             if future.done():
-                del self.jobs[name]
-                self._finished(name, future, attempt, now)
+                del self.jobs[key]
+                if isinstance(key, tuple):
+                    self._test_finished(*key, future)
+                else:
+                    self._finished(key, future, attempt, now)
+
+    def _test_finished(self, kind: str, name: str, future: Future) -> None:
+        """A regular test is not retried: its outcome is on record for `status` either way."""
+        what = f"{name}: {regular.WORDS[kind]}"
+        try:
+            result = future.result()
+        except PolicyBusy as exc:
+            self.log(f"{what} skipped: {exc}")
+            return
+        except Cancelled as exc:
+            self.log(f"{what} cancelled: {exc}")
+            return
+        except Exception as exc:  # (regular.run records its own failures; this is one before the run)
+            self.log(f"{what} could not start: {exc}")
+            return
+        self.log(f"{what} of backup {result['backup_id']} {result['status']}"
+                 + (f": {result['error']}" if result["error"] else ""))
+        self.results.append(result)
 
     def _finished(self, name: str, future: Future, attempt: int, now: datetime) -> None:
         policy = self.ws.config.policy(name)

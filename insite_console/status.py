@@ -7,7 +7,8 @@ storage unreachable, WAL gap), each with the reasons; `exit_code` is the plugin'
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from insite_console import clock
@@ -97,9 +98,33 @@ def policy_health(ws, name: str, now: datetime | None = None,
         "storage_checked": storages is not None and policy["storage"] in storages,
         "last_verification_at": verified["finished_at"] if verified else None,
         "last_verification_status": verified["status"] if verified else None,
+        "last_verification_problem": (json.loads(verified["problems"] or "[]") or [None])[0] if verified else None,
         "verify_overdue": bool(verify_every and last_ok and (
             not verified or (now - clock.parse_iso(verified["finished_at"])).total_seconds() > verify_every)),
+        "regular_tests": regular_tests(ws, name, now, last_ok),
     }
+
+
+def regular_tests(ws, name: str, now: datetime, last_ok: dict | None) -> list[dict[str, Any]]:
+    """The policy's scheduled verify and restore test (regular.py): the newest run of each, and
+    whether one is overdue (its schedule fired, past a scheduler tick's grace, and none started
+    since; only once there is a backup to test)."""
+    from insite_console import regular, scheduler
+
+    policy = ws.config.policy(name)
+    tests = []
+    for kind, key in regular.KINDS.items():
+        if not policy.get(key):
+            continue
+        last = ws.catalog.last_run(kind, name)
+        due = scheduler.last_fire(policy[key], now - timedelta(seconds=MISSED_GRACE_SECONDS), scheduler.timezone(ws))
+        overdue = bool(policy.get("enabled", True) and last_ok and last_ok["finished_at"]
+                       and clock.parse_iso(last_ok["finished_at"]) < due
+                       and (last is None or clock.parse_iso(last["started_at"]) < due))
+        tests.append({"kind": kind, "what": regular.WORDS[kind], "schedule": policy[key], "last_run_id": last["id"] if last else None,
+                      "last_at": last["started_at"] if last else None, "last_status": last["status"] if last else None,
+                      "last_error": last["error"] if last else None, "due_at": clock.iso(due), "overdue": overdue})
+    return tests
 
 
 def overview(ws, now: datetime | None = None, check_storage: bool = False) -> list[dict[str, Any]]:
@@ -110,11 +135,34 @@ def overview(ws, now: datetime | None = None, check_storage: bool = False) -> li
         storages = storage_reachability(ws, [p["storage"] for p in ws.config.policies.values()])
     now = now or clock.now()
     scheduler = scheduler_state(ws, now)
+    drills = overdue_drills(ws, now)
     rows = [dict(policy_health(ws, name, now, storages), missed_run=missed_run(ws, name, scheduler, now),
-                 scheduler=scheduler) for name in sorted(ws.config.policies)]
+                 scheduler=scheduler, drills_overdue=drills.get(name, [])) for name in sorted(ws.config.policies)]
     for row in rows:
         row["level"], row["problems"] = assess(row)
     return rows
+
+
+def overdue_drills(ws, now: datetime) -> dict[str, list[dict[str, Any]]]:
+    """Policy -> the DR scenarios covering it (their `policies`) not drilled within `[dr]
+    cadence`. Only when the cadence is set in the config: monitoring warns about what the operator
+    asked for (`drill report` still lists overdue drills against the default 90 days)."""
+    if not ws.config.dr.get("cadence"):
+        return {}
+    from insite_console.dr import scenarios
+
+    cadence = clock.parse_duration(ws.config.dr["cadence"]).total_seconds()
+    overdue: dict[str, list[dict[str, Any]]] = {}
+    for scenario in scenarios.load(ws):
+        drills = ws.catalog.drills(scenario.id, limit=1)
+        last = drills[0]["started_at"] if drills else None
+        if last and (now - clock.parse_iso(last)).total_seconds() <= cadence:
+            continue
+        entry = {"scenario": scenario.id, "last_drill_at": last, "cadence": ws.config.dr["cadence"],
+                 "cadence_seconds": cadence}
+        for name in sorted({p for selector in scenario.policies for p in scenarios._policies_for(ws, selector)}):
+            overdue.setdefault(name, []).append(entry)
+    return overdue
 
 
 def assess(row: dict[str, Any]) -> tuple[str, list[str]]:
@@ -136,7 +184,19 @@ def assess(row: dict[str, Any]) -> tuple[str, list[str]]:
     if row.get("storage_problem"):
         critical.append(row["storage_problem"])
     if row.get("last_verification_status") == "failed":
-        critical.append(f"last verification ({row['last_verification_at']}) found problems")
+        critical.append(f"last verification ({row['last_verification_at']}) found problems"
+                        + (f": {row['last_verification_problem']}" if row.get("last_verification_problem") else ""))
+    for test in row.get("regular_tests", []):
+        word = test["what"]
+        if test["last_status"] == "failed":
+            critical.append(f"last {word} ({test['last_at']}) failed: {test['last_error']}")
+        elif test["last_status"] == "incomplete":
+            warning.append(f"last {word} ({test['last_at']}) incomplete: {test['last_error']}")
+        if test["overdue"]:
+            warning.append(f"{word} overdue: due {test['due_at']}, last {test['last_at'] or 'never'}")
+    for drill in row.get("drills_overdue", []):
+        warning.append(f"DR drill {drill['scenario']} overdue: " + (f"last drilled {drill['last_drill_at']}"
+                       if drill["last_drill_at"] else "never drilled") + f" (cadence {drill['cadence']})")
     missed = row.get("missed_run")
     if missed:  # nothing started the run the schedule promised: the RPO is at risk
         (critical if (row.get("scheduler") or {}).get("running") is False else warning).append(

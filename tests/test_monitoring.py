@@ -67,10 +67,12 @@ def test_status_exits_like_a_monitoring_plugin(workspace):
     assert text.returncode == 2 and text.stdout.rstrip().endswith("CRITICAL") and "RPO breached" in text.stdout
 
 
-def test_status_is_critical_when_no_scheduler_started_a_scheduled_run(workspace):
+def test_status_is_critical_when_no_scheduler_started_a_scheduled_run(workspace, monkeypatch):
     (workspace.source / "a.txt").write_text("hello")
+    monkeypatch.setenv("INSITE_FAKE_NOW", "2026-03-01T10:05:00Z")  # (at XX:00-XX:03 no slot fell in the 13m)
     done = backup.run(workspace.ws, "tree")
-    later = clock.iso(clock.parse_iso(done["finished_at"]) + clock.parse_duration("13m"))  # a */15 run was due
+    monkeypatch.delenv("INSITE_FAKE_NOW")
+    later = clock.iso(clock.parse_iso(done["finished_at"]) + clock.parse_duration("13m"))  # the 10:15 run was due
     result = workspace.cli("status", "--json", env={"INSITE_FAKE_NOW": later})
     rows = json.loads(result.stdout)
     assert result.returncode == 2 and rows[0]["level"] == "critical"
@@ -324,3 +326,169 @@ def test_metrics_parse_and_match_the_catalog(workspace, tmp_path):
     assert _parse(target.read_text()) == samples and list(target.parent.iterdir()) == [target]  # no temp left
     refused = workspace.cli("metrics", "--textfile", str(tmp_path / "missing" / "x.prom"))
     assert refused.returncode == 1 and "cannot write metrics to" in refused.stderr and "Traceback" not in refused.stderr
+
+
+# ----- regular tests, missed runs, a scheduler down, overdue drills --------------------------
+
+
+def _events(hook) -> list[tuple[str, str]]:
+    return [(json.loads(b)["event"], json.loads(b)["subject"]) for _, b in hook.received]
+
+
+def test_scheduled_verify_and_restore_test_are_runs_that_feed_status_and_alert(workspace, hook):
+    from insite_console import regular, scheduler
+
+    hook.fail_first = 0
+    _config(workspace, f"""
+        [[alert]]
+        on = ["verify_failed"]
+        webhook_url = "{hook.url}"
+        """, policy_extra='verify_schedule = "0 3 * * *"\nrestore_test_schedule = "0 4 * * 0"')
+    (workspace.source / "a.txt").write_text("hello " * 5000)
+    assert scheduler.due_tests(workspace.ws) == []  # nothing to test before a backup
+    done = backup.run(workspace.ws, "tree")
+    logs: list[str] = []
+    jobs = scheduler.Scheduler(workspace.ws, log=logs.append)
+    jobs.run_once()
+    tests = {r["kind"]: r for r in jobs.results if "kind" in r}
+    assert tests["scheduled_verify"]["status"] == "succeeded" and tests["restore_test"]["status"] == "succeeded"
+    assert tests["restore_test"]["backup_id"] == done["id"]
+    assert any("tree: restore test of backup" in line and "succeeded" in line for line in logs)
+    catalog = workspace.reopen().catalog
+    assert catalog.last_run("restore_test", "tree")["status"] == "succeeded"
+    assert catalog.restores(limit=1)[0]["backup_id"] == done["id"]  # recorded like any restore
+    assert catalog.verifications(done["id"])[0]["deep"] is True
+    assert not list((workspace.root / "state" / "drills").glob("*/*"))  # the scratch folder is gone
+    assert scheduler.due_tests(workspace.ws) == []  # ran since the slot fired
+    [row] = status.overview(workspace.ws)
+    assert [t["last_status"] for t in row["regular_tests"]] == ["succeeded", "succeeded"]
+    assert not any("verify" in p or "restore test" in p for p in row["problems"])
+    # the data rots: both tests fail, status says why, each failure is delivered once
+    for pack in (workspace.root / "repo" / "data").rglob("*"):
+        if pack.is_file():
+            data = bytearray(pack.read_bytes())
+            data[len(data) // 3:len(data) // 3 + 64] = bytes(64)  # inside a blob: its authentication fails
+            pack.write_bytes(bytes(data))
+    failed = [regular.run(workspace.ws, kind, "tree") for kind in ("scheduled_verify", "restore_test")]
+    assert [r["status"] for r in failed] == ["failed", "failed"]
+    [row] = status.overview(workspace.ws)
+    assert row["level"] == "critical"
+    problems = "\n".join(row["problems"])
+    assert "last scheduled deep verify (" in problems and f") failed: {failed[0]['error']}" in problems
+    assert "failed authentication" in failed[0]["error"]
+    assert "last restore test (" in problems and f"failed: {failed[1]['error']}" in problems
+    assert sorted(_events(hook)) == [("verify_failed", "tree"), ("verify_failed", "tree")]
+    assert {json.loads(b)["details"]["test"] for _, b in hook.received} == {"scheduled_verify", "restore_test"}
+    # a week on, with no scheduler: both are overdue (a warning each, beside the RPO breach)
+    later = clock.parse_iso(done["finished_at"]) + clock.parse_duration("8d")
+    [row] = status.overview(workspace.ws, later)
+    assert sum(p.startswith(("scheduled deep verify overdue: due ", "restore test overdue: due "))
+               for p in row["problems"]) == 2
+
+
+def test_schedules_of_regular_tests_are_validated(workspace):
+    with pytest.raises(ConfigError) as caught:
+        _config(workspace, "", policy_extra='verify_schedule = "every night"\nrestore_test_schedule = 3')
+    assert "policy.tree.verify_schedule: expected a valid 5-field cron expression" in str(caught.value)
+    assert "policy.tree.restore_test_schedule: expected a cron expression" in str(caught.value)
+
+
+def test_missed_runs_a_scheduler_down_and_overdue_drills_are_announced_once_and_recovered(workspace, hook):
+    hook.fail_first = 0
+    _config(workspace, f"""
+        [[alert]]
+        on = ["missed_run", "scheduler_down", "drill_overdue", "recovered"]
+        webhook_url = "{hook.url}"
+
+        [dr]
+        cadence = "30d"
+        """)
+    (workspace.source / "a.txt").write_text("hello")
+    done = backup.run(workspace.ws, "tree")
+    late = clock.iso(clock.parse_iso(done["finished_at"]) + clock.parse_duration("20m"))
+    for _ in range(3):  # Nagios every minute: told once
+        result = workspace.cli("status", "--json", env={"INSITE_FAKE_NOW": late})
+        assert result.returncode == 2
+    [row] = json.loads(result.stdout)
+    assert any(p.startswith("DR drill datacenter_failure overdue: never drilled (cadence 30d)") for p in row["problems"])
+    assert not any("database_failure" in p for p in row["problems"])  # covers @databases only
+    assert sorted(_events(hook)) == [("drill_overdue", "drill:data_corruption"),
+                                     ("drill_overdue", "drill:datacenter_failure"),
+                                     ("missed_run", "tree"), ("scheduler_down", "scheduler")]
+    missed = json.loads(next(b for _, b in hook.received if json.loads(b)["event"] == "missed_run"))
+    assert missed["message"].endswith("did not start: scheduler not running")
+    # the scheduler is back, a run started, one scenario was drilled
+    workspace.ws.catalog.scheduler_beat(clock.iso(clock.now()), 30)
+    backup.run(workspace.ws, "tree")
+    workspace.ws.catalog.insert_drill({"id": clock.new_id(), "scenario": "data_corruption", "status": "passed",
+                                       "started_at": clock.iso(clock.now()), "mode": "rehearsal"})
+    for _ in range(2):
+        assert workspace.cli("status", "--json").returncode == 1  # one drill still overdue: a warning
+    recovered = sorted(s for e, s in _events(hook)[4:] if e == "recovered")
+    assert recovered == ["drill:data_corruption", "scheduler", "tree"]
+    assert len(hook.received) == 7
+
+
+def test_a_backup_failing_after_its_retries_is_delivered_once(workspace, hook):
+    from insite_console import scheduler
+
+    hook.fail_first = 0
+    _config(workspace, f"""
+        [[alert]]
+        on = ["failure"]
+        webhook_url = "{hook.url}"
+        """, policy_extra='retries = 1\nretry_delay = "1s"')
+    shutil.move(workspace.source, workspace.root / "gone")
+    jobs = scheduler.Scheduler(workspace.ws, log=lambda m: None)
+    results = jobs.run_once()
+    assert [r["status"] for r in results] == ["failed"]
+    assert len(workspace.ws.catalog.backups(policy="tree")) == 2  # two attempts, one announcement
+    assert _events(hook) == [("failure", "tree")]
+
+
+def _fill(ws, start: int, count: int) -> None:
+    """`count` more backups of tree (one in ten failed), each with its run, every tenth verified."""
+    db = ws.catalog.db
+    db.execute("BEGIN")
+    for n in range(start, start + count):
+        at = clock.iso_precise(clock.parse_iso("2020-01-01T00:00:00Z") + clock.parse_duration(f"{15 * n}m"))
+        status_ = "failed" if n % 10 == 7 else "succeeded"
+        db.execute("INSERT INTO backups (id, policy, source, source_type, storage, type, status, started_at, "
+                   "finished_at, started_at_precise, run_id) VALUES (?, 'tree', 'tree', 'files', 'local', 'full', "
+                   "?, ?, ?, ?, ?)", (f"{n:016x}", status_, at[:19] + "Z", at[:19] + "Z", at, f"{n:016x}"))
+        db.execute("INSERT INTO runs (id, kind, subject, status, started_at) VALUES (?, 'backup', 'tree', ?, ?)",
+                   (f"{n:016x}", status_, at))
+        if n % 10 == 3:
+            ws.catalog.insert_verification({"id": f"v{n:015x}", "backup_id": f"{n:016x}", "storage": "local",
+                                            "deep": 1, "status": "ok", "started_at": at, "finished_at": at})
+    db.execute("COMMIT")
+
+
+def test_status_and_metrics_do_not_read_more_as_the_catalog_grows(workspace):
+    """Not timed (bench/bench_status.py measures): SQLite's own step count of what status and
+    metrics ask, at 1,000 and at 10,000 runs, must not grow with the catalog."""
+    from insite_console import metrics
+
+    _config(workspace, "", policy_extra='verify_every = "1d"\nrestore_test_schedule = "0 4 * * *"')
+    ws = workspace.ws
+
+    def steps() -> int:
+        count = [0]
+
+        def tick():
+            count[0] += 1
+            return 0
+
+        ws.catalog.db.set_progress_handler(tick, 100)
+        try:
+            status.overview(ws, check_storage=True)
+            metrics.exposition(ws)
+        finally:
+            ws.catalog.db.set_progress_handler(None, 100)
+        return count[0]
+
+    _fill(ws, 0, 1000)
+    small = steps()
+    _fill(ws, 1000, 9000)
+    large = steps()
+    assert large < small * 1.5 + 50, (small, large)

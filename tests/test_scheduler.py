@@ -193,15 +193,18 @@ def test_two_schedulers_racing_for_one_policy_run_it_once(workspace):
 
 def test_schedule_list(workspace):
     _configure(workspace, extra='\n[scheduler]\ntimezone = "Europe/Berlin"\n',
-               policy_extra='retries = 3\nretry_delay = "5m"')
+               policy_extra='retries = 3\nretry_delay = "5m"\nrestore_test_schedule = "0 4 * * 0"')
     workspace.cli("backup", "tree", check=True)
     rows = json.loads(workspace.cli("schedule", "--list", "--json",
                                     env={"INSITE_FAKE_NOW": "2099-01-01T00:07:00Z"}, check=True).stdout)
     assert rows == [{"policy": "tree", "enabled": True, "schedule": "*/15 * * * *", "timezone": "Europe/Berlin",
                      "last_run_at": rows[0]["last_run_at"], "last_run_status": "succeeded",
-                     "next_run_at": "2099-01-01T00:15:00Z", "retries": 3, "retry_delay": "5m"}]
+                     "next_run_at": "2099-01-01T00:15:00Z", "retries": 3, "retry_delay": "5m",
+                     "tests": [{"kind": "restore_test", "schedule": "0 4 * * 0", "last_run_at": None,
+                                "last_run_status": None, "next_run_at": "2099-01-04T03:00:00Z"}]}]
     text = workspace.cli("schedule", "--list", check=True).stdout
     assert "tree" in text and "yes" in text and "3 every 5m (doubling)" in text
+    assert "  restore_test" in text and "0 4 * * 0" in text
 
 
 def test_the_scheduler_stops_cleanly_on_sigterm(workspace):
@@ -220,3 +223,101 @@ def test_the_scheduler_stops_cleanly_on_sigterm(workspace):
     finally:
         process.kill()
         process.wait()
+
+
+# ----- one run per policy across hosts -------------------------------------------------------
+
+
+def _on_host(host: str, *argv: str) -> list[str]:
+    """argv run with its own hostname (a UTS namespace): another host sharing this repository."""
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *argv]
+
+
+def _cli_on(host: str, config, *args: str) -> list[str]:
+    return _on_host(host, sys.executable, "-m", "insite_console", "-c", str(config), *args)
+
+
+@pytest.fixture
+def two_hosts(workspace, tmp_path):
+    """Host alpha (the workspace) and host beta: configs and catalogs of their own, one repository."""
+    if subprocess.run(_on_host("probe", "true"), capture_output=True).returncode != 0:
+        pytest.skip("needs unshare --uts (root) to give a process another host name")
+    beta = tmp_path / "beta"
+    beta.mkdir()
+    write_config(beta, [str(workspace.source)], storage_path=str(workspace.root / "repo"))
+    (workspace.source / "big.bin").write_bytes(os.urandom(40 << 20))  # a backup that lasts a moment
+    return workspace.config, beta / "config.toml"
+
+
+def _hold_stopped(config) -> subprocess.Popen:
+    """`backup tree` on host alpha, frozen (SIGSTOP) once it holds the policy lock."""
+    repo = config.parent / "repo" / "policy-locks"
+    process = subprocess.Popen(_cli_on("alpha", config, "backup", "tree"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not [lock for lock in repo.glob("*/*") if len(lock.name) == 16]:  # (not a temporary file of the put)
+        assert process.poll() is None and time.monotonic() < deadline, "alpha's backup took no policy lock"
+        time.sleep(0.001)
+    process.send_signal(signal.SIGSTOP)
+    return process
+
+
+def test_two_hosts_with_catalogs_of_their_own_never_run_one_policy_at_once(two_hosts):
+    alpha, beta = two_hosts
+    holder = _hold_stopped(alpha)
+    try:
+        scheduled = subprocess.run(_cli_on("beta", beta, "schedule", "--once"), capture_output=True, text=True)
+        assert scheduled.returncode == 0, scheduled.stderr
+        assert f"tree: skipped: a backup of tree is already running: pid {holder.pid} on host alpha, user " \
+               in scheduled.stderr
+        refused = subprocess.run(_cli_on("beta", beta, "backup", "tree"), capture_output=True, text=True)
+        assert refused.returncode == 1 and f"pid {holder.pid} on host alpha, user root, for " in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        holder.send_signal(signal.SIGCONT)
+    assert holder.wait(60) == 0, holder.stderr.read()
+    from insite_console.workspace import Workspace
+
+    ws = Workspace.load(beta)
+    try:
+        assert ws.catalog.backups(policy="tree") == []  # beta ran nothing while alpha ran
+    finally:
+        ws.close()
+    # alpha dies holding the lock: beta cannot tell its process is gone, so it waits for the
+    # storage's clock to call the lock stale (30 minutes unrefreshed); alpha itself takes it at once
+    holder = _hold_stopped(alpha)
+    holder.kill()
+    holder.wait()
+    [lock] = (alpha.parent / "repo" / "policy-locks").glob("*/*")
+    refused = subprocess.run(_cli_on("beta", beta, "backup", "tree"), capture_output=True, text=True)
+    assert refused.returncode == 1 and f"pid {holder.pid} on host alpha" in refused.stderr
+    old = time.time() - 31 * 60
+    os.utime(lock, (old, old))
+    done = subprocess.run(_cli_on("beta", beta, "backup", "tree", "--json"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded" and not lock.exists()
+    holder = _hold_stopped(alpha)
+    holder.kill()
+    holder.wait()
+    again = subprocess.run(_cli_on("alpha", alpha, "backup", "tree"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr  # same host, its process gone: taken over at once
+
+
+def test_two_schedulers_on_two_hosts_started_together_never_overlap(two_hosts):
+    alpha, beta = two_hosts
+    started = [subprocess.Popen(_cli_on(host, config, "schedule", "--once"), stderr=subprocess.PIPE, text=True)
+               for host, config in (("alpha", alpha), ("beta", beta))]
+    logs = [process.communicate(timeout=120)[1] for process in started]
+    from insite_console.workspace import Workspace
+
+    runs = []
+    for config in (alpha, beta):
+        ws = Workspace.load(config)
+        try:
+            runs += [(clock.parse_iso(b["started_at"]), clock.parse_iso(b["finished_at"]))
+                     for b in ws.catalog.backups(policy="tree")]
+        finally:
+            ws.close()
+    skipped = [log for log in logs if "tree: skipped: a backup of tree is already running" in log]
+    # one ran and the other stood aside, or (both locking in the same instant) both stood aside
+    assert (len(runs), len(skipped)) in ((1, 1), (0, 2)), logs

@@ -141,6 +141,30 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN origin TEXT;
     ALTER TABLE runs ADD COLUMN cancelled_by TEXT;
     """,
+    # 10: status and metrics on 100k runs (bench/bench_status.py) answer from indexes: the newest
+    # run of a kind and subject (a policy's last restore test), a policy's newest backup of a status
+    # (the newest `running` one scanned every row of the policy), verifications by policy, and
+    # failed backups counted as they fail (a Prometheus counter: forgetting old ones never lowers it)
+    """
+    CREATE INDEX IF NOT EXISTS runs_kind_subject ON runs(kind, subject, started_at DESC);
+    CREATE INDEX IF NOT EXISTS backups_policy_status ON backups(policy, status, started_at_precise DESC, id DESC);
+    ALTER TABLE verifications ADD COLUMN policy TEXT;
+    UPDATE verifications SET policy = (SELECT policy FROM backups WHERE backups.id = verifications.backup_id);
+    CREATE INDEX IF NOT EXISTS verifications_policy ON verifications(policy, started_at DESC);
+    CREATE TABLE policy_failures (policy TEXT PRIMARY KEY, failures INTEGER NOT NULL);
+    INSERT INTO policy_failures SELECT policy, COUNT(*) FROM backups WHERE status = 'failed' GROUP BY policy;
+    CREATE TRIGGER backups_failed_insert AFTER INSERT ON backups WHEN NEW.status = 'failed'
+    BEGIN
+        INSERT INTO policy_failures VALUES (NEW.policy, 1)
+            ON CONFLICT (policy) DO UPDATE SET failures = failures + 1;
+    END;
+    CREATE TRIGGER backups_failed_update AFTER UPDATE OF status ON backups
+    WHEN NEW.status = 'failed' AND OLD.status != 'failed'
+    BEGIN
+        INSERT INTO policy_failures VALUES (NEW.policy, 1)
+            ON CONFLICT (policy) DO UPDATE SET failures = failures + 1;
+    END;
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -235,6 +259,12 @@ class Catalog:
         sql += " ORDER BY started_at DESC LIMIT ?"
         args.append(limit)
         return [dict(row) for row in self.db.execute(sql, args)]
+
+    def last_run(self, kind: str, subject: str) -> dict | None:
+        """The newest run of `kind` on `subject` (a policy's last scheduled verify, say)."""
+        row = self.db.execute("SELECT * FROM runs WHERE kind = ? AND subject = ? ORDER BY started_at DESC LIMIT 1",
+                              (kind, subject)).fetchone()
+        return dict(row) if row else None
 
     def run(self, run_id: str) -> dict | None:
         row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -428,19 +458,23 @@ class Catalog:
     def insert_verification(self, row: dict) -> None:
         row = dict(row)
         row["problems"] = json.dumps(row.get("problems", []))
+        if "policy" not in row:  # (kept with the row: a policy's newest verification is an index lookup)
+            found = self.db.execute("SELECT policy FROM backups WHERE id = ?", (row["backup_id"],)).fetchone()
+            row["policy"] = found[0] if found else None
         names = list(row)
         self.db.execute(f"INSERT OR REPLACE INTO verifications ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         tuple(row.values()))
 
     def failure_counts(self) -> dict[str, int]:
-        """Failed backups per policy, in one aggregate query (for the metrics counter)."""
-        return {row[0]: row[1] for row in self.db.execute(
-            "SELECT policy, COUNT(*) FROM backups WHERE status = 'failed' GROUP BY policy")}
+        """Backups per policy that failed since this catalog began counting (for the metrics
+        counter): kept by triggers as rows fail, so it never decreases when retention or a sync
+        forgets old failed backups, and costs one small table read."""
+        return {row[0]: row[1] for row in self.db.execute("SELECT policy, failures FROM policy_failures")}
 
     def last_verification(self, policy: str) -> dict | None:
         """The newest verification of any backup of `policy` (for `verify_every` and status)."""
         row = self.db.execute(
-            "SELECT v.* FROM verifications v JOIN backups b ON b.id = v.backup_id WHERE b.policy = ? "
+            "SELECT v.* FROM verifications v JOIN backups b ON b.id = v.backup_id WHERE v.policy = ? "
             "ORDER BY v.started_at DESC LIMIT 1", (policy,)).fetchone()
         return dict(row) if row else None
 
@@ -511,6 +545,10 @@ class Catalog:
             db.execute("ROLLBACK")
             raise
         return active != held
+
+    def conditions(self, event: str) -> list[str]:
+        """The subjects for which the condition `event` is announced and not yet over."""
+        return [row[0] for row in self.db.execute("SELECT subject FROM alert_conditions WHERE event = ?", (event,))]
 
     def claim_policy(self, policy: str, run_id: str) -> dict | None:
         """Take the policy's run lock for this process; returns the live holder instead when

@@ -15,14 +15,15 @@ same rule). The whole model is in docs/FORMAT.md ("Concurrency"); in short:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import threading
 import time
 
-from insite_console import clock
-from insite_console.errors import InsiteError, ObjectNotFound, RepositoryError
+from insite_console import clock, who
+from insite_console.errors import InsiteError, ObjectNotFound, PolicyBusy, RepositoryError
 from insite_console.storage.base import ObjectInfo, Storage
 
 LOCKS = "locks/"
@@ -76,11 +77,13 @@ class RepositoryLock:
 
     `on_acquired` runs once the lock is held (the repository re-syncs its index there)."""
 
+    prefix = LOCKS
+
     def __init__(self, storage: Storage, purpose: str, exclusive: bool = False, on_acquired=None):
         self.storage = storage
         self.purpose = purpose
         self.exclusive = exclusive
-        self.key = f"{LOCKS}{os.urandom(8).hex()}"
+        self.key = f"{self.prefix}{os.urandom(8).hex()}"
         self._on_acquired = on_acquired
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,11 +91,12 @@ class RepositoryLock:
         self._refresh_error: str | None = None
         self.stale_after = STALE_AFTER
         self.safety_margin = SAFETY_MARGIN
+        self._since = clock.iso(clock.now())  # when it was taken: refreshes keep it
 
     def _body(self) -> bytes:
         return json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid(),
-                           "time": time.time(), "exclusive": self.exclusive, "purpose": self.purpose,
-                           "since": clock.iso(clock.now())}).encode()
+                           "user": who.user(), "time": time.time(), "exclusive": self.exclusive,
+                           "purpose": self.purpose, "since": self._since}).encode()
 
     def _put(self) -> None:
         started = time.monotonic()
@@ -101,7 +105,7 @@ class RepositoryLock:
 
     def _others(self) -> list[dict]:
         """Live locks other than ours; stale ones are deleted on the way."""
-        infos = list(self.storage.list(LOCKS))
+        infos = list(self.storage.list(self.prefix))
         mine = next((info for info in infos if info.key == self.key), None)
         storage_now = mine.mtime if mine is not None else None
         found = []
@@ -133,11 +137,7 @@ class RepositoryLock:
         conflict = self._conflict()  # ours is on storage first: a simultaneous locker sees it too
         if conflict is not None:
             self.storage.delete([self.key])
-            raise RepositoryError(
-                f"repository on storage {self.storage.name} is locked by {conflict.get('purpose')} "
-                f"(host {conflict.get('host')}, pid {conflict.get('pid')}, since {conflict.get('since')}); "
-                f"{self.purpose} needs it {'alone' if self.exclusive else 'without a prune running'} — try again "
-                "when it has finished")
+            raise self._refusal(conflict)
         self._thread = threading.Thread(target=self._refresh, name="insite-lock", daemon=True)
         self._thread.start()
         try:
@@ -147,6 +147,13 @@ class RepositoryLock:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _refusal(self, conflict: dict) -> InsiteError:
+        return RepositoryError(
+            f"repository on storage {self.storage.name} is locked by {conflict.get('purpose')} "
+            f"(host {conflict.get('host')}, pid {conflict.get('pid')}, since {conflict.get('since')}); "
+            f"{self.purpose} needs it {'alone' if self.exclusive else 'without a prune running'} — try again "
+            "when it has finished")
 
     def _refresh(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):
@@ -179,3 +186,26 @@ class RepositoryLock:
             self.storage.delete([self.key])
         except Exception:
             pass
+
+
+POLICY_LOCKS = "policy-locks/"
+
+
+class PolicyLock(RepositoryLock):
+    """One run of a job (a policy's backup, its scheduled verify) at a time across every host
+    using the repository, whatever their catalogs say: an exclusive lock of its own under
+    `policy-locks/<job hash>/`, apart from `locks/`, so it never holds up a prune, a restore or
+    another policy. Liveness and takeover are those of the repository lock (above)."""
+
+    def __init__(self, storage: Storage, job: str, purpose: str):
+        self.prefix = f"{POLICY_LOCKS}{hashlib.sha256(job.encode()).hexdigest()[:16]}/"
+        super().__init__(storage, purpose, exclusive=True)
+
+    def _refusal(self, conflict: dict) -> InsiteError:
+        try:
+            age = clock.human_duration(max(0.0, (clock.now() - clock.parse_iso(conflict["since"])).total_seconds()))
+        except (KeyError, TypeError, ValueError):
+            age = "an unknown time"
+        return PolicyBusy(f"{conflict.get('purpose') or self.purpose} is already running: pid {conflict.get('pid')} on "
+                          f"host {conflict.get('host')}, user {conflict.get('user')}, for {age} (lock on storage "
+                          f"{self.storage.name}); not starting another")
