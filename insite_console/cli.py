@@ -599,6 +599,23 @@ def cmd_drill(args) -> int:
     ws = _workspace(args)
     from insite_console.dr import history
 
+    if args.text is not None and args.drill_command != "finding":
+        raise UsageError(f"drill {args.drill_command} takes one argument, not {args.text!r}")
+    if args.drill_command == "finding":
+        from insite_console.dr import findings
+
+        if not args.scenario or not args.text or not args.owner:
+            raise UsageError("drill finding needs a drill ID, the action and --owner: "
+                             "drill finding ID \"shorten the restore\" --owner dba [--due 30d]")
+        from insite_console import who
+
+        finding = findings.add(ws, args.scenario, args.text, args.owner, args.due, by=who.me())
+        if args.json:
+            _print_json(finding)
+        else:
+            print(f"finding added to drill {finding['drill']}: {finding['text']} (owner {finding['owner']}, "
+                  f"due {finding['due']})")
+        return 0
     if args.drill_command == "list" and args.history:
         drills = ws.catalog.drills(limit=200)
         if args.json:
@@ -858,8 +875,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
 
     p = add("drill", cmd_drill, "DR scenarios, drill playback, the DR report")
-    p.add_argument("drill_command", choices=["list", "run", "show", "replay", "report"])
-    p.add_argument("scenario", nargs="?", help="run: a scenario id; show/replay: a drill id")
+    p.add_argument("drill_command", choices=["list", "run", "show", "replay", "report", "finding"])
+    p.add_argument("scenario", nargs="?", help="run: a scenario id; show/replay/finding: a drill id")
+    p.add_argument("text", nargs="?", help="finding: the action to take, for the improvement plan")
+    p.add_argument("--owner", help="finding: who owns the action (a role or a person)")
+    p.add_argument("--due", help="finding: due date (2027-01-31) or duration from now (30d); default: before "
+                   "the next drill is due")
     p.add_argument("--history", action="store_true", help="list: past drills instead of scenarios")
     p.add_argument("--live", action="store_true", help="run: a live drill, in real time")
     p.add_argument("--tabletop", action="store_true", help="run: a tabletop drill (the default)")

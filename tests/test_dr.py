@@ -200,6 +200,63 @@ def test_a_rehearsal_records_auto_steps_at_their_estimate_however_late_the_loop_
     assert finished and not [e for e in finished if e["over_estimate"]], finished
 
 
+def _operated_drill(ws, late: dict[str, float]):
+    """data_corruption with an operator who marks each manual step done after its estimate,
+    plus `late[step]` seconds; automated steps take no drill time."""
+    from insite_console.dr import drill
+
+    fake = FakeTime()
+
+    def on_manual(run, step):
+        fake.now += step.estimate_seconds + late.get(step.id, 0)
+        run.mark(step.id, "done", "done", by="alice")
+
+    return drill.Drill(ws, drill.find(ws, "data_corruption"), drill_clock=drill.DrillClock(1.0, fake.monotonic, fake.sleep),
+                       on_manual=on_manual).run()
+
+
+def test_rto_trend_and_improvement_plan_in_the_report(tmp_path, monkeypatch):
+    from insite_console import clock
+
+    helper = _workspace(tmp_path, extra='\n[dr]\ncadence = "30d"\nrpo = "1d"\n')
+    helper.cli("backup", "tree", check=True)
+    base = clock.now()
+    records = []
+    for hour, late in ((1, {}), (2, {"2": 1800}), (3, {"1": 120})):  # 55m, then 1h 25m, then 57m
+        monkeypatch.setenv("INSITE_FAKE_NOW", clock.iso(base + clock.parse_duration(f"{hour}h")))
+        records.append(_operated_drill(helper.ws, late))
+    assert [r["status"] for r in records] == ["passed", "failed", "passed"]
+    kinds = {(f["kind"], f["step"], f["owner"]) for f in records[1]["findings"]}
+    assert ("over_estimate", "2", "application_owner") in kinds and ("missed_rto", None, "application_owner") in kinds
+    assert ("escalation", None, "incident_commander") in kinds  # level 2 after 1h
+    # the team's own finding, after the drill, on the failed one
+    added = helper.cli("drill", "finding", records[1]["id"], "Keep a DBA on standby for drills", "--owner", "dba",
+                       "--due", "2099-01-31", "--json", check=True)
+    assert json.loads(added.stdout)["due"].startswith("2099-01-3")
+    monkeypatch.setenv("INSITE_FAKE_NOW", clock.iso(base + clock.parse_duration("4h")))
+    report = json.loads(helper.cli("drill", "report", "--format", "json", check=True).stdout)
+    corruption = next(s for s in report["scenarios"] if s["id"] == "data_corruption")
+    assert [(p["recovery_seconds"], p["meets_rto"]) for p in corruption["rto_trend"]] == [
+        (3300, True), (5100, False), (3420, True)]
+    assert [p["drill"] for p in corruption["rto_trend"]] == [r["id"] for r in records]
+    plan = report["improvement_plan"]
+    # the newest drill's findings (step 1 over its estimate) and the team's own; the older drill's
+    # automatic findings are superseded by the newer drill
+    assert [(f["kind"], f["step"], f["drill"]) for f in plan] == [
+        ("over_estimate", "1", records[2]["id"]), ("operator", None, records[1]["id"])]
+    assert plan[0]["owner"] == "application_owner" and plan[0]["due"] == clock.iso(
+        base + clock.parse_duration("3h") + clock.parse_duration("30d"))
+    assert "took 2h" not in plan[0]["text"] and "took 12m against its estimate of 10m" in plan[0]["text"]
+    markdown = helper.cli("drill", "report", check=True).stdout
+    assert "- **Data corruption**: `▆█▆` 55m ✓ → 1h 25m ✗ → 57m ✓ (target 1h)" in markdown
+    assert "| dba | data_corruption | Keep a DBA on standby for drills | team: " in markdown
+    # the finding is in the sealed record too: a rebuilt catalog keeps it
+    shutil.rmtree(tmp_path / "state")
+    helper.cli("catalog", "rebuild", check=True)
+    shown = json.loads(helper.cli("drill", "show", records[1]["id"], "--json", check=True).stdout)
+    assert [f["text"] for f in shown["findings"] if f["source"] == "operator"] == ["Keep a DBA on standby for drills"]
+
+
 # ----- validation --------------------------------------------------------------------------
 
 GOOD = """

@@ -554,12 +554,11 @@ class Catalog:
         self.db.execute(f"INSERT OR REPLACE INTO drills ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         tuple(map(_text, row.values())))
 
-    def drills(self, scenario: str | None = None, limit: int = 20) -> list[dict]:
-        if scenario:
-            rows = self.db.execute("SELECT * FROM drills WHERE scenario = ? ORDER BY started_at DESC LIMIT ?",
-                                   (scenario, limit))
-        else:
-            rows = self.db.execute("SELECT * FROM drills ORDER BY started_at DESC LIMIT ?", (limit,))
+    def drills(self, scenario: str | None = None, limit: int = 20, finished: bool = False) -> list[dict]:
+        """Newest first; `finished`: without the drills still running (another console's, live)."""
+        where = " AND ".join(w for w, on in (("scenario = ?", scenario), ("status != 'running'", finished)) if on)
+        rows = self.db.execute(f"SELECT * FROM drills {'WHERE ' + where if where else ''} ORDER BY started_at DESC "
+                               "LIMIT ?", ((scenario,) if scenario else ()) + (limit,))
         return [{**dict(row), "steps": json.loads(row["steps"]), "record": json.loads(row["record"] or "{}")}
                 for row in rows]
 

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable
 
 from insite_console import clock, who
-from insite_console.dr import actions, history
+from insite_console.dr import actions, findings, history
 from insite_console.dr.scenarios import AUTOMATED, Scenario, Step, find, topological
 from insite_console.errors import Cancelled, UsageError
 from insite_console.events import CancelToken
@@ -95,6 +95,13 @@ class Drill:
     def respond(self, inject_seq: int, text: str, by: str = "operator") -> None:
         """Record the team's response to an inject (by the inject event's `seq`)."""
         self._marks.put(("response", inject_seq, text, by))
+        self._wake.set()
+
+    def finding(self, text: str, owner: str, due: str | None = None, step: str | None = None,
+                by: str = "operator") -> None:
+        """A finding for the improvement plan (an action, its owner, a due date: ISO, default
+        before the next drill is due)."""
+        self._marks.put(("finding", text, owner, due, step, by))
         self._wake.set()
 
     # ----- the timeline ------------------------------------------------------------------
@@ -178,6 +185,8 @@ class Drill:
                 self._emit("inject", text=item[1], by=item[2])
             elif item[0] == "response":
                 self._emit("response", inject=item[1], text=item[2], by=item[3])
+            elif item[0] == "finding":
+                self._emit("finding", text=item[1], owner=item[2], due=item[3], step=item[4], by=item[5])
             else:
                 _, step_id, status, note, by = item
                 if step_id in steps and self.state[step_id]["status"] in ("waiting", "running") \
@@ -200,6 +209,7 @@ class Drill:
                 self._settle(step, "not run", "a step it depends on was not carried out")
                 continue
             now = self.clock.elapsed()
+            self._escalate_elapsed(now)  # time an operator spent at a prompt (on_manual) counts
             self.state[step.id].update(status="running", started=now)
             self._emit("step_started", step=step.id, action=step.action, role=step.role, kind=step.kind,
                        estimate_seconds=step.estimate_seconds)
@@ -293,8 +303,10 @@ class Drill:
                   "rto_seconds": scenario.rto_seconds, "rpo_seconds": scenario.rpo_seconds,
                   "recovery_seconds": round(recovery, 3), "data_loss_seconds": data_loss,
                   "meets_rto": meets_rto, "meets_rpo": meets_rpo, "max_level": self.level,
-                  "missing": missing, "failed_steps": failed, "cleanup_problems": cleanup,
+                  "missing": missing, "failed_steps": failed, "cleanup_problems": cleanup, "auto": self.auto,
                   "steps": steps, "events": list(self.events)}
+        cadence = clock.parse_duration(self.ws.config.dr.get("cadence", "90d")).total_seconds()
+        record["findings"] = findings.derive(record, cadence)
         record["stored_in"] = history.save(self.ws, record)
         self.ws.catalog.event(None, f"DR drill {self.id} of {scenario.id} {status}: recovery "
                               f"{clock.human_duration(recovery)} (RTO {clock.human_duration(scenario.rto_seconds)})"

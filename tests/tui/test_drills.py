@@ -194,6 +194,34 @@ async def test_read_only_console_cannot_start_or_mark(console_workspace, make_ap
         assert type(app.screen).__name__ == "DrillsScreen" and app.screen.drill is None
 
 
+async def test_the_scenario_shows_its_rto_trend_over_drills(console_workspace, make_app, monkeypatch):
+    from insite_console import clock
+    from insite_console.dr import drill
+
+    _add_scenario(console_workspace)
+    base = clock.now()
+    scenario = drill.find(console_workspace, "tabletop_demo")
+    for i, minutes in enumerate((5, 40, 10)):  # the first step took this long; the plan's other steps 25 minutes
+        monkeypatch.setenv("INSITE_FAKE_NOW", clock.iso(base + clock.parse_duration(f"{i + 1}m")))
+        fake = FakeTime()
+        scenario.plan.steps[0].estimate_seconds = minutes * 60
+        drill.Drill(console_workspace, scenario, auto=True,
+                    drill_clock=drill.DrillClock(1, monotonic=lambda: fake.now,
+                                                 sleep=lambda s: setattr(fake, "now", fake.now + s))).run()
+    monkeypatch.delenv("INSITE_FAKE_NOW")
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5")
+        await pilot.pause()
+        await pilot.press("p")
+        await pilot.pause()
+        await pilot.click("#choice-tabletop_demo")
+        await pilot.pause()
+        head = str(app.screen.query_one("#drill-head").render())
+    assert "RTO trend ▄█▅ 30m ✓ (rehearsal) → 1h 5m ✗ (rehearsal) → 35m ✓ (rehearsal) (target 45m)" in head
+    assert "1 of 3 missed" in head
+
+
 # ----- snapshots -----------------------------------------------------------------------------
 
 SIZES = [(80, 24), (120, 40)]

@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Footer, Header, RichLog, Static
 
 from insite_console import clock, who
 from insite_console.dr import drill as dr_drill
-from insite_console.dr import history, scenarios
+from insite_console.dr import history, report, scenarios
 from insite_console.errors import InsiteError
 from insite_console.tui import commands, model
 from insite_console.tui.dialogs.confirm import ChoiceDialog, ConfirmDialog, TextDialog
@@ -173,10 +173,23 @@ class DrillsScreen(InsiteScreen):
                          + verdict)
         elif self.drill is None and self.record is None:
             who = ", ".join(sorted(self.scenario.plan.team)) or "no team"
+            points = self._trend()
+            if points:
+                missed = sum(1 for p in points if not p["meets_rto"])
+                lines.append(f"RTO trend [b]{report.sparkline(points)}[/] {escape(report.trend_text(points))}"
+                             + (f" · [$error]{missed} of {len(points)} missed[/]" if missed else ""))
             lines.append(f"[dim]{escape(self.scenario.description)}[/]\nTeam: {escape(who)}. "
                          + ("Press [b]s[/] to start a drill, [b]p[/] for another scenario, [b]h[/] for playback."
                             if not self.app.read_only else "Press [b]p[/] for another scenario, [b]h[/] for playback."))
         head.update("\n".join(lines))
+
+    def _trend(self) -> list[dict]:
+        """The scenario's measured RTO per drill, oldest first (the DR report's trend)."""
+        try:
+            rows = self.app.workspace.catalog.drills(self.scenario.id, limit=report.TREND, finished=True)
+        except Exception:  # a locked catalog: no trend this time, the next refresh tries again
+            return []
+        return report.trend([row["record"] for row in rows])
 
     def _targets(self) -> tuple[float, float]:
         if self.record is not None:
@@ -488,7 +501,7 @@ class DrillsScreen(InsiteScreen):
     def action_playback(self) -> None:
         if self.drill is not None:
             return
-        drills = self.app.workspace.catalog.drills(limit=8)
+        drills = self.app.workspace.catalog.drills(limit=8, finished=True)
         if not drills:
             self.notify("no finished drill yet: start one with s (or `insite-console drill run`)", timeout=4)
             return
