@@ -89,6 +89,24 @@ def watch(ws, rows: list[dict]) -> None:
                   problem or f"storage {name} answers again", {"storage": name})
 
 
+def watch_drills(ws, now=None) -> None:
+    """`drill_overdue` for each scenario not drilled within `[dr] cadence` (once, when it
+    becomes overdue; `recovered` when a drill of it is done)."""
+    if not ws.config.alerts or not any("drill_overdue" in a["on"] or "recovered" in a["on"] for a in ws.config.alerts):
+        return
+    from insite_console.dr import report
+
+    for row in report.build(ws, now)["scenarios"]:
+        when = f"last drilled {row['days_since_drill']} days ago" if row["days_since_drill"] is not None \
+            else "never drilled"
+        condition(ws, "drill_overdue", f"drill:{row['id']}", row["overdue"],
+                  f"DR drill of {row['name']} ({row['id']}) is overdue: {when}" if row["overdue"]
+                  else f"DR scenario {row['id']} was drilled ({when})",
+                  {"scenario": row["id"], "days_since_drill": row["days_since_drill"],
+                   "cadence_days": round(clock.parse_duration(ws.config.dr.get("cadence", "90d")).total_seconds()
+                                         / 86400, 1)})
+
+
 def backup_outcome(ws, policy: str, result: dict | None = None, error: str | None = None) -> None:
     """After a backup (CLI or scheduler, after its last retry): `failure` for each failed run,
     `verify_failed` when the verification after it found problems, `recovered` on the first

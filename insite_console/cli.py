@@ -674,9 +674,11 @@ def cmd_drill(args) -> int:
         else:
             _print_drill(result)
         return 0 if result["status"] == "passed" else 1
+    from insite_console import alerts
     from insite_console.dr import report
 
     result = report.build(ws)
+    alerts.watch_drills(ws)  # overdue drills are announced (once) where no scheduler runs
     if args.json or args.format == "json":
         _print_json(result)
     else:

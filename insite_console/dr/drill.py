@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from insite_console import clock, who
+from insite_console import alerts, clock, who
 from insite_console.dr import actions, findings, history
 from insite_console.dr.scenarios import AUTOMATED, Scenario, Step, find, topological
 from insite_console.errors import Cancelled, UsageError
@@ -78,6 +78,7 @@ class Drill:
         self._marks: queue.Queue = queue.Queue()
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._senders: list[threading.Thread] = []  # escalation alerts on their way
 
     # ----- for the operator (any thread) -------------------------------------------------
 
@@ -173,7 +174,14 @@ class Drill:
             status = "cancelled"
         finally:
             cleanup = ctx.close()
-        return self._finish_drill(started, status, cleanup)
+            for sender in self._senders:  # each bounded by its alerts' timeouts
+                sender.join()
+        record = self._finish_drill(started, status, cleanup)
+        if record["status"] != "cancelled":
+            alerts.condition(self.ws, "drill_overdue", f"drill:{self.scenario.id}", False,
+                             f"DR scenario {self.scenario.id} was drilled: {record['status']} ({self.mode})",
+                             {"scenario": self.scenario.id, "drill_id": self.id})
+        return record
 
     def _drain(self, steps: dict[str, Step]) -> None:
         while True:
@@ -266,6 +274,23 @@ class Drill:
                    response_seconds=esc.response_seconds)
         self.ws.catalog.event(None, f"DR drill {self.id}: escalation level {esc.level} ({why}): notify "
                               f"{', '.join(esc.notify)}", level="warning")
+        if self.ws.config.alerts:  # through the alert hooks, beside the loop: a slow hook must not stop the clock
+            contacts = ", ".join(f"{r} ({team.get(r, {}).get('contact') or 'no contact'})" for r in esc.notify)
+            message = (f"DR drill {self.id} ({self.mode}) of {self.scenario.name}: escalation level {esc.level} "
+                       f"({why}): notify {contacts}")
+            details = {"drill_id": self.id, "scenario": self.scenario.id, "mode": self.mode, "level": esc.level,
+                       "trigger": why, "notify": esc.notify, "elapsed_seconds": round(self.clock.elapsed(), 3),
+                       "response_seconds": esc.response_seconds, "drill": True}
+            sender = threading.Thread(target=self._alert, args=("escalation", message, details),
+                                      name=f"drill-alert-{esc.level}", daemon=True)
+            sender.start()
+            self._senders.append(sender)
+
+    def _alert(self, event: str, message: str, details: dict) -> None:
+        try:
+            alerts.fire(self.ws, event, f"drill:{self.scenario.id}", message, details)
+        finally:
+            self.ws.catalog.close()  # this thread's connection
 
     def _finish_drill(self, started, status: str | None, cleanup: list[str]) -> dict[str, Any]:
         scenario = self.scenario

@@ -41,14 +41,15 @@ def trend_text(points: list[dict]) -> str:
     return f"{marks} (target {clock.human_duration(points[-1]['rto_seconds'])})"
 
 
-def build(ws) -> dict[str, Any]:
-    now = clock.now()
+def build(ws, now=None) -> dict[str, Any]:
+    now = now or clock.now()
     cadence = clock.parse_duration(ws.config.dr.get("cadence", "90d")).total_seconds()
     scenarios = []
     for s in load(ws):
         drills = ws.catalog.drills(s.id, limit=TREND, finished=True)
         last = drills[0]["record"] if drills else None
-        age = (now - clock.parse_iso(last["started_at"])).total_seconds() if last else None
+        done = next((d for d in drills if d["status"] != "cancelled"), None)  # a stopped drill is no drill
+        age = (now - clock.parse_iso(done["started_at"])).total_seconds() if done else None
         overran = [st["id"] for st in (last or {}).get("steps", [])
                    if st.get("seconds") is not None and st["seconds"] > st["estimate_seconds"]]
         scenarios.append({
