@@ -729,6 +729,10 @@ def _print_drill(result: dict) -> None:
         print(f"  {clock.human_duration(start) if start is not None else '-':>7} "
               f"+{clock.human_duration(took) if took is not None else '-':<7} {step['status']:<9} {step['id']} "
               f"{step['action']} ({step['role']})" + (f": {step['notes']}" if step.get("notes") else ""))
+    if result["status"] == "running":
+        print(f"still running (by {result.get('by') or '?'}, drill time {clock.human_duration(result['clock']['t'])} "
+              f"at {result['clock']['at'][:19]}Z)")
+        return
     loss = result["data_loss_seconds"]
     rpo_word = {True: "met", False: "MISSED", None: "not measured"}[result.get("meets_rpo")]
     print(f"recovery time {clock.human_duration(result['recovery_seconds'])} against RTO "

@@ -568,6 +568,19 @@ class Catalog:
                                (drill_id.replace("%", "") + "%",)).fetchall()
         return json.loads(rows[0]["record"]) if len(rows) == 1 else None
 
+    def drill_process(self) -> dict:
+        """This process's identity, kept in a running drill's record (see drill_ended)."""
+        return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _start_ticks(os.getpid()),
+                "boot_id": _boot_id()}
+
+    def drill_ended(self, record: dict) -> str | None:
+        """Why a `running` drill's process is gone (it died without finishing), or None if it may
+        still run (it runs, or runs on another host)."""
+        process = record.get("process") or {}
+        if process.get("host") != socket.gethostname() or not process.get("pid"):
+            return None
+        return _run_ended({**process, "started_at": record["started_at"]})
+
     def drill_ids(self) -> set[str]:
         return {row["id"] for row in self.db.execute("SELECT id FROM drills")}
 

@@ -13,6 +13,7 @@ tests jump through a two-hour plan at once. A drill passes only when every step 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -112,9 +113,32 @@ class Drill:
             event = {"seq": len(self.events) + 1, "t": round(self.clock.elapsed(), 3), "at": clock.iso(clock.now()),
                      "type": event_type, **fields}
             self.events.append(event)
+        if event_type != "drill_finished":
+            self._publish()
         if self.listener:
             self.listener(event, self.snapshot())
         return event
+
+    def _publish(self) -> None:
+        """The drill as it stands, into the catalog (status `running`): other consoles watch it
+        live from there (a read-only console of the tabletop's observers). Never in the way of the
+        drill: a locked catalog only makes the watchers' view a moment older."""
+        now = self.clock.elapsed()
+        record = {"id": self.id, "scenario": self.scenario.id, "name": self.scenario.name, "mode": self.mode,
+                  "status": "running", "started_at": self._started_at, "finished_at": None, "auto": self.auto,
+                  "rto_seconds": self.scenario.rto_seconds, "rpo_seconds": self.scenario.rpo_seconds,
+                  "recovery_seconds": None, "data_loss_seconds": None, "meets_rto": None, "meets_rpo": None,
+                  "missing": [], "failed_steps": [], "cleanup_problems": [], "max_level": self.level,
+                  "by": who.me(), "process": self.ws.catalog.drill_process(),
+                  "clock": {"t": round(now, 3), "at": clock.iso_precise(clock.now()), "speed": self.clock.speed},
+                  "steps": [{"id": s.id, "action": s.action, "role": s.role, "kind": s.kind, "after": s.after,
+                             "estimate_seconds": s.estimate_seconds, "status": self.state[s.id]["status"]}
+                            for s in self.scenario.steps],
+                  "events": list(self.events)}
+        try:
+            self.ws.catalog.insert_drill(record)
+        except Exception as exc:  # sqlite3.OperationalError (locked, read-only)
+            print(f"insite-console: drill progress not written to the catalog: {exc}", file=sys.stderr)
 
     def snapshot(self) -> dict:
         now = self.clock.elapsed()
@@ -132,10 +156,18 @@ class Drill:
 
     def run(self) -> dict[str, Any]:
         with who.acting_as("drill"):  # the restores and verifies of its steps say so
-            return self._run()
+            try:
+                return self._run()
+            except Exception as exc:  # a bug: the drill is not left `running` for its watchers
+                current = self.ws.catalog.drill(self.id)
+                if current and current["status"] == "running":
+                    self.ws.catalog.insert_drill({**current, "status": "failed", "finished_at": clock.iso(clock.now()),
+                                                  "missing": [f"the drill stopped: {type(exc).__name__}: {exc}"]})
+                raise
 
     def _run(self) -> dict[str, Any]:
         started = clock.now()
+        self._started_at = clock.iso(started)
         ctx = actions.StepContext(self.ws, self.id, started, self.cancel)
         steps = {s.id: s for s in self.scenario.steps}
         timers: list[tuple[float, str, Any]] = [(j.at_seconds, "inject", j) for j in self.scenario.plan.injects]
@@ -382,6 +414,18 @@ def snapshot_at(record: dict, count: int, now: float | None = None) -> dict:
     return {"id": record.get("id"), "scenario": record.get("scenario"), "elapsed_seconds": round(now, 3),
             "level": level, "projected_rto_seconds": round(critical_path(plan, state, now), 3),
             "rto_seconds": record.get("rto_seconds"), "steps": state}
+
+
+def live_snapshot(record: dict) -> dict:
+    """A drill running in another process, as `snapshot()` would give it there now: its
+    published timeline, the clock run on from its last publication at the drill's speed."""
+    events = record.get("events", [])
+    published = record.get("clock") or {}
+    now = published.get("t", 0.0)
+    if published.get("at"):
+        wall = (clock.now() - clock.parse_iso(published["at"])).total_seconds()
+        now += max(0.0, wall) * published.get("speed", 1.0)
+    return snapshot_at(record, len(events), now=now)
 
 
 def _ordered(steps) -> list[Step]:

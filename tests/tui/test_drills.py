@@ -222,6 +222,50 @@ async def test_the_scenario_shows_its_rto_trend_over_drills(console_workspace, m
     assert "1 of 3 missed" in head
 
 
+async def test_a_read_only_console_watches_a_drill_another_process_runs(console_workspace, make_app):
+    """`drill run` in another process, its operator answering on stdin; the read-only console
+    follows it from the catalog on its refresh timer, without controls, to its honest end."""
+    import subprocess
+    import sys
+
+    _add_scenario(console_workspace)
+    other = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(console_workspace.config.path),
+                              "drill", "run", "tabletop_demo", "--tabletop"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        app = make_app(read_only=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("5")
+            screen = app.screen
+            await _until(pilot, lambda: screen.watching is not None and _status(screen, "1") == "waiting",
+                         "the console to follow the other process's drill")
+            head = str(screen.query_one("#drill-head").render())
+            assert "◉ watching tabletop run by" in head and "no controls here" in head
+            assert not screen.can_run("start_drill") and not screen.can_run("mark_done")
+            await pilot.press("d")  # no control: nothing is marked from here
+            await pilot.pause()
+            assert _status(screen, "1") == "waiting"
+            other.stdin.write("d bridge open\n")
+            other.stdin.flush()
+            await _until(pilot, lambda: _status(screen, "1") == "done" and _status(screen, "2") == "waiting",
+                         "step 1 done in the other process")
+            other.stdin.write("s nobody could find the restore point\n")
+            other.stdin.flush()
+            await _until(pilot, lambda: screen.watching is None and screen.record is not None
+                         and screen.record["status"] != "running", "the drill to end")
+            summary = str(screen.query_one("#drill-summary").render())
+            timeline = "\n".join(str(line.text) for line in screen.query_one("#drill-log").lines)
+            record = screen.record
+        assert other.wait(30) == 1  # incomplete: not passed
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert record["status"] == "incomplete"
+    assert "◐ incomplete" in summary and "not carried out: step 2: skipped (nobody could find the restore point)" in summary
+    assert "done 1 by" in timeline and "bridge open" in timeline and "drill INCOMPLETE" in timeline
+
+
 # ----- snapshots -----------------------------------------------------------------------------
 
 SIZES = [(80, 24), (120, 40)]

@@ -68,6 +68,9 @@ class DrillsScreen(InsiteScreen):
         self.events: list[dict] = []  # the timeline shown (live, or played back so far)
         self.record: dict | None = None  # the finished drill shown (the summary), or the one played back
         self.playback: dict | None = None  # {"record", "pos", "t", "playing", "speed"}
+        self.watching: str | None = None  # a drill another process runs, followed from the catalog
+        self._unwatched: set[str] = set()  # drills the operator stopped watching
+        self._watch_shown = 0  # its events already in the timeline
         self._waiting_seen: set[str] = set()
         self._shown_second = -1
 
@@ -98,7 +101,10 @@ class DrillsScreen(InsiteScreen):
             self.load_error = str(exc)
         self.scenario = self.scenarios[0] if self.scenarios else None
         self.set_interval(TICK, self._tick, name="drill-tick")
+        # the console's refresh timer bumps catalog_version when another process wrote
+        self.watch(self.app, "catalog_version", lambda _: self.refresh_watch(), init=False)
         self.show_all()
+        self.refresh_watch()
         table.focus()
 
     def on_unmount(self) -> None:
@@ -117,7 +123,7 @@ class DrillsScreen(InsiteScreen):
                  "estimate_seconds": s.estimate_seconds} for s in scenarios.order(self.scenario)]
 
     def _state(self) -> dict[str, dict]:
-        if self.playback is not None:
+        if self.playback is not None or self.watching is not None:
             return self.snap["steps"] if self.snap else {}
         if self.drill is not None and self.snap:
             return self.snap["steps"]
@@ -158,12 +164,17 @@ class DrillsScreen(InsiteScreen):
         elif self.drill is not None:
             second = (f"[$primary]▶ {'rehearsal' if self.drill.auto else escape(self.drill.mode)}[/]"
                       + (f" ×{self.drill.clock.speed:g}" if self.drill.clock.speed != 1 else "") + " · ")
+        elif self.watching is not None:
+            speed = (self.record.get("clock") or {}).get("speed", 1)
+            second = (f"[$primary]◉ watching[/] {'rehearsal' if self.record.get('auto') else escape(self.record['mode'])}"
+                      + (f" ×{speed:g}" if speed != 1 else "") + f" run by {escape(self.record.get('by') or '?')} "
+                      "[dim](another process; no controls here)[/] · ")
         elif self.record is not None:
             label, role = _status(self.record["status"])
             first += f" · drill {escape(self.record['id'])} [${role}]{escape(label)}[/]"
         lines = [first]
         snap = self.snap
-        if snap is not None and (self.drill is not None or self.playback is not None):
+        if snap is not None and (self.drill is not None or self.playback is not None or self.watching is not None):
             elapsed, projected = snap["elapsed_seconds"], snap["projected_rto_seconds"]
             level = snap["level"]
             verdict = (f"[$error]✗ misses it by {clock.human_duration(projected - rto)}[/]" if projected > rto
@@ -229,7 +240,8 @@ class DrillsScreen(InsiteScreen):
     def show_summary(self) -> None:
         box = self.query_one("#drill-summary-box")
         record = self.record
-        done = record is not None and (self.playback is None or self.playback["pos"] >= len(record.get("events", [])))
+        done = record is not None and self.watching is None and (
+            self.playback is None or self.playback["pos"] >= len(record.get("events", [])))
         box.display = done
         if not done:
             return
@@ -283,7 +295,8 @@ class DrillsScreen(InsiteScreen):
         if action in PLAYBACK_ACTIONS:
             return True if self.playback is not None else False
         if action == "start_drill":
-            return False if running or self.playback is not None else (True if self.scenario else None)
+            return False if running or self.playback is not None or self.watching is not None else (
+                True if self.scenario else None)
         if action == "pick_scenario":
             return False if running or self.playback is not None else True
         if action == "playback":
@@ -317,7 +330,9 @@ class DrillsScreen(InsiteScreen):
         self.show_all()
 
     def _leave_record(self) -> None:
-        self.record, self.playback, self.snap, self.events = None, None, None, []
+        if self.watching is not None:  # not picked up again by the next refresh
+            self._unwatched.add(self.watching)
+        self.record, self.playback, self.snap, self.events, self.watching = None, None, None, [], None
         self.reset_log()
 
     def action_back(self) -> None:
@@ -429,6 +444,10 @@ class DrillsScreen(InsiteScreen):
                     self._shown_second = second
                     self.show_steps()
                     self.refresh_bindings()
+        elif self.watching is not None and self.record is not None:
+            self.snap = dr_drill.live_snapshot(self.record)
+            if self.is_active:
+                self.show_head()
         elif self.playback is not None and self.playback["playing"]:
             pb = self.playback
             pb["t"] += TICK * pb["speed"]
@@ -446,6 +465,50 @@ class DrillsScreen(InsiteScreen):
                 self.show_steps()
                 self.show_summary()
                 self.refresh_bindings()
+
+    # ----- watching a drill another process runs ----------------------------------------
+
+    def refresh_watch(self) -> None:
+        """Follow a drill another console or `drill run` runs, from its record in the catalog:
+        the first running one when nothing else is shown, then the one followed until it ends."""
+        if self.drill is not None or self.playback is not None or (self.record is not None and self.watching is None):
+            return
+        catalog = self.app.workspace.catalog
+        try:
+            if self.watching is not None:
+                record = catalog.drill(self.watching)
+            else:
+                record = next((d["record"] for d in catalog.drills(limit=10) if d["status"] == "running"
+                               and d["id"] not in self._unwatched and not catalog.drill_ended(d["record"])), None)
+            ended = catalog.drill_ended(record) if record and record["status"] == "running" else None
+        except Exception:  # a locked catalog: the next refresh tries again
+            return
+        if record is None:
+            return
+        if ended:
+            self.notify(f"stopped watching drill {record['id']}: {ended}", severity="warning", timeout=8)
+            self._leave_record()
+            self.show_all()
+            return
+        if self.watching is None:
+            self.reset_log()
+            self.watching, self._watch_shown = record["id"], 0
+            self.scenario = next((s for s in self.scenarios if s.id == record["scenario"]), self.scenario)
+            self.notify(f"◉ watching the drill of {record['name']} run by {record.get('by') or 'another process'}",
+                        timeout=6)
+        self.record = record
+        events = sorted(record.get("events", []), key=lambda e: e["seq"])
+        for event in events[self._watch_shown:]:
+            self.log_event(event)
+        self._watch_shown = len(events)
+        self.events = events
+        if record["status"] == "running":
+            self.snap = dr_drill.live_snapshot(record)
+        else:  # it ended: its summary, as for a drill run here
+            self.watching, self.snap = None, None
+            label, _ = _status(record["status"])
+            self.notify(f"{label}: drill of {record['name']} (watched)", timeout=8)
+        self.show_all()
 
     def _mark(self, status: str) -> None:
         drill = self.drill
