@@ -704,7 +704,7 @@ def _prompt_manual(drill_run, step) -> None:
     """The CLI's operator: mark a manual step on the terminal (`i TEXT` adds an inject first)."""
     while True:
         print(f"\nstep {step.id}: {step.action} ({step.role}, estimate {clock.human_duration(step.estimate_seconds)})\n"
-              "  [d]one / [f]ailed / [s]kipped, then a note; or `i TEXT` for an inject: ", end="", file=sys.stderr,
+              "  [d]one / [f]ailed / [s]kipped, then a note; `i TEXT` for an inject; `n OWNER TEXT` for a finding: ", end="", file=sys.stderr,
               flush=True)
         line = sys.stdin.readline()
         if not line:
@@ -713,6 +713,10 @@ def _prompt_manual(drill_run, step) -> None:
         word, _, note = line.strip().partition(" ")
         if word == "i" and note:
             drill_run.inject(note, "facilitator")
+            continue
+        if word == "n" and " " in note.strip():  # n OWNER TEXT: a finding for the improvement plan
+            owner, _, text = note.strip().partition(" ")
+            drill_run.finding(text.strip(), owner, step=step.id, by=os.environ.get("USER") or "operator")
             continue
         status = {"d": "done", "done": "done", "f": "failed", "failed": "failed", "s": "skipped",
                   "skipped": "skipped"}.get(word.lower())

@@ -49,6 +49,27 @@ def test_drill_list_has_the_strategy_scenarios_and_figures(tmp_path):
     assert corruption["7"]["after"] == ["5"]
 
 
+def test_the_shipped_plans_hold_what_the_strategy_asks(tmp_path):
+    """Each default (and the example) against the issue's model: every scenario field, tier
+    ranges that hold its downtime, a plan with team, channels, three escalation levels,
+    verification, rollback and post-recovery, steps owned by a team role."""
+    from insite_console.dr import scenarios
+
+    (tmp_path / "dr").mkdir()
+    shutil.copy(scenarios.EXAMPLES / "security_breach.toml", tmp_path / "dr")
+    helper = _workspace(tmp_path)
+    for s in scenarios.load(helper.ws):
+        low, high = scenarios.TIERS[s.tier]
+        assert low <= s.downtime_seconds <= (high or float("inf")), (s.id, s.tier, s.downtime_seconds)
+        assert set(s.impact) == set(scenarios.IMPACT_KEYS) and set(s.communication) == {
+            "internal", "external", "stakeholders"}, s.id
+        assert s.description and s.resources and s.policies, s.id
+        plan = s.plan
+        assert plan.team and plan.channels and plan.verification and plan.rollback and plan.post_recovery, s.id
+        assert [e.level for e in plan.escalations] == [1, 2, 3], s.id
+        assert all(step.role in plan.team for step in plan.steps), s.id
+
+
 def test_files_drill_restores_for_real_and_keeps_history(tmp_path):
     helper = _workspace(tmp_path)
     helper.cli("backup", "tree", check=True)

@@ -183,6 +183,34 @@ async def test_a_drill_done_step_by_step_passes_only_when_every_step_is_carried_
     assert "✓ passed" in head
 
 
+async def test_findings_entered_during_and_after_a_drill_reach_its_record(console_workspace, make_app, fake_time):
+    _add_scenario(console_workspace)
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _start_demo(pilot)
+        await pilot.press("a")
+        await pilot.pause()
+        await pilot.press(*"call list is out of date", "enter")
+        await pilot.pause()
+        await pilot.click("#choice-incident_commander")
+        await _until(pilot, lambda: any(e["type"] == "finding" for e in screen.events), "the finding in the timeline")
+        for step in ("1", "2", "4"):
+            await _mark(pilot, screen, "d", step, "ok")
+        await _until(pilot, lambda: screen.record is not None, "the drill to end")
+        await pilot.press("a")  # after the drill, on its summary
+        await pilot.pause()
+        await pilot.press(*"rehearse the switch", "enter")
+        await pilot.pause()
+        await pilot.click("#choice-dba")
+        await _until(pilot, lambda: len(screen.record.get("findings", [])) == 2, "the second finding")
+        summary = str(screen.query_one("#drill-summary").render())
+    stored = console_workspace.catalog.drill(screen.record["id"])["findings"]
+    assert [(f["owner"], f["text"], f["by"], f["step"]) for f in stored] == [
+        ("incident_commander", "call list is out of date", "alice@bastion-1", "1"),
+        ("dba", "rehearse the switch", "alice@bastion-1", None)]
+    assert "▸ incident_commander: call list is out of date (due " in summary and "▸ dba: rehearse the switch" in summary
+
+
 async def test_read_only_console_cannot_start_or_mark(console_workspace, make_app):
     _add_scenario(console_workspace)
     app = make_app(read_only=True)

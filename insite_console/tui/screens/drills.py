@@ -38,8 +38,10 @@ START_CHOICES = {
     "live": ("live", 1.0, False),
 }
 SPEEDS = (1, 10, 60, 600, 3600)
+FINDINGS_SHOWN = 5  # in the summary; the report has them all
 TICK = 0.25
-LIVE_ACTIONS = ("start_drill", "mark_done", "mark_failed", "mark_skipped", "inject", "respond", "stop_drill")
+LIVE_ACTIONS = ("start_drill", "mark_done", "mark_failed", "mark_skipped", "inject", "respond", "stop_drill",
+                "add_finding")
 PLAYBACK_ACTIONS = ("play_pause", "step_event", "faster", "slower")
 
 
@@ -266,6 +268,11 @@ class DrillsScreen(InsiteScreen):
             lines.append(f"[$error]✗ failed:[/] {escape(', '.join(record['failed_steps']))}")
         for item in record.get("cleanup_problems", []):
             lines.append(f"[$error]✗ cleanup:[/] {escape(item)}")
+        found = record.get("findings", [])
+        for item in found[:FINDINGS_SHOWN]:
+            lines.append(f"[$accent]▸ {escape(item['owner'])}:[/] {escape(item['text'])} (due {escape(item['due'][:10])})")
+        if len(found) > FINDINGS_SHOWN:
+            lines.append(f"[dim]▸ {len(found) - FINDINGS_SHOWN} more findings: see `insite-console drill report`[/]")
         stored = record.get("stored_in") or {}
         for item in stored.get("problems", []):
             lines.append(f"[$warning]▲ not stored in a repository:[/] {escape(item)}")
@@ -308,6 +315,9 @@ class DrillsScreen(InsiteScreen):
             return True if step and self._state().get(step, {}).get("status") == "waiting" else None
         if action in ("inject", "stop_drill"):
             return True if running else False
+        if action == "add_finding":  # to the running drill, or to the finished one shown
+            return True if running or (self.record is not None and self.playback is None and self.watching is None
+                                       and self.record.get("status") != "running") else False
         if action == "respond":
             return True if running and any(e["type"] == "inject" for e in self.events) else False
         return True
@@ -549,6 +559,55 @@ class DrillsScreen(InsiteScreen):
         self.app.push_screen(
             TextDialog("Response", f"The team's response to: {last['text']}", ok_label="Record", required=True),
             lambda text: drill.respond(last["seq"], text, by=operator()) if text else None)
+
+    def action_add_finding(self) -> None:
+        drill, record = self.drill, self.record
+        if drill is None and (record is None or not self.can_run("add_finding")):
+            return
+        scenario = drill.scenario if drill is not None else next(
+            (s for s in self.scenarios if s.id == record["scenario"]), None)
+        roles = sorted(scenario.plan.team) if scenario is not None and scenario.plan.team else sorted(
+            {s["role"] for s in self._steps()})
+        step = self.selected_step()
+
+        def owned(text: str, owner: str | None) -> None:
+            if not owner:
+                return
+            if drill is not None:
+                drill.finding(text, owner, step=step, by=operator())
+                self.notify(f"finding for {owner} recorded in the drill", timeout=4)
+            else:
+                self._add_finding(record["id"], text, owner)
+
+        def written(text: str | None) -> None:
+            if text:
+                self.app.push_screen(ChoiceDialog("Owner", f"Who owns it?\n\n{text}", [(r, r) for r in roles]),
+                                     lambda owner: owned(text, owner))
+
+        self.app.push_screen(TextDialog("Finding", "What should change? An action for the improvement plan (due "
+                                        "before the next drill is):", ok_label="Next", required=True), written)
+
+    @work(thread=True, group="drill-finding", exit_on_error=False)
+    def _add_finding(self, drill_id: str, text: str, owner: str) -> None:
+        from insite_console.dr import findings
+        from insite_console.workspace import Workspace
+
+        ws = Workspace(self.app.workspace.config)  # sealing into the repositories: not on the UI thread
+        try:
+            findings.add(ws, drill_id, text, owner, by=operator())
+            record = history.get(ws, drill_id)
+        except InsiteError as exc:
+            self.app.call_from_thread(self.notify, f"✗ the finding was not added: {exc}", severity="error", timeout=8)
+            return
+        finally:
+            ws.close()
+        self.app.call_from_thread(self._finding_added, record)
+
+    def _finding_added(self, record: dict) -> None:
+        if self.record is not None and self.record.get("id") == record["id"]:
+            self.record = record
+            self.show_summary()
+        self.notify(f"finding added to drill {record['id']}", timeout=4)
 
     def action_stop_drill(self) -> None:
         drill = self.drill
