@@ -8,6 +8,8 @@ injects at their time, facilitator injects whenever `Drill.inject` is called. Ea
 event handed to `listener(event, snapshot)`; the snapshot has the elapsed time, the escalation
 level and the projected RTO. The clock is injectable (`DrillClock(monotonic=…, sleep=…)`), so
 tests jump through a two-hour plan at once. A drill passes only when every step was carried out.
+Escalations also go to the alert hooks; the running drill's record is kept in the catalog at
+each event, so other consoles watch it live; at its end its findings are derived (findings.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The DR report: the strategy's risk analysis (total annual risk Σ probability × cost,
 per-scenario risk scores, the four recovery tiers, the top five risks) and the after-action
 part: per scenario the last drill against its RTO/RPO targets, steps that overran, drills
-overdue against `[dr] cadence`. `markdown()` renders it to be read on its own."""
+overdue against `[dr] cadence`, the RTO trend over its drills, and the improvement plan
+(findings.py). `markdown()` renders it to be read on its own."""
 
 from __future__ import annotations
 

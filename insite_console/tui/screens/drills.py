@@ -4,7 +4,8 @@ thread, manual steps marked here, injects, the summary, and playback of finished
 The drill itself is the engine's (dr/drill.py): this screen only calls its thread-safe
 `mark`, `inject`, `respond` and `snapshot`, and shows the events its listener posts. Playback
 rebuilds each moment from the stored timeline (`drill.snapshot_at`), so what it shows is what
-was recorded, in the recorded order.
+was recorded, in the recorded order. A drill another process runs is followed from its record
+in the catalog (`refresh_watch`, on the console's refresh timer), with no controls.
 """
 
 from __future__ import annotations
