@@ -618,6 +618,9 @@ def cmd_drill(args) -> int:
         return 0
     if args.drill_command == "list" and args.history:
         drills = ws.catalog.drills(limit=200)
+        for d in drills:  # a drill whose process died on this host is not running
+            if d["status"] == "running" and ws.catalog.drill_ended(d["record"]):
+                d["status"] = "abandoned"
         if args.json:
             _print_json([{k: d[k] for k in ("id", "scenario", "mode", "status", "started_at", "finished_at",
                                              "recovery_seconds", "data_loss_seconds")} for d in drills])

@@ -131,7 +131,7 @@ class Drill:
                   "rto_seconds": self.scenario.rto_seconds, "rpo_seconds": self.scenario.rpo_seconds,
                   "recovery_seconds": None, "data_loss_seconds": None, "meets_rto": None, "meets_rpo": None,
                   "missing": [], "failed_steps": [], "cleanup_problems": [], "max_level": self.level,
-                  "by": who.me(), "process": self.ws.catalog.drill_process(),
+                  "by": self._by, "process": self._process,
                   "clock": {"t": round(now, 3), "at": clock.iso_precise(clock.now()), "speed": self.clock.speed},
                   "steps": [{"id": s.id, "action": s.action, "role": s.role, "kind": s.kind, "after": s.after,
                              "estimate_seconds": s.estimate_seconds, "status": self.state[s.id]["status"]}
@@ -170,6 +170,7 @@ class Drill:
     def _run(self) -> dict[str, Any]:
         started = clock.now()
         self._started_at = clock.iso(started)
+        self._by, self._process = who.me(), self.ws.catalog.drill_process()  # in the published record
         ctx = actions.StepContext(self.ws, self.id, started, self.cancel)
         steps = {s.id: s for s in self.scenario.steps}
         timers: list[tuple[float, str, Any]] = [(j.at_seconds, "inject", j) for j in self.scenario.plan.injects]

@@ -26,7 +26,6 @@ def derive(record: dict, cadence_seconds: float) -> list[dict]:
     steps = record.get("steps", [])
     due = due_after(record["started_at"], cadence_seconds)
     lead = steps[0]["role"] if steps else ""
-    roles = {s["id"]: s["role"] for s in steps}
     d = clock.human_duration
     found = []
 
@@ -98,13 +97,16 @@ def add(ws, drill_id: str, text: str, owner: str, due: str | None = None, by: st
 
 
 def plan(ws, scenario_ids: list[str], now: datetime) -> list[dict]:
-    """The improvement plan over every scenario: the findings of its newest drill, and the
-    team's own findings of older drills; soonest due first, each marked overdue or not."""
+    """The improvement plan over every scenario: the findings of its newest drill (a cancelled
+    one supersedes nothing), and the team's own findings of older drills; soonest due first,
+    each marked overdue or not."""
     actions = []
     for sid in scenario_ids:
-        for i, row in enumerate(ws.catalog.drills(sid, limit=50, finished=True)):
+        rows = ws.catalog.drills(sid, limit=50, finished=True)
+        newest = next((row["id"] for row in rows if row["status"] != "cancelled"), None)
+        for row in rows:
             for f in row["record"].get("findings", []):
-                if i == 0 or f.get("source") == "operator":
+                if row["id"] == newest or f.get("source") == "operator":
                     actions.append({**f, "scenario": sid,
                                     "overdue": clock.parse_iso(f["due"]) < now if f.get("due") else False})
     return sorted(actions, key=lambda f: (f.get("due") or "", f["scenario"]))
