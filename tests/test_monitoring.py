@@ -304,8 +304,12 @@ def test_a_drill_escalation_and_an_overdue_drill_reach_the_webhook_once(workspac
         """)
     (workspace.source / "a.txt").write_text("hello")
     backup.run(workspace.ws, "tree")
-    for _ in range(2):  # never drilled: overdue, announced once however often the report runs
-        workspace.cli("drill", "report", check=True)
+    from insite_console.scheduler import Scheduler
+
+    # never drilled: overdue, announced once, by the scheduler's tick or `drill report`, however often
+    Scheduler(workspace.ws, log=lambda line: None).tick()
+    assert len(hook.received) == 3
+    workspace.cli("drill", "report", check=True)
     payloads = [json.loads(body) for _, body in hook.received]
     assert sorted((p["event"], p["subject"]) for p in payloads) == [
         ("drill_overdue", "drill:data_corruption"), ("drill_overdue", "drill:database_failure"),
