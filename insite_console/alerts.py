@@ -81,9 +81,8 @@ def recovered(ws, event: str, subject: str, message: str, details: dict | None =
 def watch(ws, rows: list[dict]) -> None:
     """Turn status rows (status.overview) into condition alerts: RPO breaches, storages that
     stopped answering, scheduled runs that did not start, a scheduler that is down while
-    schedules are configured, DR drills overdue against `[dr] cadence`."""
+    schedules are configured (overdue DR drills: watch_drills)."""
     storages: dict[str, str | None] = {}
-    drills: dict[str, dict] = {}
     for row in rows:
         if not row.get("enabled", True):
             continue
@@ -104,8 +103,6 @@ def watch(ws, rows: list[dict]) -> None:
                       f"scheduled run of {row['policy']} at {missed['at']} did not start: {missed['reason']}"
                       if missed else f"{row['policy']} runs on schedule again",
                       {"policy": row["policy"], "missed_at": missed["at"] if missed else None})
-        for drill in row.get("drills_overdue", []):
-            drills[drill["scenario"]] = drill
     for name, problem in storages.items():
         condition(ws, "storage_unreachable", f"storage:{name}", problem is not None,
                   problem or f"storage {name} answers again", {"storage": name})
@@ -116,26 +113,24 @@ def watch(ws, rows: list[dict]) -> None:
                   f"no scheduler is running: {state['text']}" if state["running"] is False
                   else f"the scheduler is {state['text']}", {"host": state["host"], "pid": state["pid"],
                                                              "last_tick": state["last_tick"]})
-    if ws.config.dr.get("cadence") and ws.config.alerts:
-        _drill_conditions(ws, drills)
 
 
-def _drill_conditions(ws, overdue: dict[str, dict]) -> None:
-    """`drill_overdue` per scenario not drilled within `[dr] cadence`; `recovered` once drilled."""
-    for scenario, drill in sorted(overdue.items()):
-        condition(ws, "drill_overdue", f"drill:{scenario}", True,
-                  f"DR drill {scenario} is overdue: " + (f"last drilled {drill['last_drill_at']}"
-                  if drill["last_drill_at"] else "never drilled") + f" (cadence {drill['cadence']})",
-                  {"scenario": scenario, "last_drill_at": drill["last_drill_at"],
-                   "cadence_seconds": drill["cadence_seconds"]})
-    try:
-        held = ws.catalog.conditions("drill_overdue")
-    except Exception:
+def watch_drills(ws, now=None) -> None:
+    """`drill_overdue` for each scenario not drilled within `[dr] cadence` (once, when it
+    becomes overdue; `recovered` when a drill of it is done)."""
+    if not ws.config.alerts or not any("drill_overdue" in a["on"] or "recovered" in a["on"] for a in ws.config.alerts):
         return
-    for subject in held:
-        if subject.removeprefix("drill:") not in overdue:
-            condition(ws, "drill_overdue", subject, False, f"DR drill {subject.removeprefix('drill:')} was drilled",
-                      {"scenario": subject.removeprefix("drill:")})
+    from insite_console.dr import report
+
+    for row in report.build(ws, now)["scenarios"]:
+        when = f"last drilled {row['days_since_drill']} days ago" if row["days_since_drill"] is not None \
+            else "never drilled"
+        condition(ws, "drill_overdue", f"drill:{row['id']}", row["overdue"],
+                  f"DR drill of {row['name']} ({row['id']}) is overdue: {when}" if row["overdue"]
+                  else f"DR scenario {row['id']} was drilled ({when})",
+                  {"scenario": row["id"], "days_since_drill": row["days_since_drill"],
+                   "cadence_days": round(clock.parse_duration(ws.config.dr.get("cadence", "90d")).total_seconds()
+                                         / 86400, 1)})
 
 
 def backup_outcome(ws, policy: str, result: dict | None = None, error: str | None = None) -> None:

@@ -400,6 +400,10 @@ def cmd_status(args) -> int:
     ws = _workspace(args)
     rows = status.overview(ws, check_storage=True)
     alerts.watch(ws, rows)  # announce breaches (and recoveries) even where no scheduler runs
+    try:
+        alerts.watch_drills(ws)
+    except InsiteError as exc:  # a DR file that does not load must not hide the backups' status
+        print(f"warning: cannot check DR drills for alerts: {exc}", file=sys.stderr)
     code = status.exit_code(rows)
     if args.json:
         _print_json(rows)
@@ -603,8 +607,28 @@ def cmd_drill(args) -> int:
     ws = _workspace(args)
     from insite_console.dr import history
 
+    if args.text is not None and args.drill_command != "finding":
+        raise UsageError(f"drill {args.drill_command} takes one argument, not {args.text!r}")
+    if args.drill_command == "finding":
+        from insite_console.dr import findings
+
+        if not args.scenario or not args.text or not args.owner:
+            raise UsageError("drill finding needs a drill ID, the action and --owner: "
+                             "drill finding ID \"shorten the restore\" --owner dba [--due 30d]")
+        from insite_console import who
+
+        finding = findings.add(ws, args.scenario, args.text, args.owner, args.due, by=who.me())
+        if args.json:
+            _print_json(finding)
+        else:
+            print(f"finding added to drill {finding['drill']}: {finding['text']} (owner {finding['owner']}, "
+                  f"due {finding['due']})")
+        return 0
     if args.drill_command == "list" and args.history:
         drills = ws.catalog.drills(limit=200)
+        for d in drills:  # a drill whose process died on this host is not running
+            if d["status"] == "running" and ws.catalog.drill_ended(d["record"]):
+                d["status"] = "abandoned"
         if args.json:
             _print_json([{k: d[k] for k in ("id", "scenario", "mode", "status", "started_at", "finished_at",
                                              "recovery_seconds", "data_loss_seconds")} for d in drills])
@@ -661,9 +685,11 @@ def cmd_drill(args) -> int:
         else:
             _print_drill(result)
         return 0 if result["status"] == "passed" else 1
+    from insite_console import alerts
     from insite_console.dr import report
 
     result = report.build(ws)
+    alerts.watch_drills(ws)  # overdue drills are announced (once) where no scheduler runs
     if args.json or args.format == "json":
         _print_json(result)
     else:
@@ -689,7 +715,7 @@ def _prompt_manual(drill_run, step) -> None:
     """The CLI's operator: mark a manual step on the terminal (`i TEXT` adds an inject first)."""
     while True:
         print(f"\nstep {step.id}: {step.action} ({step.role}, estimate {clock.human_duration(step.estimate_seconds)})\n"
-              "  [d]one / [f]ailed / [s]kipped, then a note; or `i TEXT` for an inject: ", end="", file=sys.stderr,
+              "  [d]one / [f]ailed / [s]kipped, then a note; `i TEXT` for an inject; `n OWNER TEXT` for a finding: ", end="", file=sys.stderr,
               flush=True)
         line = sys.stdin.readline()
         if not line:
@@ -698,6 +724,10 @@ def _prompt_manual(drill_run, step) -> None:
         word, _, note = line.strip().partition(" ")
         if word == "i" and note:
             drill_run.inject(note, "facilitator")
+            continue
+        if word == "n" and " " in note.strip():  # n OWNER TEXT: a finding for the improvement plan
+            owner, _, text = note.strip().partition(" ")
+            drill_run.finding(text.strip(), owner, step=step.id, by=os.environ.get("USER") or "operator")
             continue
         status = {"d": "done", "done": "done", "f": "failed", "failed": "failed", "s": "skipped",
                   "skipped": "skipped"}.get(word.lower())
@@ -714,6 +744,10 @@ def _print_drill(result: dict) -> None:
         print(f"  {clock.human_duration(start) if start is not None else '-':>7} "
               f"+{clock.human_duration(took) if took is not None else '-':<7} {step['status']:<9} {step['id']} "
               f"{step['action']} ({step['role']})" + (f": {step['notes']}" if step.get("notes") else ""))
+    if result["status"] == "running":
+        print(f"still running (by {result.get('by') or '?'}, drill time {clock.human_duration(result['clock']['t'])} "
+              f"at {result['clock']['at'][:19]}Z)")
+        return
     loss = result["data_loss_seconds"]
     rpo_word = {True: "met", False: "MISSED", None: "not measured"}[result.get("meets_rpo")]
     print(f"recovery time {clock.human_duration(result['recovery_seconds'])} against RTO "
@@ -862,8 +896,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
 
     p = add("drill", cmd_drill, "DR scenarios, drill playback, the DR report")
-    p.add_argument("drill_command", choices=["list", "run", "show", "replay", "report"])
-    p.add_argument("scenario", nargs="?", help="run: a scenario id; show/replay: a drill id")
+    p.add_argument("drill_command", choices=["list", "run", "show", "replay", "report", "finding"])
+    p.add_argument("scenario", nargs="?", help="run: a scenario id; show/replay/finding: a drill id")
+    p.add_argument("text", nargs="?", help="finding: the action to take, for the improvement plan")
+    p.add_argument("--owner", help="finding: who owns the action (a role or a person)")
+    p.add_argument("--due", help="finding: due date (2027-01-31) or duration from now (30d); default: before "
+                   "the next drill is due")
     p.add_argument("--history", action="store_true", help="list: past drills instead of scenarios")
     p.add_argument("--live", action="store_true", help="run: a live drill, in real time")
     p.add_argument("--tabletop", action="store_true", help="run: a tabletop drill (the default)")

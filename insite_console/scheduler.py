@@ -175,6 +175,10 @@ class Scheduler:
             alerts.watch(self.ws, status.overview(self.ws, now, check_storage=True))
         except Exception as exc:  # a status that cannot be computed must not stop the backups
             self.log(f"cannot check RPO and storages for alerts: {exc}")
+        try:
+            alerts.watch_drills(self.ws, now)
+        except Exception as exc:  # a DR file that does not load must not stop the backups
+            self.log(f"cannot check DR drills against [dr] cadence for alerts: {exc}")
 
     def busy(self) -> bool:
         return bool(self.jobs or self.retries)

@@ -149,13 +149,12 @@ def overdue_drills(ws, now: datetime) -> dict[str, list[dict[str, Any]]]:
     asked for (`drill report` still lists overdue drills against the default 90 days)."""
     if not ws.config.dr.get("cadence"):
         return {}
-    from insite_console.dr import scenarios
+    from insite_console.dr import report, scenarios
 
     cadence = clock.parse_duration(ws.config.dr["cadence"]).total_seconds()
     overdue: dict[str, list[dict[str, Any]]] = {}
     for scenario in scenarios.load(ws):
-        drills = ws.catalog.drills(scenario.id, limit=1)
-        last = drills[0]["started_at"] if drills else None
+        last = report.last_drilled(ws.catalog.drills(scenario.id, limit=report.TREND, finished=True))
         if last and (now - clock.parse_iso(last)).total_seconds() <= cadence:
             continue
         entry = {"scenario": scenario.id, "last_drill_at": last, "cadence": ws.config.dr["cadence"],

@@ -49,6 +49,27 @@ def test_drill_list_has_the_strategy_scenarios_and_figures(tmp_path):
     assert corruption["7"]["after"] == ["5"]
 
 
+def test_the_shipped_plans_hold_what_the_strategy_asks(tmp_path):
+    """Each default (and the example) against the issue's model: every scenario field, tier
+    ranges that hold its downtime, a plan with team, channels, three escalation levels,
+    verification, rollback and post-recovery, steps owned by a team role."""
+    from insite_console.dr import scenarios
+
+    (tmp_path / "dr").mkdir()
+    shutil.copy(scenarios.EXAMPLES / "security_breach.toml", tmp_path / "dr")
+    helper = _workspace(tmp_path)
+    for s in scenarios.load(helper.ws):
+        low, high = scenarios.TIERS[s.tier]
+        assert low <= s.downtime_seconds <= (high or float("inf")), (s.id, s.tier, s.downtime_seconds)
+        assert set(s.impact) == set(scenarios.IMPACT_KEYS) and set(s.communication) == {
+            "internal", "external", "stakeholders"}, s.id
+        assert s.description and s.resources and s.policies, s.id
+        plan = s.plan
+        assert plan.team and plan.channels and plan.verification and plan.rollback and plan.post_recovery, s.id
+        assert [e.level for e in plan.escalations] == [1, 2, 3], s.id
+        assert all(step.role in plan.team for step in plan.steps), s.id
+
+
 def test_files_drill_restores_for_real_and_keeps_history(tmp_path):
     helper = _workspace(tmp_path)
     helper.cli("backup", "tree", check=True)
@@ -198,6 +219,63 @@ def test_a_rehearsal_records_auto_steps_at_their_estimate_however_late_the_loop_
                                                                                              fake.sleep))
     finished = [e for e in record["events"] if e["type"] == "step_finished" and e.get("by") == "auto"]
     assert finished and not [e for e in finished if e["over_estimate"]], finished
+
+
+def _operated_drill(ws, late: dict[str, float]):
+    """data_corruption with an operator who marks each manual step done after its estimate,
+    plus `late[step]` seconds; automated steps take no drill time."""
+    from insite_console.dr import drill
+
+    fake = FakeTime()
+
+    def on_manual(run, step):
+        fake.now += step.estimate_seconds + late.get(step.id, 0)
+        run.mark(step.id, "done", "done", by="alice")
+
+    return drill.Drill(ws, drill.find(ws, "data_corruption"), drill_clock=drill.DrillClock(1.0, fake.monotonic, fake.sleep),
+                       on_manual=on_manual).run()
+
+
+def test_rto_trend_and_improvement_plan_in_the_report(tmp_path, monkeypatch):
+    from insite_console import clock
+
+    helper = _workspace(tmp_path, extra='\n[dr]\ncadence = "30d"\nrpo = "1d"\n')
+    helper.cli("backup", "tree", check=True)
+    base = clock.now()
+    records = []
+    for hour, late in ((1, {}), (2, {"2": 1800}), (3, {"1": 120})):  # 55m, then 1h 25m, then 57m
+        monkeypatch.setenv("INSITE_FAKE_NOW", clock.iso(base + clock.parse_duration(f"{hour}h")))
+        records.append(_operated_drill(helper.ws, late))
+    assert [r["status"] for r in records] == ["passed", "failed", "passed"]
+    kinds = {(f["kind"], f["step"], f["owner"]) for f in records[1]["findings"]}
+    assert ("over_estimate", "2", "application_owner") in kinds and ("missed_rto", None, "application_owner") in kinds
+    assert ("escalation", None, "incident_commander") in kinds  # level 2 after 1h
+    # the team's own finding, after the drill, on the failed one
+    added = helper.cli("drill", "finding", records[1]["id"], "Keep a DBA on standby for drills", "--owner", "dba",
+                       "--due", "2099-01-31", "--json", check=True)
+    assert json.loads(added.stdout)["due"].startswith("2099-01-3")
+    monkeypatch.setenv("INSITE_FAKE_NOW", clock.iso(base + clock.parse_duration("4h")))
+    report = json.loads(helper.cli("drill", "report", "--format", "json", check=True).stdout)
+    corruption = next(s for s in report["scenarios"] if s["id"] == "data_corruption")
+    assert [(p["recovery_seconds"], p["meets_rto"]) for p in corruption["rto_trend"]] == [
+        (3300, True), (5100, False), (3420, True)]
+    assert [p["drill"] for p in corruption["rto_trend"]] == [r["id"] for r in records]
+    plan = report["improvement_plan"]
+    # the newest drill's findings (step 1 over its estimate) and the team's own; the older drill's
+    # automatic findings are superseded by the newer drill
+    assert [(f["kind"], f["step"], f["drill"]) for f in plan] == [
+        ("over_estimate", "1", records[2]["id"]), ("operator", None, records[1]["id"])]
+    assert plan[0]["owner"] == "application_owner" and plan[0]["due"] == clock.iso(
+        base + clock.parse_duration("3h") + clock.parse_duration("30d"))
+    assert "took 2h" not in plan[0]["text"] and "took 12m against its estimate of 10m" in plan[0]["text"]
+    markdown = helper.cli("drill", "report", check=True).stdout
+    assert "- **Data corruption**: `▆█▆` 55m ✓ → 1h 25m ✗ → 57m ✓ (target 1h)" in markdown
+    assert "| dba | data_corruption | Keep a DBA on standby for drills | team: " in markdown
+    # the finding is in the sealed record too: a rebuilt catalog keeps it
+    shutil.rmtree(tmp_path / "state")
+    helper.cli("catalog", "rebuild", check=True)
+    shown = json.loads(helper.cli("drill", "show", records[1]["id"], "--json", check=True).stdout)
+    assert [f["text"] for f in shown["findings"] if f["source"] == "operator"] == ["Keep a DBA on standby for drills"]
 
 
 # ----- validation --------------------------------------------------------------------------
@@ -350,3 +428,72 @@ def test_database_failure_drill_restores_postgres_and_redis_into_scratch_and_cle
     assert drill["status"] == "failed"
     assert steps["3.db"]["status"] == "failed" and steps["5.db"]["status"] == "blocked"
     assert not [r for r in pg_cluster.sql("SELECT datname FROM pg_database") if r[0].startswith("insite_drill_")]
+
+
+PHYSICAL_SCENARIO = """
+[scenario]
+id = "physical_check"
+name = "Physical restore check"
+type = "hardware_failure"
+probability = 0.1
+tier = "tier_1"
+cost = 1000
+policies = ["db"]
+rpo = "1d"
+[[plan.steps]]
+number = 1
+action = "Restore the base backup and replay the archived WAL into a scratch PGDATA"
+role = "dba"
+kind = "restore"
+policy = "db"
+[[plan.steps]]
+number = 2
+action = "The rows written after the base backup are there"
+role = "dba"
+kind = "sql_check"
+policy = "db"
+query = "SELECT count(*), max(batch) FROM t"
+expect = "200|1"
+after = [1]
+"""
+
+
+@pytest.mark.postgres
+@needs_pg  # noqa: F405
+@pytest.mark.timeout(300)
+def test_a_drill_restores_a_physical_backup_and_its_wal_into_a_scratch_pgdata(pg_factory):
+    import os
+    import socket
+    from pathlib import Path
+
+    from tests.pg_servers import PG_USER
+    from tests.test_postgresql import _wait_archived, archiving_cluster, run_as_postgres
+
+    wsdir = Path(pg_factory.make_dir("drill-physical"))
+    cluster, config = archiving_cluster(pg_factory, wsdir)
+    cluster.sql("CREATE TABLE t (id int PRIMARY KEY, batch int)")
+    run_as_postgres(config, "backup", "db", "--json")
+    cluster.sql("INSERT INTO t SELECT g, 1 FROM generate_series(1, 200) g")  # after the base backup: only in WAL
+    _wait_archived(cluster)
+    (wsdir / "dr").mkdir()
+    (wsdir / "dr" / "physical_check.toml").write_text(PHYSICAL_SCENARIO)
+    for path in (wsdir / "dr", wsdir / "dr" / "physical_check.toml"):
+        os.chown(path, PG_USER.pw_uid, PG_USER.pw_gid)
+    result = run_as_postgres(config, "drill", "run", "physical_check", "--json", *FAST, check=False)
+    drill = json.loads(result.stdout)
+    steps = {s["id"]: s for s in drill["steps"]}
+    assert drill["status"] == "passed", (drill["missing"], {k: (s["status"], s["notes"]) for k, s in steps.items()})
+    assert "scratch PGDATA" in steps["1"]["scratch"] and steps["2"]["notes"] == \
+        "'SELECT count(*), max(batch) FROM t' returned '200|1'"
+    port = int(steps["1"]["scratch"].rsplit(":", 1)[1])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()  # the scratch server is stopped
+    assert drill["cleanup_problems"] == [] and not (wsdir / "state" / "drills" / drill["id"]).exists()
+    # the shipped database_failure on a physical source: its count check compares with the row
+    # counts taken at the base backup, which the WAL replayed after it changed (0 rows then, 200
+    # now): skipped with the reason, the drill incomplete, not failed on a sound restore
+    drill = json.loads(run_as_postgres(config, "drill", "run", "database_failure", "--json", *FAST,
+                                       check=False).stdout)
+    steps = {s["id"]: s for s in drill["steps"]}
+    assert steps["4.db"]["status"] == "passed" and steps["5.db"]["status"] == "skipped", steps["5.db"]["notes"]
+    assert "replayed the archived WAL past its base backup" in steps["5.db"]["notes"] and drill["status"] == "incomplete"

@@ -290,6 +290,53 @@ def test_a_breach_is_announced_once_and_again_on_recovery(workspace, hook):
     assert events[1]["details"]["condition"] == "rpo_breach"
 
 
+def test_a_drill_escalation_and_an_overdue_drill_reach_the_webhook_once(workspace, hook, monkeypatch):
+    from tests.test_dr import _operated_drill
+
+    hook.fail_first = 0
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    _config(workspace, f"""
+        [[alert]]
+        on = ["escalation", "drill_overdue", "recovered"]
+        webhook_url = "{hook.url}"
+        secret_env = "HOOK_SECRET"
+        [dr]
+        cadence = "30d"
+        rpo = "1d"
+        """)
+    (workspace.source / "a.txt").write_text("hello")
+    backup.run(workspace.ws, "tree")
+    from insite_console.scheduler import Scheduler
+
+    # never drilled: overdue, announced once, by the scheduler's tick or `drill report`, however often
+    Scheduler(workspace.ws, log=lambda line: None).tick()
+    assert len(hook.received) == 3
+    workspace.cli("drill", "report", check=True)
+    payloads = [json.loads(body) for _, body in hook.received]
+    assert sorted((p["event"], p["subject"]) for p in payloads) == [
+        ("drill_overdue", "drill:data_corruption"), ("drill_overdue", "drill:database_failure"),
+        ("drill_overdue", "drill:datacenter_failure")]
+    assert "DR drill of Data corruption (data_corruption) is overdue: never drilled" in [p["message"] for p in payloads]
+    hook.received.clear()
+    # the operator spends 1h 10m on step 2: level 2 (1h elapsed) pages the incident commander
+    record = _operated_drill(workspace.ws, {"2": 3300})
+    assert [e["level"] for e in record["events"] if e["type"] == "escalation"] == [2]
+    payloads = [json.loads(body) for _, body in hook.received]
+    assert [(p["event"], p["subject"]) for p in payloads] == [
+        ("escalation", "drill:data_corruption"), ("recovered", "drill:data_corruption")]
+    page = payloads[0]
+    assert page["details"]["drill_id"] == record["id"] and page["details"]["level"] == 2
+    assert page["details"]["notify"] == ["incident_commander"] and page["details"]["mode"] == "tabletop"
+    assert "escalation level 2 (1h elapsed): notify incident_commander (on-call phone, #incident)" in page["message"]
+    headers, body = hook.received[0]
+    assert headers[alerts.SIGNATURE_HEADER] == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert payloads[1]["details"]["condition"] == "drill_overdue"
+    delivered = workspace.ws.catalog.deliveries()
+    assert [(d["event"], d["status"]) for d in delivered][:2] == [("recovered", "delivered"), ("escalation", "delivered")]
+    workspace.cli("drill", "report", check=True)  # drilled now: nothing more for data_corruption
+    assert len(hook.received) == 2
+
+
 # ----- metrics ------------------------------------------------------------------------------
 
 
@@ -412,7 +459,9 @@ def test_missed_runs_a_scheduler_down_and_overdue_drills_are_announced_once_and_
     [row] = json.loads(result.stdout)
     assert any(p.startswith("DR drill datacenter_failure overdue: never drilled (cadence 30d)") for p in row["problems"])
     assert not any("database_failure" in p for p in row["problems"])  # covers @databases only
+    # the alerts name every scenario the DR report calls overdue; the status row only those covering it
     assert sorted(_events(hook)) == [("drill_overdue", "drill:data_corruption"),
+                                     ("drill_overdue", "drill:database_failure"),
                                      ("drill_overdue", "drill:datacenter_failure"),
                                      ("missed_run", "tree"), ("scheduler_down", "scheduler")]
     missed = json.loads(next(b for _, b in hook.received if json.loads(b)["event"] == "missed_run"))
@@ -420,13 +469,14 @@ def test_missed_runs_a_scheduler_down_and_overdue_drills_are_announced_once_and_
     # the scheduler is back, a run started, one scenario was drilled
     workspace.ws.catalog.scheduler_beat(clock.iso(clock.now()), 30)
     backup.run(workspace.ws, "tree")
-    workspace.ws.catalog.insert_drill({"id": clock.new_id(), "scenario": "data_corruption", "status": "passed",
-                                       "started_at": clock.iso(clock.now()), "mode": "rehearsal"})
+    from tests.test_dr import _operated_drill
+
+    assert _operated_drill(workspace.ws, {})["status"] == "passed"  # a real drill, its whole record
     for _ in range(2):
         assert workspace.cli("status", "--json").returncode == 1  # one drill still overdue: a warning
-    recovered = sorted(s for e, s in _events(hook)[4:] if e == "recovered")
+    recovered = sorted(s for e, s in _events(hook)[5:] if e == "recovered")
     assert recovered == ["drill:data_corruption", "scheduler", "tree"]
-    assert len(hook.received) == 7
+    assert len(hook.received) == 8
 
 
 def test_a_backup_failing_after_its_retries_is_delivered_once(workspace, hook):

@@ -592,12 +592,11 @@ class Catalog:
         self.db.execute(f"INSERT OR REPLACE INTO drills ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         tuple(map(_text, row.values())))
 
-    def drills(self, scenario: str | None = None, limit: int = 20) -> list[dict]:
-        if scenario:
-            rows = self.db.execute("SELECT * FROM drills WHERE scenario = ? ORDER BY started_at DESC LIMIT ?",
-                                   (scenario, limit))
-        else:
-            rows = self.db.execute("SELECT * FROM drills ORDER BY started_at DESC LIMIT ?", (limit,))
+    def drills(self, scenario: str | None = None, limit: int = 20, finished: bool = False) -> list[dict]:
+        """Newest first; `finished`: without the drills still running (another console's, live)."""
+        where = " AND ".join(w for w, on in (("scenario = ?", scenario), ("status != 'running'", finished)) if on)
+        rows = self.db.execute(f"SELECT * FROM drills {'WHERE ' + where if where else ''} ORDER BY started_at DESC "
+                               "LIMIT ?", ((scenario,) if scenario else ()) + (limit,))
         return [{**dict(row), "steps": json.loads(row["steps"]), "record": json.loads(row["record"] or "{}")}
                 for row in rows]
 
@@ -606,6 +605,19 @@ class Catalog:
         rows = self.db.execute("SELECT record FROM drills WHERE id LIKE ? ORDER BY id LIMIT 2",
                                (drill_id.replace("%", "") + "%",)).fetchall()
         return json.loads(rows[0]["record"]) if len(rows) == 1 else None
+
+    def drill_process(self) -> dict:
+        """This process's identity, kept in a running drill's record (see drill_ended)."""
+        return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _start_ticks(os.getpid()),
+                "boot_id": _boot_id()}
+
+    def drill_ended(self, record: dict) -> str | None:
+        """Why a `running` drill's process is gone (it died without finishing), or None if it may
+        still run (it runs, or runs on another host)."""
+        process = record.get("process") or {}
+        if process.get("host") != socket.gethostname() or not process.get("pid"):
+            return None
+        return _run_ended({**process, "started_at": record["started_at"]})
 
     def drill_ids(self) -> set[str]:
         return {row["id"] for row in self.db.execute("SELECT id FROM drills")}

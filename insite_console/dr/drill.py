@@ -8,17 +8,20 @@ injects at their time, facilitator injects whenever `Drill.inject` is called. Ea
 event handed to `listener(event, snapshot)`; the snapshot has the elapsed time, the escalation
 level and the projected RTO. The clock is injectable (`DrillClock(monotonic=…, sleep=…)`), so
 tests jump through a two-hour plan at once. A drill passes only when every step was carried out.
+Escalations also go to the alert hooks; the running drill's record is kept in the catalog at
+each event, so other consoles watch it live; at its end its findings are derived (findings.py).
 """
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from typing import Any, Callable
 
-from insite_console import clock, who
-from insite_console.dr import actions, history
+from insite_console import alerts, clock, who
+from insite_console.dr import actions, findings, history
 from insite_console.dr.scenarios import AUTOMATED, Scenario, Step, find, topological
 from insite_console.errors import Cancelled, UsageError
 from insite_console.events import CancelToken
@@ -78,6 +81,7 @@ class Drill:
         self._marks: queue.Queue = queue.Queue()
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._senders: list[threading.Thread] = []  # escalation alerts on their way
 
     # ----- for the operator (any thread) -------------------------------------------------
 
@@ -97,6 +101,13 @@ class Drill:
         self._marks.put(("response", inject_seq, text, by))
         self._wake.set()
 
+    def finding(self, text: str, owner: str, due: str | None = None, step: str | None = None,
+                by: str = "operator") -> None:
+        """A finding for the improvement plan (an action, its owner, a due date: ISO, default
+        before the next drill is due)."""
+        self._marks.put(("finding", text, owner, due, step, by))
+        self._wake.set()
+
     # ----- the timeline ------------------------------------------------------------------
 
     def _emit(self, event_type: str, **fields) -> dict:
@@ -104,9 +115,32 @@ class Drill:
             event = {"seq": len(self.events) + 1, "t": round(self.clock.elapsed(), 3), "at": clock.iso(clock.now()),
                      "type": event_type, **fields}
             self.events.append(event)
+        if event_type != "drill_finished":
+            self._publish()
         if self.listener:
             self.listener(event, self.snapshot())
         return event
+
+    def _publish(self) -> None:
+        """The drill as it stands, into the catalog (status `running`): other consoles watch it
+        live from there (a read-only console of the tabletop's observers). Never in the way of the
+        drill: a locked catalog only makes the watchers' view a moment older."""
+        now = self.clock.elapsed()
+        record = {"id": self.id, "scenario": self.scenario.id, "name": self.scenario.name, "mode": self.mode,
+                  "status": "running", "started_at": self._started_at, "finished_at": None, "auto": self.auto,
+                  "rto_seconds": self.scenario.rto_seconds, "rpo_seconds": self.scenario.rpo_seconds,
+                  "recovery_seconds": None, "data_loss_seconds": None, "meets_rto": None, "meets_rpo": None,
+                  "missing": [], "failed_steps": [], "cleanup_problems": [], "max_level": self.level,
+                  "by": self._by, "process": self._process,
+                  "clock": {"t": round(now, 3), "at": clock.iso_precise(clock.now()), "speed": self.clock.speed},
+                  "steps": [{"id": s.id, "action": s.action, "role": s.role, "kind": s.kind, "after": s.after,
+                             "estimate_seconds": s.estimate_seconds, "status": self.state[s.id]["status"]}
+                            for s in self.scenario.steps],
+                  "events": list(self.events)}
+        try:
+            self.ws.catalog.insert_drill(record)
+        except Exception as exc:  # sqlite3.OperationalError (locked, read-only)
+            print(f"insite-console: drill progress not written to the catalog: {exc}", file=sys.stderr)
 
     def snapshot(self) -> dict:
         now = self.clock.elapsed()
@@ -124,10 +158,19 @@ class Drill:
 
     def run(self) -> dict[str, Any]:
         with who.acting_as("drill"):  # the restores and verifies of its steps say so
-            return self._run()
+            try:
+                return self._run()
+            except Exception as exc:  # a bug: the drill is not left `running` for its watchers
+                current = self.ws.catalog.drill(self.id)
+                if current and current["status"] == "running":
+                    self.ws.catalog.insert_drill({**current, "status": "failed", "finished_at": clock.iso(clock.now()),
+                                                  "missing": [f"the drill stopped: {type(exc).__name__}: {exc}"]})
+                raise
 
     def _run(self) -> dict[str, Any]:
         started = clock.now()
+        self._started_at = clock.iso(started)
+        self._by, self._process = who.me(), self.ws.catalog.drill_process()  # in the published record
         ctx = actions.StepContext(self.ws, self.id, started, self.cancel)
         steps = {s.id: s for s in self.scenario.steps}
         timers: list[tuple[float, str, Any]] = [(j.at_seconds, "inject", j) for j in self.scenario.plan.injects]
@@ -166,7 +209,14 @@ class Drill:
             status = "cancelled"
         finally:
             cleanup = ctx.close()
-        return self._finish_drill(started, status, cleanup)
+            for sender in self._senders:  # each bounded by its alerts' timeouts
+                sender.join()
+        record = self._finish_drill(started, status, cleanup)
+        if record["status"] != "cancelled":
+            alerts.condition(self.ws, "drill_overdue", f"drill:{self.scenario.id}", False,
+                             f"DR scenario {self.scenario.id} was drilled: {record['status']} ({self.mode})",
+                             {"scenario": self.scenario.id, "drill_id": self.id})
+        return record
 
     def _drain(self, steps: dict[str, Step]) -> None:
         while True:
@@ -178,6 +228,8 @@ class Drill:
                 self._emit("inject", text=item[1], by=item[2])
             elif item[0] == "response":
                 self._emit("response", inject=item[1], text=item[2], by=item[3])
+            elif item[0] == "finding":
+                self._emit("finding", text=item[1], owner=item[2], due=item[3], step=item[4], by=item[5])
             else:
                 _, step_id, status, note, by = item
                 if step_id in steps and self.state[step_id]["status"] in ("waiting", "running") \
@@ -200,6 +252,7 @@ class Drill:
                 self._settle(step, "not run", "a step it depends on was not carried out")
                 continue
             now = self.clock.elapsed()
+            self._escalate_elapsed(now)  # time an operator spent at a prompt (on_manual) counts
             self.state[step.id].update(status="running", started=now)
             self._emit("step_started", step=step.id, action=step.action, role=step.role, kind=step.kind,
                        estimate_seconds=step.estimate_seconds)
@@ -256,6 +309,23 @@ class Drill:
                    response_seconds=esc.response_seconds)
         self.ws.catalog.event(None, f"DR drill {self.id}: escalation level {esc.level} ({why}): notify "
                               f"{', '.join(esc.notify)}", level="warning")
+        if self.ws.config.alerts:  # through the alert hooks, beside the loop: a slow hook must not stop the clock
+            contacts = ", ".join(f"{r} ({team.get(r, {}).get('contact') or 'no contact'})" for r in esc.notify)
+            message = (f"DR drill {self.id} ({self.mode}) of {self.scenario.name}: escalation level {esc.level} "
+                       f"({why}): notify {contacts}")
+            details = {"drill_id": self.id, "scenario": self.scenario.id, "mode": self.mode, "level": esc.level,
+                       "trigger": why, "notify": esc.notify, "elapsed_seconds": round(self.clock.elapsed(), 3),
+                       "response_seconds": esc.response_seconds, "drill": True}
+            sender = threading.Thread(target=self._alert, args=("escalation", message, details),
+                                      name=f"drill-alert-{esc.level}", daemon=True)
+            sender.start()
+            self._senders.append(sender)
+
+    def _alert(self, event: str, message: str, details: dict) -> None:
+        try:
+            alerts.fire(self.ws, event, f"drill:{self.scenario.id}", message, details)
+        finally:
+            self.ws.catalog.close()  # this thread's connection
 
     def _finish_drill(self, started, status: str | None, cleanup: list[str]) -> dict[str, Any]:
         scenario = self.scenario
@@ -293,8 +363,10 @@ class Drill:
                   "rto_seconds": scenario.rto_seconds, "rpo_seconds": scenario.rpo_seconds,
                   "recovery_seconds": round(recovery, 3), "data_loss_seconds": data_loss,
                   "meets_rto": meets_rto, "meets_rpo": meets_rpo, "max_level": self.level,
-                  "missing": missing, "failed_steps": failed, "cleanup_problems": cleanup,
+                  "missing": missing, "failed_steps": failed, "cleanup_problems": cleanup, "auto": self.auto,
                   "steps": steps, "events": list(self.events)}
+        cadence = clock.parse_duration(self.ws.config.dr.get("cadence", "90d")).total_seconds()
+        record["findings"] = findings.derive(record, cadence)
         record["stored_in"] = history.save(self.ws, record)
         self.ws.catalog.event(None, f"DR drill {self.id} of {scenario.id} {status}: recovery "
                               f"{clock.human_duration(recovery)} (RTO {clock.human_duration(scenario.rto_seconds)})"
@@ -345,6 +417,18 @@ def snapshot_at(record: dict, count: int, now: float | None = None) -> dict:
     return {"id": record.get("id"), "scenario": record.get("scenario"), "elapsed_seconds": round(now, 3),
             "level": level, "projected_rto_seconds": round(critical_path(plan, state, now), 3),
             "rto_seconds": record.get("rto_seconds"), "steps": state}
+
+
+def live_snapshot(record: dict) -> dict:
+    """A drill running in another process, as `snapshot()` would give it there now: its
+    published timeline, the clock run on from its last publication at the drill's speed."""
+    events = record.get("events", [])
+    published = record.get("clock") or {}
+    now = published.get("t", 0.0)
+    if published.get("at"):
+        wall = (clock.now() - clock.parse_iso(published["at"])).total_seconds()
+        now += max(0.0, wall) * published.get("speed", 1.0)
+    return snapshot_at(record, len(events), now=now)
 
 
 def _ordered(steps) -> list[Step]:

@@ -76,6 +76,9 @@ def event_text(event: dict) -> str:
         return f"INJECT ({event['by']}): {event['text']}"
     if kind == "response":
         return f"response to inject {event['inject']} ({event['by']}): {event['text']}"
+    if kind == "finding":
+        return f"FINDING ({event['by']}): {event['text']} — owner {event['owner']}" \
+            + (f", due {event['due']}" if event.get("due") else "")
     if kind == "drill_started":
         return f"drill of {event['name']} started ({event['mode']}, speed {event['speed']:g})"
     if kind == "drill_finished":

@@ -35,6 +35,7 @@ class Scratch:
     def __init__(self, kind: str, where: str, folder: Path | None = None):
         self.kind, self.where, self.folder = kind, where, folder
         self.result: dict[str, Any] = {}
+        self.replayed_wal = False  # a physical restore: WAL replayed past the base backup
         self._cleanups: list = []
 
     def on_close(self, action) -> None:
@@ -125,6 +126,7 @@ def _physical(ws, backup: dict, folder: Path, storage: str | None, cancel) -> Sc
     try:
         scratch.result = restore.run(ws, backup["id"], str(pgdata), cancel=cancel, storage=storage,
                                      options={"start_port": port})
+        scratch.replayed_wal = True
         local = PgTarget(f"host=127.0.0.1 port={port} dbname=postgres user={_superuser(str(pgdata))}")
         scratch.connect = local.connect
     except BaseException:

@@ -183,6 +183,34 @@ async def test_a_drill_done_step_by_step_passes_only_when_every_step_is_carried_
     assert "✓ passed" in head
 
 
+async def test_findings_entered_during_and_after_a_drill_reach_its_record(console_workspace, make_app, fake_time):
+    _add_scenario(console_workspace)
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _start_demo(pilot)
+        await pilot.press("a")
+        await pilot.pause()
+        await pilot.press(*"call list is out of date", "enter")
+        await pilot.pause()
+        await pilot.click("#choice-incident_commander")
+        await _until(pilot, lambda: any(e["type"] == "finding" for e in screen.events), "the finding in the timeline")
+        for step in ("1", "2", "4"):
+            await _mark(pilot, screen, "d", step, "ok")
+        await _until(pilot, lambda: screen.record is not None, "the drill to end")
+        await pilot.press("a")  # after the drill, on its summary
+        await pilot.pause()
+        await pilot.press(*"rehearse the switch", "enter")
+        await pilot.pause()
+        await pilot.click("#choice-dba")
+        await _until(pilot, lambda: len(screen.record.get("findings", [])) == 2, "the second finding")
+        summary = str(screen.query_one("#drill-summary").render())
+    stored = console_workspace.catalog.drill(screen.record["id"])["findings"]
+    assert [(f["owner"], f["text"], f["by"], f["step"]) for f in stored] == [
+        ("incident_commander", "call list is out of date", "alice@bastion-1", "1"),
+        ("dba", "rehearse the switch", "alice@bastion-1", None)]
+    assert "▸ incident_commander: call list is out of date (due " in summary and "▸ dba: rehearse the switch" in summary
+
+
 async def test_read_only_console_cannot_start_or_mark(console_workspace, make_app):
     _add_scenario(console_workspace)
     app = make_app(read_only=True)
@@ -192,6 +220,78 @@ async def test_read_only_console_cannot_start_or_mark(console_workspace, make_ap
         await pilot.press("s")
         await pilot.pause()
         assert type(app.screen).__name__ == "DrillsScreen" and app.screen.drill is None
+
+
+async def test_the_scenario_shows_its_rto_trend_over_drills(console_workspace, make_app, monkeypatch):
+    from insite_console import clock
+    from insite_console.dr import drill
+
+    _add_scenario(console_workspace)
+    base = clock.now()
+    scenario = drill.find(console_workspace, "tabletop_demo")
+    for i, minutes in enumerate((5, 40, 10)):  # the first step took this long; the plan's other steps 25 minutes
+        monkeypatch.setenv("INSITE_FAKE_NOW", clock.iso(base + clock.parse_duration(f"{i + 1}m")))
+        fake = FakeTime()
+        scenario.plan.steps[0].estimate_seconds = minutes * 60
+        drill.Drill(console_workspace, scenario, auto=True,
+                    drill_clock=drill.DrillClock(1, monotonic=lambda: fake.now,
+                                                 sleep=lambda s: setattr(fake, "now", fake.now + s))).run()
+    monkeypatch.delenv("INSITE_FAKE_NOW")
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5")
+        await pilot.pause()
+        await pilot.press("p")
+        await pilot.pause()
+        await pilot.click("#choice-tabletop_demo")
+        await pilot.pause()
+        head = str(app.screen.query_one("#drill-head").render())
+    assert "RTO trend ▄█▅ 30m ✓ (rehearsal) → 1h 5m ✗ (rehearsal) → 35m ✓ (rehearsal) (target 45m)" in head
+    assert "1 of 3 missed" in head
+
+
+async def test_a_read_only_console_watches_a_drill_another_process_runs(console_workspace, make_app):
+    """`drill run` in another process, its operator answering on stdin; the read-only console
+    follows it from the catalog on its refresh timer, without controls, to its honest end."""
+    import subprocess
+    import sys
+
+    _add_scenario(console_workspace)
+    other = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(console_workspace.config.path),
+                              "drill", "run", "tabletop_demo", "--tabletop"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        app = make_app(read_only=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("5")
+            screen = app.screen
+            await _until(pilot, lambda: screen.watching is not None and _status(screen, "1") == "waiting",
+                         "the console to follow the other process's drill")
+            head = str(screen.query_one("#drill-head").render())
+            assert "◉ watching tabletop run by" in head and "no controls here" in head
+            assert not screen.can_run("start_drill") and not screen.can_run("mark_done")
+            await pilot.press("d")  # no control: nothing is marked from here
+            await pilot.pause()
+            assert _status(screen, "1") == "waiting"
+            other.stdin.write("d bridge open\n")
+            other.stdin.flush()
+            await _until(pilot, lambda: _status(screen, "1") == "done" and _status(screen, "2") == "waiting",
+                         "step 1 done in the other process")
+            other.stdin.write("s nobody could find the restore point\n")
+            other.stdin.flush()
+            await _until(pilot, lambda: screen.watching is None and screen.record is not None
+                         and screen.record["status"] != "running", "the drill to end")
+            summary = str(screen.query_one("#drill-summary").render())
+            timeline = "\n".join(str(line.text) for line in screen.query_one("#drill-log").lines)
+            record = screen.record
+        assert other.wait(30) == 1  # incomplete: not passed
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert record["status"] == "incomplete"
+    assert "◐ incomplete" in summary and "not carried out: step 2: skipped (nobody could find the restore point)" in summary
+    assert "done 1 by" in timeline and "bridge open" in timeline and "drill INCOMPLETE" in timeline
 
 
 # ----- snapshots -----------------------------------------------------------------------------

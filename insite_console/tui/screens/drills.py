@@ -4,7 +4,8 @@ thread, manual steps marked here, injects, the summary, and playback of finished
 The drill itself is the engine's (dr/drill.py): this screen only calls its thread-safe
 `mark`, `inject`, `respond` and `snapshot`, and shows the events its listener posts. Playback
 rebuilds each moment from the stored timeline (`drill.snapshot_at`), so what it shows is what
-was recorded, in the recorded order.
+was recorded, in the recorded order. A drill another process runs is followed from its record
+in the catalog (`refresh_watch`, on the console's refresh timer), with no controls.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from textual.widgets import DataTable, Footer, Header, RichLog, Static
 
 from insite_console import clock, who
 from insite_console.dr import drill as dr_drill
-from insite_console.dr import history, scenarios
+from insite_console.dr import history, report, scenarios
 from insite_console.errors import InsiteError
 from insite_console.tui import commands, model
 from insite_console.tui.dialogs.confirm import ChoiceDialog, ConfirmDialog, TextDialog
@@ -38,8 +39,10 @@ START_CHOICES = {
     "live": ("live", 1.0, False),
 }
 SPEEDS = (1, 10, 60, 600, 3600)
+FINDINGS_SHOWN = 5  # in the summary; the report has them all
 TICK = 0.25
-LIVE_ACTIONS = ("start_drill", "mark_done", "mark_failed", "mark_skipped", "inject", "respond", "stop_drill")
+LIVE_ACTIONS = ("start_drill", "mark_done", "mark_failed", "mark_skipped", "inject", "respond", "stop_drill",
+                "add_finding")
 PLAYBACK_ACTIONS = ("play_pause", "step_event", "faster", "slower")
 
 
@@ -68,6 +71,9 @@ class DrillsScreen(InsiteScreen):
         self.events: list[dict] = []  # the timeline shown (live, or played back so far)
         self.record: dict | None = None  # the finished drill shown (the summary), or the one played back
         self.playback: dict | None = None  # {"record", "pos", "t", "playing", "speed"}
+        self.watching: str | None = None  # a drill another process runs, followed from the catalog
+        self._unwatched: set[str] = set()  # drills the operator stopped watching
+        self._watch_shown = 0  # its events already in the timeline
         self._waiting_seen: set[str] = set()
         self._shown_second = -1
 
@@ -98,7 +104,10 @@ class DrillsScreen(InsiteScreen):
             self.load_error = str(exc)
         self.scenario = self.scenarios[0] if self.scenarios else None
         self.set_interval(TICK, self._tick, name="drill-tick")
+        # the console's refresh timer bumps catalog_version when another process wrote
+        self.watch(self.app, "catalog_version", lambda _: self.refresh_watch(), init=False)
         self.show_all()
+        self.refresh_watch()
         table.focus()
 
     def on_unmount(self) -> None:
@@ -117,7 +126,7 @@ class DrillsScreen(InsiteScreen):
                  "estimate_seconds": s.estimate_seconds} for s in scenarios.order(self.scenario)]
 
     def _state(self) -> dict[str, dict]:
-        if self.playback is not None:
+        if self.playback is not None or self.watching is not None:
             return self.snap["steps"] if self.snap else {}
         if self.drill is not None and self.snap:
             return self.snap["steps"]
@@ -158,12 +167,17 @@ class DrillsScreen(InsiteScreen):
         elif self.drill is not None:
             second = (f"[$primary]▶ {'rehearsal' if self.drill.auto else escape(self.drill.mode)}[/]"
                       + (f" ×{self.drill.clock.speed:g}" if self.drill.clock.speed != 1 else "") + " · ")
+        elif self.watching is not None:
+            speed = (self.record.get("clock") or {}).get("speed", 1)
+            second = (f"[$primary]◉ watching[/] {'rehearsal' if self.record.get('auto') else escape(self.record['mode'])}"
+                      + (f" ×{speed:g}" if speed != 1 else "") + f" run by {escape(self.record.get('by') or '?')} "
+                      "[dim](another process; no controls here)[/] · ")
         elif self.record is not None:
             label, role = _status(self.record["status"])
             first += f" · drill {escape(self.record['id'])} [${role}]{escape(label)}[/]"
         lines = [first]
         snap = self.snap
-        if snap is not None and (self.drill is not None or self.playback is not None):
+        if snap is not None and (self.drill is not None or self.playback is not None or self.watching is not None):
             elapsed, projected = snap["elapsed_seconds"], snap["projected_rto_seconds"]
             level = snap["level"]
             verdict = (f"[$error]✗ misses it by {clock.human_duration(projected - rto)}[/]" if projected > rto
@@ -173,10 +187,23 @@ class DrillsScreen(InsiteScreen):
                          + verdict)
         elif self.drill is None and self.record is None:
             who = ", ".join(sorted(self.scenario.plan.team)) or "no team"
+            points = self._trend()
+            if points:
+                missed = sum(1 for p in points if not p["meets_rto"])
+                lines.append(f"RTO trend [b]{report.sparkline(points)}[/] {escape(report.trend_text(points))}"
+                             + (f" · [$error]{missed} of {len(points)} missed[/]" if missed else ""))
             lines.append(f"[dim]{escape(self.scenario.description)}[/]\nTeam: {escape(who)}. "
                          + ("Press [b]s[/] to start a drill, [b]p[/] for another scenario, [b]h[/] for playback."
                             if not self.app.read_only else "Press [b]p[/] for another scenario, [b]h[/] for playback."))
         head.update("\n".join(lines))
+
+    def _trend(self) -> list[dict]:
+        """The scenario's measured RTO per drill, oldest first (the DR report's trend)."""
+        try:
+            rows = self.app.workspace.catalog.drills(self.scenario.id, limit=report.TREND, finished=True)
+        except Exception:  # a locked catalog: no trend this time, the next refresh tries again
+            return []
+        return report.trend([row["record"] for row in rows])
 
     def _targets(self) -> tuple[float, float]:
         if self.record is not None:
@@ -216,7 +243,8 @@ class DrillsScreen(InsiteScreen):
     def show_summary(self) -> None:
         box = self.query_one("#drill-summary-box")
         record = self.record
-        done = record is not None and (self.playback is None or self.playback["pos"] >= len(record.get("events", [])))
+        done = record is not None and self.watching is None and (
+            self.playback is None or self.playback["pos"] >= len(record.get("events", [])))
         box.display = done
         if not done:
             return
@@ -241,6 +269,11 @@ class DrillsScreen(InsiteScreen):
             lines.append(f"[$error]✗ failed:[/] {escape(', '.join(record['failed_steps']))}")
         for item in record.get("cleanup_problems", []):
             lines.append(f"[$error]✗ cleanup:[/] {escape(item)}")
+        found = record.get("findings", [])
+        for item in found[:FINDINGS_SHOWN]:
+            lines.append(f"[$accent]▸ {escape(item['owner'])}:[/] {escape(item['text'])} (due {escape(item['due'][:10])})")
+        if len(found) > FINDINGS_SHOWN:
+            lines.append(f"[dim]▸ {len(found) - FINDINGS_SHOWN} more findings: see `insite-console drill report`[/]")
         stored = record.get("stored_in") or {}
         for item in stored.get("problems", []):
             lines.append(f"[$warning]▲ not stored in a repository:[/] {escape(item)}")
@@ -270,7 +303,8 @@ class DrillsScreen(InsiteScreen):
         if action in PLAYBACK_ACTIONS:
             return True if self.playback is not None else False
         if action == "start_drill":
-            return False if running or self.playback is not None else (True if self.scenario else None)
+            return False if running or self.playback is not None or self.watching is not None else (
+                True if self.scenario else None)
         if action == "pick_scenario":
             return False if running or self.playback is not None else True
         if action == "playback":
@@ -282,6 +316,9 @@ class DrillsScreen(InsiteScreen):
             return True if step and self._state().get(step, {}).get("status") == "waiting" else None
         if action in ("inject", "stop_drill"):
             return True if running else False
+        if action == "add_finding":  # to the running drill, or to the finished one shown
+            return True if running or (self.record is not None and self.playback is None and self.watching is None
+                                       and self.record.get("status") != "running") else False
         if action == "respond":
             return True if running and any(e["type"] == "inject" for e in self.events) else False
         return True
@@ -304,7 +341,9 @@ class DrillsScreen(InsiteScreen):
         self.show_all()
 
     def _leave_record(self) -> None:
-        self.record, self.playback, self.snap, self.events = None, None, None, []
+        if self.watching is not None:  # not picked up again by the next refresh
+            self._unwatched.add(self.watching)
+        self.record, self.playback, self.snap, self.events, self.watching = None, None, None, [], None
         self.reset_log()
 
     def action_back(self) -> None:
@@ -413,6 +452,10 @@ class DrillsScreen(InsiteScreen):
                     self._shown_second = second
                     self.show_steps()
                     self.refresh_bindings()
+        elif self.watching is not None and self.record is not None:
+            self.snap = dr_drill.live_snapshot(self.record)
+            if self.is_active:
+                self.show_head()
         elif self.playback is not None and self.playback["playing"]:
             pb = self.playback
             pb["t"] += TICK * pb["speed"]
@@ -430,6 +473,50 @@ class DrillsScreen(InsiteScreen):
                 self.show_steps()
                 self.show_summary()
                 self.refresh_bindings()
+
+    # ----- watching a drill another process runs ----------------------------------------
+
+    def refresh_watch(self) -> None:
+        """Follow a drill another console or `drill run` runs, from its record in the catalog:
+        the first running one when nothing else is shown, then the one followed until it ends."""
+        if self.drill is not None or self.playback is not None or (self.record is not None and self.watching is None):
+            return
+        catalog = self.app.workspace.catalog
+        try:
+            if self.watching is not None:
+                record = catalog.drill(self.watching)
+            else:
+                record = next((d["record"] for d in catalog.drills(limit=10) if d["status"] == "running"
+                               and d["id"] not in self._unwatched and not catalog.drill_ended(d["record"])), None)
+            ended = catalog.drill_ended(record) if record and record["status"] == "running" else None
+        except Exception:  # a locked catalog: the next refresh tries again
+            return
+        if record is None:
+            return
+        if ended:
+            self.notify(f"stopped watching drill {record['id']}: {ended}", severity="warning", timeout=8)
+            self._leave_record()
+            self.show_all()
+            return
+        if self.watching is None:
+            self.reset_log()
+            self.watching, self._watch_shown = record["id"], 0
+            self.scenario = next((s for s in self.scenarios if s.id == record["scenario"]), self.scenario)
+            self.notify(f"◉ watching the drill of {record['name']} run by {record.get('by') or 'another process'}",
+                        timeout=6)
+        self.record = record
+        events = sorted(record.get("events", []), key=lambda e: e["seq"])
+        for event in events[self._watch_shown:]:
+            self.log_event(event)
+        self._watch_shown = len(events)
+        self.events = events
+        if record["status"] == "running":
+            self.snap = dr_drill.live_snapshot(record)
+        else:  # it ended: its summary, as for a drill run here
+            self.watching, self.snap = None, None
+            label, _ = _status(record["status"])
+            self.notify(f"{label}: drill of {record['name']} (watched)", timeout=8)
+        self.show_all()
 
     def _mark(self, status: str) -> None:
         drill = self.drill
@@ -471,6 +558,55 @@ class DrillsScreen(InsiteScreen):
             TextDialog("Response", f"The team's response to: {last['text']}", ok_label="Record", required=True),
             lambda text: drill.respond(last["seq"], text, by=operator()) if text else None)
 
+    def action_add_finding(self) -> None:
+        drill, record = self.drill, self.record
+        if drill is None and (record is None or not self.can_run("add_finding")):
+            return
+        scenario = drill.scenario if drill is not None else next(
+            (s for s in self.scenarios if s.id == record["scenario"]), None)
+        roles = sorted(scenario.plan.team) if scenario is not None and scenario.plan.team else sorted(
+            {s["role"] for s in self._steps()})
+        step = self.selected_step()
+
+        def owned(text: str, owner: str | None) -> None:
+            if not owner:
+                return
+            if drill is not None:
+                drill.finding(text, owner, step=step, by=operator())
+                self.notify(f"finding for {owner} recorded in the drill", timeout=4)
+            else:
+                self._add_finding(record["id"], text, owner)
+
+        def written(text: str | None) -> None:
+            if text:
+                self.app.push_screen(ChoiceDialog("Owner", f"Who owns it?\n\n{text}", [(r, r) for r in roles]),
+                                     lambda owner: owned(text, owner))
+
+        self.app.push_screen(TextDialog("Finding", "What should change? An action for the improvement plan (due "
+                                        "before the next drill is):", ok_label="Next", required=True), written)
+
+    @work(thread=True, group="drill-finding", exit_on_error=False)
+    def _add_finding(self, drill_id: str, text: str, owner: str) -> None:
+        from insite_console.dr import findings
+        from insite_console.workspace import Workspace
+
+        ws = Workspace(self.app.workspace.config)  # sealing into the repositories: not on the UI thread
+        try:
+            findings.add(ws, drill_id, text, owner, by=operator())
+            record = history.get(ws, drill_id)
+        except InsiteError as exc:
+            self.app.call_from_thread(self.notify, f"✗ the finding was not added: {exc}", severity="error", timeout=8)
+            return
+        finally:
+            ws.close()
+        self.app.call_from_thread(self._finding_added, record)
+
+    def _finding_added(self, record: dict) -> None:
+        if self.record is not None and self.record.get("id") == record["id"]:
+            self.record = record
+            self.show_summary()
+        self.notify(f"finding added to drill {record['id']}", timeout=4)
+
     def action_stop_drill(self) -> None:
         drill = self.drill
         if drill is None:
@@ -485,7 +621,7 @@ class DrillsScreen(InsiteScreen):
     def action_playback(self) -> None:
         if self.drill is not None:
             return
-        drills = self.app.workspace.catalog.drills(limit=8)
+        drills = self.app.workspace.catalog.drills(limit=8, finished=True)
         if not drills:
             self.notify("no finished drill yet: start one with s (or `insite-console drill run`)", timeout=4)
             return
