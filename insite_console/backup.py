@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from insite_console import clock
 from insite_console.catalog.db import public_backup
@@ -58,9 +58,11 @@ def catalog_writer(catalog, run_id: str, interval: float = 1.0) -> ProgressCallb
 
 
 def run(ws, policy_name: str, backup_type: str | None = None, progress: ProgressCallback | None = None,
-        cancel: CancelToken | None = None) -> dict[str, Any]:
+        cancel: CancelToken | None = None, group: tuple[str, Callable[[], None]] | None = None) -> dict[str, Any]:
     """Run one backup of a policy now; returns the contract's JSON object for it. One run per
-    policy at a time: a second one, from any process, is refused naming the one that runs."""
+    policy at a time: a second one, from any process, is refused naming the one that runs.
+    `group`: (the group restore point's id, the moment to wait for before the snapshot), when
+    the backup is a member of a group backup (group.py)."""
     ws.config.policy(policy_name)
     backup_id = clock.new_id()
     holder = ws.catalog.claim_policy(policy_name, backup_id)
@@ -70,13 +72,13 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
                          f"{holder['host']}, user {holder['user']}, for {clock.human_duration(age)} "
                          f"(run {holder['run_id']}); not starting another")
     try:
-        return _run(ws, policy_name, backup_id, backup_type, progress, cancel)
+        return _run(ws, policy_name, backup_id, backup_type, progress, cancel, group)
     finally:
         ws.catalog.release_policy(policy_name, backup_id)
 
 
 def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress: ProgressCallback | None,
-         cancel: CancelToken | None) -> dict[str, Any]:
+         cancel: CancelToken | None, group: tuple[str, Callable[[], None]] | None) -> dict[str, Any]:
     policy = ws.config.policy(policy_name)
     source_name, storage_name = policy["source"], policy["storage"]
     source_settings = ws.config.sources[source_name]
@@ -124,6 +126,8 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
             catalog.event(backup_id, message, level="warning")
 
         ctx = ScanContext(parent=parent_tree, reporter=reporter, cancel=cancel, warn=warn, backup_type=backup_type)
+        if group is not None:
+            ctx.group, ctx.moment = group
         _start_size_estimate(source, reporter)
         stored_before = repo.stats["bytes_stored"]
         reporter.update(phase="reading", force=True)
@@ -144,6 +148,8 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
             "paths": source_settings.get("paths", []), "compression": policy["compression"],
             "tree": tree_chunks, "totals": totals, "source_info": source.metadata(), "warnings": warnings,
         }
+        if group is not None:
+            manifest["group_point"] = group[0]
         repo.commit_manifest(manifest, lock)
         catalog.update_backup(backup_id, status="succeeded", finished_at=clock.iso(finished),
                               bytes_read=totals["bytes_read"], bytes_stored=totals["bytes_stored"],

@@ -40,7 +40,49 @@ def _is_physical(ws, source: str) -> bool:
 
 
 def _point_of(backup: dict) -> datetime:
-    return clock.parse_iso(backup.get("started_at_precise") or backup["started_at"])
+    """The instant a backup's data stands at: its snapshot's (source_info `point`), else its start."""
+    point = ((backup.get("info") or {}).get("source_info") or {}).get("point") or {}
+    return clock.parse_iso(point.get("at") or backup.get("started_at_precise") or backup["started_at"])
+
+
+def group_point(ws, settings: dict, at: datetime | None, point_id: str | None = None) -> dict | None:
+    """The group restore point a recovery comes back to: `point_id`, or with the plan's `group`
+    the newest succeeded one at or before `at`; None when the plan uses no group."""
+    components = settings["components"]
+    if point_id:
+        found = [g for g in ws.catalog.group_points(limit=10000) if g["id"].startswith(point_id)]
+        if len(found) != 1:
+            raise RestoreRefused(f"no group restore point {point_id!r}" if not found else
+                                 f"{point_id!r} names {len(found)} group restore points; give more of the id")
+        chosen = found[0]
+        if chosen["status"] != "succeeded":
+            raise RestoreRefused(f"group restore point {chosen['id']} is {chosen['status']}, not a restore point: "
+                                 f"{chosen.get('error')}")
+        missing = [c for c in components if c not in {m["policy"] for m in chosen["members"]}]
+        if missing:
+            raise RestoreRefused(f"group restore point {chosen['id']} of {chosen['group']} holds no backup of "
+                                 + ", ".join(missing))
+        return chosen
+    if not settings.get("group"):
+        return None
+    for candidate in ws.catalog.group_points(group=settings["group"], status="succeeded", limit=10000):
+        if at is None or clock.parse_iso(candidate["point_at"]) <= at:
+            return candidate
+    raise RestoreRefused(f"no succeeded group restore point of [group.{settings['group']}]"
+                         + (f" at or before {clock.iso_precise(at)}" if at else "")
+                         + f" (run `insite-console backup --group {settings['group']}`)")
+
+
+def _named_group_point(ws, components: list[dict]) -> dict | None:
+    """The group restore point whose members are exactly the backups chosen, if there is one."""
+    chosen = {c["policy"]: c["backup_id"] for c in components}
+    if None in chosen.values():
+        return None
+    for candidate in ws.catalog.group_points(status="succeeded", limit=200):
+        members = {m["policy"]: m["backup_id"] for m in candidate["members"]}
+        if all(members.get(policy) == backup_id for policy, backup_id in chosen.items()):
+            return candidate
+    return None
 
 
 def restore_point(ws, policy: str, at: datetime | None) -> tuple[dict, datetime]:
@@ -98,9 +140,11 @@ def _overwrites(kind: str, dry: dict) -> dict:
 
 
 def plan(ws, name: str, at: datetime | None, events: EventCallback | None = None,
-         cancel: CancelToken | None = None) -> dict[str, Any]:
+         cancel: CancelToken | None = None, point_id: str | None = None) -> dict[str, Any]:
     """The recovery plan: per component the restore point, data loss, what is overwritten, bytes,
-    estimated duration and pre-flight checks; the skew between components. Writes nothing."""
+    estimated duration and pre-flight checks; the skew between components. Writes nothing.
+    With `point_id`, or a plan whose `group` is set, every component comes back from its
+    member of one group restore point."""
     settings = ws.config.recovery(name)
     cancel = cancel or CancelToken()
     now = clock.now()
@@ -108,25 +152,29 @@ def plan(ws, name: str, at: datetime | None, events: EventCallback | None = None
     throughput = ws.catalog.restore_throughput()
     rate = throughput or restore.DEFAULT_THROUGHPUT
     basis = "measured from past restores" if throughput else "assumed 150 MiB/s (no restore measured yet)"
+    chosen_group = group_point(ws, settings, at, point_id)
+    members = {m["policy"]: m for m in (chosen_group or {}).get("members", [])}
     components = []
     for policy in settings["components"]:
         cancel.check()
-        components.append(_plan_component(ws, settings, policy, at, target_time, rate, basis))
+        components.append(_plan_component(ws, settings, policy, at, target_time, rate, basis, members.get(policy)))
         if events:
             events({"component": policy, "status": "planned", "checks_ok": components[-1]["checks_ok"]})
+    chosen_group = chosen_group or _named_group_point(ws, components)
     points = [clock.parse_iso(c["restore_point_at"]) for c in components if c.get("restore_point_at")]
-    skew = (max(points) - min(points)).total_seconds() if len(points) == len(components) and points else None
+    skew = round((max(points) - min(points)).total_seconds(), 6) if len(points) == len(components) and points else None
     seconds = [c["estimated_seconds"] for c in components]
     estimate = (max(seconds) if settings["mode"] == "parallel" else sum(seconds)) if seconds else 0.0
-    return {"plan": name, "at": clock.iso_precise(at) if at else None, "latest": at is None,
+    return {"plan": name, "at": clock.iso_precise(at) if at else None, "latest": at is None and point_id is None,
             "planned_at": clock.iso(now), "mode": settings["mode"], "on_failure": settings["on_failure"],
             "components": components, "skew_seconds": skew,
+            "group_point": {k: chosen_group[k] for k in ("id", "group", "point_at")} if chosen_group else None,
             "bytes": sum(c["bytes"] for c in components), "estimated_seconds": round(estimate, 1),
             "estimate_basis": basis, "checks_ok": all(c["checks_ok"] for c in components)}
 
 
 def _plan_component(ws, settings: dict, policy: str, at: datetime | None, target_time: datetime,
-                    rate: float, basis: str) -> dict[str, Any]:
+                    rate: float, basis: str, member: dict | None = None) -> dict[str, Any]:
     source = ws.config.policies[policy]["source"]
     source_type = ws.config.sources[source]["type"]
     kind = source_type
@@ -142,14 +190,24 @@ def _plan_component(ws, settings: dict, policy: str, at: datetime | None, target
                             "overwrites": None, "bytes": 0, "estimated_seconds": 0.0, "checks": []}
     checks = item["checks"]
     try:
-        backup, point = restore_point(ws, policy, at)
+        if member is not None:  # one member of a group restore point, at its exact instant
+            backup = ws.catalog.backup(member["backup_id"])
+            if backup is None or backup["status"] != "succeeded":
+                raise RestoreRefused(f"backup {member['backup_id']} of the group restore point is "
+                                     + ("not in the catalog" if backup is None else backup["status"]))
+            point = clock.parse_iso(member["point_at"])
+        else:
+            backup, point = restore_point(ws, policy, at)
     except InsiteError as exc:
         checks.append(_check("restore point", "failed", redact(str(exc))))
         item["checks_ok"] = False
         return item
     loss = max(0.0, (target_time - point).total_seconds())
+    # physical: WAL replayed to this instant (None: to the end of the archive)
+    replay_to = point if kind == "postgresql-physical" and (at is not None or member is not None) else None
     item.update(backup_id=backup["id"], restore_point_at=clock.iso_precise(point), data_loss_seconds=round(loss, 3),
-                within_rpo=None if rpo_seconds is None else loss <= rpo_seconds)
+                within_rpo=None if rpo_seconds is None else loss <= rpo_seconds,
+                replay_to=clock.iso_precise(replay_to) if replay_to else None)
     checks.append(_check("restore point", "ok", f"backup {backup['id']} of {backup['started_at']}"))
     if kind == "postgresql-physical":
         from insite_console import wal
@@ -157,8 +215,7 @@ def _plan_component(ws, settings: dict, policy: str, at: datetime | None, target
         window = wal.restorable_window(ws, source)
         item["restorable_window"] = {"oldest": window["oldest"], "newest": window["newest"]}  # checked by the dry run
     try:
-        dry = restore.run(ws, backup["id"], target, includes=includes, dry_run=True,
-                          at=at if kind == "postgresql-physical" else None)
+        dry = restore.run(ws, backup["id"], target, includes=includes, dry_run=True, at=replay_to)
     except InsiteError as exc:
         checks.append(_check("target reachable", "failed", redact(str(exc))))
         item["checks_ok"] = False
@@ -230,14 +287,14 @@ def _who() -> tuple[str, str]:
 
 def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | None = None,
         progress: Callable[[Progress], None] | None = None, events: EventCallback | None = None,
-        cancel: CancelToken | None = None, planned: dict | None = None) -> dict[str, Any]:
+        cancel: CancelToken | None = None, planned: dict | None = None, point_id: str | None = None) -> dict[str, Any]:
     """Recover the platform as `plan()` (or `planned`, the plan shown to the operator) says.
 
     `progress` gets each component's Progress with `operation` = "recover:POLICY"; `events` a dict
     when a component starts and finishes; `cancel` stops between units of work (the component
     running ends `cancelled`, those not started `skipped`)."""
     cancel = cancel or CancelToken()
-    planned = planned or plan(ws, name, at, cancel=cancel)
+    planned = planned or plan(ws, name, at, cancel=cancel, point_id=point_id)
     if not planned["checks_ok"]:
         failed = [f"{c['policy']}: {k['check']}: {k['detail']}" for c in planned["components"]
                   for k in c["checks"] if k["status"] == "failed"]
@@ -258,8 +315,9 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
                         "restore_point_at": c["restore_point_at"], "data_loss_seconds": c["data_loss_seconds"],
                         "target": c["target"], "includes": c["includes"], "status": "pending", "verified": None,
                         "verification": None, "started_at": None, "finished_at": None, "bytes": 0, "error": None,
-                        "restore_id": None}
+                        "restore_id": None, "replay_to": c.get("replay_to")}
                        for c in planned["components"]],
+        "group_point": planned.get("group_point"),
     }
     lock = threading.Lock()
     ws.catalog.insert_recovery(record)
@@ -280,8 +338,8 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
         target = settings["targets"][item["policy"]]
         try:
             outcome = restore.run(ws, item["backup_id"], target, includes=item["includes"], yes=yes,
-                                  at=clock.parse_iso(item["restore_point_at"]) if item["kind"] == "postgresql-physical"
-                                  else None, progress=forward, cancel=cancel,
+                                  at=clock.parse_iso(item["replay_to"]) if item["replay_to"] else None,
+                                  progress=forward, cancel=cancel,
                                   options={"replace_all": not item["includes"]})
             item["restore_id"], item["bytes"] = outcome["id"], outcome.get("bytes_written", 0)
             item["verified"], item["verification"] = _verified(item["kind"], outcome)

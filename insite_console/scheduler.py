@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from insite_console import alerts, backup, clock, status, who
+from insite_console import alerts, backup, clock, group, status, who
 from insite_console.errors import Cancelled, InsiteError, PolicyBusy
 from insite_console.events import CancelToken
 
@@ -80,6 +80,28 @@ def due_policies(ws, now: datetime | None = None, since: datetime | None = None)
     return due
 
 
+GROUP_JOB = "group:"  # a group backup's job name: "group:NAME" (a policy's is its name)
+
+
+def due_groups(ws, now: datetime | None = None, since: datetime | None = None) -> list[str]:
+    """Enabled `[group.NAME]`s whose schedule fired since their last group backup started."""
+    now = now or clock.now()
+    tz = timezone(ws)
+    due = []
+    for name, settings in sorted(ws.config.groups.items()):
+        if not settings.get("schedule") or not settings.get("enabled", True):
+            continue
+        fired = last_fire(settings["schedule"], now, tz)
+        if since is not None and fired < since:
+            continue
+        last = ws.catalog.group_points(group=name, limit=1)
+        if last and last[0]["status"] == "running":
+            continue
+        if not last or clock.parse_iso(last[0]["started_at"]) < fired:
+            due.append(name)
+    return due
+
+
 def retry_delay(policy: dict, attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: `retry_delay`, doubled after each failed attempt."""
     return clock.parse_duration(policy.get("retry_delay", "1m")).total_seconds() * 2 ** (attempt - 1)
@@ -101,6 +123,15 @@ def schedule_list(ws, now: datetime | None = None) -> list[dict[str, Any]]:
             "last_run_status": last[0]["status"] if last else None,
             "next_run_at": clock.iso(upcoming), "retries": policy.get("retries", 0),
             "retry_delay": policy.get("retry_delay", "1m"),
+        })
+    for name, settings in sorted(ws.config.groups.items()):
+        last = ws.catalog.group_points(group=name, limit=1)
+        upcoming = next_fire(settings.get("schedule"), now, tz) if settings.get("enabled", True) else None
+        rows.append({
+            "policy": GROUP_JOB + name, "enabled": settings.get("enabled", True), "schedule": settings.get("schedule"),
+            "timezone": tz.key, "last_run_at": last[0]["started_at"] if last else None,
+            "last_run_status": last[0]["status"] if last else None, "next_run_at": clock.iso(upcoming),
+            "retries": 0, "retry_delay": "-", "members": settings["policies"],
         })
     return rows
 
@@ -135,6 +166,9 @@ class Scheduler:
         for name in due_policies(self.ws, now, self.since):
             if name not in self.jobs and name not in self.retries:
                 self._start(name, 1)
+        for name in due_groups(self.ws, now, self.since):
+            if GROUP_JOB + name not in self.jobs:
+                self._start(GROUP_JOB + name, 1)
         try:
             alerts.watch(self.ws, status.overview(self.ws, now, check_storage=True))
         except Exception as exc:  # a status that cannot be computed must not stop the backups
@@ -221,6 +255,8 @@ class Scheduler:
         job_ws = Workspace(self.ws.config)
         try:
             with who.acting_as("scheduler"):
+                if name.startswith(GROUP_JOB):
+                    return group.run(job_ws, name[len(GROUP_JOB):], cancel=self.cancel)
                 return backup.run(job_ws, name, cancel=self.cancel)
         finally:
             job_ws.close()
@@ -231,7 +267,27 @@ class Scheduler:
                 del self.jobs[name]
                 self._finished(name, future, attempt, now)
 
+    def _group_finished(self, name: str, future: Future) -> None:
+        """A group backup is not retried: its next slot takes a new group restore point."""
+        try:
+            record = future.result()
+        except Exception as exc:  # the group's record could not be made at all
+            error = str(exc) if isinstance(exc, InsiteError) else f"{type(exc).__name__}: {exc}"
+            self.log(f"{name}: group backup failed: {error}")
+            self.results.append({"policy": name, "status": "failed", "error": error})
+            return
+        if record["status"] == "succeeded":
+            self.log(f"{name}: group restore point {record['id']} at {record['point_at']} "
+                     f"({len(record['members'])} members within {record['skew_seconds']:.3f}s)")
+        else:
+            self.log(f"{name}: group backup {record['id']} {record['status']}: {record['error']}")
+        group.announce(self.ws, record)
+        self.results.append({**record, "policy": name})
+
     def _finished(self, name: str, future: Future, attempt: int, now: datetime) -> None:
+        if name.startswith(GROUP_JOB):
+            self._group_finished(name, future)
+            return
         policy = self.ws.config.policy(name)
         try:
             result = future.result()

@@ -189,7 +189,7 @@ def test_recovery_plan_config_is_validated_with_clear_errors(tmp_path):
     ok = config_module.load(platform_config(tmp_path, "postgresql://u@127.0.0.1:1/db", "redis://127.0.0.1:1/0",
                                             tmp_path, Path("relative")))
     assert ok.recovery("platform") == {
-        "components": list(COMPONENTS), "mode": "rolling", "on_failure": "stop", "includes": {},
+        "components": list(COMPONENTS), "mode": "rolling", "on_failure": "stop", "includes": {}, "group": None,
         "targets": {"main_db": "postgresql://u@127.0.0.1:1/db", "cache": "redis://127.0.0.1:1/0",
                     "app_files": str(tmp_path / "relative")}}
     with pytest.raises(ConfigError, match="no recovery plan named 'other'"):
@@ -383,3 +383,110 @@ def test_physical_component_is_planned_to_exactly_the_time_within_the_restorable
     late = run_as_postgres(config, "recover", "pitr", "--at", clock.iso(clock.now() + timedelta(hours=1)),
                            "--dry-run", check=False)
     assert late.returncode == 1 and "[failed] WAL continuity: the target" in late.stdout
+
+
+# ----- group restore points --------------------------------------------------------------------------
+
+GROUP = """group = "platform"
+
+[group.platform]
+policies = ["main_db", "cache", "app_files"]
+schedule = "* * * * *"
+"""
+POINT_KINDS = {"main_db": "snapshot exported", "cache": "RDB snapshot requested", "app_files": "file walk started"}
+
+
+@needs_pg  # noqa: F405
+@needs_redis  # noqa: F405
+@pytest.mark.timeout(240)
+def test_group_members_share_one_moment_and_a_recovery_to_the_group_point_names_it(platform):
+    from insite_console import scheduler
+
+    p = platform(recovery_extra=GROUP)
+    p.state1()
+    first = json.loads(p.helper.cli("backup", "--group", "platform", "--json", check=True).stdout)
+    time.sleep(0.05)
+    between = clock.now()
+    p.state2()
+    next_minute = clock.now() + timedelta(minutes=1)  # its own schedule (every minute) fires again
+    assert scheduler.due_groups(p.ws) == [] and scheduler.due_groups(p.ws, next_minute) == ["platform"]
+    [second] = scheduler.Scheduler(p.ws, log=lambda m: None, now=lambda: next_minute).run_once()
+    assert second["policy"] == "group:platform" and second["status"] == "succeeded", second
+
+    assert first["status"] == "succeeded" and [m["policy"] for m in first["members"]] == list(COMPONENTS)
+    moment = clock.parse_iso(first["point_at"])
+    points = {m["policy"]: clock.parse_iso(m["point_at"]) for m in first["members"]}
+    for m in first["members"]:
+        assert m["status"] == "succeeded" and m["point"]["what"] == POINT_KINDS[m["policy"]], m
+        assert points[m["policy"]] >= moment  # nobody took its snapshot before the moment
+        row = p.ws.catalog.backup(m["backup_id"])
+        assert row["status"] == "succeeded" and row["policy"] == m["policy"]
+    assert first["skew_seconds"] == round((max(points.values()) - min(points.values())).total_seconds(), 6)
+    assert first["skew_seconds"] < 1.0
+    assert first["members"][0]["point"]["snapshot"]  # the dump's exported snapshot, named
+    sealed = json.loads(p.helper.reopen().repository("local").get_sealed("groups/" + first["id"]))
+    assert sealed["members"] == first["members"]
+
+    # the plan names a group: --at picks the newest group point at or before the time
+    dry = json.loads(p.helper.cli("recover", "platform", "--at", clock.iso_precise(between), "--dry-run",
+                                  "--json", check=True).stdout)
+    assert dry["group_point"] == {"id": first["id"], "group": "platform", "point_at": first["point_at"]}
+    by_policy = {c["policy"]: c for c in dry["components"]}
+    for m in first["members"]:
+        assert by_policy[m["policy"]]["backup_id"] == m["backup_id"]
+        assert by_policy[m["policy"]]["restore_point_at"] == m["point_at"]
+    assert dry["skew_seconds"] == first["skew_seconds"]
+    text = p.helper.cli("recover", "platform", "--point", second["id"][:10], "--dry-run", check=True).stdout
+    assert f"group restore point {second['id']} of [group.platform]" in text
+
+    done = json.loads(p.helper.cli("recover", "platform", "--at", clock.iso_precise(between), "--yes", "--json",
+                                   check=True).stdout)
+    assert done["status"] == "succeeded" and done["group_point"]["id"] == first["id"]
+    assert p.items() == STATE1_ITEMS and p.keys() == STATE1_KEYS
+    assert p.restored_file().read_text() == "version one\n"
+
+    # a lost catalog comes back from the repository with the recovery and group histories
+    p.helper.close()
+    for leftover in p.ws.config.catalog_path.parent.glob(p.ws.config.catalog_path.name + "*"):
+        leftover.unlink()
+    rebuilt = json.loads(p.helper.cli("catalog", "rebuild", "--json").stdout)
+    assert rebuilt["problems"] == []
+    assert rebuilt["recoveries_added"] == [done["id"]]
+    assert sorted(rebuilt["group_points_added"]) == sorted([first["id"], second["id"]])
+    history = json.loads(p.helper.cli("recover", "--history", "--json", check=True).stdout)
+    assert [h["id"] for h in history] == [done["id"]] and history[0]["group_point"]["id"] == first["id"]
+    again = json.loads(p.helper.cli("recover", "platform", "--point", first["id"], "--dry-run", "--json",
+                                    check=True).stdout)
+    assert again["checks_ok"] is True and again["group_point"]["id"] == first["id"]
+
+
+def test_group_config_is_validated(tmp_path):
+    from insite_console import config as config_module
+
+    config = platform_config(tmp_path, "postgresql://u@127.0.0.1:1/db", "redis://127.0.0.1:1/0", tmp_path,
+                             tmp_path / "t", recovery_extra="""group = "nope"
+
+        [recovery.part]
+        components = ["main_db"]
+        targets = { main_db = "postgresql://u@db2/x" }
+        group = "some"
+
+        [group.some]
+        policies = ["cache", "cache", "ghost"]
+        schedule = "every day"
+
+        [group.empty]
+        policies = []
+        colour = 1
+        """)
+    with pytest.raises(ConfigError) as caught:
+        config_module.load(config)
+    text = str(caught.value)
+    for expected in ("recovery.platform.group: no [group.nope] is defined (groups: empty, some)",
+                     "recovery.part.group: main_db not among the policies of [group.some]",
+                     "group.some.policies: names a policy twice",
+                     "group.some.policies[2]: no [policy.ghost] is defined",
+                     "group.some.schedule: expected",
+                     "group.empty.policies: expected a non-empty list of policy names",
+                     "group.empty.colour: unknown key"):
+        assert expected in text, expected
