@@ -435,7 +435,7 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
     )
 
 
-RECOVERY_KEYS = ("components", "mode", "targets", "includes", "on_failure", "group")
+RECOVERY_KEYS = ("components", "mode", "targets", "includes", "on_failure", "group", "start_ports")
 
 GROUP_KEYS: dict[str, tuple[Check, bool]] = {
     "policies": (_is_str_list, True), "schedule": (_is_cron, False), "enabled": (_is_bool, False),
@@ -531,6 +531,19 @@ def _recoveries(tables: Any, policies: dict, sources: dict, base_dir: Path, wher
                 if source.get("type") == "postgresql" and source.get("mode") == "physical":
                     problems.append(f"{where}: {label}.includes.{key}: a physical PostgreSQL backup restores the "
                                     "whole cluster; a partial recovery needs a logical one")
+        start_ports = table.get("start_ports", {})
+        if not isinstance(start_ports, dict):
+            problems.append(f"{where}: {label}.start_ports: expected a table of component = port, got {start_ports!r}")
+            start_ports = {}
+        for key, value in start_ports.items():
+            source = sources.get(policies.get(key, {}).get("source"), {})
+            if key not in components:
+                problems.append(f"{where}: {label}.start_ports.{key}: not one of the components {components!r}")
+            elif _is_port(value):
+                problems.append(f"{where}: {label}.start_ports.{key}: expected {_is_port(value)}, got {value!r}")
+            elif not (source.get("type") == "postgresql" and source.get("mode") == "physical"):
+                problems.append(f"{where}: {label}.start_ports.{key}: only a physical PostgreSQL component is "
+                                "started (a server replaying WAL to the time, then promoted)")
         group = table.get("group")
         if group is not None:
             if not isinstance(group, str) or group not in policy_groups:
@@ -546,7 +559,8 @@ def _recoveries(tables: Any, policies: dict, sources: dict, base_dir: Path, wher
                    else str(_resolve(base_dir, value)) for key, value in targets.items()}
         plans[name] = {"components": list(components), "mode": table.get("mode", "rolling"),
                        "targets": targets, "includes": {k: list(v) for k, v in includes.items()},
-                       "on_failure": table.get("on_failure", "stop"), "group": group}
+                       "on_failure": table.get("on_failure", "stop"), "group": group,
+                       "start_ports": dict(start_ports)}
     return plans
 
 

@@ -274,7 +274,15 @@ def _verified(kind: str, outcome: dict) -> tuple[bool | None, str]:
         if not exact:
             return None, "the backup recorded only estimated row counts"
         return True, f"exact row counts of {len(exact)} table(s) match the backup"
-    return None, "PGDATA laid out; WAL is replayed when the server starts, so nothing could be compared yet"
+    recovered = outcome.get("recovery")
+    if recovered:  # started: replay is over, judged on the live server (restore_physical checks the position)
+        if recovered["state"] == "promoted":
+            return True, (f"the restored server replayed WAL to {recovered['replayed_to']} (every segment up to the "
+                          f"time) and was promoted on timeline {recovered['timeline']}; running on "
+                          f"127.0.0.1:{recovered['port']}")
+        return False, f"the restored server is {recovered['state']}, not promoted (log {recovered['log']})"
+    return None, ("PGDATA laid out; WAL is replayed when the server starts, so nothing could be compared yet "
+                  "(start_ports starts it and waits)")
 
 
 def _who() -> tuple[str, str]:
@@ -340,8 +348,11 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
             outcome = restore.run(ws, item["backup_id"], target, includes=item["includes"], yes=yes,
                                   at=clock.parse_iso(item["replay_to"]) if item["replay_to"] else None,
                                   progress=forward, cancel=cancel,
-                                  options={"replace_all": not item["includes"]})
+                                  options={"replace_all": not item["includes"],
+                                           "start_port": settings["start_ports"].get(item["policy"])})
             item["restore_id"], item["bytes"] = outcome["id"], outcome.get("bytes_written", 0)
+            if outcome.get("recovery"):
+                item["server"] = outcome["recovery"]  # a started physical component: where it runs
             item["verified"], item["verification"] = _verified(item["kind"], outcome)
             item["status"] = "failed" if item["verified"] is False else "succeeded"
             if item["verified"] is False:

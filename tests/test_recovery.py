@@ -189,7 +189,7 @@ def test_recovery_plan_config_is_validated_with_clear_errors(tmp_path):
     ok = config_module.load(platform_config(tmp_path, "postgresql://u@127.0.0.1:1/db", "redis://127.0.0.1:1/0",
                                             tmp_path, Path("relative")))
     assert ok.recovery("platform") == {
-        "components": list(COMPONENTS), "mode": "rolling", "on_failure": "stop", "includes": {}, "group": None,
+        "components": list(COMPONENTS), "mode": "rolling", "on_failure": "stop", "includes": {}, "group": None, "start_ports": {},
         "targets": {"main_db": "postgresql://u@127.0.0.1:1/db", "cache": "redis://127.0.0.1:1/0",
                     "app_files": str(tmp_path / "relative")}}
     with pytest.raises(ConfigError, match="no recovery plan named 'other'"):
@@ -349,16 +349,27 @@ def test_failed_pre_flight_exits_non_zero_and_restores_nothing(platform):
 
 
 @needs_pg  # noqa: F405
-@pytest.mark.timeout(240)
-def test_physical_component_is_planned_to_exactly_the_time_within_the_restorable_window(pg_factory):
-    from tests.pg_servers import PG_USER
+@pytest.mark.timeout(300)
+def test_physical_component_replays_wal_to_exactly_the_time_and_to_a_group_point(pg_factory):
+    """A physical PostgreSQL component end to end: planned within its restorable window, then
+    recovered (a server started on the restored PGDATA replays WAL to the time and is promoted)
+    holding the rows committed before the time and not those after; then a group restore point
+    (a named restore point in the WAL after the base backup) recovered the same way."""
+    from tests.pg_servers import PG_USER, PgCluster
+    from tests.redis_servers import free_port
     from tests.test_postgresql import _wait_archived, archiving_cluster, run_as_postgres
 
     wsdir = Path(pg_factory.make_dir("platform-pitr"))
     cluster, config = archiving_cluster(pg_factory, wsdir)
     target = Path(pg_factory.make_dir("platform-pitr/pgdata"))
+    group_target = Path(pg_factory.make_dir("platform-pitr/pgdata-group"))
+    ports = free_port(), free_port()
     with open(config, "a") as handle:
-        handle.write(f'\n[recovery.pitr]\ncomponents = ["db"]\ntargets = {{ db = "{target}" }}\n')
+        handle.write(f'\n[recovery.pitr]\ncomponents = ["db"]\ntargets = {{ db = "{target}" }}\n'
+                     f'start_ports = {{ db = {ports[0]} }}\n'
+                     f'\n[recovery.grp]\ncomponents = ["db"]\ngroup = "pg"\ntargets = {{ db = "{group_target}" }}\n'
+                     f'start_ports = {{ db = {ports[1]} }}\n'
+                     '\n[group.pg]\npolicies = ["db"]\n')
     os.chown(config, PG_USER.pw_uid, PG_USER.pw_gid)
     cluster.sql("CREATE TABLE events (id int PRIMARY KEY)")
     base = json.loads(run_as_postgres(config, "backup", "db", "--json").stdout)
@@ -383,6 +394,34 @@ def test_physical_component_is_planned_to_exactly_the_time_within_the_restorable
     late = run_as_postgres(config, "recover", "pitr", "--at", clock.iso(clock.now() + timedelta(hours=1)),
                            "--dry-run", check=False)
     assert late.returncode == 1 and "[failed] WAL continuity: the target" in late.stdout
+
+    done = json.loads(run_as_postgres(config, "recover", "pitr", "--at", clock.iso_precise(at), "--yes",
+                                      "--json").stdout)
+    component = done["components"][0]
+    restored = pg_factory.adopt(PgCluster(datadir=str(target), port=ports[0], sockdir=str(target),
+                                          log=component["server"]["log"]))
+    assert done["status"] == "succeeded" and component["verified"] is True, component
+    assert restored.sql("SELECT id FROM events ORDER BY id") == [(1,)]  # row 2 came after the time
+    assert "promoted" in component["verification"]
+    restored.stop()
+
+    # a group restore point: the member's base backup, then its moment, a named restore point
+    cluster.sql("INSERT INTO events VALUES (3)")
+    point = json.loads(run_as_postgres(config, "backup", "--group", "pg", "--json").stdout)
+    [member] = point["members"]
+    assert point["status"] == "succeeded" and member["point"]["what"] == "WAL position"
+    assert member["point"]["restore_point_name"] == f"insite-group-{point['id']}" and member["point"]["wal_lsn"]
+    assert clock.parse_iso(member["point_at"]) >= clock.parse_iso(point["point_at"])
+    cluster.sql("INSERT INTO events VALUES (4)")
+    _wait_archived(cluster)
+    done = json.loads(run_as_postgres(config, "recover", "grp", "--latest", "--yes", "--json").stdout)
+    component = done["components"][0]
+    regrouped = pg_factory.adopt(PgCluster(datadir=str(group_target), port=ports[1], sockdir=str(group_target),
+                                           log=component["server"]["log"]))
+    assert done["status"] == "succeeded" and done["group_point"]["id"] == point["id"], done
+    assert component["backup_id"] == member["backup_id"] and component["replay_to"] == member["point_at"]
+    assert regrouped.sql("SELECT id FROM events ORDER BY id") == [(1,), (2,), (3,)]  # 4 came after the moment
+    regrouped.stop()
 
 
 # ----- group restore points --------------------------------------------------------------------------
