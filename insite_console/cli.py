@@ -138,7 +138,7 @@ def _backup_group(ws, args, token) -> int:
                   + (f"  {m['error']}" if m["error"] and m["status"] != "succeeded" else ""))
         if result["status"] == "succeeded":
             print(f"group restore point {result['id']} of {result['group']} at {result['point_at']}: "
-                  f"{len(result['members'])} members within {result['skew_seconds']:.3f}s of each other")
+                  f"{len(result['members'])} members within {_skew_text(result['skew_seconds'])} of each other")
         else:
             print(f"insite-console: group backup {result['id']} of {result['group']} {result['status']}: "
                   f"{result['error']} (not a group restore point)", file=sys.stderr)

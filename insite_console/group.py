@@ -140,7 +140,7 @@ def _finish(ws, record: dict, moment: Moment) -> dict[str, Any]:
     record["finished_at"] = clock.iso_precise(clock.now())
     ws.catalog.insert_group_point(record)
     ws.catalog.event(record["id"], f"group backup {record['id']} of {record['group']} {record['status']}"
-                     + (f" at {record['point_at']}, members within {record['skew_seconds']:.3f}s"
+                     + (f" at {record['point_at']}, members within {record['skew_seconds'] * 1000:.1f} ms"
                         if record["status"] == "succeeded" else f": {record['error']}"),
                      level="info" if record["status"] == "succeeded" else "error")
     record["stored_in"] = ws.seal_everywhere(SEALED_PREFIX + record["id"], json.dumps(record, sort_keys=True).encode())

@@ -329,6 +329,9 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
     }
     lock = threading.Lock()
     ws.catalog.insert_recovery(record)
+    # a run of its own, so Live jobs (any console) shows the recovery and the component it is on;
+    # each component's restore is a run too, with its bytes and files
+    ws.catalog.start_run(record["id"], "recover", name)
     ws.catalog.event(record["id"], f"recovery {record['id']} of plan {name} started by {user}@{host}"
                      + (f": {reason}" if reason else ""))
 
@@ -341,7 +344,13 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
         if events:
             events({"component": item["policy"], "status": "running"})
         label = f"recover:{item['policy']}"
-        forward = (lambda p: progress(replace(p, operation=label))) if progress else None
+        forward = (lambda p: progress(replace(p, operation=label, run_id=record["id"]))) if progress else None
+        with lock:
+            ws.catalog.insert_recovery(record)  # a console watching the record sees the component start
+            running = [c["policy"] for c in record["components"] if c["status"] == "running"]
+            ws.catalog.update_run(record["id"], phase=f"restoring {', '.join(running)}",
+                                  files_done=sum(c["status"] == "succeeded" for c in record["components"]),
+                                  files_total=len(record["components"]), current=", ".join(running))
         settings = ws.config.recovery(name)
         target = settings["targets"][item["policy"]]
         try:
@@ -407,6 +416,10 @@ def _finish(ws, record: dict, started: datetime) -> dict[str, Any]:
                   recovered=[c["policy"] for c in record["components"] if c["status"] == "succeeded"],
                   failed=[c["policy"] for c in record["components"] if c["status"] != "succeeded"])
     ws.catalog.insert_recovery(record)
+    ws.catalog.finish_run(record["id"], status if status in ("succeeded", "cancelled") else "failed",
+                          None if status == "succeeded" else
+                          f"{status}: " + "; ".join(f"{c['policy']} {c['status']}" for c in record["components"]
+                                                    if c["status"] != "succeeded"))
     ws.catalog.event(record["id"], f"recovery {record['id']} {status} in {clock.human_duration(record['recovery_seconds'])}",
                      level="info" if status == "succeeded" else "error")
     record["stored_in"] = ws.seal_everywhere(SEALED_PREFIX + record["id"], json.dumps(record, sort_keys=True).encode())
@@ -416,3 +429,53 @@ def _finish(ws, record: dict, started: datetime) -> dict[str, Any]:
 
 def history(ws, name: str | None = None, limit: int = 50) -> list[dict]:
     return ws.catalog.recoveries(plan=name, limit=limit)
+
+
+def recoverable(ws, name: str) -> dict[str, Any]:
+    """The newest point in time to which the whole platform of plan `name` can be recovered.
+
+    With a group: the newest group restore point. Otherwise the oldest of the components' newest
+    restore points (a physical cluster's: its newest archived WAL): after it, at least one
+    component has nothing; `limited_by` names that component. `skew_seconds` is the spread of
+    the restore points a recovery to that time would use; `problem` says why there is none."""
+    settings = ws.config.recovery(name)
+    result: dict[str, Any] = {"plan": name, "point_at": None, "group_point": None, "limited_by": None,
+                              "skew_seconds": None, "problem": None}
+    if settings.get("group"):
+        newest = ws.catalog.group_points(group=settings["group"], status="succeeded", limit=1)
+        if not newest:
+            result["problem"] = f"no group restore point of [group.{settings['group']}] yet"
+            return result
+        result.update(point_at=newest[0]["point_at"], group_point=newest[0]["id"],
+                      skew_seconds=newest[0]["skew_seconds"])
+        return result
+    newest_points: dict[str, datetime] = {}
+    for policy in settings["components"]:
+        source = ws.config.policies[policy]["source"]
+        if _is_physical(ws, source):
+            from insite_console import wal
+
+            newest = wal.restorable_window(ws, source)["newest"]
+            if newest is None:
+                result["problem"] = f"{policy}: no archived WAL after a base backup"
+                return result
+            newest_points[policy] = clock.parse_iso(newest)
+            continue
+        backups = ws.catalog.backups(policy=policy, status="succeeded", limit=1)
+        if not backups:
+            result["problem"] = f"{policy}: no succeeded backup"
+            return result
+        newest_points[policy] = _point_of(backups[0])
+    limited_by = min(newest_points, key=newest_points.get)
+    at = newest_points[limited_by]
+    used = []
+    for policy in settings["components"]:
+        try:
+            used.append(restore_point(ws, policy, at)[1] if not _is_physical(ws, ws.config.policies[policy]["source"])
+                        else at)
+        except InsiteError as exc:
+            result["problem"] = f"{policy}: {redact(str(exc))}"
+            return result
+    result.update(point_at=clock.iso_precise(at), limited_by=limited_by,
+                  skew_seconds=round((max(used) - min(used)).total_seconds(), 6))
+    return result

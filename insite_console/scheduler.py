@@ -278,7 +278,7 @@ class Scheduler:
             return
         if record["status"] == "succeeded":
             self.log(f"{name}: group restore point {record['id']} at {record['point_at']} "
-                     f"({len(record['members'])} members within {record['skew_seconds']:.3f}s)")
+                     f"({len(record['members'])} members within {record['skew_seconds'] * 1000:.1f} ms)")
         else:
             self.log(f"{name}: group backup {record['id']} {record['status']}: {record['error']}")
         group.announce(self.ws, record)
