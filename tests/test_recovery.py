@@ -252,6 +252,13 @@ def test_dry_run_changes_nothing_then_rolling_recovery_brings_every_component_ba
     sealed = json.loads(p.helper.reopen().repository("local").get_sealed("recoveries/" + result["id"]))
     assert sealed["components"] == result["components"]
 
+    # the dashboard's figure: the newest instant every component has a restore point for
+    newest = recovery.recoverable(p.ws, "platform")
+    points = {c: recovery.restore_point(p.ws, c, None)[1] for c in COMPONENTS}
+    assert newest["limited_by"] == min(points, key=points.get) and newest["problem"] is None
+    assert newest["point_at"] == clock.iso_precise(min(points.values()))
+    assert 0 <= newest["skew_seconds"] < 60 and newest["group_point"] is None
+
 
 @needs_pg  # noqa: F405
 @needs_redis  # noqa: F405
@@ -529,3 +536,42 @@ def test_group_config_is_validated(tmp_path):
                      "group.empty.policies: expected a non-empty list of policy names",
                      "group.empty.colour: unknown key"):
         assert expected in text, expected
+
+
+def test_a_member_failing_before_the_moment_fails_the_whole_group(tmp_path):
+    """No half group: the unreachable Redis fails before the moment, so the file tree, waiting
+    there, takes no snapshot; neither is a group restore point, and a group plan refuses."""
+    from insite_console import group
+    from tests.redis_servers import free_port
+
+    src = tmp_path / "app"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    helper = WorkspaceHelper(tmp_path, src, platform_config(
+        tmp_path, "postgresql://u@127.0.0.1:1/db", f"redis://127.0.0.1:{free_port()}/0", src, tmp_path / "t",
+        recovery_extra=f"""
+        [recovery.pair]
+        components = ["cache", "app_files"]
+        group = "pair"
+        targets = {{ cache = "{tmp_path / 'rdb'}", app_files = "{tmp_path / 't'}" }}
+
+        [group.pair]
+        policies = ["cache", "app_files"]
+        """))
+    try:
+        ws = helper.ws
+        ws.init_repository("local")
+        record = group.run(ws, "pair")
+        members = {m["policy"]: m for m in record["members"]}
+        assert record["status"] == "failed" and record["point_at"] is None and record["skew_seconds"] is None
+        assert "cannot connect to redis" in members["cache"]["error"]
+        assert members["app_files"]["status"] == "failed"
+        assert "group moment not reached: cache failed before it" in members["app_files"]["error"]
+        assert [b["status"] for b in ws.catalog.backups(policy="app_files")] == ["failed"]
+        assert group.points(ws, "pair", status="succeeded") == []
+        with pytest.raises(RestoreRefused, match=r"no succeeded group restore point of \[group.pair\]"):
+            recovery.plan(ws, "pair", None)
+        cli = helper.cli("backup", "--group", "pair")
+        assert cli.returncode == 1 and "(not a group restore point)" in cli.stderr
+    finally:
+        helper.close()
