@@ -50,7 +50,7 @@ def group_point(ws, settings: dict, at: datetime | None, point_id: str | None = 
     the newest succeeded one at or before `at`; None when the plan uses no group."""
     components = settings["components"]
     if point_id:
-        found = [g for g in ws.catalog.group_points(limit=10000) if g["id"].startswith(point_id)]
+        found = ws.catalog.group_points(id_prefix=point_id, limit=2)
         if len(found) != 1:
             raise RestoreRefused(f"no group restore point {point_id!r}" if not found else
                                  f"{point_id!r} names {len(found)} group restore points; give more of the id")
@@ -74,13 +74,14 @@ def group_point(ws, settings: dict, at: datetime | None, point_id: str | None = 
 
 
 def _named_group_point(ws, components: list[dict]) -> dict | None:
-    """The group restore point whose members are exactly the backups chosen, if there is one."""
-    chosen = {c["policy"]: c["backup_id"] for c in components}
-    if None in chosen.values():
+    """The group restore point whose members are exactly the backups chosen, each at its
+    member's instant (a physical one replayed to another time is not), if there is one."""
+    chosen = {c["policy"]: (c["backup_id"], c["restore_point_at"]) for c in components}
+    if any(backup_id is None for backup_id, _ in chosen.values()):
         return None
     for candidate in ws.catalog.group_points(status="succeeded", limit=200):
-        members = {m["policy"]: m["backup_id"] for m in candidate["members"]}
-        if all(members.get(policy) == backup_id for policy, backup_id in chosen.items()):
+        members = {m["policy"]: (m["backup_id"], m["point_at"]) for m in candidate["members"]}
+        if all(members.get(policy) == pair for policy, pair in chosen.items()):
             return candidate
     return None
 

@@ -500,9 +500,13 @@ class Catalog:
                         (record["id"], record["group"], record["status"], record.get("point_at"),
                          record["started_at"], record.get("finished_at"), json.dumps(record)))
 
-    def group_points(self, group: str | None = None, limit: int = 50, status: str | None = None) -> list[dict]:
+    def group_points(self, group: str | None = None, limit: int = 50, status: str | None = None,
+                     id_prefix: str | None = None) -> list[dict]:
         """Whole records, newest first."""
         where, args = [], []
+        if id_prefix:
+            where.append("id LIKE ? ESCAPE '\\'")
+            args.append(id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
         if group:
             where.append("group_name = ?")
             args.append(group)
