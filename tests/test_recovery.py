@@ -516,6 +516,7 @@ def test_group_config_is_validated(tmp_path):
         components = ["main_db"]
         targets = { main_db = "postgresql://u@db2/x" }
         group = "some"
+        start_ports = { main_db = 5432, cache = 0 }
 
         [group.some]
         policies = ["cache", "cache", "ghost"]
@@ -534,7 +535,9 @@ def test_group_config_is_validated(tmp_path):
                      "group.some.policies[2]: no [policy.ghost] is defined",
                      "group.some.schedule: expected",
                      "group.empty.policies: expected a non-empty list of policy names",
-                     "group.empty.colour: unknown key"):
+                     "group.empty.colour: unknown key",
+                     "recovery.part.start_ports.main_db: only a physical PostgreSQL component is started",
+                     "recovery.part.start_ports.cache: not one of the components"):
         assert expected in text, expected
 
 
