@@ -102,6 +102,11 @@ async def test_platform_recovery_through_the_wizard_with_typed_confirmation(plat
         rows = table_rows(screen.query_one("#pr-result-table", DataTable))
         assert [(r[0], r[1], r[4]) for r in rows] == [("etc", "✓ ok", "✓ verified"), ("app_files", "✓ ok", "✓ verified")]
         assert all(r[3] not in ("—", "") for r in rows)  # data loss per component
+        await pilot.press("3")  # Live jobs: the recovery and each component's restore
+        await settle(app, pilot, 0.3)
+        jobs = [(r[1], r[2], r[0]) for r in table_rows(app.screen.query_one("#job-table", DataTable))]
+        assert jobs.count(("recover", "platform", "✓ ok")) == 1, jobs  # one row: the console's job is the run
+        assert sum(1 for kind, _, status in jobs if kind == "restore" and status == "✓ ok") == 2, jobs
     source = Path(ws.config.sources["etc"]["paths"][0]) / "hosts"
     assert hosts.read_bytes() == source.read_bytes()
     [record] = ws.catalog.recoveries()
@@ -110,7 +115,7 @@ async def test_platform_recovery_through_the_wizard_with_typed_confirmation(plat
     assert ("recover", "succeeded") in runs and ("restore", "succeeded") in runs  # in Live jobs
 
 
-async def test_a_failed_pre_flight_keeps_the_recovery_from_starting(platform_ws, tmp_path):
+async def test_a_failed_pre_flight_keeps_the_recovery_from_starting(platform_ws):
     from insite_console.tui.app import InsiteApp
     from insite_console.tui.screens.platform import PlatformRecoveryScreen
 
