@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from insite_console import clock
 from insite_console.catalog.db import public_backup
@@ -58,11 +58,13 @@ def catalog_writer(catalog, run_id: str, interval: float = 1.0) -> ProgressCallb
 
 
 def run(ws, policy_name: str, backup_type: str | None = None, progress: ProgressCallback | None = None,
-        cancel: CancelToken | None = None) -> dict[str, Any]:
+        cancel: CancelToken | None = None, group: tuple[str, Callable[[], None]] | None = None) -> dict[str, Any]:
     """Run one backup of a policy now; returns the contract's JSON object for it. One run per
     policy at a time: a second one, from any process on any host, is refused naming the one that
     runs. The catalog's claim answers fast for the processes of this catalog; the policy lock in
-    the repository (repo/locks.PolicyLock) holds across hosts with catalogs of their own."""
+    the repository (repo/locks.PolicyLock) holds across hosts with catalogs of their own.
+    `group`: (the group restore point's id, the moment to wait for before the snapshot), when
+    the backup is a member of a group backup (group.py)."""
     ws.config.policy(policy_name)
     backup_id = clock.new_id()
     holder = ws.catalog.claim_policy(policy_name, backup_id)
@@ -80,7 +82,7 @@ def run(ws, policy_name: str, backup_type: str | None = None, progress: Progress
                 raise
             except Exception as exc:  # the storage does not answer: the run fails on it, on record
                 lock_error = exc
-            return _run(ws, policy_name, backup_id, backup_type, progress, cancel, lock_error)
+            return _run(ws, policy_name, backup_id, backup_type, progress, cancel, group, lock_error)
     finally:
         ws.catalog.release_policy(policy_name, backup_id)
 
@@ -100,7 +102,8 @@ def policy_lock(ws, job: str, policy_name: str, purpose: str):
 
 
 def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress: ProgressCallback | None,
-         cancel: CancelToken | None, lock_error: BaseException | None = None) -> dict[str, Any]:
+         cancel: CancelToken | None, group: tuple[str, Callable[[], None]] | None = None,
+         lock_error: BaseException | None = None) -> dict[str, Any]:
     policy = ws.config.policy(policy_name)
     source_name, storage_name = policy["source"], policy["storage"]
     source_settings = ws.config.sources[source_name]
@@ -150,6 +153,8 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
             catalog.event(backup_id, message, level="warning")
 
         ctx = ScanContext(parent=parent_tree, reporter=reporter, cancel=cancel, warn=warn, backup_type=backup_type)
+        if group is not None:
+            ctx.group, ctx.moment = group
         _start_size_estimate(source, reporter)
         stored_before = repo.stats["bytes_stored"]
         reporter.update(phase="reading", force=True)
@@ -170,6 +175,8 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
             "paths": source_settings.get("paths", []), "compression": policy["compression"],
             "tree": tree_chunks, "totals": totals, "source_info": source.metadata(), "warnings": warnings,
         }
+        if group is not None:
+            manifest["group_point"] = group[0]
         repo.commit_manifest(manifest, lock)
         catalog.update_backup(backup_id, status="succeeded", finished_at=clock.iso(finished),
                               bytes_read=totals["bytes_read"], bytes_stored=totals["bytes_stored"],

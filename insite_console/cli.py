@@ -93,7 +93,11 @@ def cmd_backup(args) -> int:
     from insite_console.errors import PolicyBusy
 
     ws = _workspace(args)
+    if bool(args.policy) == bool(args.group):
+        raise UsageError("backup needs a POLICY, or --group NAME (a [group.NAME] table)")
     token = _cancel_on_signals()
+    if args.group:
+        return _backup_group(ws, args, token)
     try:
         result = backup.run(ws, args.policy, args.type, progress=_progress_printer(not args.json), cancel=token)
     except (Cancelled, PolicyBusy):
@@ -115,6 +119,30 @@ def cmd_backup(args) -> int:
         print(f"insite-console: backup {result['id']} {result['status']}: {result['error']}", file=sys.stderr)
         return 1
     return 0
+
+
+def _backup_group(ws, args, token) -> int:
+    from insite_console import group
+
+    if args.type:
+        raise UsageError("--type does not apply to --group (each member backs up as its policy says)")
+    ws.config.group(args.group)
+    result = group.run(ws, args.group, progress=_progress_printer(not args.json), cancel=token)
+    group.announce(ws, result)
+    if args.json:
+        _print_json(result)
+    else:
+        for m in result["members"]:
+            print(f"  {m['policy']:<16} {m['status']:<10} backup {m['backup_id'] or '-':<16}  "
+                  f"{m['point_at'] or '-'}  {(m['point'] or {}).get('what', '')}"
+                  + (f"  {m['error']}" if m["error"] and m["status"] != "succeeded" else ""))
+        if result["status"] == "succeeded":
+            print(f"group restore point {result['id']} of {result['group']} at {result['point_at']}: "
+                  f"{len(result['members'])} members within {_skew_text(result['skew_seconds'])} of each other")
+        else:
+            print(f"insite-console: group backup {result['id']} of {result['group']} {result['status']}: "
+                  f"{result['error']} (not a group restore point)", file=sys.stderr)
+    return 0 if result["status"] == "succeeded" else 1
 
 
 def _backup_table(rows: list[dict]) -> None:
@@ -290,11 +318,11 @@ def cmd_recover(args) -> int:
         return 0
     if not args.plan:
         raise UsageError("recover needs a PLAN (a [recovery.PLAN] table), or --history")
-    if bool(args.at) == bool(args.latest):
-        raise UsageError("recover needs exactly one of --at TIME or --latest")
+    if bool(args.at) + bool(args.latest) + bool(args.point) != 1:
+        raise UsageError("recover needs exactly one of --at TIME, --latest or --point ID")
     at = _parse_at(args.at)
     token = _cancel_on_signals()
-    planned = recovery.plan(ws, args.plan, at, cancel=token)
+    planned = recovery.plan(ws, args.plan, at, cancel=token, point_id=args.point)
     if args.dry_run:
         if args.json:
             _print_json(planned)
@@ -316,12 +344,19 @@ def cmd_recover(args) -> int:
                   + (f"  {c['error']}" if c["error"] else ""))
             if c.get("verification"):
                 print(f"  {'':<14} {c['verification']}")
+        if result.get("group_point"):
+            print(f"to group restore point {result['group_point']['id']} of [group.{result['group_point']['group']}]")
         print(f"recovery {result['id']} {result['status']} in {clock.human_duration(result['recovery_seconds'])}")
     return 0 if result["status"] == "succeeded" else 1
 
 
+def _skew_text(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else clock.human_duration(seconds)
+
+
 def _print_recovery_plan(planned: dict) -> None:
-    when = planned["at"] or f"latest ({planned['planned_at']})"
+    when = planned["at"] or (f"latest ({planned['planned_at']})" if planned["latest"]
+                             else f"group restore point {planned['group_point']['id']}")
     print(f"recovery plan {planned['plan']} to {when}, {planned['mode']}, on failure {planned['on_failure']}:")
     for c in planned["components"]:
         print(f"  {c['policy']} ({c['kind']}) -> {c['target']}")
@@ -337,7 +372,10 @@ def _print_recovery_plan(planned: dict) -> None:
         for check in c["checks"]:
             print(f"    [{check['status']}] {check['check']}: {check['detail']}")
     skew = planned["skew_seconds"]
-    print(f"skew between restore points: {'unknown' if skew is None else clock.human_duration(skew)}; "
+    if planned.get("group_point"):
+        g = planned["group_point"]
+        print(f"group restore point {g['id']} of [group.{g['group']}] at {g['point_at']}")
+    print(f"skew between restore points: {'unknown' if skew is None else _skew_text(skew)}; "
           f"{clock.human_bytes(planned['bytes'])}, about {clock.human_duration(planned['estimated_seconds'])} "
           f"({planned['estimate_basis']})")
     print("pre-flight checks passed" if planned["checks_ok"] else "pre-flight checks FAILED: nothing can be restored")
@@ -460,8 +498,10 @@ def cmd_schedule(args) -> int:
         for row in rows:
             last = f"{row['last_run_at']} {row['last_run_status']}" if row["last_run_at"] else "never"
             print(f"{row['policy'][:16]:<16}  {'yes' if row['enabled'] else 'no':<7}  {row['schedule'] or '-':<16}  "
-                  f"{last:<30}  {row['next_run_at'] or '-':<20}  {row['retries']} every {row['retry_delay']} (doubling)")
-            for test in row["tests"]:
+                  f"{last:<30}  {row['next_run_at'] or '-':<20}  "
+                  + (f"members {', '.join(row['members'])}" if "members" in row
+                     else f"{row['retries']} every {row['retry_delay']} (doubling)"))
+            for test in row.get("tests", []):
                 last = f"{test['last_run_at'][:19]}Z {test['last_run_status']}" if test["last_run_at"] else "never"
                 print(f"{'  ' + test['kind']:<16}  {'':<7}  {test['schedule']:<16}  {last:<30}  "
                       f"{test['next_run_at'] or '-':<20}  -")
@@ -797,8 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("storage", nargs="?")
     p.add_argument("--create", action="store_true", help="create a missing bucket or container")
 
-    p = add("backup", cmd_backup, "run one backup of a policy now")
-    p.add_argument("policy")
+    p = add("backup", cmd_backup, "run one backup of a policy now (or of a group's policies at one moment)")
+    p.add_argument("policy", nargs="?")
+    p.add_argument("--group", help="a [group.NAME]: back up its policies at one moment, as one restore point")
     p.add_argument("--type", choices=["full", "incremental", "differential"])
 
     p = add("backups", cmd_backups, "list the catalog, newest first")
@@ -841,6 +882,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", nargs="?", help="a [recovery.PLAN] table of the config")
     p.add_argument("--at", help="point in time (ISO 8601 with offset, e.g. 2026-11-27T02:14:00Z)")
     p.add_argument("--latest", action="store_true", help="the newest restore point of every component")
+    p.add_argument("--point", metavar="ID", help="a group restore point (`backup --group`): every component "
+                   "from its member")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its pre-flight checks, change nothing")
     p.add_argument("--yes", action="store_true", help="allow overwriting what the targets hold")
     p.add_argument("--reason", help="why: recorded with the result")

@@ -244,6 +244,7 @@ class Config:
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     recoveries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def resolve(self, path: str) -> Path:
         """Relative paths in config resolve against the folder of the config file."""
@@ -279,6 +280,12 @@ class Config:
             known = ", ".join(sorted(self.recoveries)) or "none"
             raise ConfigError(f"{self.path}: no recovery plan named {name!r} ([recovery.NAME] tables: {known})")
         return self.recoveries[name]
+
+    def group(self, name: str) -> dict[str, Any]:
+        if name not in self.groups:
+            known = ", ".join(sorted(self.groups)) or "none"
+            raise ConfigError(f"{self.path}: no group policy named {name!r} ([group.NAME] tables: {known})")
+        return self.groups[name]
 
     def policy(self, name: str) -> dict[str, Any]:
         if name not in self.policies:
@@ -334,7 +341,7 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
                 problems.append(f"{where}: {prefix}.{key}: missing (required)")
         return table
 
-    known_top = set(TOP_TABLES) | {"storage", "source", "policy", "recovery", "alert"}
+    known_top = set(TOP_TABLES) | {"storage", "source", "policy", "recovery", "alert", "group"}
     for key in raw:
         if key not in known_top:
             problems.append(f"{where}: [{key}]: unknown table (expected one of: {', '.join(sorted(known_top))})")
@@ -406,7 +413,9 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         policy.update(table)
         policies[name] = policy
 
-    recoveries = _recoveries(raw.get("recovery", {}), policies, groups["source"], base_dir, where, problems)
+    policy_groups = _groups(raw.get("group", {}), policies, where, check_table, problems)
+    recoveries = _recoveries(raw.get("recovery", {}), policies, groups["source"], base_dir, where, problems,
+                             policy_groups)
     alerts = _check_alerts(raw.get("alert", []), where, check_table, problems)
 
     encryption = tops["encryption"]
@@ -423,15 +432,45 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         path=path, base_dir=base_dir, catalog_path=catalog_path, encryption=encryption,
         engine=tops["engine"], console=tops["console"], dr=tops["dr"],
         storages=groups["storage"], sources=groups["source"], policies=policies, raw=raw, recoveries=recoveries,
-        scheduler=tops["scheduler"], alerts=alerts,
+        scheduler=tops["scheduler"], alerts=alerts, groups=policy_groups,
     )
 
 
-RECOVERY_KEYS = ("components", "mode", "targets", "includes", "on_failure")
+RECOVERY_KEYS = ("components", "mode", "targets", "includes", "on_failure", "group", "start_ports")
+
+GROUP_KEYS: dict[str, tuple[Check, bool]] = {
+    "policies": (_is_str_list, True), "schedule": (_is_cron, False), "enabled": (_is_bool, False),
+}
+
+
+def _groups(tables: Any, policies: dict, where: str, check_table, problems: list[str]) -> dict[str, dict]:
+    """`[group.NAME]`: policies backed up at one moment as one restore point, on a schedule of its own."""
+    if not isinstance(tables, dict):
+        problems.append(f"{where}: [group] must contain named tables like [group.NAME]")
+        return {}
+    result: dict[str, dict] = {}
+    for name, table in tables.items():
+        label = f"group.{name}"
+        if not isinstance(table, dict):
+            problems.append(f"{where}: {label}: must be a table")
+            continue
+        check_table(table, GROUP_KEYS, label)
+        members = table.get("policies") if not _is_str_list(table.get("policies")) else []
+        if "policies" in table and not members:
+            problems.append(f"{where}: {label}.policies: expected a non-empty list of policy names")
+        if len(set(members)) != len(members):
+            problems.append(f"{where}: {label}.policies: names a policy twice: {members!r}")
+        for i, policy in enumerate(members):
+            if policy not in policies:
+                problems.append(f"{where}: {label}.policies[{i}]: no [policy.{policy}] is defined "
+                                f"(policies: {', '.join(sorted(policies)) or 'none'})")
+        result[name] = {"policies": list(members), "schedule": table.get("schedule"),
+                        "enabled": table.get("enabled", True)}
+    return result
 
 
 def _recoveries(tables: Any, policies: dict, sources: dict, base_dir: Path, where: str,
-                problems: list[str]) -> dict[str, dict]:
+                problems: list[str], policy_groups: dict[str, dict]) -> dict[str, dict]:
     """`[recovery.NAME]`: components (policies, in the order they come back), a target for each,
     optional includes per component; a plan that names no known policy is refused here, not mid-recovery."""
     if not isinstance(tables, dict):
@@ -493,12 +532,36 @@ def _recoveries(tables: Any, policies: dict, sources: dict, base_dir: Path, wher
                 if source.get("type") == "postgresql" and source.get("mode") == "physical":
                     problems.append(f"{where}: {label}.includes.{key}: a physical PostgreSQL backup restores the "
                                     "whole cluster; a partial recovery needs a logical one")
+        start_ports = table.get("start_ports", {})
+        if not isinstance(start_ports, dict):
+            problems.append(f"{where}: {label}.start_ports: expected a table of component = port, got {start_ports!r}")
+            start_ports = {}
+        for key, value in start_ports.items():
+            source = sources.get(policies.get(key, {}).get("source"), {})
+            if key not in components:
+                problems.append(f"{where}: {label}.start_ports.{key}: not one of the components {components!r}")
+            elif _is_port(value):
+                problems.append(f"{where}: {label}.start_ports.{key}: expected {_is_port(value)}, got {value!r}")
+            elif not (source.get("type") == "postgresql" and source.get("mode") == "physical"):
+                problems.append(f"{where}: {label}.start_ports.{key}: only a physical PostgreSQL component is "
+                                "started (a server replaying WAL to the time, then promoted)")
+        group = table.get("group")
+        if group is not None:
+            if not isinstance(group, str) or group not in policy_groups:
+                problems.append(f"{where}: {label}.group: no [group.{group}] is defined "
+                                f"(groups: {', '.join(sorted(policy_groups)) or 'none'})")
+            else:
+                outside = [c for c in components if c not in policy_groups[group]["policies"]]
+                if outside:
+                    problems.append(f"{where}: {label}.group: {', '.join(outside)} not among the policies of "
+                                    f"[group.{group}]; a group restore point holds only its members")
         # a directory target (files, an RDB, PGDATA) resolves like every path here; URLs and DSNs stay
         targets = {key: value if not isinstance(value, str) or "://" in value or "=" in value
                    else str(_resolve(base_dir, value)) for key, value in targets.items()}
         plans[name] = {"components": list(components), "mode": table.get("mode", "rolling"),
                        "targets": targets, "includes": {k: list(v) for k, v in includes.items()},
-                       "on_failure": table.get("on_failure", "stop")}
+                       "on_failure": table.get("on_failure", "stop"), "group": group,
+                       "start_ports": dict(start_ports)}
     return plans
 
 

@@ -40,7 +40,50 @@ def _is_physical(ws, source: str) -> bool:
 
 
 def _point_of(backup: dict) -> datetime:
-    return clock.parse_iso(backup.get("started_at_precise") or backup["started_at"])
+    """The instant a backup's data stands at: its snapshot's (source_info `point`), else its start."""
+    point = ((backup.get("info") or {}).get("source_info") or {}).get("point") or {}
+    return clock.parse_iso(point.get("at") or backup.get("started_at_precise") or backup["started_at"])
+
+
+def group_point(ws, settings: dict, at: datetime | None, point_id: str | None = None) -> dict | None:
+    """The group restore point a recovery comes back to: `point_id`, or with the plan's `group`
+    the newest succeeded one at or before `at`; None when the plan uses no group."""
+    components = settings["components"]
+    if point_id:
+        found = ws.catalog.group_points(id_prefix=point_id, limit=2)
+        if len(found) != 1:
+            raise RestoreRefused(f"no group restore point {point_id!r}" if not found else
+                                 f"{point_id!r} names {len(found)} group restore points; give more of the id")
+        chosen = found[0]
+        if chosen["status"] != "succeeded":
+            raise RestoreRefused(f"group restore point {chosen['id']} is {chosen['status']}, not a restore point: "
+                                 f"{chosen.get('error')}")
+        missing = [c for c in components if c not in {m["policy"] for m in chosen["members"]}]
+        if missing:
+            raise RestoreRefused(f"group restore point {chosen['id']} of {chosen['group']} holds no backup of "
+                                 + ", ".join(missing))
+        return chosen
+    if not settings.get("group"):
+        return None
+    for candidate in ws.catalog.group_points(group=settings["group"], status="succeeded", limit=10000):
+        if at is None or clock.parse_iso(candidate["point_at"]) <= at:
+            return candidate
+    raise RestoreRefused(f"no succeeded group restore point of [group.{settings['group']}]"
+                         + (f" at or before {clock.iso_precise(at)}" if at else "")
+                         + f" (run `insite-console backup --group {settings['group']}`)")
+
+
+def _named_group_point(ws, components: list[dict]) -> dict | None:
+    """The group restore point whose members are exactly the backups chosen, each at its
+    member's instant (a physical one replayed to another time is not), if there is one."""
+    chosen = {c["policy"]: (c["backup_id"], c["restore_point_at"]) for c in components}
+    if any(backup_id is None for backup_id, _ in chosen.values()):
+        return None
+    for candidate in ws.catalog.group_points(status="succeeded", limit=200):
+        members = {m["policy"]: (m["backup_id"], m["point_at"]) for m in candidate["members"]}
+        if all(members.get(policy) == pair for policy, pair in chosen.items()):
+            return candidate
+    return None
 
 
 def restore_point(ws, policy: str, at: datetime | None) -> tuple[dict, datetime]:
@@ -98,9 +141,11 @@ def _overwrites(kind: str, dry: dict) -> dict:
 
 
 def plan(ws, name: str, at: datetime | None, events: EventCallback | None = None,
-         cancel: CancelToken | None = None) -> dict[str, Any]:
+         cancel: CancelToken | None = None, point_id: str | None = None) -> dict[str, Any]:
     """The recovery plan: per component the restore point, data loss, what is overwritten, bytes,
-    estimated duration and pre-flight checks; the skew between components. Writes nothing."""
+    estimated duration and pre-flight checks; the skew between components. Writes nothing.
+    With `point_id`, or a plan whose `group` is set, every component comes back from its
+    member of one group restore point."""
     settings = ws.config.recovery(name)
     cancel = cancel or CancelToken()
     now = clock.now()
@@ -108,25 +153,29 @@ def plan(ws, name: str, at: datetime | None, events: EventCallback | None = None
     throughput = ws.catalog.restore_throughput()
     rate = throughput or restore.DEFAULT_THROUGHPUT
     basis = "measured from past restores" if throughput else "assumed 150 MiB/s (no restore measured yet)"
+    chosen_group = group_point(ws, settings, at, point_id)
+    members = {m["policy"]: m for m in (chosen_group or {}).get("members", [])}
     components = []
     for policy in settings["components"]:
         cancel.check()
-        components.append(_plan_component(ws, settings, policy, at, target_time, rate, basis))
+        components.append(_plan_component(ws, settings, policy, at, target_time, rate, basis, members.get(policy)))
         if events:
             events({"component": policy, "status": "planned", "checks_ok": components[-1]["checks_ok"]})
+    chosen_group = chosen_group or _named_group_point(ws, components)
     points = [clock.parse_iso(c["restore_point_at"]) for c in components if c.get("restore_point_at")]
-    skew = (max(points) - min(points)).total_seconds() if len(points) == len(components) and points else None
+    skew = round((max(points) - min(points)).total_seconds(), 6) if len(points) == len(components) and points else None
     seconds = [c["estimated_seconds"] for c in components]
     estimate = (max(seconds) if settings["mode"] == "parallel" else sum(seconds)) if seconds else 0.0
-    return {"plan": name, "at": clock.iso_precise(at) if at else None, "latest": at is None,
+    return {"plan": name, "at": clock.iso_precise(at) if at else None, "latest": at is None and point_id is None,
             "planned_at": clock.iso(now), "mode": settings["mode"], "on_failure": settings["on_failure"],
             "components": components, "skew_seconds": skew,
+            "group_point": {k: chosen_group[k] for k in ("id", "group", "point_at")} if chosen_group else None,
             "bytes": sum(c["bytes"] for c in components), "estimated_seconds": round(estimate, 1),
             "estimate_basis": basis, "checks_ok": all(c["checks_ok"] for c in components)}
 
 
 def _plan_component(ws, settings: dict, policy: str, at: datetime | None, target_time: datetime,
-                    rate: float, basis: str) -> dict[str, Any]:
+                    rate: float, basis: str, member: dict | None = None) -> dict[str, Any]:
     source = ws.config.policies[policy]["source"]
     source_type = ws.config.sources[source]["type"]
     kind = source_type
@@ -142,14 +191,24 @@ def _plan_component(ws, settings: dict, policy: str, at: datetime | None, target
                             "overwrites": None, "bytes": 0, "estimated_seconds": 0.0, "checks": []}
     checks = item["checks"]
     try:
-        backup, point = restore_point(ws, policy, at)
+        if member is not None:  # one member of a group restore point, at its exact instant
+            backup = ws.catalog.backup(member["backup_id"])
+            if backup is None or backup["status"] != "succeeded":
+                raise RestoreRefused(f"backup {member['backup_id']} of the group restore point is "
+                                     + ("not in the catalog" if backup is None else backup["status"]))
+            point = clock.parse_iso(member["point_at"])
+        else:
+            backup, point = restore_point(ws, policy, at)
     except InsiteError as exc:
         checks.append(_check("restore point", "failed", redact(str(exc))))
         item["checks_ok"] = False
         return item
     loss = max(0.0, (target_time - point).total_seconds())
+    # physical: WAL replayed to this instant (None: to the end of the archive)
+    replay_to = point if kind == "postgresql-physical" and (at is not None or member is not None) else None
     item.update(backup_id=backup["id"], restore_point_at=clock.iso_precise(point), data_loss_seconds=round(loss, 3),
-                within_rpo=None if rpo_seconds is None else loss <= rpo_seconds)
+                within_rpo=None if rpo_seconds is None else loss <= rpo_seconds,
+                replay_to=clock.iso_precise(replay_to) if replay_to else None)
     checks.append(_check("restore point", "ok", f"backup {backup['id']} of {backup['started_at']}"))
     if kind == "postgresql-physical":
         from insite_console import wal
@@ -157,8 +216,7 @@ def _plan_component(ws, settings: dict, policy: str, at: datetime | None, target
         window = wal.restorable_window(ws, source)
         item["restorable_window"] = {"oldest": window["oldest"], "newest": window["newest"]}  # checked by the dry run
     try:
-        dry = restore.run(ws, backup["id"], target, includes=includes, dry_run=True,
-                          at=at if kind == "postgresql-physical" else None)
+        dry = restore.run(ws, backup["id"], target, includes=includes, dry_run=True, at=replay_to)
     except InsiteError as exc:
         checks.append(_check("target reachable", "failed", redact(str(exc))))
         item["checks_ok"] = False
@@ -217,7 +275,15 @@ def _verified(kind: str, outcome: dict) -> tuple[bool | None, str]:
         if not exact:
             return None, "the backup recorded only estimated row counts"
         return True, f"exact row counts of {len(exact)} table(s) match the backup"
-    return None, "PGDATA laid out; WAL is replayed when the server starts, so nothing could be compared yet"
+    recovered = outcome.get("recovery")
+    if recovered:  # started: replay is over, judged on the live server (restore_physical checks the position)
+        if recovered["state"] == "promoted":
+            return True, (f"the restored server replayed WAL to {recovered['replayed_to']} (every segment up to the "
+                          f"time) and was promoted on timeline {recovered['timeline']}; running on "
+                          f"127.0.0.1:{recovered['port']}")
+        return False, f"the restored server is {recovered['state']}, not promoted (log {recovered['log']})"
+    return None, ("PGDATA laid out; WAL is replayed when the server starts, so nothing could be compared yet "
+                  "(start_ports starts it and waits)")
 
 
 def _who() -> tuple[str, str]:
@@ -230,14 +296,14 @@ def _who() -> tuple[str, str]:
 
 def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | None = None,
         progress: Callable[[Progress], None] | None = None, events: EventCallback | None = None,
-        cancel: CancelToken | None = None, planned: dict | None = None) -> dict[str, Any]:
+        cancel: CancelToken | None = None, planned: dict | None = None, point_id: str | None = None) -> dict[str, Any]:
     """Recover the platform as `plan()` (or `planned`, the plan shown to the operator) says.
 
     `progress` gets each component's Progress with `operation` = "recover:POLICY"; `events` a dict
     when a component starts and finishes; `cancel` stops between units of work (the component
     running ends `cancelled`, those not started `skipped`)."""
     cancel = cancel or CancelToken()
-    planned = planned or plan(ws, name, at, cancel=cancel)
+    planned = planned or plan(ws, name, at, cancel=cancel, point_id=point_id)
     if not planned["checks_ok"]:
         failed = [f"{c['policy']}: {k['check']}: {k['detail']}" for c in planned["components"]
                   for k in c["checks"] if k["status"] == "failed"]
@@ -258,11 +324,15 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
                         "restore_point_at": c["restore_point_at"], "data_loss_seconds": c["data_loss_seconds"],
                         "target": c["target"], "includes": c["includes"], "status": "pending", "verified": None,
                         "verification": None, "started_at": None, "finished_at": None, "bytes": 0, "error": None,
-                        "restore_id": None}
+                        "restore_id": None, "replay_to": c.get("replay_to")}
                        for c in planned["components"]],
+        "group_point": planned.get("group_point"),
     }
     lock = threading.Lock()
     ws.catalog.insert_recovery(record)
+    # a run of its own, so Live jobs (any console) shows the recovery and the component it is on;
+    # each component's restore is a run too, with its bytes and files
+    ws.catalog.start_run(record["id"], "recover", name)
     ws.catalog.event(record["id"], f"recovery {record['id']} of plan {name} started by {user}@{host}"
                      + (f": {reason}" if reason else ""))
 
@@ -275,15 +345,24 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
         if events:
             events({"component": item["policy"], "status": "running"})
         label = f"recover:{item['policy']}"
-        forward = (lambda p: progress(replace(p, operation=label))) if progress else None
+        forward = (lambda p: progress(replace(p, operation=label, run_id=record["id"]))) if progress else None
+        with lock:
+            ws.catalog.insert_recovery(record)  # a console watching the record sees the component start
+            running = [c["policy"] for c in record["components"] if c["status"] == "running"]
+            ws.catalog.update_run(record["id"], phase=f"restoring {', '.join(running)}",
+                                  files_done=sum(c["status"] == "succeeded" for c in record["components"]),
+                                  files_total=len(record["components"]), current=", ".join(running))
         settings = ws.config.recovery(name)
         target = settings["targets"][item["policy"]]
         try:
             outcome = restore.run(ws, item["backup_id"], target, includes=item["includes"], yes=yes,
-                                  at=clock.parse_iso(item["restore_point_at"]) if item["kind"] == "postgresql-physical"
-                                  else None, progress=forward, cancel=cancel,
-                                  options={"replace_all": not item["includes"]})
+                                  at=clock.parse_iso(item["replay_to"]) if item["replay_to"] else None,
+                                  progress=forward, cancel=cancel,
+                                  options={"replace_all": not item["includes"],
+                                           "start_port": settings["start_ports"].get(item["policy"])})
             item["restore_id"], item["bytes"] = outcome["id"], outcome.get("bytes_written", 0)
+            if outcome.get("recovery"):
+                item["server"] = outcome["recovery"]  # a started physical component: where it runs
             item["verified"], item["verification"] = _verified(item["kind"], outcome)
             item["status"] = "failed" if item["verified"] is False else "succeeded"
             if item["verified"] is False:
@@ -338,6 +417,10 @@ def _finish(ws, record: dict, started: datetime) -> dict[str, Any]:
                   recovered=[c["policy"] for c in record["components"] if c["status"] == "succeeded"],
                   failed=[c["policy"] for c in record["components"] if c["status"] != "succeeded"])
     ws.catalog.insert_recovery(record)
+    ws.catalog.finish_run(record["id"], status if status in ("succeeded", "cancelled") else "failed",
+                          None if status == "succeeded" else
+                          f"{status}: " + "; ".join(f"{c['policy']} {c['status']}" for c in record["components"]
+                                                    if c["status"] != "succeeded"))
     ws.catalog.event(record["id"], f"recovery {record['id']} {status} in {clock.human_duration(record['recovery_seconds'])}",
                      level="info" if status == "succeeded" else "error")
     record["stored_in"] = ws.seal_everywhere(SEALED_PREFIX + record["id"], json.dumps(record, sort_keys=True).encode())
@@ -347,3 +430,53 @@ def _finish(ws, record: dict, started: datetime) -> dict[str, Any]:
 
 def history(ws, name: str | None = None, limit: int = 50) -> list[dict]:
     return ws.catalog.recoveries(plan=name, limit=limit)
+
+
+def recoverable(ws, name: str) -> dict[str, Any]:
+    """The newest point in time to which the whole platform of plan `name` can be recovered.
+
+    With a group: the newest group restore point. Otherwise the oldest of the components' newest
+    restore points (a physical cluster's: its newest archived WAL): after it, at least one
+    component has nothing; `limited_by` names that component. `skew_seconds` is the spread of
+    the restore points a recovery to that time would use; `problem` says why there is none."""
+    settings = ws.config.recovery(name)
+    result: dict[str, Any] = {"plan": name, "point_at": None, "group_point": None, "limited_by": None,
+                              "skew_seconds": None, "problem": None}
+    if settings.get("group"):
+        newest = ws.catalog.group_points(group=settings["group"], status="succeeded", limit=1)
+        if not newest:
+            result["problem"] = f"no group restore point of [group.{settings['group']}] yet"
+            return result
+        result.update(point_at=newest[0]["point_at"], group_point=newest[0]["id"],
+                      skew_seconds=newest[0]["skew_seconds"])
+        return result
+    newest_points: dict[str, datetime] = {}
+    for policy in settings["components"]:
+        source = ws.config.policies[policy]["source"]
+        if _is_physical(ws, source):
+            from insite_console import wal
+
+            newest = wal.restorable_window(ws, source)["newest"]
+            if newest is None:
+                result["problem"] = f"{policy}: no archived WAL after a base backup"
+                return result
+            newest_points[policy] = clock.parse_iso(newest)
+            continue
+        backups = ws.catalog.backups(policy=policy, status="succeeded", limit=1)
+        if not backups:
+            result["problem"] = f"{policy}: no succeeded backup"
+            return result
+        newest_points[policy] = _point_of(backups[0])
+    limited_by = min(newest_points, key=newest_points.get)
+    at = newest_points[limited_by]
+    used = []
+    for policy in settings["components"]:
+        try:
+            used.append(restore_point(ws, policy, at)[1] if not _is_physical(ws, ws.config.policies[policy]["source"])
+                        else at)
+        except InsiteError as exc:
+            result["problem"] = f"{policy}: {redact(str(exc))}"
+            return result
+    result.update(point_at=clock.iso_precise(at), limited_by=limited_by,
+                  skew_seconds=round((max(used) - min(used)).total_seconds(), 6))
+    return result

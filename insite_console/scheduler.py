@@ -16,50 +16,17 @@ from __future__ import annotations
 
 import threading
 import time
-import zoneinfo
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from insite_console import alerts, backup, clock, regular, status, who
+from insite_console import alerts, backup, clock, group, regular, status, who
+from insite_console.cron import last_fire, next_fire, timezone
 from insite_console.errors import Cancelled, InsiteError, PolicyBusy
 from insite_console.events import CancelToken
 
 DEFAULT_MAX_PARALLEL = 2
 DEFAULT_TICK_SECONDS = 30.0
-
-
-def timezone(ws) -> zoneinfo.ZoneInfo:
-    return zoneinfo.ZoneInfo(ws.config.scheduler.get("timezone", "UTC"))
-
-
-def last_fire(expression: str, now: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
-    """When the schedule last fired at or before `now`, read as wall-clock time in `tz`.
-
-    DST as cron does it: a time skipped in spring fires at the first time after the gap (croniter
-    does this); a time repeated in autumn fires once, unless the hour field is a wildcard
-    (`*`, `*/2`), whose jobs run in both hours."""
-    from croniter import croniter
-
-    local = now.astimezone(tz)
-    fire = croniter(expression, local).get_prev(datetime)
-    following = croniter(expression, fire).get_next(datetime)
-    if following <= local:  # get_prev is strictly before: a slot at exactly `now` has fired
-        fire = following
-    wall = fire.replace(tzinfo=None)
-    first, second = wall.replace(tzinfo=tz, fold=0), wall.replace(tzinfo=tz, fold=1)
-    repeated = first.utcoffset() != second.utcoffset() and fire.utcoffset() == second.utcoffset()
-    if repeated and not expression.split()[1].startswith("*"):
-        fire = first  # the second 02:30 of the night the clocks go back is the same slot
-    return fire.astimezone(clock.UTC)
-
-
-def next_fire(expression: str | None, now: datetime, tz: zoneinfo.ZoneInfo) -> datetime | None:
-    if not expression:
-        return None
-    from croniter import croniter
-
-    return croniter(expression, now.astimezone(tz)).get_next(datetime).astimezone(clock.UTC)
 
 
 def due_policies(ws, now: datetime | None = None, since: datetime | None = None) -> list[str]:
@@ -105,6 +72,28 @@ def due_tests(ws, now: datetime | None = None, since: datetime | None = None) ->
     return due
 
 
+GROUP_JOB = "group:"  # a group backup's job name: "group:NAME" (a policy's is its name)
+
+
+def due_groups(ws, now: datetime | None = None, since: datetime | None = None) -> list[str]:
+    """Enabled `[group.NAME]`s whose schedule fired since their last group backup started."""
+    now = now or clock.now()
+    tz = timezone(ws)
+    due = []
+    for name, settings in sorted(ws.config.groups.items()):
+        if not settings.get("schedule") or not settings.get("enabled", True):
+            continue
+        fired = last_fire(settings["schedule"], now, tz)
+        if since is not None and fired < since:
+            continue
+        last = ws.catalog.group_points(group=name, limit=1)
+        if last and last[0]["status"] == "running":
+            continue
+        if not last or clock.parse_iso(last[0]["started_at"]) < fired:
+            due.append(name)
+    return due
+
+
 def retry_delay(policy: dict, attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: `retry_delay`, doubled after each failed attempt."""
     return clock.parse_duration(policy.get("retry_delay", "1m")).total_seconds() * 2 ** (attempt - 1)
@@ -134,6 +123,15 @@ def schedule_list(ws, now: datetime | None = None) -> list[dict[str, Any]]:
                     "kind": kind, "schedule": policy[key], "last_run_at": test["started_at"] if test else None,
                     "last_run_status": test["status"] if test else None,
                     "next_run_at": clock.iso(next_fire(policy[key], now, tz)) if enabled else None})
+    for name, settings in sorted(ws.config.groups.items()):
+        last = ws.catalog.group_points(group=name, limit=1)
+        upcoming = next_fire(settings.get("schedule"), now, tz) if settings.get("enabled", True) else None
+        rows.append({
+            "policy": GROUP_JOB + name, "enabled": settings.get("enabled", True), "schedule": settings.get("schedule"),
+            "timezone": tz.key, "last_run_at": last[0]["started_at"] if last else None,
+            "last_run_status": last[0]["status"] if last else None, "next_run_at": clock.iso(upcoming),
+            "retries": 0, "retry_delay": "-", "members": settings["policies"],
+        })
     return rows
 
 
@@ -171,6 +169,9 @@ class Scheduler:
         for kind, name in due_tests(self.ws, now, self.since):
             if (kind, name) not in self.jobs:
                 self.jobs[(kind, name)] = (self.pool.submit(self._test, kind, name), 1)
+        for name in due_groups(self.ws, now, self.since):
+            if GROUP_JOB + name not in self.jobs:
+                self._start(GROUP_JOB + name, 1)
         try:
             alerts.watch(self.ws, status.overview(self.ws, now, check_storage=True))
         except Exception as exc:  # a status that cannot be computed must not stop the backups
@@ -261,6 +262,8 @@ class Scheduler:
         job_ws = Workspace(self.ws.config)
         try:
             with who.acting_as("scheduler"):
+                if name.startswith(GROUP_JOB):
+                    return group.run(job_ws, name[len(GROUP_JOB):], cancel=self.cancel)
                 return backup.run(job_ws, name, cancel=self.cancel)
         finally:
             job_ws.close()
@@ -302,7 +305,27 @@ class Scheduler:
                  + (f": {result['error']}" if result["error"] else ""))
         self.results.append(result)
 
+    def _group_finished(self, name: str, future: Future) -> None:
+        """A group backup is not retried: its next slot takes a new group restore point."""
+        try:
+            record = future.result()
+        except Exception as exc:  # the group's record could not be made at all
+            error = str(exc) if isinstance(exc, InsiteError) else f"{type(exc).__name__}: {exc}"
+            self.log(f"{name}: group backup failed: {error}")
+            self.results.append({"policy": name, "status": "failed", "error": error})
+            return
+        if record["status"] == "succeeded":
+            self.log(f"{name}: group restore point {record['id']} at {record['point_at']} "
+                     f"({len(record['members'])} members within {record['skew_seconds'] * 1000:.1f} ms)")
+        else:
+            self.log(f"{name}: group backup {record['id']} {record['status']}: {record['error']}")
+        group.announce(self.ws, record)
+        self.results.append({**record, "policy": name})
+
     def _finished(self, name: str, future: Future, attempt: int, now: datetime) -> None:
+        if name.startswith(GROUP_JOB):
+            self._group_finished(name, future)
+            return
         policy = self.ws.config.policy(name)
         try:
             result = future.result()

@@ -11,16 +11,8 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from insite_console import clock
+from insite_console import clock, cron
 from insite_console.catalog.db import order_key
-
-
-def next_run(schedule: str | None, after: datetime) -> datetime | None:
-    if not schedule:
-        return None
-    from croniter import croniter
-
-    return croniter(schedule, after).get_next(datetime)
 
 
 def storage_reachability(ws, names) -> dict[str, str | None]:
@@ -57,7 +49,7 @@ def policy_health(ws, name: str, now: datetime | None = None,
     age = (now - clock.parse_iso(last_ok["finished_at"] or last_ok["started_at"])).total_seconds() if last_ok else None
     # to the microsecond: a failure in the same second as the success before it is still the newest
     failing = bool(last_failed and (not last_ok or order_key(last_failed) > order_key(last_ok)))
-    upcoming = next_run(policy.get("schedule"), now)
+    upcoming = cron.next_fire(policy.get("schedule"), now, cron.timezone(ws))
     source = ws.config.sources[policy["source"]]
     window = archive = None
     data_loss, basis = age, "last_backup"
@@ -109,7 +101,7 @@ def regular_tests(ws, name: str, now: datetime, last_ok: dict | None) -> list[di
     """The policy's scheduled verify and restore test (regular.py): the newest run of each, and
     whether one is overdue (its schedule fired, past a scheduler tick's grace, and none started
     since; only once there is a backup to test)."""
-    from insite_console import regular, scheduler
+    from insite_console import regular
 
     policy = ws.config.policy(name)
     tests = []
@@ -117,7 +109,7 @@ def regular_tests(ws, name: str, now: datetime, last_ok: dict | None) -> list[di
         if not policy.get(key):
             continue
         last = ws.catalog.last_run(kind, name)
-        due = scheduler.last_fire(policy[key], now - timedelta(seconds=MISSED_GRACE_SECONDS), scheduler.timezone(ws))
+        due = cron.last_fire(policy[key], now - timedelta(seconds=MISSED_GRACE_SECONDS), cron.timezone(ws))
         overdue = bool(policy.get("enabled", True) and last_ok and last_ok["finished_at"]
                        and clock.parse_iso(last_ok["finished_at"]) < due
                        and (last is None or clock.parse_iso(last["started_at"]) < due))
@@ -249,16 +241,13 @@ def scheduler_state(ws, now: datetime | None = None) -> dict[str, Any]:
 def missed_run(ws, name: str, scheduler: dict[str, Any], now: datetime | None = None) -> dict[str, Any] | None:
     """The scheduled time a policy's run should have started but did not, and why; None if none.
     Without this the next run moves on silently when no scheduler runs."""
-    from croniter import croniter
-
     now = now or clock.now()
     policy = ws.config.policy(name)
     schedule = policy.get("schedule")
     if not schedule or not policy.get("enabled", True):
         return None
-    fired = croniter(schedule, now).get_prev(datetime)
-    if (now - fired).total_seconds() < MISSED_GRACE_SECONDS:
-        fired = croniter(schedule, fired).get_prev(datetime)  # the newest fire is still within its grace
+    # the newest fire past its grace (a run may take a scheduler tick to start)
+    fired = cron.last_fire(schedule, now - timedelta(seconds=MISSED_GRACE_SECONDS), cron.timezone(ws))
     latest = ws.catalog.backups(policy=name, limit=1)
     if latest and (latest[0]["status"] == "running" or clock.parse_iso(latest[0]["started_at"]) >= fired):
         return None

@@ -189,7 +189,7 @@ def test_recovery_plan_config_is_validated_with_clear_errors(tmp_path):
     ok = config_module.load(platform_config(tmp_path, "postgresql://u@127.0.0.1:1/db", "redis://127.0.0.1:1/0",
                                             tmp_path, Path("relative")))
     assert ok.recovery("platform") == {
-        "components": list(COMPONENTS), "mode": "rolling", "on_failure": "stop", "includes": {},
+        "components": list(COMPONENTS), "mode": "rolling", "on_failure": "stop", "includes": {}, "group": None, "start_ports": {},
         "targets": {"main_db": "postgresql://u@127.0.0.1:1/db", "cache": "redis://127.0.0.1:1/0",
                     "app_files": str(tmp_path / "relative")}}
     with pytest.raises(ConfigError, match="no recovery plan named 'other'"):
@@ -251,6 +251,13 @@ def test_dry_run_changes_nothing_then_rolling_recovery_brings_every_component_ba
     assert [h["id"] for h in history] == [result["id"]] and history[0]["status"] == "succeeded"
     sealed = json.loads(p.helper.reopen().repository("local").get_sealed("recoveries/" + result["id"]))
     assert sealed["components"] == result["components"]
+
+    # the dashboard's figure: the newest instant every component has a restore point for
+    newest = recovery.recoverable(p.ws, "platform")
+    points = {c: recovery.restore_point(p.ws, c, None)[1] for c in COMPONENTS}
+    assert newest["limited_by"] == min(points, key=points.get) and newest["problem"] is None
+    assert newest["point_at"] == clock.iso_precise(min(points.values()))
+    assert 0 <= newest["skew_seconds"] < 60 and newest["group_point"] is None
 
 
 @needs_pg  # noqa: F405
@@ -349,16 +356,27 @@ def test_failed_pre_flight_exits_non_zero_and_restores_nothing(platform):
 
 
 @needs_pg  # noqa: F405
-@pytest.mark.timeout(240)
-def test_physical_component_is_planned_to_exactly_the_time_within_the_restorable_window(pg_factory):
-    from tests.pg_servers import PG_USER
+@pytest.mark.timeout(300)
+def test_physical_component_replays_wal_to_exactly_the_time_and_to_a_group_point(pg_factory):
+    """A physical PostgreSQL component end to end: planned within its restorable window, then
+    recovered (a server started on the restored PGDATA replays WAL to the time and is promoted)
+    holding the rows committed before the time and not those after; then a group restore point
+    (a named restore point in the WAL after the base backup) recovered the same way."""
+    from tests.pg_servers import PG_USER, PgCluster
+    from tests.redis_servers import free_port
     from tests.test_postgresql import _wait_archived, archiving_cluster, run_as_postgres
 
     wsdir = Path(pg_factory.make_dir("platform-pitr"))
     cluster, config = archiving_cluster(pg_factory, wsdir)
     target = Path(pg_factory.make_dir("platform-pitr/pgdata"))
+    group_target = Path(pg_factory.make_dir("platform-pitr/pgdata-group"))
+    ports = free_port(), free_port()
     with open(config, "a") as handle:
-        handle.write(f'\n[recovery.pitr]\ncomponents = ["db"]\ntargets = {{ db = "{target}" }}\n')
+        handle.write(f'\n[recovery.pitr]\ncomponents = ["db"]\ntargets = {{ db = "{target}" }}\n'
+                     f'start_ports = {{ db = {ports[0]} }}\n'
+                     f'\n[recovery.grp]\ncomponents = ["db"]\ngroup = "pg"\ntargets = {{ db = "{group_target}" }}\n'
+                     f'start_ports = {{ db = {ports[1]} }}\n'
+                     '\n[group.pg]\npolicies = ["db"]\n')
     os.chown(config, PG_USER.pw_uid, PG_USER.pw_gid)
     cluster.sql("CREATE TABLE events (id int PRIMARY KEY)")
     base = json.loads(run_as_postgres(config, "backup", "db", "--json").stdout)
@@ -383,3 +401,180 @@ def test_physical_component_is_planned_to_exactly_the_time_within_the_restorable
     late = run_as_postgres(config, "recover", "pitr", "--at", clock.iso(clock.now() + timedelta(hours=1)),
                            "--dry-run", check=False)
     assert late.returncode == 1 and "[failed] WAL continuity: the target" in late.stdout
+
+    done = json.loads(run_as_postgres(config, "recover", "pitr", "--at", clock.iso_precise(at), "--yes",
+                                      "--json").stdout)
+    component = done["components"][0]
+    restored = pg_factory.adopt(PgCluster(datadir=str(target), port=ports[0], sockdir=str(target),
+                                          log=component["server"]["log"]))
+    assert done["status"] == "succeeded" and component["verified"] is True, component
+    assert restored.sql("SELECT id FROM events ORDER BY id") == [(1,)]  # row 2 came after the time
+    assert "promoted" in component["verification"]
+    restored.stop()
+
+    # a group restore point: the member's base backup, then its moment, a named restore point
+    cluster.sql("INSERT INTO events VALUES (3)")
+    point = json.loads(run_as_postgres(config, "backup", "--group", "pg", "--json").stdout)
+    [member] = point["members"]
+    assert point["status"] == "succeeded" and member["point"]["what"] == "WAL position"
+    assert member["point"]["restore_point_name"] == f"insite-group-{point['id']}" and member["point"]["wal_lsn"]
+    assert clock.parse_iso(member["point_at"]) >= clock.parse_iso(point["point_at"])
+    cluster.sql("INSERT INTO events VALUES (4)")
+    _wait_archived(cluster)
+    done = json.loads(run_as_postgres(config, "recover", "grp", "--latest", "--yes", "--json").stdout)
+    component = done["components"][0]
+    regrouped = pg_factory.adopt(PgCluster(datadir=str(group_target), port=ports[1], sockdir=str(group_target),
+                                           log=component["server"]["log"]))
+    assert done["status"] == "succeeded" and done["group_point"]["id"] == point["id"], done
+    assert component["backup_id"] == member["backup_id"] and component["replay_to"] == member["point_at"]
+    assert regrouped.sql("SELECT id FROM events ORDER BY id") == [(1,), (2,), (3,)]  # 4 came after the moment
+    regrouped.stop()
+
+
+# ----- group restore points --------------------------------------------------------------------------
+
+GROUP = """group = "platform"
+
+[group.platform]
+policies = ["main_db", "cache", "app_files"]
+schedule = "* * * * *"
+"""
+POINT_KINDS = {"main_db": "snapshot exported", "cache": "RDB snapshot requested", "app_files": "file walk started"}
+
+
+@needs_pg  # noqa: F405
+@needs_redis  # noqa: F405
+@pytest.mark.timeout(240)
+def test_group_members_share_one_moment_and_a_recovery_to_the_group_point_names_it(platform):
+    from insite_console import scheduler
+
+    p = platform(recovery_extra=GROUP)
+    p.state1()
+    first = json.loads(p.helper.cli("backup", "--group", "platform", "--json", check=True).stdout)
+    time.sleep(0.05)
+    between = clock.now()
+    p.state2()
+    next_minute = clock.now() + timedelta(minutes=1)  # its own schedule (every minute) fires again
+    assert scheduler.due_groups(p.ws) == [] and scheduler.due_groups(p.ws, next_minute) == ["platform"]
+    [second] = scheduler.Scheduler(p.ws, log=lambda m: None, now=lambda: next_minute).run_once()
+    assert second["policy"] == "group:platform" and second["status"] == "succeeded", second
+
+    assert first["status"] == "succeeded" and [m["policy"] for m in first["members"]] == list(COMPONENTS)
+    moment = clock.parse_iso(first["point_at"])
+    points = {m["policy"]: clock.parse_iso(m["point_at"]) for m in first["members"]}
+    for m in first["members"]:
+        assert m["status"] == "succeeded" and m["point"]["what"] == POINT_KINDS[m["policy"]], m
+        assert points[m["policy"]] >= moment  # nobody took its snapshot before the moment
+        row = p.ws.catalog.backup(m["backup_id"])
+        assert row["status"] == "succeeded" and row["policy"] == m["policy"]
+    assert first["skew_seconds"] == round((max(points.values()) - min(points.values())).total_seconds(), 6)
+    assert first["skew_seconds"] < 1.0
+    assert first["members"][0]["point"]["snapshot"]  # the dump's exported snapshot, named
+    sealed = json.loads(p.helper.reopen().repository("local").get_sealed("groups/" + first["id"]))
+    assert sealed["members"] == first["members"]
+
+    # the plan names a group: --at picks the newest group point at or before the time
+    dry = json.loads(p.helper.cli("recover", "platform", "--at", clock.iso_precise(between), "--dry-run",
+                                  "--json", check=True).stdout)
+    assert dry["group_point"] == {"id": first["id"], "group": "platform", "point_at": first["point_at"]}
+    by_policy = {c["policy"]: c for c in dry["components"]}
+    for m in first["members"]:
+        assert by_policy[m["policy"]]["backup_id"] == m["backup_id"]
+        assert by_policy[m["policy"]]["restore_point_at"] == m["point_at"]
+    assert dry["skew_seconds"] == first["skew_seconds"]
+    text = p.helper.cli("recover", "platform", "--point", second["id"][:10], "--dry-run", check=True).stdout
+    assert f"group restore point {second['id']} of [group.platform]" in text
+
+    done = json.loads(p.helper.cli("recover", "platform", "--at", clock.iso_precise(between), "--yes", "--json",
+                                   check=True).stdout)
+    assert done["status"] == "succeeded" and done["group_point"]["id"] == first["id"]
+    assert p.items() == STATE1_ITEMS and p.keys() == STATE1_KEYS
+    assert p.restored_file().read_text() == "version one\n"
+
+    # a lost catalog comes back from the repository with the recovery and group histories
+    p.helper.close()
+    for leftover in p.ws.config.catalog_path.parent.glob(p.ws.config.catalog_path.name + "*"):
+        leftover.unlink()
+    rebuilt = json.loads(p.helper.cli("catalog", "rebuild", "--json").stdout)
+    assert rebuilt["problems"] == []
+    assert rebuilt["recoveries_added"] == [done["id"]]
+    assert sorted(rebuilt["group_points_added"]) == sorted([first["id"], second["id"]])
+    history = json.loads(p.helper.cli("recover", "--history", "--json", check=True).stdout)
+    assert [h["id"] for h in history] == [done["id"]] and history[0]["group_point"]["id"] == first["id"]
+    again = json.loads(p.helper.cli("recover", "platform", "--point", first["id"], "--dry-run", "--json",
+                                    check=True).stdout)
+    assert again["checks_ok"] is True and again["group_point"]["id"] == first["id"]
+
+
+def test_group_config_is_validated(tmp_path):
+    from insite_console import config as config_module
+
+    config = platform_config(tmp_path, "postgresql://u@127.0.0.1:1/db", "redis://127.0.0.1:1/0", tmp_path,
+                             tmp_path / "t", recovery_extra="""group = "nope"
+
+        [recovery.part]
+        components = ["main_db"]
+        targets = { main_db = "postgresql://u@db2/x" }
+        group = "some"
+        start_ports = { main_db = 5432, cache = 0 }
+
+        [group.some]
+        policies = ["cache", "cache", "ghost"]
+        schedule = "every day"
+
+        [group.empty]
+        policies = []
+        colour = 1
+        """)
+    with pytest.raises(ConfigError) as caught:
+        config_module.load(config)
+    text = str(caught.value)
+    for expected in ("recovery.platform.group: no [group.nope] is defined (groups: empty, some)",
+                     "recovery.part.group: main_db not among the policies of [group.some]",
+                     "group.some.policies: names a policy twice",
+                     "group.some.policies[2]: no [policy.ghost] is defined",
+                     "group.some.schedule: expected",
+                     "group.empty.policies: expected a non-empty list of policy names",
+                     "group.empty.colour: unknown key",
+                     "recovery.part.start_ports.main_db: only a physical PostgreSQL component is started",
+                     "recovery.part.start_ports.cache: not one of the components"):
+        assert expected in text, expected
+
+
+def test_a_member_failing_before_the_moment_fails_the_whole_group(tmp_path):
+    """No half group: the unreachable Redis fails before the moment, so the file tree, waiting
+    there, takes no snapshot; neither is a group restore point, and a group plan refuses."""
+    from insite_console import group
+    from tests.redis_servers import free_port
+
+    src = tmp_path / "app"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    helper = WorkspaceHelper(tmp_path, src, platform_config(
+        tmp_path, "postgresql://u@127.0.0.1:1/db", f"redis://127.0.0.1:{free_port()}/0", src, tmp_path / "t",
+        recovery_extra=f"""
+        [recovery.pair]
+        components = ["cache", "app_files"]
+        group = "pair"
+        targets = {{ cache = "{tmp_path / 'rdb'}", app_files = "{tmp_path / 't'}" }}
+
+        [group.pair]
+        policies = ["cache", "app_files"]
+        """))
+    try:
+        ws = helper.ws
+        ws.init_repository("local")
+        record = group.run(ws, "pair")
+        members = {m["policy"]: m for m in record["members"]}
+        assert record["status"] == "failed" and record["point_at"] is None and record["skew_seconds"] is None
+        assert "cannot connect to redis" in members["cache"]["error"]
+        assert members["app_files"]["status"] == "failed"
+        assert "group moment not reached: cache failed before it" in members["app_files"]["error"]
+        assert [b["status"] for b in ws.catalog.backups(policy="app_files")] == ["failed"]
+        assert group.points(ws, "pair", status="succeeded") == []
+        with pytest.raises(RestoreRefused, match=r"no succeeded group restore point of \[group.pair\]"):
+            recovery.plan(ws, "pair", None)
+        cli = helper.cli("backup", "--group", "pair")
+        assert cli.returncode == 1 and "(not a group restore point)" in cli.stderr
+    finally:
+        helper.close()

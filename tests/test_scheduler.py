@@ -16,7 +16,7 @@ from datetime import datetime
 
 import pytest
 
-from insite_console import clock, scheduler
+from insite_console import clock, cron, scheduler, status
 from insite_console.errors import ConfigError
 from tests.conftest import write_config
 
@@ -57,6 +57,20 @@ def test_due_not_due_catch_up_once_and_disabled(workspace):
     assert scheduler.due_policies(workspace.ws, _at("2026-03-03T10:15:00Z")) == []
 
 
+def test_status_reads_schedules_in_the_schedulers_time_zone(workspace):
+    """`0 2 * * *` in New York is 07:00 UTC in winter: status said 02:00 UTC (its own cron math
+    in UTC), so a run due at 07:00 that never started went unreported as missed."""
+    _configure(workspace, extra='\n[scheduler]\ntimezone = "America/New_York"\n')
+    workspace.config.write_text(workspace.config.read_text().replace('schedule = "*/15 * * * *"', 'schedule = "0 2 * * *"'))
+    workspace.reopen()
+    _ran(workspace, "2026-12-02T03:00:00Z")
+    now = _at("2026-12-02T08:00:00Z")
+    [row] = status.overview(workspace.ws, now)
+    assert row["next_run_at"] == "2026-12-03T07:00:00Z"
+    assert row["missed_run"] is not None and row["missed_run"]["at"].startswith("2026-12-02T07:00:00")
+    assert scheduler.due_policies(workspace.ws, now) == ["tree"]  # the scheduler agrees
+
+
 def test_bad_cron_expressions_and_scheduler_keys_are_config_errors(workspace):
     with pytest.raises(ConfigError) as caught:
         _configure(workspace, extra='\n[scheduler]\nmax_parallel = 0\ntimezone = "Mars/Olympus"\n')
@@ -71,15 +85,15 @@ def test_bad_cron_expressions_and_scheduler_keys_are_config_errors(workspace):
 
 def test_cron_in_the_scheduler_timezone_across_dst():
     # spring forward (Berlin, 2026-03-29): 02:30 does not exist; the job runs once, at 03:00 CEST
-    assert scheduler.last_fire("30 2 * * *", _at("2026-03-29T01:05:00Z"), BERLIN) == _at("2026-03-29T01:00:00Z")
+    assert cron.last_fire("30 2 * * *", _at("2026-03-29T01:05:00Z"), BERLIN) == _at("2026-03-29T01:00:00Z")
     # fall back (2026-10-25): 02:30 comes twice; a daily job's slot is the first one only
     first = _at("2026-10-25T00:30:00Z")
-    assert scheduler.last_fire("30 2 * * *", _at("2026-10-25T00:45:00Z"), BERLIN) == first
-    assert scheduler.last_fire("30 2 * * *", _at("2026-10-25T01:45:00Z"), BERLIN) == first
+    assert cron.last_fire("30 2 * * *", _at("2026-10-25T00:45:00Z"), BERLIN) == first
+    assert cron.last_fire("30 2 * * *", _at("2026-10-25T01:45:00Z"), BERLIN) == first
     # an hourly job runs in both 02:xx hours
-    assert scheduler.last_fire("30 * * * *", _at("2026-10-25T01:45:00Z"), BERLIN) == _at("2026-10-25T01:30:00Z")
+    assert cron.last_fire("30 * * * *", _at("2026-10-25T01:45:00Z"), BERLIN) == _at("2026-10-25T01:30:00Z")
     # the wall clock, not UTC: 02:00 in Berlin is 01:00Z in winter
-    assert scheduler.last_fire("0 2 * * *", _at("2026-01-10T12:00:00Z"), BERLIN) == _at("2026-01-10T01:00:00Z")
+    assert cron.last_fire("0 2 * * *", _at("2026-01-10T12:00:00Z"), BERLIN) == _at("2026-01-10T01:00:00Z")
 
 
 def _settle(jobs: scheduler.Scheduler, now: datetime) -> None:

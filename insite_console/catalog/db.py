@@ -165,6 +165,15 @@ MIGRATIONS: list[str] = [
             ON CONFLICT (policy) DO UPDATE SET failures = failures + 1;
     END;
     """,
+    # 11: group restore points (group.py): several policies backed up at one moment; the whole
+    # record (each member's backup and exact instant) as `record`
+    """
+    CREATE TABLE group_points (
+        id TEXT PRIMARY KEY, group_name TEXT NOT NULL, status TEXT NOT NULL, point_at TEXT,
+        started_at TEXT NOT NULL, finished_at TEXT, record TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX group_points_started ON group_points(group_name, started_at DESC);
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -515,6 +524,35 @@ class Catalog:
 
     def recovery_ids(self) -> set[str]:
         return {row["id"] for row in self.db.execute("SELECT id FROM recoveries")}
+
+    # ----- group restore points ------------------------------------------------------------
+
+    def insert_group_point(self, record: dict) -> None:
+        """A group backup's record (group.py), replaced as it progresses."""
+        self.db.execute("INSERT OR REPLACE INTO group_points (id, group_name, status, point_at, started_at, "
+                        "finished_at, record) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (record["id"], record["group"], record["status"], record.get("point_at"),
+                         record["started_at"], record.get("finished_at"), json.dumps(record)))
+
+    def group_points(self, group: str | None = None, limit: int = 50, status: str | None = None,
+                     id_prefix: str | None = None) -> list[dict]:
+        """Whole records, newest first."""
+        where, args = [], []
+        if id_prefix:
+            where.append("id LIKE ? ESCAPE '\\'")
+            args.append(id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        if group:
+            where.append("group_name = ?")
+            args.append(group)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT record FROM group_points" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self.db.execute(sql + " ORDER BY started_at DESC LIMIT ?", (*args, limit))
+        return [json.loads(row["record"]) for row in rows]
+
+    def group_point_ids(self) -> set[str]:
+        return {row["id"] for row in self.db.execute("SELECT id FROM group_points")}
 
     # ----- alerts and policy locks ------------------------------------------------------
 

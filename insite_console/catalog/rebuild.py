@@ -9,8 +9,14 @@ Neither brings back a backup this catalog forgot: its tombstone outranks a stray
 
 from __future__ import annotations
 
-from insite_console.dr import history
+import json
+
 from insite_console.errors import InsiteError
+
+#: the histories sealed into every repository: (kind, prefix there, the catalog's ids, its insert)
+RECORDS = (("drills", "drills/", "drill_ids", "insert_drill"),
+           ("recoveries", "recoveries/", "recovery_ids", "insert_recovery"),
+           ("group_points", "groups/", "group_point_ids", "insert_group_point"))
 
 
 def sync(ws, storage: str | None = None) -> dict:
@@ -18,7 +24,8 @@ def sync(ws, storage: str | None = None) -> dict:
     catalog = ws.catalog
     forgotten = catalog.forgotten_ids()
     known = catalog.backup_statuses()
-    found, added, problems, drills = 0, [], [], []
+    found, added, problems = 0, [], []
+    records: dict[str, list[str]] = {kind: [] for kind, _, _, _ in RECORDS}
     skipped: set[str] = set()
     on_storage: dict[str, set[str]] = {}
     for name in names:
@@ -30,10 +37,11 @@ def sync(ws, storage: str | None = None) -> dict:
             problems.append(f"{name}: {exc}")
             continue
         on_storage[name] = ids
-        try:
-            drills += history.sync(ws, repo)
-        except InsiteError as exc:
-            problems.append(f"{name}: drill history: {exc}")
+        for kind, prefix, known_ids, insert in RECORDS:
+            try:
+                records[kind] += sync_sealed(repo, prefix, getattr(catalog, known_ids)(), getattr(catalog, insert))
+            except (InsiteError, ValueError) as exc:
+                problems.append(f"{name}: {kind.replace('_', ' ')} history: {exc}")
         for backup_id in sorted(ids):
             if backup_id in forgotten:
                 skipped.add(backup_id)
@@ -69,7 +77,24 @@ def sync(ws, storage: str | None = None) -> dict:
                         f"{len(removed)} removed")
     return {"storages": names, "backups": found, "added": added, "removed": removed,
             "marked_missing": len(removed), "skipped_forgotten": sorted(skipped), "problems": problems,
-            "drills_added": drills}
+            "drills_added": records["drills"], "recoveries_added": records["recoveries"],
+            "group_points_added": records["group_points"]}
+
+
+def sync_sealed(repo, prefix: str, known: set[str], insert) -> list[str]:
+    """Records sealed under `prefix` in `repo` (recoveries, group restore points) that the
+    catalog lacks, inserted; their ids. A rebuilt catalog keeps the history this way."""
+    from insite_console.repo.repository import SEALED
+
+    added = []
+    for info in repo.storage.list(SEALED + prefix):
+        record_id = info.key[len(SEALED + prefix):]
+        if record_id in known:
+            continue
+        insert(json.loads(repo.get_sealed(prefix + record_id)))
+        known.add(record_id)
+        added.append(record_id)
+    return added
 
 
 def _last_verification_failed(catalog, backup_id: str) -> bool:

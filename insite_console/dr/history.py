@@ -23,23 +23,6 @@ def save(ws, record: dict) -> dict:
     return where
 
 
-def sync(ws, repo) -> list[str]:
-    """Drills in `repo` the catalog lacks, added to it (catalog rebuild/sync); their ids."""
-    from insite_console.repo.repository import SEALED
-
-    known = ws.catalog.drill_ids()
-    added = []
-    for info in repo.storage.list(SEALED + PREFIX):
-        drill_id = info.key[len(SEALED + PREFIX):]
-        if drill_id in known:
-            continue
-        record = json.loads(repo.get_sealed(PREFIX + drill_id))
-        ws.catalog.insert_drill(record)
-        known.add(drill_id)
-        added.append(drill_id)
-    return added
-
-
 def get(ws, drill_id: str) -> dict:
     record = ws.catalog.drill(drill_id)
     if not record:

@@ -106,6 +106,18 @@ class ScanContext:
     warn: Callable[[str], None]  # a problem worth reporting that does not fail the backup
     backup_type: str = "full"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: a group backup's restore point id (group.py), else None
+    group: str | None = None
+    #: called right before the source takes its snapshot; in a group it returns when every
+    #: member is ready, so all of them take theirs at the same moment
+    moment: Callable[[], None] = lambda: None
+
+
+def point(what: str, **facts: Any) -> dict[str, Any]:
+    """The instant a backup's data stands at (its snapshot), for the manifest's source_info."""
+    from insite_console import clock
+
+    return {"at": clock.iso_precise(clock.now()), "what": what, **facts}
 
 
 class Source:

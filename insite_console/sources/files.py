@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Iterator
 
 from insite_console.globs import any_match
 from insite_console.repo.tree import ParentLookup, sort_key
-from insite_console.sources.base import Entry, Item, ScanContext, Source
+from insite_console.sources.base import Entry, Item, ScanContext, Source, point
 
 
 #: a file whose mtime is this close to the scan's start may change again within the same clock
@@ -68,6 +68,8 @@ class FilesSource(Source):
         return total
 
     def scan(self, ctx: ScanContext) -> Iterator[Item]:
+        ctx.moment()
+        self._point = point("file walk started")
         state = _Scan(ParentLookup(ctx.parent), time.time_ns() - RACY_NS)
         emitted_dirs: set[str] = set()
         for root in self.roots:
@@ -86,6 +88,9 @@ class FilesSource(Source):
                 ctx.warn(f"{root}: cannot read: {exc.strerror}")
                 continue
             yield from self._visit(root, root_stat, root_stat.st_dev, state, ctx)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"point": getattr(self, "_point", None)}
 
     def _entry(self, path: str, ctx: ScanContext, st: os.stat_result | None = None) -> Entry | None:
         try:

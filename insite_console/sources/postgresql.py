@@ -55,7 +55,7 @@ from typing import Any, BinaryIO, Iterator
 
 from insite_console import clock
 from insite_console.errors import InsiteError, SourceError, UsageError
-from insite_console.sources.base import Entry, Item, ScanContext, Source
+from insite_console.sources.base import Entry, Item, ScanContext, Source, point
 
 EXACT_COUNT_MAX_BYTES = 256 * 1024 * 1024  # tables below this size are counted exactly
 EXACT_COUNT_BUDGET = 60.0  # seconds spent on exact counts at most (unless exact_counts = true)
@@ -471,13 +471,14 @@ class PostgresSource(Source):
         proc = None
         try:
             snapshot = None
+            ctx.moment()
             try:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                snapshot = self._export_snapshot(conn)
             except Exception as exc:  # e.g. a standby before 10: dump without a shared snapshot
                 ctx.warn(f"PostgreSQL at {pg.host_port}: cannot export a snapshot ({scrub(str(exc), pg.secrets())}); "
                          "row counts are taken outside the dump's snapshot")
                 conn.execute("ROLLBACK")
+                self._meta["point"] = point("pg_dump started (no exported snapshot)")
             args = [pg_tool("pg_dump", self.settings), "--format=custom", "--compress=0", "--no-password",
                     "--dbname", pg.conninfo()]
             if snapshot:
@@ -524,6 +525,15 @@ class PostgresSource(Source):
                 pass
             self.proc = None
 
+    def _export_snapshot(self, conn) -> str:
+        """The dump's snapshot, exported from a REPEATABLE READ transaction: the instant the
+        backup stands at (server clock and ours)."""
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot, server_time = conn.execute("SELECT pg_export_snapshot(), clock_timestamp()").fetchone()
+        self._meta["point"] = point("snapshot exported", snapshot=snapshot,
+                                    server_time=clock.iso_precise(server_time.astimezone(clock.UTC)))
+        return snapshot
+
     def _scan_directory_dump(self, ctx: ScanContext, dbname: str, jobs: int) -> Iterator[Item]:
         """`jobs > 1`: `pg_dump -Fd -j N` into a local temporary directory (the directory format
         cannot go to a pipe), then every file of it as an item; the directory is removed after."""
@@ -541,8 +551,8 @@ class PostgresSource(Source):
                 raise SourceError(f"parallel pg_dump (jobs = {jobs}) writes a temporary copy to {spool}: "
                                   f"{clock.human_bytes(free)} free for a {clock.human_bytes(size)} database; "
                                   "free space, set TMPDIR, or set jobs = 1 (streams without a copy)")
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            ctx.moment()
+            snapshot = self._export_snapshot(conn)
             out = os.path.join(spool, f"{dbname}.pgdir")
             stderr = tempfile.TemporaryFile()
             args = [pg_tool("pg_dump", self.settings), "--format=directory", "--compress=0", "--no-password",
@@ -654,6 +664,8 @@ class PostgresSource(Source):
             info["stop_time"] = clock.iso_precise(stopped)
             info["tar_bytes"] = sniffer.total
             info["has_manifest"] = manifest_text is not None
+            if ctx.group:
+                info["point"] = self._mark_wal_position(ctx)
             try:
                 with pg.connect() as conn:
                     counts, kinds = table_counts(conn, None, budget=10.0)
@@ -668,6 +680,33 @@ class PostgresSource(Source):
             proc.stdout.close()
             stderr.close()
             self.proc = None
+
+
+    def _mark_wal_position(self, ctx: ScanContext) -> dict[str, Any]:
+        """A group's moment for a physical member: after its base backup has ended (replay to an
+        instant before the end is impossible), a named restore point in the WAL and a segment
+        switch, so the archive holds that position; the member comes back by replay to it."""
+        pg = self.target()
+        with pg.connect() as conn:
+            ctx.moment()
+            try:
+                lsn, server_time = conn.execute("SELECT pg_create_restore_point(%s)::text, clock_timestamp()",
+                                                (f"insite-group-{ctx.group}",)).fetchone()
+                named = f"insite-group-{ctx.group}"
+            except Exception as exc:  # not a superuser: the position without a name
+                ctx.warn(f"PostgreSQL at {pg.host_port}: cannot create a named restore point "
+                         f"({scrub(str(exc), pg.secrets())}); the group point is the WAL position alone")
+                lsn, server_time = conn.execute("SELECT pg_current_wal_lsn()::text, clock_timestamp()").fetchone()
+                named = None
+            facts = point("WAL position", wal_lsn=lsn, restore_point_name=named)
+            # replay stops at commit timestamps, written by the server's clock
+            facts["at"] = clock.iso_precise(server_time.astimezone(clock.UTC))
+            try:
+                conn.execute("SELECT pg_switch_wal()")
+            except Exception as exc:
+                ctx.warn(f"PostgreSQL at {pg.host_port}: cannot switch WAL ({scrub(str(exc), pg.secrets())}); "
+                         "the group point can be replayed to once its segment has been archived")
+        return facts
 
 
 def wait_or_cancel(proc: subprocess.Popen, cancel) -> None:

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from insite_console import clock
 from insite_console.errors import RestoreRefused, SourceError, UsageError
-from insite_console.sources.base import Entry, Item, ScanContext, Source
+from insite_console.sources.base import Entry, Item, ScanContext, Source, point
 from insite_console.sources.rdb import RDBReader, RDBWriter, dump_payload
 
 RDB_ENTRY = "dump.rdb"
@@ -373,6 +373,8 @@ class RedisSource(Source):
     def _open_rdb(self, ctx: ScanContext) -> Iterator[BinaryIO]:
         addr = self._addr()
         sync_info: dict = {}
+        ctx.moment()
+        self._meta["point"] = point("RDB snapshot requested")  # the server forks on SYNC / BGSAVE
         try:
             with open_sync_rdb(addr, sync_info) as stream:
                 self._meta["method"] = "sync"

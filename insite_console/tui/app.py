@@ -231,6 +231,16 @@ class InsiteApp(App):
         self.notify(f"▶ {'deep' if deep else 'quick'} verify of {backup_id} started", timeout=3)
         return job
 
+    def start_recovery(self, plan: str, at=None, point: str | None = None, overwrite: bool = False,
+                       reason: str | None = None) -> jobs.ConsoleJob | None:
+        """A platform recovery (recover PLAN), detached like a restore; the flow is screens/platform.py."""
+        from insite_console.tui.screens.platform import recover_args, recover_call
+
+        if self.read_only:
+            return None
+        return self._launch("recover", plan, recover_args(plan, at, point, overwrite, reason),
+                            recover_call(plan, at, point, overwrite, reason))
+
     def _launch(self, kind: str, subject: str, args: list[str], call: Callable) -> jobs.ConsoleJob | None:
         if not self.detach_jobs:
             job = self._new_job(kind, subject, detached=False)

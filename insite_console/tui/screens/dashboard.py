@@ -27,6 +27,10 @@ class DashboardScreen(InsiteScreen):
             with Vertical(id="health-box", classes="box") as box:
                 box.border_title = "Policy health"
                 yield DataTable(id="health", cursor_type="row", zebra_stripes=False)
+            if self.app.workspace.config.recoveries:
+                with VerticalScroll(id="recoverable-box", classes="box") as box:
+                    box.border_title = "Platform recovery: newest point in time"
+                    yield Static(id="recoverable")
             with Horizontal(id="middle"):
                 with VerticalScroll(id="running-box", classes="box") as box:
                     box.border_title = "Running jobs"
@@ -57,7 +61,7 @@ class DashboardScreen(InsiteScreen):
     def refresh_live(self) -> None:
         if not self.is_active:
             return
-        for part in (self._refresh_health, self.refresh_storage, self.refresh_running):
+        for part in (self._refresh_health, self.refresh_storage, self.refresh_running, self.refresh_recoverable):
             try:
                 part()
             except Exception as exc:
@@ -73,7 +77,8 @@ class DashboardScreen(InsiteScreen):
             self._refresh_health()
         except Exception as exc:  # a damaged catalog row must not take the console down
             self.app.report_error("cannot read policy health", exc)
-        for part in (self.refresh_storage, self.refresh_events, self.refresh_running, self.refresh_banner):
+        for part in (self.refresh_storage, self.refresh_events, self.refresh_running, self.refresh_banner,
+                     self.refresh_recoverable):
             try:
                 part()
             except Exception as exc:
@@ -128,6 +133,12 @@ class DashboardScreen(InsiteScreen):
                              f"{escape(view.progress_text())} {escape(view.phase)} · {escape(view.rate_text())}"
                              f" · ETA {escape(view.eta_text())}")
         self.query_one("#running", Static).update("\n".join(lines))
+
+    def refresh_recoverable(self) -> None:
+        if self.app.workspace.config.recoveries:
+            from insite_console.tui.screens.platform import recoverable_lines
+
+            self.query_one("#recoverable", Static).update("\n".join(recoverable_lines(self.app.workspace)))
 
     def refresh_banner(self) -> None:
         lines = self.app.banner_lines()

@@ -86,6 +86,8 @@ class RestoreWizard(InsiteScreen):
         with ContentSwitcher(initial="step-what", id="wizard"):
             with VerticalScroll(id="step-what", classes="step"):
                 yield Label("[b]1. What to restore[/]: a source, then a restore point", markup=True)
+                yield Select([("One backup (as below)", "backup")], id="restore-kind", allow_blank=False,
+                             compact=True)
                 yield Select([], prompt="source", id="source", allow_blank=True, compact=True)
                 yield Static(id="window")
                 yield OptionList(id="points")
@@ -132,6 +134,11 @@ class RestoreWizard(InsiteScreen):
         select.set_options([(f"{name} ({ws.config.sources[name]['type']})", name) for name in sources])
         if sources:
             select.value = sources[0]
+        # the first choice, when the config has recovery plans: one backup, or the platform
+        kind = self.query_one("#restore-kind", Select)
+        kind.set_options([("One backup (as below)", "backup")]
+                         + [(f"The platform: recovery plan {name}", name) for name in sorted(ws.config.recoveries)])
+        kind.display = bool(ws.config.recoveries)
         plan_table = self.query_one("#plan-table", DataTable)
         for key, title in (("action", "Action"), ("type", "Type"), ("path", "Path"), ("bytes", "Size")):
             plan_table.add_column(title, key=key)
@@ -164,7 +171,8 @@ class RestoreWizard(InsiteScreen):
         nxt.variant = "error" if step == CONFIRM and self.overwrites else "primary"
         nxt.disabled = step == PLAN and (self.plan is None or self.plan_failed)
         if step == WHAT:  # each step starts on its first field
-            self.query_one("#source", Select).focus()
+            kind = self.query_one("#restore-kind", Select)
+            (kind if kind.display else self.query_one("#source", Select)).focus()
         elif step == PARTS:
             self.enter_parts()
         elif step == WHERE:
@@ -287,6 +295,17 @@ class RestoreWizard(InsiteScreen):
         self.fill_points(backup["source"], select_id=backup["id"])
         self.choose(backup)
         self.show_step(WHAT)
+
+    @on(Select.Changed, "#restore-kind")
+    def kind_changed(self, event: Select.Changed) -> None:
+        if not isinstance(event.value, str) or event.value == "backup":
+            return
+        from insite_console.tui.screens.platform import PlatformRecoveryScreen
+
+        def back(_record) -> None:
+            self.query_one("#restore-kind", Select).value = "backup"
+
+        self.app.push_screen(PlatformRecoveryScreen(str(event.value)), back)
 
     @on(Select.Changed, "#source")
     def source_changed(self, event: Select.Changed) -> None:
