@@ -626,7 +626,17 @@ class PostgresSource(Source):
                 raise
             code = proc.wait()
             stopped = clock.now()
-            if code != 0:
+            failures = _checksum_failures(stderr) if code == 1 else None
+            if failures is not None and {"backup_label", "backup_manifest"} <= set(sniffer.captured):
+                # pg_basebackup sends the whole backup (manifest and archived WAL included), then
+                # reports page checksum failures: a complete backup of damaged pages, kept and marked
+                # (as pgBackRest does), never a silent success nor a lost backup
+                self._meta["page_checksum_failures"] = failures
+                pages = ", ".join(f"{f['file']} block {f['block']}" for f in failures["pages"][:10])
+                ctx.warn(f"pg_basebackup of {pg.host_port}: {failures['total']} page checksum failure(s) in "
+                         f"{len(failures['files'])} file(s) ({pages}); the backup is complete but holds those "
+                         "pages as they are on disk (damaged): check the cluster's storage")
+            elif code != 0:
                 raise SourceError(f"pg_basebackup of {pg.host_port} failed: {exit_text('pg_basebackup', code)}"
                                   + (f": {tail_text(stderr, pg.secrets())}" if tail_text(stderr, pg.secrets()) else "")
                                   + " (the backup is incomplete)")
@@ -668,6 +678,27 @@ class PostgresSource(Source):
             proc.stdout.close()
             stderr.close()
             self.proc = None
+
+
+_CHECKSUM_PAGE = re.compile(r'checksum verification failed in file "([^"]+)", block (\d+)')
+_CHECKSUM_FILE = re.compile(r'file "([^"]+)" has a total of (\d+) checksum verification failure')
+
+
+def _checksum_failures(stderr) -> dict[str, Any] | None:
+    """Page checksum failures pg_basebackup reported (its WARNING lines), when they are why it
+    exited 1 ("checksum error occurred"); None for any other failure."""
+    try:
+        stderr.seek(0)
+        text = stderr.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    if "checksum error occurred" not in text:
+        return None
+    pages = [{"file": m.group(1).removeprefix("./"), "block": int(m.group(2))} for m in _CHECKSUM_PAGE.finditer(text)]
+    files = {m.group(1).removeprefix("./"): int(m.group(2)) for m in _CHECKSUM_FILE.finditer(text)}
+    for page in pages:
+        files.setdefault(page["file"], sum(1 for p in pages if p["file"] == page["file"]))
+    return {"total": sum(files.values()) or len(pages), "files": files, "pages": pages[:100]}
 
 
 def wait_or_cancel(proc: subprocess.Popen, cancel) -> None:
