@@ -793,8 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-owner", action="store_true", help="PostgreSQL logical: objects owned by the restoring user")
     p.add_argument("--no-acl", action="store_true", help="PostgreSQL logical: leave out GRANT/REVOKE")
     p.add_argument("--target-password-env", metavar="VAR",
-                   help="Redis target: the environment variable holding the target server's password (the "
-                        "source's password_env is never used for a target)")
+                   help="Redis or PostgreSQL (logical) target: the environment variable holding the target "
+                        "server's password (the source's password_env is never used for a target)")
     p.add_argument("--as-primary", action="store_true",
                    help="PostgreSQL PITR: restore as the new primary: it archives WAL (its new timeline's history "
                         "first) into the source's archive, so no later restore reuses that timeline")

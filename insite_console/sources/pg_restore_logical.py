@@ -295,15 +295,21 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
     if "=" not in target_dsn and "://" not in target_dsn:
         raise UsageError(f"--target for a logical PostgreSQL backup is a DSN such as "
                          f"postgresql://user@host:5432/dbname, got {target_dsn!r}")
-    pg = PgTarget(target_dsn, None)
-    if pg.password is None and settings.get("password_env") and os.environ.get(settings["password_env"]):
-        pg.password = os.environ[settings["password_env"]]
+    own_env = ctx.options.get("target_password_env")
+    pg = PgTarget(target_dsn, own_env)  # never the source's password_env: another server, its own secret
     pg_restore = pg_tool("pg_restore", settings)
     jobs = int(ctx.options.get("jobs") or settings.get("jobs") or 1)
     includes = list(ctx.includes or [])
 
-    with pg.connect() as conn:  # the target must be reachable before we read anything
-        existing = _target_objects(conn)
+    try:
+        with pg.connect() as conn:  # the target must be reachable before we read anything
+            existing = _target_objects(conn)
+    except SourceError as exc:
+        source_env = settings.get("password_env")
+        if own_env or not source_env or "password" not in str(exc):
+            raise
+        raise SourceError(f"{exc}; the source's password_env {source_env} is not used for a target server: pass "
+                          f"--target-password-env {source_env} if the target shares it") from None
 
     ctx.reporter.update(phase="reading catalog of the dump", force=True)
     toc = read_toc(ctx, archive, pg_restore)
