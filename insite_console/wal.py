@@ -131,6 +131,13 @@ def archived_names(repo, source: str) -> dict[str, int]:
     return {info.key[len(prefix):]: info.size for info in repo.storage.list(prefix)}
 
 
+def is_archived(ws, source: str, name: str) -> bool:
+    """Is this WAL file in the source's archive (on storage, not the catalog's word)?"""
+    from insite_console.repo.repository import SEALED
+
+    return ws.repository(storage_for_source(ws, source)).storage.exists(SEALED + wal_key(source, name))
+
+
 # ----- push -----------------------------------------------------------------------------------------
 
 def push(ws, source: str, path: str) -> int:

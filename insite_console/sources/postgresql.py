@@ -664,6 +664,8 @@ class PostgresSource(Source):
             info["stop_time"] = clock.iso_precise(stopped)
             info["tar_bytes"] = sniffer.total
             info["has_manifest"] = manifest_text is not None
+            if info.get("backup_from") == "standby":
+                info["stop_wal_archived"] = self._wait_stop_segment(ctx, info["stop_wal_file"])
             try:
                 with pg.connect() as conn:
                     counts, kinds = table_counts(conn, None, budget=10.0)
@@ -678,6 +680,30 @@ class PostgresSource(Source):
             proc.stdout.close()
             stderr.close()
             self.proc = None
+
+
+    def _wait_stop_segment(self, ctx: ScanContext, name: str) -> bool:
+        """A base backup from a standby is restorable once its stop segment is archived, and
+        pg_basebackup does not wait for it there (a standby archives nothing; the primary archives
+        the segment when it switches): wait up to `archive_wait` (5m), checked on storage."""
+        archived = ctx.extra.get("wal_archived")
+        where = self.target().host_port
+        if archived is None:
+            ctx.warn(f"base backup from the standby at {where}: whether its stop segment {name} is archived was "
+                     "not checked; the backup is restorable only once it is")
+            return False
+        wait = clock.parse_duration(str(self.settings.get("archive_wait") or "5m")).total_seconds()
+        ctx.reporter.update(phase=f"waiting for {name} to be archived", force=True)
+        deadline = time.monotonic() + wait
+        while not archived(name):
+            ctx.cancel.check()
+            if time.monotonic() >= deadline:
+                raise SourceError(f"base backup from the standby at {where}: its stop segment {name} was not "
+                                  f"archived within {clock.human_duration(wait)} (archive_wait), so the backup "
+                                  "could not be restored: the primary archives it when it switches segment (set "
+                                  "archive_timeout there, or run SELECT pg_switch_wal() on the primary)")
+            time.sleep(0.5)
+        return True
 
 
 _CHECKSUM_PAGE = re.compile(r'checksum verification failed in file "([^"]+)", block (\d+)')
