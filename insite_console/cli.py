@@ -527,7 +527,15 @@ def cmd_copy(args) -> int:
 def cmd_wal_push(args) -> int:
     from insite_console import wal
 
-    return wal.push(_workspace(args), args.source, args.path) or 0
+    from insite_console import wal_queue
+
+    if wal_queue.pushed_ahead(args.path):  # an earlier --parallel call stored it: no config, no repository
+        return 0
+    ws = _workspace(args)
+    parallel = args.parallel or int((ws.config.sources.get(args.source) or {}).get("archive_push_parallel") or 1)
+    if parallel > 1:  # push the other ready files too, several at a time
+        return wal_queue.push(ws, args.source, args.path, parallel)
+    return wal.push(ws, args.source, args.path) or 0
 
 
 def cmd_wal_fetch(args) -> int:
@@ -852,6 +860,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("wal-push", cmd_wal_push, "PostgreSQL archive_command helper", json_flag=False)
     p.add_argument("source")
     p.add_argument("path")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="also push the other ready WAL files, N at a time (default: the source's "
+                        "archive_push_parallel, else 1)")
     p = add("wal-fetch", cmd_wal_fetch, "PostgreSQL restore_command helper", json_flag=False)
     p.add_argument("source")
     p.add_argument("name")
