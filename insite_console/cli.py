@@ -234,7 +234,7 @@ def cmd_restore(args) -> int:
     at = _parse_at(args.at)
     options = {"pause": args.pause, "start_port": args.start_port, "target_timeline": args.target_timeline,
                "as_primary": args.as_primary, "with_globals": args.with_globals, "no_owner": args.no_owner,
-               "no_acl": args.no_acl, "target_password_env": args.target_password_env}
+               "no_acl": args.no_acl, "target_password_env": args.target_password_env, "delta": args.delta}
     token = _cancel_on_signals()
     result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
                          yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
@@ -803,6 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-password-env", metavar="VAR",
                    help="Redis or PostgreSQL (logical) target: the environment variable holding the target "
                         "server's password (the source's password_env is never used for a target)")
+    p.add_argument("--delta", action="store_true",
+                   help="PostgreSQL physical: update a stopped data directory in place, writing only the files "
+                        "that differ from the base backup")
     p.add_argument("--as-primary", action="store_true",
                    help="PostgreSQL PITR: restore as the new primary: it archives WAL (its new timeline's history "
                         "first) into the source's archive, so no later restore reuses that timeline")

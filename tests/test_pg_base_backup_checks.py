@@ -55,8 +55,8 @@ def test_restored_base_backup_is_verified_with_pg_verifybackup(checked, pg_facto
 
     real_extract = pg_restore_physical._extract_tar
 
-    def extract_then_damage(ctx, entry, where):
-        counts = real_extract(ctx, entry, where)
+    def extract_then_damage(ctx, entry, where, **kwargs):
+        counts = real_extract(ctx, entry, where, **kwargs)
         Path(where, "PG_VERSION").write_text("14\n")
         return counts
 
@@ -113,3 +113,52 @@ def test_page_checksum_failure_is_a_warning_on_a_complete_backup(checked, pg_fac
         assert any("page checksum failure" in note and relpath in note for note in done["notes"])
     finally:
         cluster.sql("DROP TABLE damaged")
+
+
+def test_delta_restore_writes_only_what_differs(checked, pg_factory):
+    """A PGDATA restored once, then damaged (a flipped byte, a truncated file, a deleted one,
+    junk added): `--delta` over it compares every file with the base backup byte for byte,
+    rewrites only those that differ, removes what the backup does not hold, passes
+    pg_verifybackup and recovers. It refuses a running server and a directory that is no PGDATA."""
+    config, cluster = checked["config"], checked["cluster"]
+    base = checked["base"]["id"]
+    target = Path(pg_factory.make_dir(f"bbchecks-delta-{free_port()}"))
+    first = json.loads(run_as_postgres(config, "restore", base, "--target", str(target), "--json").stdout)
+    assert first["status"] == "succeeded"
+    relpath = cluster.sql("SELECT pg_relation_filepath('t')")[0][0]
+    with open(target / relpath, "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0x10]))
+    (target / "global" / "pg_filenode.map").unlink()
+    with open(target / "pg_hba.conf", "r+") as handle:
+        handle.truncate(10)
+    (target / "junk.txt").write_text("not from the backup\n")
+    (target / "pg_wal" / "000000010000000000000099").write_bytes(b"\0" * 1024)
+
+    port = free_port()
+    result = run_as_postgres(config, "restore", base, "--target", str(target), "--delta", "--start-port", str(port),
+                             "--json", check=False)
+    restored = pg_factory.adopt(type(cluster)(datadir=str(target), port=port, sockdir=str(target),
+                                              log=str(target) + ".insite-recovery.log"))
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    done = json.loads(result.stdout)
+    delta = done["details"]["delta"]
+    # the three damaged files and postgresql.auto.conf (it held the first restore's settings)
+    assert delta["files_written"] == 4, delta
+    assert delta["files_unchanged"] > 500 and delta["removed"] == 3  # junk.txt, the segment, recovery.signal
+    assert done["bytes_written"] == delta["bytes_written"] < delta["bytes_unchanged"] / 10
+    assert done["details"]["verified"].startswith("verified with pg_verifybackup")
+    assert not (target / "junk.txt").exists() and not (target / "pg_wal" / "000000010000000000000099").exists()
+    assert done["recovery"]["state"] == "promoted"
+    assert restored.sql("SELECT count(*) FROM t") == [(500,)]
+
+    refused = run_as_postgres(config, "restore", base, "--target", str(target), "--delta", check=False)
+    assert refused.returncode == 1 and "a server is running on" in refused.stderr, refused.stderr
+    restored.stop()
+    other = Path(pg_factory.make_dir(f"bbchecks-notpg-{free_port()}"))
+    (other / "notes.txt").write_text("x")
+    refused = run_as_postgres(config, "restore", base, "--target", str(other), "--delta", check=False)
+    assert refused.returncode == 1 and "is not a PostgreSQL data directory" in refused.stderr, refused.stderr
+    assert (other / "notes.txt").exists()
