@@ -538,6 +538,18 @@ def cmd_wal_push(args) -> int:
     return wal.push(ws, args.source, args.path) or 0
 
 
+def cmd_wal_stream(args) -> int:
+    from insite_console import wal_stream
+
+    result = wal_stream.run(_workspace(args), args.source, spool=args.spool, slot=args.slot, duration=args.duration,
+                            cancel=_cancel_on_signals(), say=lambda line: print(line, flush=True))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"wal-stream {args.source}: stopped; {len(result['archived'])} file(s) archived")
+    return 0
+
+
 def cmd_wal_fetch(args) -> int:
     """Exit 1 only for "not in the archive"; any other failure (integrity, storage, config,
     passphrase, a bug) exits wal.FETCH_FATAL, so PostgreSQL stops recovery instead of promoting."""
@@ -570,8 +582,11 @@ def cmd_wal(args) -> int:
     archive = wal.archive_check(ws, args.source)  # also makes the catalog's listing match storage
     segments = wal.list_segments(ws, args.source)
     window = wal.restorable_window(ws, args.source)
+    from insite_console.wal_stream import stream_status
+
+    stream = stream_status(ws, args.source)
     if args.json:
-        _print_json({"window": window, "segments": segments, "archive": archive})
+        _print_json({"window": window, "segments": segments, "archive": archive, "stream": stream})
         return 0 if archive["status"] == "ok" else 1
     for row in segments:
         print(f"{row['name']:<40} {clock.human_bytes(row['size']):>10}  archived {row['archived_at'][:19]}Z  "
@@ -582,6 +597,11 @@ def cmd_wal(args) -> int:
           + (clock.human_duration(lag) if lag is not None else "-"))
     print(f"archive {archive['status'].upper()}: " + ("continuous" if archive["status"] == "ok"
                                                       else "; ".join(archive["problems"])))
+    if stream:
+        partial = stream.get("partial") or {}
+        print(f"wal-stream (pid {stream.get('pid')}{', stopped' if stream.get('stopped_at') else ''}): receiving "
+              f"{partial.get('name', '-')} ({clock.human_bytes(partial.get('bytes', 0))}, last written "
+              f"{partial.get('updated_at', '-')}); last archived {stream.get('last_archived') or '-'}")
     return 0 if archive["status"] == "ok" else 1
 
 
@@ -866,6 +886,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, metavar="N",
                    help="also push the other ready WAL files, N at a time (default: the source's "
                         "archive_push_parallel, else 1)")
+    p = add("wal-stream", cmd_wal_stream, "stream WAL with pg_receivewal into the archive (a long-running service)")
+    p.add_argument("source")
+    p.add_argument("--spool", help="where pg_receivewal writes (default: STATE_DIR/wal-stream/SOURCE)")
+    p.add_argument("--slot", help="the replication slot (default: insite_SOURCE, created if missing)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until "
+                   "SIGTERM or Ctrl-C)")
     p = add("wal-fetch", cmd_wal_fetch, "PostgreSQL restore_command helper", json_flag=False)
     p.add_argument("source")
     p.add_argument("name")
