@@ -525,9 +525,7 @@ def cmd_copy(args) -> int:
 
 
 def cmd_wal_push(args) -> int:
-    from insite_console import wal
-
-    from insite_console import wal_queue
+    from insite_console import wal, wal_queue
 
     if wal_queue.pushed_ahead(args.path):  # an earlier --parallel call stored it: no config, no repository
         return 0

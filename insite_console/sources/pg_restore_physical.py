@@ -427,11 +427,20 @@ def _write_if_different(ctx, source, dest: str, member) -> tuple[bool, int]:
     with os.fdopen(fd, "wb") as out:
         if head:
             with open(dest, "rb") as old:
-                out.write(old.read(head))
+                _copy_head(old, out, head)
         out.write(first)
         count = head + len(first) + _copy_stream(ctx, source, out)
     os.replace(temp, dest)
     return False, count
+
+
+def _copy_head(old, out, length: int) -> None:
+    while length:
+        block = old.read(min(length, 1 << 20))
+        if not block:
+            raise OSError(f"{old.name} shrank while being compared")
+        out.write(block)
+        length -= len(block)
 
 
 def _remove_not_in_backup(target: str, seen: set[str]) -> int:
