@@ -370,9 +370,10 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
     if includes and large_objects:
         summary["large_objects"] = lo_count if lo_tables else 0
         if lo_tables:
-            warnings.append(f"{', '.join(lo_tables)} {'has' if len(lo_tables) == 1 else 'have'} an oid/lo column: "
-                            f"the dump's {lo_count} large object(s) are restored with {'it' if len(lo_tables) == 1 else 'them'} "
-                            "(pg_restore restores large objects all together)")
+            one = len(lo_tables) == 1
+            warnings.append(f"{', '.join(lo_tables)} {'has' if one else 'have'} an oid/lo column: the dump's "
+                            f"{lo_count} large object(s) are restored with {'it' if one else 'them'} (pg_restore "
+                            "restores large objects all together)")
         else:
             warnings.append(f"the dump's {lo_count} large object(s) are not restored: no included table has an "
                             "oid or lo column that could name them")
