@@ -152,7 +152,13 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
                 warnings.append(message)
             catalog.event(backup_id, message, level="warning")
 
-        ctx = ScanContext(parent=parent_tree, reporter=reporter, cancel=cancel, warn=warn, backup_type=backup_type)
+        extra: dict[str, Any] = {}
+        if source_settings["type"] == "postgresql":  # a base backup from a standby waits for its stop segment
+            from insite_console import wal
+
+            extra["wal_archived"] = lambda name: wal.is_archived(ws, source_name, name)
+        ctx = ScanContext(parent=parent_tree, reporter=reporter, cancel=cancel, warn=warn, backup_type=backup_type,
+                          extra=extra)
         if group is not None:
             ctx.group, ctx.moment = group
         _start_size_estimate(source, reporter)

@@ -262,7 +262,7 @@ def cmd_restore(args) -> int:
     at = _parse_at(args.at)
     options = {"pause": args.pause, "start_port": args.start_port, "target_timeline": args.target_timeline,
                "as_primary": args.as_primary, "with_globals": args.with_globals, "no_owner": args.no_owner,
-               "no_acl": args.no_acl, "target_password_env": args.target_password_env}
+               "no_acl": args.no_acl, "target_password_env": args.target_password_env, "delta": args.delta}
     token = _cancel_on_signals()
     result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
                          yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
@@ -573,9 +573,27 @@ def cmd_copy(args) -> int:
 
 
 def cmd_wal_push(args) -> int:
-    from insite_console import wal
+    from insite_console import wal, wal_queue
 
-    return wal.push(_workspace(args), args.source, args.path) or 0
+    if wal_queue.pushed_ahead(args.path):  # an earlier --parallel call stored it: no config, no repository
+        return 0
+    ws = _workspace(args)
+    parallel = args.parallel or int((ws.config.sources.get(args.source) or {}).get("archive_push_parallel") or 1)
+    if parallel > 1:  # push the other ready files too, several at a time
+        return wal_queue.push(ws, args.source, args.path, parallel)
+    return wal.push(ws, args.source, args.path) or 0
+
+
+def cmd_wal_stream(args) -> int:
+    from insite_console import wal_stream
+
+    result = wal_stream.run(_workspace(args), args.source, spool=args.spool, slot=args.slot, duration=args.duration,
+                            cancel=_cancel_on_signals(), say=lambda line: print(line, flush=True))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"wal-stream {args.source}: stopped; {len(result['archived'])} file(s) archived")
+    return 0
 
 
 def cmd_wal_fetch(args) -> int:
@@ -610,8 +628,11 @@ def cmd_wal(args) -> int:
     archive = wal.archive_check(ws, args.source)  # also makes the catalog's listing match storage
     segments = wal.list_segments(ws, args.source)
     window = wal.restorable_window(ws, args.source)
+    from insite_console.wal_stream import stream_status
+
+    stream = stream_status(ws, args.source)
     if args.json:
-        _print_json({"window": window, "segments": segments, "archive": archive})
+        _print_json({"window": window, "segments": segments, "archive": archive, "stream": stream})
         return 0 if archive["status"] == "ok" else 1
     for row in segments:
         print(f"{row['name']:<40} {clock.human_bytes(row['size']):>10}  archived {row['archived_at'][:19]}Z  "
@@ -622,6 +643,11 @@ def cmd_wal(args) -> int:
           + (clock.human_duration(lag) if lag is not None else "-"))
     print(f"archive {archive['status'].upper()}: " + ("continuous" if archive["status"] == "ok"
                                                       else "; ".join(archive["problems"])))
+    if stream:
+        partial = stream.get("partial") or {}
+        print(f"wal-stream (pid {stream.get('pid')}{', stopped' if stream.get('stopped_at') else ''}): receiving "
+              f"{partial.get('name', '-')} ({clock.human_bytes(partial.get('bytes', 0))}, last written "
+              f"{partial.get('updated_at', '-')}); last archived {stream.get('last_archived') or '-'}")
     return 0 if archive["status"] == "ok" else 1
 
 
@@ -872,8 +898,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-owner", action="store_true", help="PostgreSQL logical: objects owned by the restoring user")
     p.add_argument("--no-acl", action="store_true", help="PostgreSQL logical: leave out GRANT/REVOKE")
     p.add_argument("--target-password-env", metavar="VAR",
-                   help="Redis target: the environment variable holding the target server's password (the "
-                        "source's password_env is never used for a target)")
+                   help="Redis or PostgreSQL (logical) target: the environment variable holding the target "
+                        "server's password (the source's password_env is never used for a target)")
+    p.add_argument("--delta", action="store_true",
+                   help="PostgreSQL physical: update a stopped data directory in place, writing only the files "
+                        "that differ from the base backup")
     p.add_argument("--as-primary", action="store_true",
                    help="PostgreSQL PITR: restore as the new primary: it archives WAL (its new timeline's history "
                         "first) into the source's archive, so no later restore reuses that timeline")
@@ -933,6 +962,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("wal-push", cmd_wal_push, "PostgreSQL archive_command helper", json_flag=False)
     p.add_argument("source")
     p.add_argument("path")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="also push the other ready WAL files, N at a time (default: the source's "
+                        "archive_push_parallel, else 1)")
+    p = add("wal-stream", cmd_wal_stream, "stream WAL with pg_receivewal into the archive (a long-running service)")
+    p.add_argument("source")
+    p.add_argument("--spool", help="where pg_receivewal writes (default: STATE_DIR/wal-stream/SOURCE)")
+    p.add_argument("--slot", help="the replication slot (default: insite_SOURCE, created if missing)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until "
+                   "SIGTERM or Ctrl-C)")
     p = add("wal-fetch", cmd_wal_fetch, "PostgreSQL restore_command helper", json_flag=False)
     p.add_argument("source")
     p.add_argument("name")

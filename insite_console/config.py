@@ -171,7 +171,8 @@ SCHEMAS: dict[str, dict[str, dict[str, tuple[Check, bool]]]] = {
                   "one_file_system": (_is_bool, False)},
         "postgresql": {"dsn": (_is_str, True), "mode": (_one_of("logical", "physical"), False),
                        "password_env": (_is_str, False), "jobs": (_is_pos_int, False),
-                       "exact_counts": (_is_bool, False), "pg_bin": (_is_str, False)},
+                       "exact_counts": (_is_bool, False), "pg_bin": (_is_str, False),
+                       "archive_wait": (_is_duration, False), "archive_push_parallel": (_is_pos_int, False)},
         "redis": {"url": (_is_str, True), "password_env": (_is_str, False), "data_dir": (_is_str, False)},
     },
 }

@@ -131,6 +131,13 @@ def archived_names(repo, source: str) -> dict[str, int]:
     return {info.key[len(prefix):]: info.size for info in repo.storage.list(prefix)}
 
 
+def is_archived(ws, source: str, name: str) -> bool:
+    """Is this WAL file in the source's archive (on storage, not the catalog's word)?"""
+    from insite_console.repo.repository import SEALED
+
+    return ws.repository(storage_for_source(ws, source)).storage.exists(SEALED + wal_key(source, name))
+
+
 # ----- push -----------------------------------------------------------------------------------------
 
 def push(ws, source: str, path: str) -> int:
@@ -164,13 +171,13 @@ def push_file(ws, source: str, path: str) -> dict[str, Any]:
     if existing is not None:
         if hashlib.sha256(existing).hexdigest() == digest:
             _record_quietly(ws, source, name, storage, len(data), digest, path)
-            return {"name": name, "status": "already archived", "bytes": len(data)}
+            return {"name": name, "status": "already archived", "bytes": len(data), "sha256": digest}
         raise WalError(f"wal-push {source}: {where} is already archived with DIFFERENT content; refusing to "
                        "overwrite it (two clusters archiving into one source, or a restored server with "
                        "archive_mode on?)")
     repo.put_sealed(key, data)
     _record_quietly(ws, source, name, storage, len(data), digest, path)
-    return {"name": name, "status": "archived", "bytes": len(data)}
+    return {"name": name, "status": "archived", "bytes": len(data), "sha256": digest}
 
 
 def system_identifier(name: str, data: bytes, path: str) -> str | None:

@@ -606,3 +606,36 @@ def test_base_backup_extraction_refuses_paths_and_links_that_escape(tmp_path):
         with pytest.raises(RestoreRefused):
             _extract_tar(ctx_for(tar_with(*bad)), None, str(target))
     assert not (tmp_path / "evil").exists()
+
+
+def test_delta_extraction_rewrites_only_files_that_differ(tmp_path):
+    """--delta's file level: a file equal to the backup's is left alone (not even rewritten), one
+    that differs after its first MiB is rebuilt whole and right, and what the backup lacks goes."""
+    import io
+    import tarfile
+    import types
+
+    from insite_console.events import CancelToken
+    from insite_console.sources.pg_restore_physical import _extract_tar, _remove_not_in_backup
+
+    big = os.urandom(3 << 20)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as archive:
+        for name, data in (("PG_VERSION", b"15\n"), ("base/big", big), ("base/small", b"abc")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    ctx = types.SimpleNamespace(open_entry=lambda entry: io.BytesIO(buf.getvalue()), cancel=CancelToken(),
+                                reporter=types.SimpleNamespace(advance=lambda **kw: None))
+    _extract_tar(ctx, None, str(tmp_path))
+    damaged = bytearray(big)
+    damaged[(2 << 20) + 5] ^= 1
+    (tmp_path / "base" / "big").write_bytes(bytes(damaged))
+    (tmp_path / "base" / "extra").write_text("not in the backup")
+    small_inode = (tmp_path / "base" / "small").stat().st_ino
+    changes: dict = {}
+    assert _extract_tar(ctx, None, str(tmp_path), delta=changes) == (1, len(big))
+    assert changes["unchanged"] == 2 and _remove_not_in_backup(str(tmp_path), changes.pop("seen")) == 1
+    assert (tmp_path / "base" / "big").read_bytes() == big
+    assert (tmp_path / "base" / "small").stat().st_ino == small_inode
+    assert sorted(p.name for p in (tmp_path / "base").iterdir()) == ["big", "small"]

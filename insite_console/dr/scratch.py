@@ -95,7 +95,9 @@ def _logical(ws, backup: dict, settings: dict, storage: str | None, cancel) -> S
 
     scratch.on_close(drop)
     try:
-        scratch.result = restore.run(ws, backup["id"], dsn, cancel=cancel, storage=storage)
+        # the scratch database is on the server just logged in to with the source's password_env
+        scratch.result = restore.run(ws, backup["id"], dsn, cancel=cancel, storage=storage,
+                                     options={"target_password_env": settings.get("password_env")})
     except BaseException:
         scratch.close()
         raise

@@ -145,8 +145,9 @@ def read_toc(ctx, archive: DumpArchive, pg_restore: str) -> list[TocEntry]:
 
 
 def _definitions(ctx, archive: DumpArchive, pg_restore: str, toc: list[TocEntry]) -> dict[tuple[str, str | None, str], str]:
-    """SQL of INDEX / SEQUENCE / SEQUENCE OWNED BY entries, read from the archive's TOC only."""
-    wanted = [e for e in toc if e.kind in ("INDEX", "SEQUENCE", "SEQUENCE OWNED BY")]
+    """SQL of INDEX / SEQUENCE / SEQUENCE OWNED BY / TABLE / FK CONSTRAINT entries, read from the
+    archive's TOC only (definitions, no data)."""
+    wanted = [e for e in toc if e.kind in ("INDEX", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE", "FK CONSTRAINT")]
     if not wanted:
         return {}
     with tempfile.NamedTemporaryFile("w", suffix=".list", delete=False) as handle:
@@ -219,6 +220,42 @@ def skipped_dependents(toc: list[TocEntry], chosen: list[TocEntry]) -> list[TocE
             and (e.schema, e.table_token) in tables]
 
 
+LARGE_OBJECT_KINDS = ("BLOB", "BLOBS", "BLOB METADATA", "LARGE OBJECT")
+_LO_COLUMN = re.compile(r"^\s+(?:\"(?:[^\"]|\"\")*\"|\S+) (?:oid|(?:\S+\.)?lo)(?:\[\])?(?: |,|$)", re.M)
+
+
+def large_object_entries(toc: list[TocEntry]) -> list[TocEntry]:
+    """The dump's large objects: their metadata, data, comments and grants."""
+    return [e for e in toc if e.kind in LARGE_OBJECT_KINDS
+            or (e.kind in ("COMMENT", "ACL") and e.name.startswith("LARGE OBJECT "))]
+
+
+def tables_pointing_to_large_objects(chosen: list[TocEntry], defs: dict) -> list[str]:
+    """Chosen tables with a column of type oid or lo (the lo extension's domain): their rows may
+    name large objects, which `pg_restore -t` would leave out."""
+    out = []
+    for e in chosen:
+        if e.kind == "TABLE" and _LO_COLUMN.search(defs.get(("TABLE", e.schema, e.name), "")):
+            out.append(f"{e.schema}.{e.name}")
+    return out
+
+
+def incoming_foreign_keys(toc: list[TocEntry], chosen: list[TocEntry], defs: dict) -> list[dict[str, str]]:
+    """Foreign keys of tables NOT restored that reference a restored table (from the dump): the
+    rows on the other side point into what the partial restore replaces."""
+    tables = {(e.schema, e.name) for e in chosen if e.kind == "TABLE"}
+    out = []
+    for e in toc:
+        if e.kind != "FK CONSTRAINT" or (e.schema, e.table_token) in tables:
+            continue
+        body = defs.get(("FK CONSTRAINT", e.schema, e.name), "")
+        for schema, name in tables:
+            if re.search(rf"REFERENCES {re.escape(_qual(schema, name))}\(", body):
+                out.append({"constraint": e.name.split(" ", 1)[-1], "from": f"{e.schema}.{e.table_token}",
+                            "to": f"{schema}.{name}"})
+    return out
+
+
 def _qual(schema: str | None, name: str) -> str:
     def q(ident: str) -> str:
         return ident if re.fullmatch(r"[a-z_][a-z0-9_$]*", ident) else '"' + ident.replace('"', '""') + '"'
@@ -235,8 +272,13 @@ def _target_objects(conn) -> dict[str, Any]:
         "WHERE n.nspname NOT IN ('pg_catalog','information_schema')").fetchone()[0]
     los = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
     schemas = {row[0] for row in conn.execute("SELECT nspname FROM pg_namespace").fetchall()}
+    foreign_keys = conn.execute(
+        "SELECT c.conname, fn.nspname, f.relname, tn.nspname, t.relname FROM pg_constraint c "
+        "JOIN pg_class f ON f.oid = c.conrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace "
+        "JOIN pg_class t ON t.oid = c.confrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace "
+        "WHERE c.contype = 'f' AND c.conrelid <> c.confrelid").fetchall()
     return {"relations": {(s, n) for s, n, _k in rels}, "functions": int(funcs), "large_objects": int(los),
-            "schemas": schemas}
+            "schemas": schemas, "foreign_keys": foreign_keys}
 
 
 def restore_logical(ctx) -> dict[str, Any]:
@@ -253,18 +295,28 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
     if "=" not in target_dsn and "://" not in target_dsn:
         raise UsageError(f"--target for a logical PostgreSQL backup is a DSN such as "
                          f"postgresql://user@host:5432/dbname, got {target_dsn!r}")
-    pg = PgTarget(target_dsn, None)
-    if pg.password is None and settings.get("password_env") and os.environ.get(settings["password_env"]):
-        pg.password = os.environ[settings["password_env"]]
+    own_env = ctx.options.get("target_password_env")
+    pg = PgTarget(target_dsn, own_env)  # never the source's password_env: another server, its own secret
     pg_restore = pg_tool("pg_restore", settings)
     jobs = int(ctx.options.get("jobs") or settings.get("jobs") or 1)
     includes = list(ctx.includes or [])
 
-    with pg.connect() as conn:  # the target must be reachable before we read anything
-        existing = _target_objects(conn)
+    try:
+        with pg.connect() as conn:  # the target must be reachable before we read anything
+            existing = _target_objects(conn)
+    except SourceError as exc:
+        source_env = settings.get("password_env")
+        if own_env or not source_env or "password" not in str(exc):
+            raise
+        raise SourceError(f"{exc}; the source's password_env {source_env} is not used for a target server: pass "
+                          f"--target-password-env {source_env} if the target shares it") from None
 
     ctx.reporter.update(phase="reading catalog of the dump", force=True)
     toc = read_toc(ctx, archive, pg_restore)
+    large_objects = large_object_entries(toc)
+    lo_count = sum(1 for e in large_objects if e.kind in ("BLOB", "BLOB METADATA"))
+    incoming: list[dict[str, str]] = []
+    lo_tables: list[str] = []
     if includes:
         defs = _definitions(ctx, archive, pg_restore, toc)
         missing = {e.name for e in toc if e.kind == "SCHEMA"} - existing["schemas"]
@@ -273,12 +325,29 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
         if not any(e.kind in ("TABLE", "VIEW", "MATERIALIZED VIEW", "FOREIGN TABLE") for e in chosen):
             raise UsageError(f"--include {', '.join(includes)}: no table of backup {ctx.backup['id']} matches "
                              "(use schema.table, globs allowed: public.*)")
+        incoming = incoming_foreign_keys(toc, chosen, defs)
+        lo_tables = tables_pointing_to_large_objects(chosen, defs)
+        if lo_tables and large_objects:  # rows that name large objects bring them along (all: one BLOBS entry)
+            chosen = chosen + large_objects
     else:
         chosen = toc
         left_out = []
     relations = existing["relations"]
     clashes = [e for e in chosen if e.kind in ("TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE")
                and (e.schema, e.name) in relations]
+    restored_los = {e.name for e in chosen if e.kind in ("BLOB", "BLOB METADATA")}
+    lo_clashes = sorted(restored_los & _existing_large_objects(pg, restored_los), key=int) if restored_los else []
+    # a foreign key in the target onto a table this restore drops and recreates makes the drop fail,
+    # unless the restore drops that key first (a whole restore does; a partial one leaves keys out)
+    problems = []
+    replaced = {(e.schema, e.name) for e in clashes}
+    dropped_keys = {(e.schema, e.name) for e in chosen if e.kind == "FK CONSTRAINT"}
+    for conname, fschema, ftable, tschema, ttable in existing["foreign_keys"]:
+        if (tschema, ttable) in replaced and (fschema, f"{ftable} {conname}") not in dropped_keys:
+            problems.append(f"the target's {fschema}.{ftable} has foreign key {conname} referencing "
+                            f"{tschema}.{ttable}, which this restore drops and recreates (the drop would fail): "
+                            "drop that constraint in the target first (a partial restore does not recreate "
+                            "foreign keys), or restore the whole database")
     non_empty = bool(relations or existing["functions"] or existing["large_objects"])
     plan = []
     for e in chosen:
@@ -292,16 +361,36 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
                "existing_in_target": len(clashes), "target": pg.describe(), "jobs": jobs,
                "rows_expected": sum(v for k, v in baselines.items() if k in selected_tables),
                "left_out": [e.label() for e in left_out]}
+    warnings = []
+    if incoming:
+        summary["incoming_foreign_keys"] = incoming
+        warnings.append("foreign keys of tables not restored point into the restored tables (their rows may name "
+                        "rows that differ after the restore; the constraints are not recreated): "
+                        + ", ".join(f"{fk['from']}.{fk['constraint']} → {fk['to']}" for fk in incoming[:20]))
+    if includes and large_objects:
+        summary["large_objects"] = lo_count if lo_tables else 0
+        if lo_tables:
+            one = len(lo_tables) == 1
+            warnings.append(f"{', '.join(lo_tables)} {'has' if one else 'have'} an oid/lo column: the dump's "
+                            f"{lo_count} large object(s) are restored with {'it' if one else 'them'} (pg_restore "
+                            "restores large objects all together)")
+        else:
+            warnings.append(f"the dump's {lo_count} large object(s) are not restored: no included table has an "
+                            "oid or lo column that could name them")
     with_globals = bool(ctx.options.get("with_globals"))
     if with_globals:
         roles = _globals_plan(ctx, pg, settings)
         plan = roles["plan"] + plan
         summary["globals"] = {"create": roles["create"], "keep_existing": roles["keep"]}
     if ctx.dry_run:
-        return {"files": len(selected_tables), "bytes_written": 0, "plan": plan, "details": summary}
+        notes = [f"pre-flight problem: {problem}" for problem in problems] + [f"warning: {w}" for w in warnings]
+        return {"files": len(selected_tables), "bytes_written": 0, "plan": plan, "details": summary,
+                "problems": problems, "notes": notes}
+    if problems:
+        raise RestoreRefused("restore pre-flight failed:\n  - " + "\n  - ".join(problems))
     if not ctx.yes:
-        if includes and clashes:
-            names = ", ".join(e.label() for e in clashes[:5])
+        if includes and (clashes or lo_clashes):
+            names = ", ".join([e.label() for e in clashes[:5]] + [f"large object {oid}" for oid in lo_clashes[:5]])
             raise RestoreRefused(f"target {pg.describe()} already has {names}; pass --yes to drop and recreate "
                                  "them, or --dry-run to see the plan")
         if not includes and non_empty:
@@ -321,7 +410,7 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
         args.append("--no-owner")
     if ctx.options.get("no_acl"):
         args.append("--no-acl")
-    if ctx.yes and (clashes or (non_empty and not includes)):
+    if ctx.yes and (clashes or lo_clashes or (non_empty and not includes)):
         args += ["--clean", "--if-exists"]
     list_path = None
     if includes:
@@ -363,15 +452,41 @@ def _restore_logical(ctx, archive: DumpArchive, settings: dict) -> dict[str, Any
             kind = ((ctx.manifest.get("source_info") or {}).get("baseline_kinds") or {}).get(key, "exact")
             comparison.append({"object": key, "backup": expected, "restored": count, "kind": kind,
                                "match": (expected == count) if kind == "exact" else None})
+        written = archive.size
+        if includes:  # pg_restore read the whole dump but wrote only these tables (and large objects)
+            written = conn.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE (n.nspname || '.' || c.relname) = ANY(%s)",
+                [sorted(selected_tables)]).fetchone()[0]
+            if restored_los:
+                written += _large_object_bytes(conn, restored_los)
     mismatched = [c for c in comparison if c["match"] is False]
-    notes.insert(0, f"restored {len(selected_tables)} tables into {pg.describe()}")
+    notes.insert(0, f"restored {len(selected_tables)} tables"
+                 + (f" and {len(restored_los)} large objects" if restored_los else "") + f" into {pg.describe()}")
+    notes += [f"warning: {w}" for w in warnings]
     if left_out:
         notes.append("not restored by a partial restore (they depend on other objects; recreate them if needed): "
                      + ", ".join(e.label() for e in left_out[:20]))
     if mismatched:
         notes.append("row counts differ from the backup for: " + ", ".join(c["object"] for c in mismatched[:10]))
-    return {"files": len(selected_tables), "bytes_written": archive.size, "baselines": comparison,
+    return {"files": len(selected_tables), "bytes_written": int(written), "baselines": comparison,
             "details": summary, "notes": notes}
+
+
+def _existing_large_objects(pg: PgTarget, oids: set[str]) -> set[str]:
+    with pg.connect() as conn:
+        rows = conn.execute("SELECT oid::text FROM pg_largeobject_metadata WHERE oid = ANY(%s::oid[])",
+                            [sorted(oids)]).fetchall()
+    return {row[0] for row in rows}
+
+
+def _large_object_bytes(conn, oids: set[str]) -> int:
+    """The size of the restored large objects (pg_largeobject needs a superuser; 0 without)."""
+    try:
+        return int(conn.execute("SELECT coalesce(sum(length(data)), 0)::bigint FROM pg_largeobject "
+                                "WHERE loid = ANY(%s::oid[])", [sorted(oids)]).fetchone()[0])
+    except Exception:
+        return 0
 
 
 

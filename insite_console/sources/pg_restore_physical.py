@@ -30,6 +30,7 @@ def restore_physical(ctx) -> dict[str, Any]:
     pause = bool(ctx.options.get("pause"))
     start_port = ctx.options.get("start_port")
     as_primary = bool(ctx.options.get("as_primary"))
+    delta = bool(ctx.options.get("delta"))
     target_timeline = str(ctx.options.get("target_timeline") or "latest")
     if target_timeline not in ("latest", "current") and not target_timeline.isdigit():
         raise UsageError(f"--target-timeline {target_timeline!r}: give latest, current or a timeline number")
@@ -44,9 +45,11 @@ def restore_physical(ctx) -> dict[str, Any]:
     if os.path.lexists(target):
         if not os.path.isdir(target) or os.path.islink(target):
             problems.append(f"target {target} exists and is not a directory")
-        elif os.listdir(target):
+        elif os.listdir(target) and not delta:
             problems.append(f"target {target} is not empty; a physical restore needs an empty directory "
-                            "(it becomes PGDATA)")
+                            "(it becomes PGDATA), or --delta to update a stopped data directory in place")
+        elif os.listdir(target):
+            problems += _delta_problems(target)
     stop_time = clock.parse_iso(info["stop_time"]) if info.get("stop_time") else None
     now = clock.now()
     if at is not None:
@@ -65,6 +68,8 @@ def restore_physical(ctx) -> dict[str, Any]:
         parent = os.path.dirname(parent)
     free = shutil.disk_usage(parent).free
     need = int(entry.size * 1.05) + check.get("wal_bytes_estimate", 0)
+    if delta and os.path.isdir(target):  # files that stay are not written again
+        need = max(0, need - _tree_size(target))
     if free < need:
         problems.append(f"not enough free space in {parent}: {clock.human_bytes(free)} free, about "
                         f"{clock.human_bytes(need)} needed (base backup + WAL to replay)")
@@ -86,8 +91,10 @@ def restore_physical(ctx) -> dict[str, Any]:
         settings.append(f"recovery_target_time = '{at.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S.%f')}+00:00'")
         settings.append(f"recovery_target_action = '{'pause' if pause else 'promote'}'")
         settings.append("recovery_target_inclusive = true")
-    plan = [{"action": "create", "type": "dir", "path": target, "bytes": entry.size,
-             "what": "PGDATA from the base backup"},
+    in_place = delta and os.path.isdir(target) and bool(os.listdir(target))
+    plan = [{"action": "update" if in_place else "create", "type": "dir", "path": target, "bytes": entry.size,
+             "what": "PGDATA updated in place: only files that differ from the base backup are written, the "
+                     "others removed" if in_place else "PGDATA from the base backup"},
             {"action": "create", "type": "file", "path": os.path.join(target, "recovery.signal"), "bytes": 0},
             {"action": "append", "type": "file", "path": os.path.join(target, "postgresql.auto.conf"), "bytes": 0,
              "settings": settings[1:]}]
@@ -114,8 +121,12 @@ def restore_physical(ctx) -> dict[str, Any]:
     os.makedirs(target, mode=0o700, exist_ok=True)
     os.chmod(target, 0o700)
     ctx.reporter.update(phase="restoring", bytes_total=entry.size, force=True)
+    changes: dict | None = {} if in_place else None
     try:
-        files, written = _extract_tar(ctx, entry, target)
+        files, written = _extract_tar(ctx, entry, target, delta=changes)
+        if changes is not None:
+            changes["removed"] = _remove_not_in_backup(target, changes.pop("seen"))
+        verified = _verify_base_backup(ctx, target, in_place)
         for sub in ("pg_wal", "pg_wal/archive_status"):
             os.makedirs(os.path.join(target, sub), mode=0o700, exist_ok=True)
         with open(os.path.join(target, "recovery.signal"), "w"):
@@ -128,6 +139,8 @@ def restore_physical(ctx) -> dict[str, Any]:
         if owner is not None:
             _chown_tree(target, *owner)
     except BaseException:
+        if in_place:  # the old PGDATA is partly replaced already: left for a second --delta run
+            raise
         if created:
             shutil.rmtree(target, ignore_errors=True)
         else:
@@ -136,8 +149,22 @@ def restore_physical(ctx) -> dict[str, Any]:
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) and not os.path.islink(path) \
                     else os.unlink(path)
         raise
-    notes = [f"PGDATA laid out in {target} from base backup {ctx.backup['id']}",
+    notes = [f"PGDATA laid out in {target} from base backup {ctx.backup['id']}", verified,
              "recovery replays WAL with: " + restore_command]
+    summary["verified"] = verified
+    if changes is not None:
+        summary["delta"] = {"files_written": files, "bytes_written": written,
+                            "files_unchanged": changes.get("unchanged", 0),
+                            "bytes_unchanged": changes.get("unchanged_bytes", 0), "removed": changes["removed"]}
+        notes[0] = (f"PGDATA in {target} updated in place from base backup {ctx.backup['id']} (--delta): "
+                    f"{files} file(s) written ({clock.human_bytes(written)}), {changes.get('unchanged', 0)} "
+                    f"unchanged ({clock.human_bytes(changes.get('unchanged_bytes', 0))}, compared byte for byte), "
+                    f"{changes['removed']} removed (not in the backup)")
+    damaged = info.get("page_checksum_failures")
+    if damaged:
+        notes.append(f"warning: the base backup was taken with {damaged.get('total')} page checksum failure(s) in "
+                     f"{', '.join(sorted(damaged.get('files') or {})[:5])}: those pages are restored as they were "
+                     "on disk (damaged)")
     if as_primary:
         notes.append(f"restored as the new primary: it archives into {source}'s archive (archive_command "
                      "wal-push); at promotion its new timeline's history file is archived first, so a later "
@@ -168,6 +195,83 @@ def restore_physical(ctx) -> dict[str, Any]:
         if pause and at is not None:
             notes.append("recovery pauses at the target: check with SQL, then SELECT pg_wal_replay_resume() to promote")
     return result
+
+
+def _delta_problems(target: str) -> list[str]:
+    """--delta over a non-empty directory: it must be a PostgreSQL data directory, stopped, whose
+    pg_wal is not a link elsewhere (it is emptied)."""
+    if not os.path.isfile(os.path.join(target, "PG_VERSION")):
+        return [f"--delta: {target} is not a PostgreSQL data directory (no PG_VERSION); give an empty "
+                "directory or a data directory"]
+    problems = []
+    pid_file = os.path.join(target, "postmaster.pid")
+    try:
+        with open(pid_file) as handle:
+            pid = int(handle.readline().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    if pid > 0:
+        try:
+            os.kill(pid, 0)
+            running = True
+        except ProcessLookupError:
+            running = False
+        except PermissionError:
+            running = True
+        if running:
+            problems.append(f"--delta: a server is running on {target} (postmaster.pid, pid {pid}); stop it first "
+                            f"(pg_ctl -D {target} stop)")
+    if os.path.islink(os.path.join(target, "pg_wal")):
+        problems.append(f"--delta: {target}/pg_wal is a symlink (to {os.readlink(os.path.join(target, 'pg_wal'))}); "
+                        "a delta restore does not follow it: restore into an empty directory")
+    return problems
+
+
+def _tree_size(root: str) -> int:
+    total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _verify_base_backup(ctx, target: str, in_place: bool = False) -> str:
+    """pg_verifybackup of the extracted PGDATA against its backup_manifest, before anything
+    starts on it: every file present, of the right size and checksum (WAL is checked by the
+    pre-flight and recovery, so `--no-parse-wal`). Returns the note saying what was checked;
+    raises naming the first differences."""
+    manifest = os.path.join(target, "backup_manifest")
+    if not os.path.exists(manifest):
+        return "not verified with pg_verifybackup: the base backup carries no backup_manifest"
+    try:
+        tool = pg_tool("pg_verifybackup", source_settings(ctx))
+    except SourceError as exc:
+        return f"not verified with pg_verifybackup: {exc}"
+    args = [tool, "--no-parse-wal", "--quiet"]
+    try:
+        with open(manifest, "rb") as handle:
+            listed = [item.get("Path", "") for item in json.load(handle).get("Files") or []]
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    for path in listed:  # socket lock files are not restored (see _extract_tar)
+        if "/" not in path and path.startswith(".s.PGSQL."):
+            args += ["--ignore", path]
+    ctx.reporter.update(phase="verifying the base backup", force=True)
+    try:
+        result = subprocess.run(args + [target], capture_output=True, text=True, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SourceError(f"pg_verifybackup of the restored base backup in {target} could not run: {exc}") from None
+    if result.returncode != 0:
+        lines = [line.removeprefix("pg_verifybackup: error: ") for line in result.stderr.strip().splitlines()]
+        raise SourceError(f"pg_verifybackup: the restored base backup {ctx.backup['id']} does not match its "
+                          f"backup_manifest: {'; '.join(lines[:10]) or f'exit status {result.returncode}'}; "
+                          + ("no server was started (the data directory is partly updated: run the --delta "
+                             "restore again)" if in_place else "the restored files were removed and no server was "
+                             "started"))
+    return f"verified with pg_verifybackup against its backup_manifest ({len(listed)} files)"
 
 
 def _shell_quote(text: str) -> str:
@@ -207,12 +311,16 @@ def _chown_tree(root: str, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def _extract_tar(ctx, entry, target: str) -> tuple[int, int]:
+def _extract_tar(ctx, entry, target: str, delta: dict | None = None) -> tuple[int, int]:
     """Stream-extract the base backup into `target`: regular files, directories and symlinks that
-    stay inside; no absolute paths, no '..', nothing written through a symlink."""
+    stay inside; no absolute paths, no '..', nothing written through a symlink.
+    With `delta` (a dict it fills: a restore over an existing PGDATA), a file of the same size is
+    compared byte for byte with the stream and left alone when equal; a different one is
+    replaced (write beside, rename); `delta["seen"]` collects every path of the backup."""
     root = os.path.realpath(target)
     files = 0
     written = 0
+    seen: set[str] = delta.setdefault("seen", set()) if delta is not None else set()
     with ctx.open_entry(entry) as stream:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
             for member in archive:
@@ -229,6 +337,9 @@ def _extract_tar(ctx, entry, target: str) -> tuple[int, int]:
                 if real_parent != root and not real_parent.startswith(root + os.sep):
                     raise RestoreRefused(f"base backup member {member.name!r} would be written through a symlink "
                                          f"outside {target}")
+                seen.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+                if delta is not None:
+                    _clear_the_way(dest, member)
                 if member.isdir():
                     os.makedirs(dest, mode=0o700, exist_ok=True)
                     if os.path.islink(dest):
@@ -241,25 +352,114 @@ def _extract_tar(ctx, entry, target: str) -> tuple[int, int]:
                         raise RestoreRefused(f"base backup member {member.name!r} is a symlink to {link!r}, outside "
                                              f"{target} (tablespaces are not supported by a single-tar backup)")
                     os.makedirs(parent, mode=0o700, exist_ok=True)
-                    os.symlink(link, dest)
+                    if not os.path.islink(dest):  # (delta: an equal link was left in place)
+                        os.symlink(link, dest)
                 elif member.isreg():
                     os.makedirs(parent, mode=0o700, exist_ok=True)
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                    fd = os.open(dest, flags, (member.mode & 0o640) or 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        source = archive.extractfile(member)
-                        while True:
-                            block = source.read(1 << 20)
-                            if not block:
-                                break
-                            out.write(block)
-                            written += len(block)
-                            ctx.reporter.advance(bytes_done=len(block))
+                    source = archive.extractfile(member)
+                    if delta is not None and os.path.isfile(dest) and not os.path.islink(dest):
+                        same, count = _write_if_different(ctx, source, dest, member)
+                        if same:
+                            delta["unchanged"] = delta.get("unchanged", 0) + 1
+                            delta["unchanged_bytes"] = delta.get("unchanged_bytes", 0) + member.size
+                            continue
+                    else:
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                        fd = os.open(dest, flags, (member.mode & 0o640) or 0o600)
+                        with os.fdopen(fd, "wb") as out:
+                            count = _copy_stream(ctx, source, out)
                     os.utime(dest, (member.mtime, member.mtime))
                     files += 1
+                    written += count
                 else:
                     raise RestoreRefused(f"base backup member {member.name!r} is a {member.type!r} entry; refusing")
     return files, written
+
+
+def _copy_stream(ctx, source, out) -> int:
+    count = 0
+    while True:
+        block = source.read(1 << 20)
+        if not block:
+            return count
+        out.write(block)
+        count += len(block)
+        ctx.reporter.advance(bytes_done=len(block))
+
+
+def _clear_the_way(dest: str, member) -> None:
+    """Delta: remove what stands where the member goes and is of another kind (or another link)."""
+    if not os.path.lexists(dest):
+        return
+    if os.path.islink(dest):
+        if member.issym() and os.readlink(dest) == member.linkname:
+            return
+        os.unlink(dest)
+    elif os.path.isdir(dest):
+        if not member.isdir():
+            shutil.rmtree(dest)
+    elif not member.isreg():
+        os.unlink(dest)
+
+
+def _write_if_different(ctx, source, dest: str, member) -> tuple[bool, int]:
+    """Delta: compare the member's bytes with the existing file as they stream by; equal (same
+    size, same bytes): (True, 0), nothing written. Else the file is rebuilt beside it (the equal
+    head copied from the old file, the rest from the stream) and renamed over it."""
+    if os.path.getsize(dest) == member.size:
+        offset = 0
+        with open(dest, "rb") as old:
+            while True:
+                block = source.read(1 << 20)
+                if not block:
+                    return True, 0
+                ctx.reporter.advance(bytes_done=len(block))
+                if old.read(len(block)) != block:
+                    break
+                offset += len(block)
+        head, first = offset, block
+    else:
+        head, first = 0, b""
+    temp = dest + ".insite-delta"
+    if os.path.lexists(temp):
+        os.unlink(temp)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, (member.mode & 0o640) or 0o600)
+    with os.fdopen(fd, "wb") as out:
+        if head:
+            with open(dest, "rb") as old:
+                _copy_head(old, out, head)
+        out.write(first)
+        count = head + len(first) + _copy_stream(ctx, source, out)
+    os.replace(temp, dest)
+    return False, count
+
+
+def _copy_head(old, out, length: int) -> None:
+    while length:
+        block = old.read(min(length, 1 << 20))
+        if not block:
+            raise OSError(f"{old.name} shrank while being compared")
+        out.write(block)
+        length -= len(block)
+
+
+def _remove_not_in_backup(target: str, seen: set[str]) -> int:
+    """Delta: remove what the existing PGDATA holds and the base backup does not (old WAL,
+    files of dropped relations, a stale postmaster.pid, logs). Returns how many were removed."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(target, topdown=False):
+        rel_dir = os.path.relpath(dirpath, target)
+        for name in filenames + dirnames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rel in seen:
+                continue
+            path = os.path.join(dirpath, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            removed += 1
+    return removed
 
 
 def _as_user(owner: tuple[int, int] | None, args: list[str]) -> list[str]:

@@ -636,7 +636,17 @@ class PostgresSource(Source):
                 raise
             code = proc.wait()
             stopped = clock.now()
-            if code != 0:
+            failures = _checksum_failures(stderr) if code == 1 else None
+            if failures is not None and {"backup_label", "backup_manifest"} <= set(sniffer.captured):
+                # pg_basebackup sends the whole backup (manifest and archived WAL included), then
+                # reports page checksum failures: a complete backup of damaged pages, kept and marked
+                # (as pgBackRest does), never a silent success nor a lost backup
+                self._meta["page_checksum_failures"] = failures
+                pages = ", ".join(f"{f['file']} block {f['block']}" for f in failures["pages"][:10])
+                ctx.warn(f"pg_basebackup of {pg.host_port}: {failures['total']} page checksum failure(s) in "
+                         f"{len(failures['files'])} file(s) ({pages}); the backup is complete but holds those "
+                         "pages as they are on disk (damaged): check the cluster's storage")
+            elif code != 0:
                 raise SourceError(f"pg_basebackup of {pg.host_port} failed: {exit_text('pg_basebackup', code)}"
                                   + (f": {tail_text(stderr, pg.secrets())}" if tail_text(stderr, pg.secrets()) else "")
                                   + " (the backup is incomplete)")
@@ -664,6 +674,8 @@ class PostgresSource(Source):
             info["stop_time"] = clock.iso_precise(stopped)
             info["tar_bytes"] = sniffer.total
             info["has_manifest"] = manifest_text is not None
+            if info.get("backup_from") == "standby":
+                info["stop_wal_archived"] = self._wait_stop_segment(ctx, info["stop_wal_file"])
             if ctx.group:
                 info["point"] = self._mark_wal_position(ctx)
             try:
@@ -707,6 +719,50 @@ class PostgresSource(Source):
                 ctx.warn(f"PostgreSQL at {pg.host_port}: cannot switch WAL ({scrub(str(exc), pg.secrets())}); "
                          "the group point can be replayed to once its segment has been archived")
         return facts
+
+    def _wait_stop_segment(self, ctx: ScanContext, name: str) -> bool:
+        """A base backup from a standby is restorable once its stop segment is archived, and
+        pg_basebackup does not wait for it there (a standby archives nothing; the primary archives
+        the segment when it switches): wait up to `archive_wait` (5m), checked on storage."""
+        archived = ctx.extra.get("wal_archived")
+        where = self.target().host_port
+        if archived is None:
+            ctx.warn(f"base backup from the standby at {where}: whether its stop segment {name} is archived was "
+                     "not checked; the backup is restorable only once it is")
+            return False
+        wait = clock.parse_duration(str(self.settings.get("archive_wait") or "5m")).total_seconds()
+        ctx.reporter.update(phase=f"waiting for {name} to be archived", force=True)
+        deadline = time.monotonic() + wait
+        while not archived(name):
+            ctx.cancel.check()
+            if time.monotonic() >= deadline:
+                raise SourceError(f"base backup from the standby at {where}: its stop segment {name} was not "
+                                  f"archived within {clock.human_duration(wait)} (archive_wait), so the backup "
+                                  "could not be restored: the primary archives it when it switches segment (set "
+                                  "archive_timeout there, or run SELECT pg_switch_wal() on the primary)")
+            time.sleep(0.5)
+        return True
+
+
+_CHECKSUM_PAGE = re.compile(r'checksum verification failed in file "([^"]+)", block (\d+)')
+_CHECKSUM_FILE = re.compile(r'file "([^"]+)" has a total of (\d+) checksum verification failure')
+
+
+def _checksum_failures(stderr) -> dict[str, Any] | None:
+    """Page checksum failures pg_basebackup reported (its WARNING lines), when they are why it
+    exited 1 ("checksum error occurred"); None for any other failure."""
+    try:
+        stderr.seek(0)
+        text = stderr.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    if "checksum error occurred" not in text:
+        return None
+    pages = [{"file": m.group(1).removeprefix("./"), "block": int(m.group(2))} for m in _CHECKSUM_PAGE.finditer(text)]
+    files = {m.group(1).removeprefix("./"): int(m.group(2)) for m in _CHECKSUM_FILE.finditer(text)}
+    for page in pages:
+        files.setdefault(page["file"], sum(1 for p in pages if p["file"] == page["file"]))
+    return {"total": sum(files.values()) or len(pages), "files": files, "pages": pages[:100]}
 
 
 def wait_or_cancel(proc: subprocess.Popen, cancel) -> None:

@@ -1,0 +1,164 @@
+"""Streaming WAL: `wal-stream SOURCE` runs pg_receivewal into a spool and pushes each completed
+segment (and history file) into the source's archive, as `wal-push` would.
+
+    insite-console -c CONFIG wal-stream main_db          # a long-running service (systemd, ...)
+
+pg_receivewal connects with the replication protocol, through a physical replication slot
+(`insite_<source>`, created if missing) so the server keeps the WAL the streamer has not
+received yet, and writes the segment in progress as `NAME.partial` in the spool: on the
+streaming host the data-loss window is seconds, not archive_timeout. A segment pg_receivewal
+completes (renames from .partial) is pushed with the same checks as archive_command's
+(encrypted, authenticated, the system identifier, never overwritten with other content; an
+identical copy already pushed by archive_command is fine), then removed from the spool (the
+newest pushed one is kept: pg_receivewal resumes after it). It runs alongside archive_command,
+or instead of it.
+
+`status.json` in the spool says what is being received (the .partial's name and size, when it
+last grew) and what was last archived; `wal SOURCE` shows it. pg_receivewal is restarted (5 s
+apart) when it stops, its error printed; SIGTERM or Ctrl-C stops both cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from insite_console import clock
+from insite_console.errors import ConfigError, SourceError
+from insite_console.events import CancelToken
+
+_COMPLETED = re.compile(r"^[0-9A-F]{24}$|^[0-9A-F]{8}\.history$")
+STATUS_FILE = "status.json"
+RESTART_DELAY = 5.0
+
+
+def spool_dir(ws, source: str) -> Path:
+    return ws.config.state_dir / "wal-stream" / source
+
+
+def slot_name(source: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", f"insite_{source}".lower())[:63]
+
+
+def stream_status(ws, source: str) -> dict[str, Any] | None:
+    """The running (or last) streamer's status for `source`, if one streams into this state dir."""
+    try:
+        return json.loads((spool_dir(ws, source) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run(ws, source: str, spool: str | None = None, slot: str | None = None, duration: float | None = None,
+        cancel: CancelToken | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stream until cancelled (or `duration` seconds); returns what was archived."""
+    from insite_console import wal
+    from insite_console.sources.postgresql import PgTarget, pg_tool, tail_text
+
+    settings = ws.config.sources.get(source)
+    if not settings or settings.get("type") != "postgresql":
+        raise ConfigError(f"{ws.config.path}: source.{source} is not a postgresql source")
+    wal.storage_for_source(ws, source)  # a source without a policy has no archive: say so now
+    cancel = cancel or CancelToken()
+    pg = PgTarget(settings["dsn"], settings.get("password_env"))
+    directory = Path(spool) if spool else spool_dir(ws, source)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    slot = slot or slot_name(source)
+    tool = pg_tool("pg_receivewal", settings)
+    base = [tool, "--no-password", "--slot", slot, "--dbname", pg.conninfo()]
+    created = subprocess.run(base + ["--create-slot", "--if-not-exists"], capture_output=True, text=True,
+                             env=pg.env(), timeout=60)
+    if created.returncode != 0:
+        raise SourceError(f"pg_receivewal at {pg.host_port}: cannot create the replication slot {slot}: "
+                          f"{created.stderr.strip()[-500:]} (the DSN's user needs the REPLICATION attribute and a "
+                          "replication line in pg_hba.conf; max_replication_slots > 0)")
+    archived: list[str] = []
+    state: dict[str, Any] = {"source": source, "slot": slot, "spool": str(directory), "pid": os.getpid(),
+                             "started_at": clock.iso(clock.now()), "last_archived": None, "errors": 0}
+    deadline = time.monotonic() + duration if duration else None
+    say(f"wal-stream {source}: pg_receivewal from {pg.host_port} (slot {slot}) into {directory}")
+    proc = None
+    stderr = None
+    restart_at = 0.0
+    try:
+        while not cancel.cancelled and (deadline is None or time.monotonic() < deadline):
+            if proc is None and time.monotonic() >= restart_at:
+                stderr = tempfile.TemporaryFile()
+                proc = subprocess.Popen(base + ["--directory", str(directory), "--no-loop", "--status-interval=1"],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                        env=pg.env())
+            _push_completed(ws, source, directory, archived, state, say)
+            _write_status(directory, state)
+            if proc is not None and proc.poll() is not None:
+                state["errors"] += 1
+                say(f"wal-stream {source}: pg_receivewal exited with status {proc.returncode}: "
+                    f"{tail_text(stderr, pg.secrets(), 500) or '(no message)'}; restarting in {RESTART_DELAY:g}s")
+                stderr.close()
+                proc, restart_at = None, time.monotonic() + RESTART_DELAY
+            time.sleep(0.5)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # pg_receivewal flushes what it has and exits
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if stderr is not None:
+            stderr.close()
+        _push_completed(ws, source, directory, archived, state, say)
+        state["stopped_at"] = clock.iso(clock.now())
+        _write_status(directory, state)
+    return {"source": source, "slot": slot, "spool": str(directory), "archived": archived,
+            "restarts": state["errors"]}
+
+
+def _push_completed(ws, source: str, directory: Path, archived: list[str], state: dict, say) -> None:
+    """Push every completed file in the spool (history files first, then in WAL order); remove
+    the pushed ones but the newest segment (pg_receivewal resumes after it)."""
+    from insite_console import wal
+
+    names = sorted((p.name for p in directory.iterdir() if _COMPLETED.match(p.name)),
+                   key=lambda n: (not n.endswith(".history"), n))
+    pushed_segments = []
+    for name in names:
+        path = directory / name
+        if name in state.setdefault("pushed", []):
+            pushed_segments.append(name)
+            continue
+        try:
+            result = wal.push_file(ws, source, str(path))
+        except Exception as exc:  # noqa: BLE001 - kept in the spool, tried again next round
+            state["errors"] += 1
+            say(f"wal-stream {source}: {name} not archived: {exc}")
+            break  # in order: a later segment waits for this one
+        archived.append(name)
+        state["last_archived"] = name
+        state["last_archived_at"] = clock.iso(clock.now())
+        say(f"wal-stream {source}: {name} {result['status']} (streamed)")
+        if name.endswith(".history"):
+            path.unlink()
+        else:
+            state["pushed"].append(name)
+            pushed_segments.append(name)
+    for name in sorted(pushed_segments)[:-1]:
+        (directory / name).unlink(missing_ok=True)
+        state["pushed"].remove(name)
+    partial = sorted(p for p in directory.iterdir() if p.name.endswith(".partial"))
+    state["partial"] = None  # none between a completed segment and the first WAL of the next
+    if partial:
+        stat = partial[-1].stat()
+        state["partial"] = {"name": partial[-1].name, "bytes": stat.st_size,
+                            "updated_at": clock.iso_precise(datetime.fromtimestamp(stat.st_mtime, timezone.utc))}
+
+
+def _write_status(directory: Path, state: dict) -> None:
+    temp = directory / f".{STATUS_FILE}.tmp"
+    temp.write_text(json.dumps({k: v for k, v in state.items() if k != "pushed"}, indent=1))
+    os.replace(temp, directory / STATUS_FILE)
