@@ -244,7 +244,7 @@ _COMMIT = re.compile(r"desc: (?:COMMIT|ABORT) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:
 
 def segment_times(ws, source: str, path: str) -> tuple[str | None, str | None]:
     """First and last commit/abort time in a segment (pg_waldump), as ISO UTC; None if unknown."""
-    from insite_console.sources.postgresql import pg_tool
+    from insite_console.sources.pg_client import pg_tool
 
     try:
         tool = pg_tool("pg_waldump", ws.config.sources.get(source))
@@ -410,7 +410,7 @@ def history_name(timeline: int) -> str:
 
 def parse_history(text: str) -> list[tuple[int, int]]:
     """A timeline history file: [(parent timeline, LSN where it was left)], oldest first."""
-    from insite_console.sources.postgresql import parse_lsn
+    from insite_console.sources.pg_client import parse_lsn
 
     entries = []
     for line in text.splitlines():

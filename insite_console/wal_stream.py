@@ -59,7 +59,7 @@ def run(ws, source: str, spool: str | None = None, slot: str | None = None, dura
         cancel: CancelToken | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Stream until cancelled (or `duration` seconds); returns what was archived."""
     from insite_console import wal
-    from insite_console.sources.postgresql import PgTarget, pg_tool, tail_text
+    from insite_console.sources.pg_client import PgTarget, pg_tool, tail_text
 
     settings = ws.config.sources.get(source)
     if not settings or settings.get("type") != "postgresql":

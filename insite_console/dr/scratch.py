@@ -75,7 +75,7 @@ def restore_into_scratch(ws, backup: dict, folder: Path, storage: str | None, ca
 
 
 def _logical(ws, backup: dict, settings: dict, storage: str | None, cancel) -> Scratch:
-    from insite_console.sources.postgresql import PgTarget
+    from insite_console.sources.pg_client import PgTarget
 
     server = PgTarget(ws.config.dr.get("scratch_postgres") or settings["dsn"], settings.get("password_env"))
     name = f"insite_drill_{backup['id'][:12].lower()}_{os.getpid()}"
@@ -106,7 +106,7 @@ def _logical(ws, backup: dict, settings: dict, storage: str | None, cancel) -> S
 
 def _physical(ws, backup: dict, folder: Path, storage: str | None, cancel) -> Scratch:
     from insite_console.sources.pg_restore_physical import _superuser
-    from insite_console.sources.postgresql import PgTarget, pg_tool
+    from insite_console.sources.pg_client import PgTarget, pg_tool
 
     port = free_port()
     pgdata = folder / "pgdata"

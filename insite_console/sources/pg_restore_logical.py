@@ -13,7 +13,7 @@ from typing import Any
 
 from insite_console import clock
 from insite_console.errors import RestoreRefused, SourceError, UsageError
-from insite_console.sources.postgresql import (
+from insite_console.sources.pg_client import (
     GLOBALS_FILE,
     PgTarget,
     pg_tool,

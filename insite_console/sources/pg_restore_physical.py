@@ -17,7 +17,7 @@ from typing import Any
 
 from insite_console import clock
 from insite_console.errors import RestoreRefused, SourceError, UsageError
-from insite_console.sources.postgresql import pg_tool, source_settings
+from insite_console.sources.pg_client import pg_tool, source_settings
 
 
 def restore_physical(ctx) -> dict[str, Any]:
