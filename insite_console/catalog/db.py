@@ -141,6 +141,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN origin TEXT;
     ALTER TABLE runs ADD COLUMN cancelled_by TEXT;
     """,
+    # 10: the restore audit: who restored (user, host, origin), what (policy, includes), over
+    # production or not, and why (a reason or ticket id, asked for over production)
+    """
+    ALTER TABLE restores ADD COLUMN user TEXT;
+    ALTER TABLE restores ADD COLUMN host TEXT;
+    ALTER TABLE restores ADD COLUMN origin TEXT;
+    ALTER TABLE restores ADD COLUMN policy TEXT;
+    ALTER TABLE restores ADD COLUMN includes TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE restores ADD COLUMN over_source INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE restores ADD COLUMN reason TEXT;
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -405,12 +416,22 @@ class Catalog:
     def insert_restore(self, row: dict) -> None:
         row = dict(row)
         row["info"] = json.dumps(row.get("info", {}))
+        if "includes" in row:
+            row["includes"] = json.dumps(row["includes"] or [])
         names = list(row)
         self.db.execute(f"INSERT OR REPLACE INTO restores ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         tuple(map(_text, row.values())))
 
     def restores(self, limit: int = 50) -> list[dict]:
-        return [dict(row) for row in self.db.execute("SELECT * FROM restores ORDER BY started_at DESC LIMIT ?", (limit,))]
+        return [_restore_dict(row) for row in
+                self.db.execute("SELECT * FROM restores ORDER BY started_at DESC LIMIT ?", (limit,))]
+
+    def restore(self, restore_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM restores WHERE id = ?", (restore_id,)).fetchone()
+        return _restore_dict(row) if row else None
+
+    def restore_ids(self) -> set[str]:
+        return {row["id"] for row in self.db.execute("SELECT id FROM restores")}
 
     def restore_throughput(self) -> float | None:
         """Average bytes/s of past real restores, for a dry run's time estimate."""
@@ -589,6 +610,15 @@ def _order_by(column: str, direction: str) -> str:
 def order_key(backup: dict) -> tuple[str, str]:
     """The catalog's order as a sort key (newest last), for lists merged in Python."""
     return backup.get("started_at_precise") or clock.iso_precise(clock.parse_iso(backup["started_at"])), backup["id"]
+
+
+def _restore_dict(row: sqlite3.Row) -> dict:
+    item = dict(row)
+    item["info"] = json.loads(item.get("info") or "{}")
+    item["includes"] = json.loads(item.get("includes") or "[]")
+    item["over_source"] = bool(item.get("over_source"))
+    item["dry_run"] = bool(item.get("dry_run"))
+    return item
 
 
 def _backup_dict(row: sqlite3.Row) -> dict:

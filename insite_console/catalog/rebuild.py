@@ -9,6 +9,7 @@ Neither brings back a backup this catalog forgot: its tombstone outranks a stray
 
 from __future__ import annotations
 
+from insite_console import audit
 from insite_console.dr import history
 from insite_console.errors import InsiteError
 
@@ -19,6 +20,7 @@ def sync(ws, storage: str | None = None) -> dict:
     forgotten = catalog.forgotten_ids()
     known = catalog.backup_statuses()
     found, added, problems, drills = 0, [], [], []
+    audits: dict[str, list[str]] = {"restores": [], "recoveries": []}
     skipped: set[str] = set()
     on_storage: dict[str, set[str]] = {}
     for name in names:
@@ -34,6 +36,11 @@ def sync(ws, storage: str | None = None) -> dict:
             drills += history.sync(ws, repo)
         except InsiteError as exc:
             problems.append(f"{name}: drill history: {exc}")
+        try:
+            for kind, ids_added in audit.sync(ws, repo).items():
+                audits[kind] += ids_added
+        except InsiteError as exc:
+            problems.append(f"{name}: restore history: {exc}")
         for backup_id in sorted(ids):
             if backup_id in forgotten:
                 skipped.add(backup_id)
@@ -69,7 +76,7 @@ def sync(ws, storage: str | None = None) -> dict:
                         f"{len(removed)} removed")
     return {"storages": names, "backups": found, "added": added, "removed": removed,
             "marked_missing": len(removed), "skipped_forgotten": sorted(skipped), "problems": problems,
-            "drills_added": drills}
+            "drills_added": drills, "restores_added": audits["restores"], "recoveries_added": audits["recoveries"]}
 
 
 def _last_verification_failed(catalog, backup_id: str) -> bool:

@@ -13,6 +13,7 @@ tests jump through a two-hour plan at once. A drill passes only when every step 
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from typing import Any, Callable
@@ -289,6 +290,7 @@ class Drill:
                           **{k: v for k, v in st.items()
                              if k in ("backup_id", "bytes_written", "data_loss_seconds", "scratch")}})
         record = {"id": self.id, "scenario": scenario.id, "name": scenario.name, "mode": self.mode,
+                  "user": who.user(), "host": socket.gethostname(),
                   "status": status, "started_at": clock.iso(started), "finished_at": clock.iso(clock.now()),
                   "rto_seconds": scenario.rto_seconds, "rpo_seconds": scenario.rpo_seconds,
                   "recovery_seconds": round(recovery, 3), "data_loss_seconds": data_loss,
