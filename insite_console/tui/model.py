@@ -33,6 +33,7 @@ STATUS = {
     "passed": ("✓", "passed", "success"),
     "done": ("✓", "done", "success"),
     "incomplete": ("◐", "incomplete", "warning"),
+    "partial": ("◐", "partial", "warning"),  # a platform recovery that brought back only some components
     "skipped": ("○", "skipped", "warning"),
     "not run": ("○", "not run", "warning"),
     "blocked": ("✗", "blocked", "error"),
