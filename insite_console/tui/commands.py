@@ -42,8 +42,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("restore_wizard", "4", "show_restore", "Restore", "Restore wizard: what, which parts, where, plan",
             writes=True),
     Command("drills", "5", "show_drills", "DR", "DR drills: scenarios and plans, tabletop and live drills, playback"),
+    # not in the footer: at 80 columns it would push "q Quit" off (help and the palette list it)
     Command("history", "6", "show_history", "History",
-            "Restore history and audit: every restore, recovery and drill, who, where, why"),
+            "Restore history and audit: every restore, recovery and drill, who, where, why", show=False),
     Command("backup", "b", "backup_now", "Backup", "Run a backup now (of the selected policy, or choose one)",
             writes=True),
     Command("help", "question_mark", "help", "Help", "Keys of every screen", key_display="?"),

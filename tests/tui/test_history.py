@@ -24,7 +24,7 @@ async def test_history_screen_lists_a_restore_with_who_where_and_why(make_app, c
         assert app.current_mode == "history"
         rows = table_rows(app.screen.query_one("#history-table", DataTable))
         assert len(rows) == 1
-        status, kind, _started, took, by, what, where, why = rows[0]
+        status, _started, by, why, kind, took, where, what = rows[0]
         assert (status, kind, why) == ("✓ ok", "restore", "CHG-9: config check")
         assert by == f"{who.user()}@{socket.gethostname()}" and where == str(target)[:32]
         assert what.startswith(etc["id"]) and took != "—"
@@ -65,6 +65,6 @@ async def test_wizard_asks_why_before_a_restore_over_production(make_app, consol
         await pilot.press("6")
         await settle(app, pilot)
         rows = table_rows(app.screen.query_one("#history-table", DataTable))
-        assert rows[0][6].startswith("▲ ") and rows[0][7] == "INC-77 bad push"
+        assert rows[0][6].startswith("▲ ") and rows[0][3] == "INC-77 bad push"
     row = console_workspace.catalog.restores()[0]
     assert (row["reason"], row["over_source"], row["origin"]) == ("INC-77 bad push", True, "console")

@@ -38,9 +38,10 @@ class HistoryScreen(InsiteScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#history-table", DataTable)
-        for key, title in (("status", "Outcome"), ("kind", "Kind"), ("started", "Started (UTC)"),
-                           ("duration", "Took"), ("who", "Who"), ("what", "What"), ("where", "Where"),
-                           ("why", "Why")):
+        # what an auditor reads first comes first: narrow terminals clip the right-hand columns
+        # (the selected entry is shown in full below)
+        for key, title in (("status", "Outcome"), ("started", "Started (UTC)"), ("who", "Who"), ("why", "Why"),
+                           ("kind", "Kind"), ("duration", "Took"), ("where", "Where"), ("what", "What")):
             table.add_column(title, key=key)
         self.watch(self.app, "catalog_version", lambda _: self.refresh_history() if self.is_active else None,
                    init=False)
@@ -64,9 +65,9 @@ class HistoryScreen(InsiteScreen):
             label, role = model.status_label(e["status"])
             duration = "—" if e["duration_seconds"] is None else clock.human_duration(e["duration_seconds"])
             where = ("▲ " if e["over_source"] else "") + (e["target"] or "—")
-            table.add_row(Text(label, style=role_style(self.app, role)), e["kind"], model.short_time(e["started_at"]),
-                          duration, f"{e['user'] or '?'}@{e['host'] or '?'}" if e["user"] else "unrecorded",
-                          audit.what_text(e)[:40], where[:32], (e["reason"] or "—")[:30], key=key)
+            table.add_row(Text(label, style=role_style(self.app, role)), model.short_time(e["started_at"]),
+                          f"{e['user']}@{e['host'] or '?'}" if e["user"] else "unrecorded", (e["reason"] or "—")[:30],
+                          e["kind"], duration, where[:32], audit.what_text(e)[:40], key=key)
         if self.entries:
             keys = list(self.entries)
             table.move_cursor(row=keys.index(selected) if selected in keys else 0)
