@@ -347,7 +347,8 @@ class Catalog:
         return [_backup_dict(row) for row in self.db.execute(sql, args)]
 
     def backups_page(self, start: int, count: int, total: int, column: str = "started_at", descending: bool = True,
-                     policy: str | None = None, search: str | None = None) -> list[dict]:
+                     policy: str | None = None, search: str | None = None,
+                     search_statuses: Iterable[str] = ()) -> list[dict]:
         """Rows start..start+count of the sorted, filtered catalog, for a paged table.
 
         SQLite's OFFSET walks every skipped row, so a page in the second half is read from the
@@ -355,7 +356,7 @@ class Catalog:
         costs what the first one does. The id breaks ties, so pages never repeat or skip a row."""
         if f"{column} ASC" not in _ORDERS:
             column = "started_at"
-        where, args = self.backup_filter(policy, None, None, search)
+        where, args = self.backup_filter(policy, None, None, search, search_statuses)
         end = min(total, start + count)
         reverse = start > total - end
         direction = "DESC" if descending != reverse else "ASC"
@@ -366,20 +367,26 @@ class Catalog:
         return page[::-1] if reverse else page
 
     def count_backups(self, policy: str | None = None, status: str | None = None, source: str | None = None,
-                      search: str | None = None) -> int:
-        sql, args = self.backup_filter(policy, status, source, search)
+                      search: str | None = None, search_statuses: Iterable[str] = ()) -> int:
+        sql, args = self.backup_filter(policy, status, source, search, search_statuses)
         return self.db.execute("SELECT COUNT(*) FROM backups" + sql, args).fetchone()[0]
 
     @staticmethod
-    def backup_filter(policy, status, source, search) -> tuple[str, list]:
+    def backup_filter(policy, status, source, search, search_statuses: Iterable[str] = ()) -> tuple[str, list]:
+        """WHERE for a listing. `search` matches the columns as stored and the start as a list
+        shows it ("2026-11-27 06:00"); `search_statuses` are statuses whose displayed word the
+        search matched (the console shows succeeded as "ok")."""
         clauses, args = [], []
         for column, value in (("policy", policy), ("status", status), ("source", source)):
             if value:
                 clauses.append(f"{column} = ?")
                 args.append(value)
         if search:
-            clauses.append("(id LIKE ? OR policy LIKE ? OR source LIKE ? OR type LIKE ? OR status LIKE ? OR storage LIKE ?)")
-            args += [f"%{search}%"] * 6
+            shown = list(search_statuses)
+            clauses.append("(id LIKE ? OR policy LIKE ? OR source LIKE ? OR type LIKE ? OR status LIKE ? OR storage LIKE ? "
+                           "OR replace(started_at, 'T', ' ') LIKE ?"
+                           + (f" OR status IN ({', '.join('?' * len(shown))})" if shown else "") + ")")
+            args += [f"%{search}%"] * 7 + shown
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
     def last_backup(self, policy: str, status: str = "succeeded", types: Iterable[str] | None = None) -> dict | None:

@@ -48,6 +48,16 @@ def status_label(status: str | None) -> tuple[str, str]:
     return f"{symbol} {word}", role
 
 
+def statuses_shown_as(search: str) -> list[str]:
+    """The statuses whose displayed text ("✓ ok", "✗ failed") contains `search`, so a filter
+    matches what the screen shows: `ok` finds succeeded backups."""
+    needle = search.strip().lower()
+    if not needle:
+        return []
+    return sorted(status for status, (symbol, word, _role) in STATUS.items()
+                  if needle in f"{symbol} {word}".lower())
+
+
 def parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
