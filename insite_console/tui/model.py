@@ -205,6 +205,7 @@ class JobView:
     origin: str = "other process"
     started_by: str = ""  # 'USER@HOST · console', from the run's record
     cancelled_by: str | None = None
+    run_origin: str | None = None  # console / cli / scheduler / drill, as the run recorded it
     bytes_per_second: float | None = None
     files_per_second: float | None = None
     samples: list[tuple[float, int, int]] = field(default_factory=list)
@@ -264,9 +265,35 @@ class JobView:
         return clock.human_duration(eta) if eta is not None else "—"
 
     def progress_text(self) -> str:
+        """A bar while it runs; once done, what it came to (a failed or cancelled run: how far it got)."""
+        if not self.running:
+            return self.totals_text()
         fraction = self.fraction
         percent = f"{fraction * 100:3.0f}%" if fraction is not None else "  ?%"
         return f"{text_bar(fraction, 10)} {percent}"
+
+    def totals_text(self) -> str:
+        if not self.files_done and not self.bytes_done:
+            return "—"
+        return f"{self.files_done:,} files · {size_text(self.bytes_done)}"
+
+    def kind_text(self) -> str:
+        """The Job column: a drill, an off-site copy, and what a drill ran, say so."""
+        text = {"drill": "DR drill", "copy": "copy"}.get(self.kind, self.kind)
+        if self.run_origin == "drill" and self.kind != "drill":
+            text += " (drill)"
+        return text
+
+    def duration_seconds(self, now: datetime | None = None) -> float | None:
+        start = parse_time(self.started_at)
+        if start is None:
+            return None
+        end = (now or clock.now()) if self.running else parse_time(self.finished_at)
+        return None if end is None else max(0.0, (end - start).total_seconds())
+
+    def duration_text(self, now: datetime | None = None) -> str:
+        seconds = self.duration_seconds(now)
+        return "—" if seconds is None else clock.human_duration(seconds)
 
 
 def job_from_run(row: dict, own_pids: set[int]) -> JobView:
@@ -283,7 +310,7 @@ def job_from_run(row: dict, own_pids: set[int]) -> JobView:
         files_done=row.get("files_done") or 0, files_total=row.get("files_total"),
         current=row.get("current") or "", started_at=row.get("started_at"), finished_at=row.get("finished_at"),
         error=row.get("error"), pid=row.get("pid"), host=row.get("host"), origin=origin,
-        started_by=started_by(row), cancelled_by=row.get("cancelled_by"),
+        started_by=started_by(row), cancelled_by=row.get("cancelled_by"), run_origin=row.get("origin"),
     )
 
 
