@@ -53,6 +53,11 @@ COMMANDS: tuple[Command, ...] = (
     # dashboard
     Command("policy_backups", "enter", "open_policy", "Backups", "Show the backups of the selected policy",
             scope="dashboard"),
+    Command("policy_trends", "p", "open_trends", "Trends",
+            "The selected policy's trends: restore point age against the RPO over a day, backup sizes and "
+            "durations", scope="dashboard", show=False),
+    # policy trends
+    Command("policy_back", "escape", "back", "Back", "Back to the dashboard", scope="policy", show=False),
     # catalog
     Command("filter", "slash", "filter", "Filter", "Filter the catalog (id, policy, source, type, status, storage)",
             scope="catalog", key_display="/"),
@@ -119,7 +124,7 @@ COMMANDS: tuple[Command, ...] = (
 BY_ID = {command.id: command for command in COMMANDS}
 SCOPES = {
     "app": "Everywhere", "dashboard": "Dashboard", "catalog": "Backup catalog", "detail": "Backup details",
-    "jobs": "Live jobs", "restore": "Restore wizard", "drills": "DR drills", "history": "Restore history", "help": "Help",
+    "jobs": "Live jobs", "restore": "Restore wizard", "drills": "DR drills", "history": "Restore history", "policy": "Policy trends", "help": "Help",
 }
 
 

@@ -11,7 +11,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from insite_console import clock
@@ -154,6 +154,45 @@ def policy_health(ws, now: datetime | None = None) -> list[dict[str, Any]]:
             row["age_vs_rpo"] = f"{clock.human_duration(age)} (no RPO)"
         rows.append(row)
     return rows
+
+
+def rpo_age_series(ws, policy: str, now: datetime | None = None, hours: float = 24, points: int = 48) -> dict:
+    """The age of the policy's newest restore point at `points` moments over the last `hours`
+    (oldest first), as `status` computes it (now − the newest success's end), from the restore
+    points the catalog still has (a forgotten one no longer counts). None: no restore point
+    existed yet at that moment."""
+    now = now or clock.now()
+    rpo = ws.config.policies[policy].get("rpo")
+    rpo_seconds = clock.parse_duration(rpo).total_seconds() if rpo else None
+    ends = sorted(clock.parse_iso(b["finished_at"] or b["started_at"])
+                  for b in ws.catalog.backups(policy=policy, status="succeeded", limit=2000))
+    step = hours * 3600 / max(1, points - 1)
+    ages: list[float | None] = []
+    index = 0
+    newest = None
+    for i in range(points):
+        at = now - timedelta(seconds=(points - 1 - i) * step)
+        while index < len(ends) and ends[index] <= at:
+            newest = ends[index]
+            index += 1
+        ages.append(None if newest is None else (at - newest).total_seconds())
+    over = [a is None or (rpo_seconds is not None and a > rpo_seconds) for a in ages]
+    return {"ages": ages, "rpo_seconds": rpo_seconds, "step_seconds": step,
+            "over_rpo": sum(over) if rpo_seconds is not None else None,
+            "max_age": max((a for a in ages if a is not None), default=None), "unknown": ages.count(None)}
+
+
+def run_series(ws, policy: str, runs: int = 30) -> list[dict]:
+    """The last `runs` succeeded backups of the policy, oldest first: stored and read bytes,
+    duration (None when a start or end is not recorded)."""
+    rows = ws.catalog.backups(policy=policy, status="succeeded", limit=runs)[::-1]
+    series = []
+    for row in rows:
+        start, end = parse_time(row["started_at"]), parse_time(row.get("finished_at"))
+        series.append({"id": row["id"], "type": row["type"], "bytes_stored": row["bytes_stored"] or 0,
+                       "bytes_read": row["bytes_read"] or 0,
+                       "seconds": (end - start).total_seconds() if start and end else None})
+    return series
 
 
 def storage_usage(ws) -> list[dict[str, Any]]:

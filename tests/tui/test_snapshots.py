@@ -15,6 +15,7 @@ SCREENS = {
     "restore": ["4"],
     "help": ["question_mark"],
     "history": ["6"],
+    "trends": ["p"],
 }
 SIZES = [(80, 24), (120, 40)]
 THEMES = ["insite-dark", "insite-16"]

@@ -26,6 +26,7 @@ class DashboardScreen(InsiteScreen):
             yield Static(id="banner")
             with Vertical(id="health-box", classes="box") as box:
                 box.border_title = "Policy health"
+                box.border_subtitle = "enter: backups · p: trends"
                 yield DataTable(id="health", cursor_type="row", zebra_stripes=False)
             with Horizontal(id="middle"):
                 with VerticalScroll(id="running-box", classes="box") as box:
@@ -161,6 +162,13 @@ class DashboardScreen(InsiteScreen):
 
     def action_open_policy(self) -> None:
         self.app.open_catalog(self.selected_policy())
+
+    def action_open_trends(self) -> None:
+        from insite_console.tui.screens.policy import PolicyScreen
+
+        policy = self.selected_policy()
+        if policy:
+            self.app.push_screen(PolicyScreen(policy))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
