@@ -64,3 +64,12 @@ def test_screen(snap_compare, snapshot_workspace, screen, size, theme):
         await _settle(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+NARROW = ["dashboard", "catalog", "jobs", "restore", "history", "trends"]
+
+
+@pytest.mark.parametrize("screen", NARROW)
+def test_screen_at_60_columns(snap_compare, snapshot_workspace, screen):
+    """The main screens on a 60-column terminal (a split tmux pane), in the default theme."""
+    test_screen(snap_compare, snapshot_workspace, screen, (60, 24), "insite-dark")
