@@ -260,6 +260,14 @@ def test_dry_run_changes_nothing_then_rolling_recovery_brings_every_component_ba
         ("restore", "incident 42: bad deploy")] * 3
     assert {e["id"] for e in audit if e["kind"] == "restore"} == {c["restore_id"] for c in result["components"]}
     assert [e["over_source"] for e in audit if e["kind"] == "restore"].count(True) == 2  # the database, the redis
+    # a lost catalog: the recovery and its restores come back from the repository with their reason
+    p.helper.close()
+    (p.helper.root / "state" / "catalog.sqlite").unlink()
+    rebuilt = json.loads(p.helper.cli("catalog", "rebuild", "--json", check=True).stdout)
+    assert rebuilt["recoveries_added"] == [result["id"]] and len(rebuilt["restores_added"]) == 3
+    again = json.loads(p.helper.cli("restores", "--json", check=True).stdout)
+    assert sorted(e["id"] for e in again) == sorted(e["id"] for e in audit)
+    assert {e["reason"] for e in again} == {"incident 42: bad deploy"}
 
 
 @needs_pg  # noqa: F405
