@@ -107,14 +107,44 @@ def resolve_backup(ws, reference: str, at: datetime | None) -> dict:
 def over_source(ws, backup: dict, target: str) -> bool:
     """Whether `target` is where the backup's source lives (a restore over production): a file
     tree restored into / (its paths are stored from the root), a database or Redis restored
-    into the source's own DSN or URL."""
+    into the source's own DSN or URL, a Redis RDB into the source's `data_dir`. (A physical
+    PostgreSQL target is a data directory the config does not name: not detected.)"""
     settings = ws.config.sources.get(backup["source"], {})
     kind = settings.get("type", backup.get("source_type"))
     target = str(target).strip()
+    if not target:
+        return False
     if kind == "files":
-        return bool(target) and os.path.realpath(target) == "/"
+        return os.path.realpath(target) == "/"
     own = settings.get("dsn") or settings.get("url")
-    return bool(own) and target.rstrip("/") == str(own).strip().rstrip("/")
+    if own and _server_of(target) == _server_of(str(own)):
+        return True
+    data_dir = settings.get("data_dir")
+    return bool(data_dir) and "://" not in target and os.path.realpath(target) == os.path.realpath(data_dir)
+
+
+_DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432}
+
+
+def _server_of(address: str) -> tuple | str:
+    """A DSN or URL as (scheme, host, port, database), defaults filled in and credentials left
+    out, so `redis://localhost:6379` and `redis://u:p@127.0.0.1:6379/0` are the same server;
+    anything else (a key=value DSN) as its stripped text."""
+    from urllib.parse import urlsplit
+
+    address = address.strip()
+    if "://" not in address:
+        return address
+    try:
+        parts = urlsplit(address)
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "localhost").lower()
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return address
+    host = "127.0.0.1" if host in ("localhost", "::1") else host
+    database = parts.path.strip("/") or ("0" if scheme.startswith("redis") else "")
+    return ("postgresql" if scheme == "postgres" else scheme, host, port, database)
 
 
 def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry_run: bool = False,

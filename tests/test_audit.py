@@ -55,3 +55,31 @@ def test_restores_lists_who_what_where_why_and_survives_a_catalog_rebuild(worksp
 
     text = workspace.cli("restores", check=True).stdout
     assert "INC-42: a.txt deleted" in text and f"{who.user()}@" in text and str(target) in text
+
+
+def test_over_source_knows_a_server_however_its_address_is_written(tmp_path):
+    from insite_console import restore
+    from insite_console.workspace import Workspace
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, [str(tmp_path / "src")], extra='''
+[source.cache]
+type = "redis"
+url = "redis://127.0.0.1:6390/0"
+data_dir = "/var/lib/redis"
+
+[source.db]
+type = "postgresql"
+dsn = "postgresql://app@db1.internal/orders"
+''')
+    ws = Workspace.load(config)
+    cache, db, tree = {"source": "cache"}, {"source": "db"}, {"source": "tree"}
+    for target in ("redis://localhost:6390", "redis://:pw@127.0.0.1:6390/0", "/var/lib/redis/", "/var/lib/../lib/redis"):
+        assert restore.over_source(ws, cache, target), target
+    for target in ("redis://127.0.0.1:6391/0", "redis://127.0.0.1:6390/1", "/srv/restores/cache"):
+        assert not restore.over_source(ws, cache, target), target
+    assert restore.over_source(ws, db, "postgres://other@db1.internal:5432/orders")
+    assert not restore.over_source(ws, db, "postgresql://app@db1.internal/orders_restored")
+    assert restore.over_source(ws, tree, "/") and restore.over_source(ws, tree, "/tmp/..")
+    assert not restore.over_source(ws, tree, str(tmp_path / "src")) and not restore.over_source(ws, tree, " ")
+    ws.close()
