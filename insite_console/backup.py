@@ -13,14 +13,13 @@ import collections
 import contextlib
 import socket
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from insite_console import clock
 from insite_console.catalog.db import public_backup
 from insite_console.errors import Cancelled, InsiteError, PolicyBusy
-from insite_console.events import CancelToken, Progress, ProgressCallback, ProgressReporter
+from insite_console.events import CancelToken, ProgressCallback, ProgressReporter, catalog_writer
 from insite_console.repo.repository import MANIFEST_VERSION, PendingStream, Repository
 from insite_console.repo.tree import TreeReader, TreeWriter
 from insite_console.sources import make_source
@@ -39,22 +38,6 @@ def choose_parent(catalog, policy_name: str, storage: str, backup_type: str) -> 
     if parent is not None and parent["storage"] != storage:
         return None
     return parent
-
-
-def catalog_writer(catalog, run_id: str, interval: float = 1.0) -> ProgressCallback:
-    """Mirror progress into the catalog about once a second, so other processes (the console,
-    `status`) can watch a run they did not start."""
-    last = [0.0, ""]
-
-    def write(progress: Progress) -> None:
-        now = time.monotonic()
-        if progress.phase == last[1] and now - last[0] < interval:
-            return
-        last[0], last[1] = now, progress.phase
-        catalog.update_run(run_id, phase=progress.phase, bytes_done=progress.bytes_done,
-                           bytes_total=progress.bytes_total, files_done=progress.files_done,
-                           files_total=progress.files_total, current=progress.current[-500:])
-    return write
 
 
 def run(ws, policy_name: str, backup_type: str | None = None, progress: ProgressCallback | None = None,

@@ -266,7 +266,7 @@ def cmd_restore(args) -> int:
     token = _cancel_on_signals()
     result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
                          yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
-                         options=options)
+                         options=options, reason=args.reason)
     failed_preflight = 1 if args.dry_run and result.get("problems") else 0  # a plan that would be refused
     if args.json:
         _print_json(result)
@@ -298,7 +298,31 @@ def cmd_restore(args) -> int:
     if not args.dry_run:
         print(f"restore {result['id']} {result['status']}: {result['files']} files, "
               f"{clock.human_bytes(result['bytes_written'])} written into {result['target']}")
+    elif result.get("over_source"):
+        print(f"{result['target']} is where the source lives: the restore over production needs --reason")
     return failed_preflight
+
+
+def cmd_restores(args) -> int:
+    from insite_console import audit
+
+    ws = _workspace(args)
+    kinds = tuple(args.kind) if args.kind else audit.KINDS
+    entries = audit.history(ws, limit=args.limit, kinds=kinds)
+    if args.json:
+        _print_json(entries)
+        return 0
+    if not entries:
+        print("no restores, recoveries or drills recorded yet")
+        return 0
+    print(f"{'STARTED (UTC)':<20}  {'KIND':<8}  {'STATUS':<9}  {'TIME':>7}  {'WHO':<28}  WHAT → WHERE  (WHY)")
+    for e in entries:
+        duration = "—" if e["duration_seconds"] is None else clock.human_duration(e["duration_seconds"])
+        where = e["target"] or "—"
+        print(f"{e['started_at'][:19]:<20}  {e['kind']:<8}  {e['status']:<9}  {duration:>7}  {audit.who_text(e)[:28]:<28}  "
+              f"{audit.what_text(e)} → {where}" + ("  [over production]" if e["over_source"] else "")
+              + (f"  ({e['reason']})" if e["reason"] else "") + (f"\n{'':<22}✗ {e['error']}" if e["error"] else ""))
+    return 0
 
 
 def cmd_recover(args) -> int:
@@ -906,6 +930,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-primary", action="store_true",
                    help="PostgreSQL PITR: restore as the new primary: it archives WAL (its new timeline's history "
                         "first) into the source's archive, so no later restore reuses that timeline")
+    p.add_argument("--reason", help="why, or a ticket id: recorded with the restore; required over production "
+                   "(a target that is the source's own location)")
+
+    p = add("restores", cmd_restores, "restore history and audit: every restore, recovery and drill, who, why")
+    p.add_argument("--kind", action="append", choices=("restore", "recovery", "drill"),
+                   help="only these kinds (repeatable)")
+    p.add_argument("--limit", type=int, default=200, help="at most this many, newest first (default 200)")
 
     p = add("recover", cmd_recover, "platform recovery of a [recovery.PLAN]: every component to one point in time")
     p.add_argument("plan", nargs="?", help="a [recovery.PLAN] table of the config")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from insite_console import clock
-from insite_console.errors import RepositoryError, UsageError
+from insite_console.errors import Cancelled, RepositoryError, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
+from insite_console.redact import redact
 from insite_console.repo.tree import TreeReader, TreeWriter
 
 
@@ -27,8 +28,27 @@ def run(ws, backup_id: str, to_storage: str, progress: ProgressCallback | None =
     destination = ws.repository(to_storage)
     if destination.id == source.id:
         raise RepositoryError(f"storage {to_storage} holds the same repository as the backup's; nothing to copy")
-    with source.lock(f"copy of {backup['id']}"), destination.lock(f"copy of {backup['id']}") as lock:
-        return _copy(ws, backup, source, destination, lock, to_storage, progress, cancel)
+    from insite_console.events import catalog_writer
+
+    # a run of its own, so Live jobs lists the copy (labelled, with its progress and who started it)
+    run_id = clock.new_id()
+    ws.catalog.start_run(run_id, "copy", f"{backup['id']} → {to_storage}")
+    writer = catalog_writer(ws.catalog, run_id)
+
+    def report(p) -> None:
+        writer(p)
+        if progress:
+            progress(p)
+
+    try:
+        with source.lock(f"copy of {backup['id']}"), destination.lock(f"copy of {backup['id']}") as lock:
+            result = _copy(ws, backup, source, destination, lock, to_storage, report, cancel)
+    except BaseException as exc:
+        status = "cancelled" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else "failed"
+        ws.catalog.finish_run(run_id, status, redact(str(exc)))
+        raise
+    ws.catalog.finish_run(run_id, "succeeded")
+    return result
 
 
 def _copy(ws, backup: dict, source, destination, lock, to_storage: str, progress,

@@ -123,3 +123,19 @@ class CancelToken:
             raise Cancelled(self.reason)
         if self._parent is not None:
             self._parent.check()
+
+
+def catalog_writer(catalog, run_id: str, interval: float = 1.0) -> ProgressCallback:
+    """Mirror progress into the catalog about once a second, so other processes (the console,
+    `status`) can watch a run they did not start."""
+    last = [0.0, ""]
+
+    def write(progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.phase == last[1] and now - last[0] < interval:
+            return
+        last[0], last[1] = now, progress.phase
+        catalog.update_run(run_id, phase=progress.phase, bytes_done=progress.bytes_done,
+                           bytes_total=progress.bytes_total, files_done=progress.files_done,
+                           files_total=progress.files_total, current=progress.current[-500:])
+    return write

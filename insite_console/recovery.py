@@ -23,12 +23,12 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Callable
 
-from insite_console import clock, restore
+from insite_console import clock, restore, who
 from insite_console.errors import Cancelled, InsiteError, RestoreRefused
 from insite_console.events import CancelToken, Progress
 from insite_console.redact import redact
 
-SEALED_PREFIX = "recoveries/"
+SEALED_PREFIX = "recoveries/"  # audit.RECOVERIES: catalog rebuild reads them back
 
 #: per component: {"component", "status", ...} when it is planned, starts, finishes
 EventCallback = Callable[[dict], None]
@@ -313,12 +313,19 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
         raise RestoreRefused("the recovery would overwrite what the targets hold ("
                              + "; ".join(f"{c['policy']}: {c['overwrites']['what']}" for c in overwritten)
                              + "); pass --yes to overwrite, or --dry-run to see the plan")
+    reason = reason.strip() if reason and reason.strip() else None
+    targets = ws.config.recovery(name)["targets"]
+    production = [c["policy"] for c in planned["components"]
+                  if restore.over_source(ws, {"source": c.get("source", "")}, targets[c["policy"]])]
+    if production and reason is None:
+        raise RestoreRefused(f"the recovery restores over production ({', '.join(production)}: the source's own "
+                             "location): it needs a reason or ticket id (--reason \"INC-123: ...\"); nothing was restored")
     user, host = _who()
     started = clock.now()
     record: dict[str, Any] = {
         "id": clock.new_id(), "plan": name, "at": planned["at"], "latest": planned["latest"], "mode": planned["mode"],
         "on_failure": planned["on_failure"], "status": "running", "started_at": clock.iso_precise(started),
-        "finished_at": None, "recovery_seconds": None, "user": user, "host": host, "reason": reason,
+        "finished_at": None, "recovery_seconds": None, "user": user, "host": host, "origin": who.origin(), "reason": reason,
         "skew_seconds": planned["skew_seconds"],
         "components": [{"policy": c["policy"], "kind": c["kind"], "backup_id": c["backup_id"],
                         "restore_point_at": c["restore_point_at"], "data_loss_seconds": c["data_loss_seconds"],
@@ -359,7 +366,8 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
                                   at=clock.parse_iso(item["replay_to"]) if item["replay_to"] else None,
                                   progress=forward, cancel=cancel,
                                   options={"replace_all": not item["includes"],
-                                           "start_port": settings["start_ports"].get(item["policy"])})
+                                           "start_port": settings["start_ports"].get(item["policy"])},
+                                  reason=reason)
             item["restore_id"], item["bytes"] = outcome["id"], outcome.get("bytes_written", 0)
             if outcome.get("recovery"):
                 item["server"] = outcome["recovery"]  # a started physical component: where it runs

@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import secrets
+import socket
 import stat
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterator
 
-from insite_console import alerts, clock, globs
+from insite_console import alerts, audit, clock, globs, who
 from insite_console.errors import Cancelled, InsiteError, IntegrityError, RestoreRefused, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
 from insite_console.redact import redact, redact_all
@@ -103,24 +104,76 @@ def resolve_backup(ws, reference: str, at: datetime | None) -> dict:
     return backup
 
 
+def over_source(ws, backup: dict, target: str) -> bool:
+    """Whether `target` is where the backup's source lives (a restore over production): a file
+    tree restored into / (its paths are stored from the root), a database or Redis restored
+    into the source's own DSN or URL, a Redis RDB into the source's `data_dir`. (A physical
+    PostgreSQL target is a data directory the config does not name: not detected.)"""
+    settings = ws.config.sources.get(backup["source"], {})
+    kind = settings.get("type", backup.get("source_type"))
+    target = str(target).strip()
+    if not target:
+        return False
+    if kind == "files":
+        return os.path.realpath(target) == "/"
+    own = settings.get("dsn") or settings.get("url")
+    if own and _server_of(target) == _server_of(str(own)):
+        return True
+    data_dir = settings.get("data_dir")
+    return bool(data_dir) and "://" not in target and os.path.realpath(target) == os.path.realpath(data_dir)
+
+
+_DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432}
+
+
+def _server_of(address: str) -> tuple | str:
+    """A DSN or URL as (scheme, host, port, database), defaults filled in and credentials left
+    out, so `redis://localhost:6379` and `redis://u:p@127.0.0.1:6379/0` are the same server;
+    anything else (a key=value DSN) as its stripped text."""
+    from urllib.parse import urlsplit
+
+    address = address.strip()
+    if "://" not in address:
+        return address
+    try:
+        parts = urlsplit(address)
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "localhost").lower()
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return address
+    host = "127.0.0.1" if host in ("localhost", "::1") else host
+    database = parts.path.strip("/") or ("0" if scheme.startswith("redis") else "")
+    return ("postgresql" if scheme == "postgres" else scheme, host, port, database)
+
+
 def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry_run: bool = False,
         yes: bool = False, at: datetime | None = None, progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None, options: dict[str, Any] | None = None,
-        storage: str | None = None) -> dict[str, Any]:
+        storage: str | None = None, reason: str | None = None) -> dict[str, Any]:
     """Restore a backup (or plan it with dry_run); returns the contract's restore JSON.
-    `storage` reads it from that storage's copy instead of the first one that holds it."""
+    `storage` reads it from that storage's copy instead of the first one that holds it.
+    A restore over production (`over_source`) needs a `reason` (a ticket id will do); the
+    reason, who restored and the outcome go into the catalog and, sealed, every repository."""
     backup = resolve_backup(ws, backup_ref, at)
+    production = over_source(ws, backup, target)
+    reason = redact(reason.strip()) if reason and reason.strip() else None
+    shown = redact(str(target))  # what is printed and stored: never a password typed into a target URL
+    if production and not dry_run and reason is None:
+        raise RestoreRefused(f"{shown} is where {backup['source']} lives: a restore over production needs a reason "
+                             "or ticket id (--reason \"INC-123: ...\"); nothing was written")
     cancel = cancel or CancelToken()
     catalog = ws.catalog
     restore_id = clock.new_id()
     started = clock.now()
     reporter = ProgressReporter("restore", [progress])
     reporter.update(run_id=restore_id, phase="planning", force=True)
-    shown = redact(str(target))  # what is printed and stored: never a password typed into a target URL
     row = {"id": restore_id, "backup_id": backup["id"], "target": shown, "status": "running",
-           "started_at": clock.iso(started), "dry_run": int(dry_run)}
+           "started_at": clock.iso(started), "dry_run": int(dry_run), "user": who.user(),
+           "host": socket.gethostname(), "origin": who.origin(), "policy": backup["policy"],
+           "includes": list(includes or []), "over_source": int(production), "reason": reason}
     if not dry_run:
-        from insite_console.backup import catalog_writer
+        from insite_console.events import catalog_writer
 
         catalog.start_run(restore_id, "restore", backup["id"])
         catalog.insert_restore(row)
@@ -145,6 +198,7 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
             catalog.insert_restore({**row, "status": status, "error": message,
                                     "finished_at": clock.iso(clock.now())})
             catalog.finish_run(restore_id, status, message)
+            audit.seal_restore(ws, restore_id)
             catalog.event(restore_id, f"restore {restore_id} {status}: {message}", level="error")
             alerts.fire(ws, "restore_finished", backup["policy"], f"restore {restore_id} of {backup['id']} {status}: "
                         f"{message}", {"restore_id": restore_id, "backup_id": backup["id"], "target": shown,
@@ -153,7 +207,8 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
     finished = clock.now()
     result = {"id": restore_id, "backup_id": backup["id"], "status": "planned" if dry_run else "succeeded",
               "target": shown, "files": outcome.get("files", 0), "bytes_written": outcome.get("bytes_written", 0),
-              "started_at": clock.iso(started), "finished_at": clock.iso(finished), "error": None}
+              "started_at": clock.iso(started), "finished_at": clock.iso(finished), "error": None,
+              "over_source": production, "reason": reason}
     # notes and details name the target; the plan lists stored paths, shown as they are
     outcome = {key: value if key == "plan" else redact_all(value) for key, value in outcome.items()}
     for key, value in outcome.items():
@@ -164,6 +219,7 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
                                 "bytes_written": result["bytes_written"], "finished_at": clock.iso(finished),
                                 "info": {k: v for k, v in outcome.items() if k not in ("plan",)}})
         catalog.finish_run(restore_id, "succeeded")
+        audit.seal_restore(ws, restore_id)
         catalog.event(restore_id, f"restore {restore_id} succeeded: {result['files']} files, "
                       f"{result['bytes_written']} bytes into {shown}")
         alerts.fire(ws, "restore_finished", backup["policy"], f"restore {restore_id} of {backup['id']} succeeded: "

@@ -101,6 +101,12 @@ def test_files_drill_restores_for_real_and_keeps_history(tmp_path):
     assert [h["id"] for h in history] == [drill["id"]] and history[0]["status"] == "passed"
     again = json.loads(helper.cli("drill", "show", drill["id"], "--json", check=True).stdout)
     assert again["events"] == drill["events"]
+    audit = json.loads(helper.cli("restores", "--json", check=True).stdout)
+    kinds = {(e["kind"], e["origin"], e["status"]) for e in audit}
+    assert ("drill", "drill", "passed") in kinds and ("restore", "drill", "succeeded") in kinds
+    listed = next(e for e in audit if e["kind"] == "drill")
+    assert listed["id"] == drill["id"] and listed["user"] and listed["host"]
+    assert listed["what"]["scenario"] == "data_corruption" and listed["over_source"] is False
 
 
 def test_a_drill_never_passes_on_a_restore_that_was_not_carried_out(tmp_path):

@@ -227,6 +227,10 @@ def test_dry_run_changes_nothing_then_rolling_recovery_brings_every_component_ba
     refused = p.helper.cli("recover", "platform", "--at", clock.iso_precise(between))
     assert refused.returncode == 1 and "pass --yes to overwrite" in refused.stderr
     assert p.items() == state2[0]
+    unexplained = p.helper.cli("recover", "platform", "--at", clock.iso_precise(between), "--yes")
+    assert unexplained.returncode == 1 and "main_db, cache" in unexplained.stderr
+    assert "needs a reason or ticket id" in unexplained.stderr
+    assert p.items() == state2[0]
 
     done = p.helper.cli("recover", "platform", "--at", clock.iso_precise(between), "--yes", "--json",
                         "--reason", "incident 42: bad deploy")
@@ -251,6 +255,19 @@ def test_dry_run_changes_nothing_then_rolling_recovery_brings_every_component_ba
     assert [h["id"] for h in history] == [result["id"]] and history[0]["status"] == "succeeded"
     sealed = json.loads(p.helper.reopen().repository("local").get_sealed("recoveries/" + result["id"]))
     assert sealed["components"] == result["components"]
+    audit = json.loads(p.helper.cli("restores", "--json", check=True).stdout)
+    assert sorted((e["kind"], e["reason"]) for e in audit) == [("recovery", "incident 42: bad deploy")] + [
+        ("restore", "incident 42: bad deploy")] * 3
+    assert {e["id"] for e in audit if e["kind"] == "restore"} == {c["restore_id"] for c in result["components"]}
+    assert [e["over_source"] for e in audit if e["kind"] == "restore"].count(True) == 2  # the database, the redis
+    # a lost catalog: the recovery and its restores come back from the repository with their reason
+    p.helper.close()
+    (p.helper.root / "state" / "catalog.sqlite").unlink()
+    rebuilt = json.loads(p.helper.cli("catalog", "rebuild", "--json", check=True).stdout)
+    assert rebuilt["recoveries_added"] == [result["id"]] and len(rebuilt["restores_added"]) == 3
+    again = json.loads(p.helper.cli("restores", "--json", check=True).stdout)
+    assert sorted(e["id"] for e in again) == sorted(e["id"] for e in audit)
+    assert {e["reason"] for e in again} == {"incident 42: bad deploy"}
 
     # the dashboard's figure: the newest instant every component has a restore point for
     newest = recovery.recoverable(p.ws, "platform")
@@ -266,7 +283,7 @@ def test_dry_run_changes_nothing_then_rolling_recovery_brings_every_component_ba
 def test_partial_recovery_restores_only_the_included_table(platform):
     p = platform(recovery_extra='includes = { main_db = ["public.items"] }\n')
     between = p.two_states()
-    result = recovery.run(p.ws, "platform", between, yes=True)
+    result = recovery.run(p.ws, "platform", between, yes=True, reason="test: partial")
     assert result["status"] == "succeeded", result
     assert p.items() == STATE1_ITEMS
     assert p.items("audit") == [(1, "first"), (2, "second")]  # not included: left at the second state
@@ -287,7 +304,7 @@ def _failing_cache(p: Platform, between) -> dict:
 def test_a_failing_component_stops_a_rolling_recovery(platform, redis_factory):
     p = platform()
     between = p.two_states()
-    result = recovery.run(p.ws, "platform", between, yes=True, planned=_failing_cache(p, between))
+    result = recovery.run(p.ws, "platform", between, yes=True, planned=_failing_cache(p, between), reason="test")
     statuses = {c["policy"]: c["status"] for c in result["components"]}
     assert statuses == {"main_db": "succeeded", "cache": "failed", "app_files": "skipped"}
     assert result["status"] == "partial" and result["failed"] == ["cache", "app_files"]
@@ -305,7 +322,7 @@ def test_a_failing_component_stops_a_rolling_recovery(platform, redis_factory):
 def test_a_failing_component_does_not_stop_parallel_or_continue(platform, extra):
     p = platform(recovery_extra=extra)
     between = p.two_states()
-    result = recovery.run(p.ws, "platform", between, yes=True, planned=_failing_cache(p, between))
+    result = recovery.run(p.ws, "platform", between, yes=True, planned=_failing_cache(p, between), reason="test")
     statuses = {c["policy"]: c["status"] for c in result["components"]}
     assert statuses == {"main_db": "succeeded", "cache": "failed", "app_files": "succeeded"}
     assert result["status"] == "partial"
@@ -326,7 +343,7 @@ def test_cancel_stops_between_components_and_is_recorded(platform):
         if event == {"component": "main_db", "status": "succeeded", "verified": True, "error": None}:
             token.cancel("operator pressed cancel")
 
-    result = recovery.run(p.ws, "platform", between, yes=True, events=on_event, cancel=token)
+    result = recovery.run(p.ws, "platform", between, yes=True, events=on_event, cancel=token, reason="test")
     statuses = {c["policy"]: c["status"] for c in result["components"]}
     assert statuses == {"main_db": "succeeded", "cache": "skipped", "app_files": "skipped"}
     assert result["status"] == "cancelled"

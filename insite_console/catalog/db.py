@@ -174,6 +174,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX group_points_started ON group_points(group_name, started_at DESC);
     """,
+    # 12: the restore audit: who restored (user, host, origin), what (policy, includes), over
+    # production or not, and why (a reason or ticket id, asked for over production)
+    """
+    ALTER TABLE restores ADD COLUMN user TEXT;
+    ALTER TABLE restores ADD COLUMN host TEXT;
+    ALTER TABLE restores ADD COLUMN origin TEXT;
+    ALTER TABLE restores ADD COLUMN policy TEXT;
+    ALTER TABLE restores ADD COLUMN includes TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE restores ADD COLUMN over_source INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE restores ADD COLUMN reason TEXT;
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -375,7 +386,8 @@ class Catalog:
         return [_backup_dict(row) for row in self.db.execute(sql, args)]
 
     def backups_page(self, start: int, count: int, total: int, column: str = "started_at", descending: bool = True,
-                     policy: str | None = None, search: str | None = None) -> list[dict]:
+                     policy: str | None = None, search: str | None = None,
+                     search_statuses: Iterable[str] = ()) -> list[dict]:
         """Rows start..start+count of the sorted, filtered catalog, for a paged table.
 
         SQLite's OFFSET walks every skipped row, so a page in the second half is read from the
@@ -383,7 +395,7 @@ class Catalog:
         costs what the first one does. The id breaks ties, so pages never repeat or skip a row."""
         if f"{column} ASC" not in _ORDERS:
             column = "started_at"
-        where, args = self.backup_filter(policy, None, None, search)
+        where, args = self.backup_filter(policy, None, None, search, search_statuses)
         end = min(total, start + count)
         reverse = start > total - end
         direction = "DESC" if descending != reverse else "ASC"
@@ -394,20 +406,26 @@ class Catalog:
         return page[::-1] if reverse else page
 
     def count_backups(self, policy: str | None = None, status: str | None = None, source: str | None = None,
-                      search: str | None = None) -> int:
-        sql, args = self.backup_filter(policy, status, source, search)
+                      search: str | None = None, search_statuses: Iterable[str] = ()) -> int:
+        sql, args = self.backup_filter(policy, status, source, search, search_statuses)
         return self.db.execute("SELECT COUNT(*) FROM backups" + sql, args).fetchone()[0]
 
     @staticmethod
-    def backup_filter(policy, status, source, search) -> tuple[str, list]:
+    def backup_filter(policy, status, source, search, search_statuses: Iterable[str] = ()) -> tuple[str, list]:
+        """WHERE for a listing. `search` matches the columns as stored and the start as a list
+        shows it ("2026-11-27 06:00"); `search_statuses` are statuses whose displayed word the
+        search matched (the console shows succeeded as "ok")."""
         clauses, args = [], []
         for column, value in (("policy", policy), ("status", status), ("source", source)):
             if value:
                 clauses.append(f"{column} = ?")
                 args.append(value)
         if search:
-            clauses.append("(id LIKE ? OR policy LIKE ? OR source LIKE ? OR type LIKE ? OR status LIKE ? OR storage LIKE ?)")
-            args += [f"%{search}%"] * 6
+            shown = list(search_statuses)
+            clauses.append("(id LIKE ? OR policy LIKE ? OR source LIKE ? OR type LIKE ? OR status LIKE ? OR storage LIKE ? "
+                           "OR replace(started_at, 'T', ' ') LIKE ?"
+                           + (f" OR status IN ({', '.join('?' * len(shown))})" if shown else "") + ")")
+            args += [f"%{search}%"] * 7 + shown
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
     def last_backup(self, policy: str, status: str = "succeeded", types: Iterable[str] | None = None) -> dict | None:
@@ -444,12 +462,22 @@ class Catalog:
     def insert_restore(self, row: dict) -> None:
         row = dict(row)
         row["info"] = json.dumps(row.get("info", {}))
+        if "includes" in row:
+            row["includes"] = json.dumps(row["includes"] or [])
         names = list(row)
         self.db.execute(f"INSERT OR REPLACE INTO restores ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                         tuple(map(_text, row.values())))
 
     def restores(self, limit: int = 50) -> list[dict]:
-        return [dict(row) for row in self.db.execute("SELECT * FROM restores ORDER BY started_at DESC LIMIT ?", (limit,))]
+        return [_restore_dict(row) for row in
+                self.db.execute("SELECT * FROM restores ORDER BY started_at DESC LIMIT ?", (limit,))]
+
+    def restore(self, restore_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM restores WHERE id = ?", (restore_id,)).fetchone()
+        return _restore_dict(row) if row else None
+
+    def restore_ids(self) -> set[str]:
+        return {row["id"] for row in self.db.execute("SELECT id FROM restores")}
 
     def restore_throughput(self) -> float | None:
         """Average bytes/s of past real restores, for a dry run's time estimate."""
@@ -677,6 +705,15 @@ def _order_by(column: str, direction: str) -> str:
 def order_key(backup: dict) -> tuple[str, str]:
     """The catalog's order as a sort key (newest last), for lists merged in Python."""
     return backup.get("started_at_precise") or clock.iso_precise(clock.parse_iso(backup["started_at"])), backup["id"]
+
+
+def _restore_dict(row: sqlite3.Row) -> dict:
+    item = dict(row)
+    item["info"] = json.loads(item.get("info") or "{}")
+    item["includes"] = json.loads(item.get("includes") or "[]")
+    item["over_source"] = bool(item.get("over_source"))
+    item["dry_run"] = bool(item.get("dry_run"))
+    return item
 
 
 def _backup_dict(row: sqlite3.Row) -> dict:

@@ -15,6 +15,7 @@ from insite_console.errors import InsiteError
 
 #: the histories sealed into every repository: (kind, prefix there, the catalog's ids, its insert)
 RECORDS = (("drills", "drills/", "drill_ids", "insert_drill"),
+           ("restores", "restores/", "restore_ids", "insert_restore"),
            ("recoveries", "recoveries/", "recovery_ids", "insert_recovery"),
            ("group_points", "groups/", "group_point_ids", "insert_group_point"))
 
@@ -77,12 +78,13 @@ def sync(ws, storage: str | None = None) -> dict:
                         f"{len(removed)} removed")
     return {"storages": names, "backups": found, "added": added, "removed": removed,
             "marked_missing": len(removed), "skipped_forgotten": sorted(skipped), "problems": problems,
-            "drills_added": records["drills"], "recoveries_added": records["recoveries"],
+            "drills_added": records["drills"], "restores_added": records["restores"],
+            "recoveries_added": records["recoveries"],
             "group_points_added": records["group_points"]}
 
 
 def sync_sealed(repo, prefix: str, known: set[str], insert) -> list[str]:
-    """Records sealed under `prefix` in `repo` (recoveries, group restore points) that the
+    """Records sealed under `prefix` in `repo` (drills, restores, recoveries, group points) that the
     catalog lacks, inserted; their ids. A rebuilt catalog keeps the history this way."""
     from insite_console.repo.repository import SEALED
 

@@ -15,6 +15,7 @@ each event, so other consoles watch it live; at its end its findings are derived
 from __future__ import annotations
 
 import queue
+import socket
 import sys
 import threading
 import time
@@ -359,6 +360,7 @@ class Drill:
                           **{k: v for k, v in st.items()
                              if k in ("backup_id", "bytes_written", "data_loss_seconds", "scratch")}})
         record = {"id": self.id, "scenario": scenario.id, "name": scenario.name, "mode": self.mode,
+                  "user": who.user(), "host": socket.gethostname(),
                   "status": status, "started_at": clock.iso(started), "finished_at": clock.iso(clock.now()),
                   "rto_seconds": scenario.rto_seconds, "rpo_seconds": scenario.rpo_seconds,
                   "recovery_seconds": round(recovery, 3), "data_loss_seconds": data_loss,

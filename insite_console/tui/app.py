@@ -47,11 +47,12 @@ class InsiteApp(App):
         from insite_console.tui.screens.catalog import CatalogScreen
         from insite_console.tui.screens.dashboard import DashboardScreen
         from insite_console.tui.screens.drills import DrillsScreen
+        from insite_console.tui.screens.history import HistoryScreen
         from insite_console.tui.screens.jobs import JobsScreen
         from insite_console.tui.screens.restore import RestoreWizard
 
         self.MODES = {"dashboard": DashboardScreen, "catalog": CatalogScreen, "jobs": JobsScreen,
-                      "restore": RestoreWizard, "drills": DrillsScreen}
+                      "restore": RestoreWizard, "drills": DrillsScreen, "history": HistoryScreen}
         super().__init__()
         self.workspace = workspace
         self.read_only = read_only
@@ -124,6 +125,9 @@ class InsiteApp(App):
 
     def action_show_drills(self) -> None:
         self.switch_mode("drills")
+
+    def action_show_history(self) -> None:
+        self.switch_mode("history")
 
     def action_help(self) -> None:
         from insite_console.tui.screens.help import HelpScreen
@@ -209,7 +213,7 @@ class InsiteApp(App):
         return job
 
     def start_restore(self, backup_id: str, target: str, includes: list[str], overwrite: bool,
-                      at=None) -> jobs.ConsoleJob | None:
+                      at=None, reason: str | None = None) -> jobs.ConsoleJob | None:
         if self.read_only:
             return None
         args = ["restore", backup_id, "--target", target, "--json"]
@@ -219,9 +223,11 @@ class InsiteApp(App):
             args.append("--yes")
         if at is not None:
             args += ["--at", clock.iso_precise(at)]
+        if reason:
+            args += ["--reason", reason]
         return self._launch("restore", backup_id, args,
                             lambda ws, progress, cancel: _restore_run(ws, backup_id, target, includes, overwrite,
-                                                                      at, progress, cancel))
+                                                                      at, progress, cancel, reason))
 
     def start_verify(self, backup_id: str, deep: bool) -> jobs.ConsoleJob | None:
         if self.read_only:
@@ -590,11 +596,11 @@ def _backup_run(ws, policy, backup_type, progress, cancel):
     return backup.run(ws, policy, backup_type, progress=progress, cancel=cancel)
 
 
-def _restore_run(ws, backup_id, target, includes, overwrite, at, progress, cancel):
+def _restore_run(ws, backup_id, target, includes, overwrite, at, progress, cancel, reason=None):
     from insite_console import restore
 
     return restore.run(ws, backup_id, target, includes=includes, yes=overwrite, at=at, progress=progress,
-                       cancel=cancel)
+                       cancel=cancel, reason=reason)
 
 
 def _verify_run(ws, backup_id, deep, progress, cancel):

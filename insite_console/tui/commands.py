@@ -42,6 +42,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("restore_wizard", "4", "show_restore", "Restore", "Restore wizard: what, which parts, where, plan",
             writes=True),
     Command("drills", "5", "show_drills", "DR", "DR drills: scenarios and plans, tabletop and live drills, playback"),
+    # not in the footer: at 80 columns it would push "q Quit" off (help and the palette list it)
+    Command("history", "6", "show_history", "History",
+            "Restore history and audit: every restore, recovery and drill, who, where, why", show=False),
     Command("backup", "b", "backup_now", "Backup", "Run a backup now (of the selected policy, or choose one)",
             writes=True),
     Command("help", "question_mark", "help", "Help", "Keys of every screen", key_display="?"),
@@ -50,6 +53,11 @@ COMMANDS: tuple[Command, ...] = (
     # dashboard
     Command("policy_backups", "enter", "open_policy", "Backups", "Show the backups of the selected policy",
             scope="dashboard"),
+    Command("policy_trends", "p", "open_trends", "Trends",
+            "The selected policy's trends: restore point age against the RPO over a day, backup sizes and "
+            "durations", scope="dashboard", show=False),
+    # policy trends
+    Command("policy_back", "escape", "back", "Back", "Back to the dashboard", scope="policy", show=False),
     # catalog
     Command("filter", "slash", "filter", "Filter", "Filter the catalog (id, policy, source, type, status, storage)",
             scope="catalog", key_display="/"),
@@ -110,6 +118,8 @@ COMMANDS: tuple[Command, ...] = (
             show=False),
     Command("drills_back", "escape", "back", "Back", "Leave the playback, or go back to the dashboard",
             scope="drills", show=False),
+    # restore history
+    Command("history_back", "escape", "back", "Back", "Back to the dashboard", scope="history", show=False),
     # help
     Command("help_close", "escape", "close", "Close", "Close the help", scope="help"),
 )
@@ -117,7 +127,7 @@ COMMANDS: tuple[Command, ...] = (
 BY_ID = {command.id: command for command in COMMANDS}
 SCOPES = {
     "app": "Everywhere", "dashboard": "Dashboard", "catalog": "Backup catalog", "detail": "Backup details",
-    "jobs": "Live jobs", "restore": "Restore wizard", "drills": "DR drills", "help": "Help",
+    "jobs": "Live jobs", "restore": "Restore wizard", "drills": "DR drills", "history": "Restore history", "policy": "Policy trends", "help": "Help",
 }
 
 

@@ -11,7 +11,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from insite_console import clock
@@ -34,6 +34,7 @@ STATUS = {
     "passed": ("✓", "passed", "success"),
     "done": ("✓", "done", "success"),
     "incomplete": ("◐", "incomplete", "warning"),
+    "partial": ("◐", "partial", "warning"),  # a platform recovery that brought back only some components
     "skipped": ("○", "skipped", "warning"),
     "not run": ("○", "not run", "warning"),
     "blocked": ("✗", "blocked", "error"),
@@ -46,6 +47,16 @@ def status_label(status: str | None) -> tuple[str, str]:
     """('✓ ok', 'success'): the text to show and the theme role to colour it with."""
     symbol, word, role = STATUS.get(status or "unknown", ("?", status or "unknown", "secondary"))
     return f"{symbol} {word}", role
+
+
+def statuses_shown_as(search: str) -> list[str]:
+    """The statuses whose displayed text ("✓ ok", "✗ failed") contains `search`, so a filter
+    matches what the screen shows: `ok` finds succeeded backups."""
+    needle = search.strip().lower()
+    if not needle:
+        return []
+    return sorted(status for status, (symbol, word, _role) in STATUS.items()
+                  if needle in f"{symbol} {word}".lower())
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -146,6 +157,45 @@ def policy_health(ws, now: datetime | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def rpo_age_series(ws, policy: str, now: datetime | None = None, hours: float = 24, points: int = 48) -> dict:
+    """The age of the policy's newest restore point at `points` moments over the last `hours`
+    (oldest first), as `status` computes it (now − the newest success's end), from the restore
+    points the catalog still has (a forgotten one no longer counts). None: no restore point
+    existed yet at that moment."""
+    now = now or clock.now()
+    rpo = ws.config.policies[policy].get("rpo")
+    rpo_seconds = clock.parse_duration(rpo).total_seconds() if rpo else None
+    ends = sorted(clock.parse_iso(b["finished_at"] or b["started_at"])
+                  for b in ws.catalog.backups(policy=policy, status="succeeded", limit=2000))
+    step = hours * 3600 / max(1, points - 1)
+    ages: list[float | None] = []
+    index = 0
+    newest = None
+    for i in range(points):
+        at = now - timedelta(seconds=(points - 1 - i) * step)
+        while index < len(ends) and ends[index] <= at:
+            newest = ends[index]
+            index += 1
+        ages.append(None if newest is None else (at - newest).total_seconds())
+    over = [a is None or (rpo_seconds is not None and a > rpo_seconds) for a in ages]
+    return {"ages": ages, "rpo_seconds": rpo_seconds, "step_seconds": step,
+            "over_rpo": sum(over) if rpo_seconds is not None else None,
+            "max_age": max((a for a in ages if a is not None), default=None), "unknown": ages.count(None)}
+
+
+def run_series(ws, policy: str, runs: int = 30) -> list[dict]:
+    """The last `runs` succeeded backups of the policy, oldest first: stored and read bytes,
+    duration (None when a start or end is not recorded)."""
+    rows = ws.catalog.backups(policy=policy, status="succeeded", limit=runs)[::-1]
+    series = []
+    for row in rows:
+        start, end = parse_time(row["started_at"]), parse_time(row.get("finished_at"))
+        series.append({"id": row["id"], "type": row["type"], "bytes_stored": row["bytes_stored"] or 0,
+                       "bytes_read": row["bytes_read"] or 0,
+                       "seconds": (end - start).total_seconds() if start and end else None})
+    return series
+
+
 def storage_usage(ws) -> list[dict[str, Any]]:
     """Per storage: backups and bytes the catalog knows about; free space for local disks.
 
@@ -195,6 +245,7 @@ class JobView:
     origin: str = "other process"
     started_by: str = ""  # 'USER@HOST · console', from the run's record
     cancelled_by: str | None = None
+    run_origin: str | None = None  # console / cli / scheduler / drill, as the run recorded it
     bytes_per_second: float | None = None
     files_per_second: float | None = None
     samples: list[tuple[float, int, int]] = field(default_factory=list)
@@ -254,9 +305,35 @@ class JobView:
         return clock.human_duration(eta) if eta is not None else "—"
 
     def progress_text(self) -> str:
+        """A bar while it runs; once done, what it came to (a failed or cancelled run: how far it got)."""
+        if not self.running:
+            return self.totals_text()
         fraction = self.fraction
         percent = f"{fraction * 100:3.0f}%" if fraction is not None else "  ?%"
         return f"{text_bar(fraction, 10)} {percent}"
+
+    def totals_text(self) -> str:
+        if not self.files_done and not self.bytes_done:
+            return "—"
+        return f"{self.files_done:,} files · {size_text(self.bytes_done)}"
+
+    def kind_text(self) -> str:
+        """The Job column: a drill, an off-site copy, and what a drill ran, say so."""
+        text = {"drill": "DR drill", "copy": "copy"}.get(self.kind, self.kind)
+        if self.run_origin == "drill" and self.kind != "drill":
+            text += " (drill)"
+        return text
+
+    def duration_seconds(self, now: datetime | None = None) -> float | None:
+        start = parse_time(self.started_at)
+        if start is None:
+            return None
+        end = (now or clock.now()) if self.running else parse_time(self.finished_at)
+        return None if end is None else max(0.0, (end - start).total_seconds())
+
+    def duration_text(self, now: datetime | None = None) -> str:
+        seconds = self.duration_seconds(now)
+        return "—" if seconds is None else clock.human_duration(seconds)
 
 
 def job_from_run(row: dict, own_pids: set[int]) -> JobView:
@@ -273,7 +350,7 @@ def job_from_run(row: dict, own_pids: set[int]) -> JobView:
         files_done=row.get("files_done") or 0, files_total=row.get("files_total"),
         current=row.get("current") or "", started_at=row.get("started_at"), finished_at=row.get("finished_at"),
         error=row.get("error"), pid=row.get("pid"), host=row.get("host"), origin=origin,
-        started_by=started_by(row), cancelled_by=row.get("cancelled_by"),
+        started_by=started_by(row), cancelled_by=row.get("cancelled_by"), run_origin=row.get("origin"),
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, Static
 
-from insite_console import who
+from insite_console import clock, who
 from insite_console.tui.messages import JobFinished, JobProgress
 
 
@@ -60,11 +60,15 @@ async def test_backup_now_runs_in_a_worker_and_finishes_in_live_jobs(make_app, c
         await pilot.pause()
         rows = table_rows(app.screen.query_one("#job-table", DataTable))
         assert rows[0][0] == "✓ ok" and rows[0][1] == "backup" and rows[0][2] == "app_files"
-        assert rows[0][7] == f"{who.user()}@{socket.gethostname()} · console"
+        assert rows[0][8] == f"{who.user()}@{socket.gethostname()} · console"
         assert "· this console ·" in static_text(app, "#job-facts")
-        assert "100%" in rows[0][3]
+        done = rows[0]
+        assert done[6] != "—"  # how long it took
+        assert "Done: " in static_text(app, "#job-facts")
         assert "succeeded" in static_text(app, "#job-log")
     assert console_workspace.catalog.count_backups() == before + 1
+    made = console_workspace.catalog.backups(policy="app_files")[0]
+    assert done[3] == f"{made['files']:,} files · {clock.human_bytes(made['bytes_read'])}"  # its final totals
     assert any(isinstance(m, JobProgress) for m in messages)
     finished = [m for m in messages if isinstance(m, JobFinished)]
     assert finished and finished[0].status == "succeeded" and finished[0].result["policy"] == "app_files"
@@ -83,7 +87,7 @@ async def test_runs_of_other_processes_appear_and_finishing_one_toasts(make_app,
         await pilot.press("3")
         await pilot.pause(0.4)
         rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][0] == "▶ running" and rows[0][7] == f"{who.user()}@{socket.gethostname()} · cli"
+        assert rows[0][0] == "▶ running" and rows[0][8] == f"{who.user()}@{socket.gethostname()} · cli"
         assert "50%" in rows[0][3] and "· other process ·" in static_text(app, "#job-facts")
         catalog.finish_run("feedfacefeedface", "failed", "disk full")
         await pilot.pause(0.4)
@@ -484,7 +488,7 @@ async def test_detached_backup_runs_in_its_own_session(console_workspace):
         await pilot.press("3")
         await pilot.pause(0.3)
         rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][7] == f"{who.user()}@{socket.gethostname()} · console" and rows[0][0] == "✓ ok"
+        assert rows[0][8] == f"{who.user()}@{socket.gethostname()} · console" and rows[0][0] == "✓ ok"
         assert "this console (detached)" in static_text(app, "#job-facts")
     assert console_workspace.catalog.backups(policy="etc")[0]["id"] == job.result["id"]
 

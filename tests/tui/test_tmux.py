@@ -138,3 +138,28 @@ def test_a_backup_started_from_the_console_survives_the_terminal_closing(demo, t
             status = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
         time.sleep(0.3)
     assert status == "succeeded"
+
+
+def test_the_idle_dashboard_turns_to_breach_in_a_real_terminal(tmux, tmp_path):
+    """Issue 9, misleading 1: nobody touches the keyboard after the backup, and the dashboard
+    still turns from ✓ ok to ✗ RPO breach, with its notification."""
+    from tests.tui.conftest import PASSPHRASE, make_workspace
+
+    ws = make_workspace(tmp_path / "ws", backups=False)
+    ws.close()
+    config = tmp_path / "ws" / "config.toml"
+    config.write_text(config.read_text().replace('rpo = "1h"', 'rpo = "10s"', 1))
+    env = {"INSITE_PASSPHRASE": PASSPHRASE}
+    tmux.start(_command(config, env))
+    tmux.wait_for(lambda s: "Policy health" in s and "app_files" in s, what="the dashboard")
+    backup = subprocess.run([str(CONSOLE), "-c", str(config), "backup", "app_files", "--json"],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    assert backup.returncode == 0, backup.stderr
+
+    def row(screen: str) -> str:
+        return next((line for line in screen.splitlines() if " app_files " in line), "")
+
+    tmux.wait_for(lambda s: "✓ ok" in row(s), timeout=10, what="app_files ✓ ok after the backup")
+    screen = tmux.wait_for(lambda s: "✗ RPO breach" in row(s), timeout=20, what="the breach, with no key pressed")
+    assert "/ 10s" in row(screen)
+    tmux.wait_for(lambda s: "RPO breach: policy app_files" in s, timeout=5, what="the breach notification")

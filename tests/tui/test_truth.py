@@ -203,6 +203,29 @@ async def test_a_missed_run_says_the_scheduler_is_not_running(make_app, console_
         assert await wait_until(pilot, lambda: "the scheduler did not start it" in table_rows(table)[0][4])
 
 
+async def test_at_80_columns_a_missed_run_fits_and_its_reason_moves_under_the_scheduler(
+        make_app, console_workspace, monkeypatch):
+    from insite_console import clock
+
+    newest = clock.parse_iso(console_workspace.catalog.last_backup("app_files")["started_at"])
+    top = newest.replace(minute=0, second=0, microsecond=0)
+    monkeypatch.setenv("INSITE_FAKE_NOW", clock.iso(top + clock.parse_duration("63m")))
+    due = model_clock(top + clock.parse_duration("1h"))
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        table = app.screen.query_one("#health", DataTable)
+        cell = table_rows(table)[0][4]
+        assert cell == f"▲ missed {due}"
+        # the Next run column ends inside the 80 columns: nothing of it is cut
+        assert sum(column.get_render_width(table) for column in table.ordered_columns[:5]) <= table.size.width
+        assert f"app_files missed {due}: scheduler not running" in static_text(app, "#running")
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause(0.3)
+        assert table_rows(table)[0][4] == f"▲ missed {due}: scheduler not running"
+        assert "app_files missed" not in static_text(app, "#running")
+
+
 def model_clock(value) -> str:
     from insite_console.tui import model
 

@@ -39,7 +39,7 @@ async def test_a_cancel_says_who_and_is_stored_with_the_run(slow_workspace):  # 
             rows = table_rows(app.screen.query_one("#job-table", DataTable))
             if rows and rows[0][0] == "▶ running" and job.run_id:
                 break
-        assert rows[0][7] == f"{me} · console"  # the "Started by" column
+        assert rows[0][8] == f"{me} · console"  # the "Started by" column
         await pilot.press("c")
         await pilot.pause()
         await pilot.press("tab", "enter")

@@ -11,10 +11,27 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 
-class ConfirmDialog(ModalScreen[bool]):
+ARROWS = [Binding("left", "move_focus(-1)", show=False), Binding("right", "move_focus(1)", show=False),
+          Binding("up", "move_focus(-1)", show=False), Binding("down", "move_focus(1)", show=False)]
+
+
+class ArrowButtons:
+    """Arrow keys move between a dialog's buttons (a focused text field keeps its own arrows);
+    the focus stops at the first and the last button rather than wrapping round to Yes."""
+
+    def action_move_focus(self, delta: int) -> None:
+        buttons = [b for b in self.query("#dialog-buttons Button") if b.display]
+        focused = self.focused
+        if focused not in buttons:
+            return
+        index = max(0, min(len(buttons) - 1, buttons.index(focused) + delta))
+        buttons[index].focus()
+
+
+class ConfirmDialog(ArrowButtons, ModalScreen[bool]):
     """Yes/No. Dismisses with True only when the second button is pressed."""
 
-    BINDINGS = [Binding("escape", "no", "No", id="dialog_no")]
+    BINDINGS = [Binding("escape", "no", "No", id="dialog_no"), *ARROWS]
     SCOPE = "dialog"
 
     def __init__(self, title: str, body: str, yes_label: str = "Yes", no_label: str = "No",
@@ -46,10 +63,10 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
-class ChoiceDialog(ModalScreen[str | None]):
+class ChoiceDialog(ArrowButtons, ModalScreen[str | None]):
     """Pick one of several choices; the first button (and Esc) cancels with None."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog_cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog_cancel"), *ARROWS]
     SCOPE = "dialog"
 
     def __init__(self, title: str, body: str, choices: list[tuple[str, str]], cancel_label: str = "Cancel") -> None:
@@ -112,11 +129,11 @@ class MessageDialog(ModalScreen[None]):
         self.dismiss(None)
 
 
-class TextDialog(ModalScreen[str | None]):
+class TextDialog(ArrowButtons, ModalScreen[str | None]):
     """One line of text (a note, an inject): Enter or the second button gives it, Esc cancels
     with None. The field has the focus, so typing never reaches the screen's keys."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog_cancel")]
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog_cancel"), *ARROWS]
     SCOPE = "dialog"
 
     def __init__(self, title: str, body: str, ok_label: str = "OK", placeholder: str = "",

@@ -59,6 +59,10 @@ class BackupActions:
         if children:
             body += (f"\n\n{children} later backup(s) name it as parent. They stay restorable (every "
                      "snapshot lists all its files), but their chain will show it as forgotten.")
+        if backup["status"] == "succeeded" and ws.catalog.count_backups(policy=backup["policy"],
+                                                                        status="succeeded") == 1:
+            body = (f"▲ This is the LAST restore point of {backup['policy']}: once it is forgotten, nothing of "
+                    f"{backup['policy']} can be restored until its next backup succeeds.\n\n" + body)
         self.app.push_screen(ConfirmDialog("Forget this backup?", body, yes_label="Forget"),
                              lambda yes: self._forget(backup) if yes else None)
 

@@ -69,6 +69,9 @@ class CatalogScreen(BackupActions, InsiteScreen):
     def catalog_changed(self) -> None:
         self.table.reload(keep_cursor=True)
         self.update_status()
+        pane = self.query_one(BackupDetail)
+        if pane.display:
+            pane.refresh_verifications()  # a verify that just finished shows in the open pane
 
     def show_policy(self, policy: str | None) -> None:
         if not self._ready:  # called right after switch_mode: applied on mount

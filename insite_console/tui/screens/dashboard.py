@@ -26,6 +26,7 @@ class DashboardScreen(InsiteScreen):
             yield Static(id="banner")
             with Vertical(id="health-box", classes="box") as box:
                 box.border_title = "Policy health"
+                box.border_subtitle = "enter: backups · p: trends"
                 yield DataTable(id="health", cursor_type="row", zebra_stripes=False)
             if self.app.workspace.config.recoveries:
                 with VerticalScroll(id="recoverable-box", classes="box") as box:
@@ -67,6 +68,9 @@ class DashboardScreen(InsiteScreen):
             except Exception as exc:
                 self.app.report_error("cannot refresh the dashboard", exc)
 
+    def on_resize(self) -> None:
+        self.refresh_data()  # what the health table drops on a narrow terminal depends on the width
+
     def on_screen_resume(self) -> None:
         self.refresh_data()
 
@@ -91,6 +95,10 @@ class DashboardScreen(InsiteScreen):
         cursor = table.cursor_row
         table.clear()
         self._scheduler = None
+        # under 110 columns the Next run column shows ~16 characters: a missed run is "▲ missed
+        # 02:30" there, and its reason goes under the scheduler line (Running jobs) instead
+        narrow = self.size.width < 110
+        self._missed_lines = []
         for row in model.policy_health(ws, now):
             self._scheduler = row["scheduler"]
             label, role = model.status_label(row["shown"])
@@ -102,8 +110,11 @@ class DashboardScreen(InsiteScreen):
             next_run = model.parse_time(row["next_run_at"])
             missed = row.get("missed_run")
             if missed:  # never let the next run move on silently past one that did not happen
-                upcoming = Text(f"▲ missed {model.short_clock(missed['at'])}: {missed['reason']}",
+                when = model.short_clock(missed["at"])
+                upcoming = Text(f"▲ missed {when}" + ("" if narrow else f": {missed['reason']}"),
                                 style=role_style(self.app, "warning"))
+                if narrow:
+                    self._missed_lines.append(f"{row['policy']} missed {when}: {missed['reason']}")
             else:
                 upcoming = f"{next_run:%Y-%m-%d %H:%M}" if next_run else "not scheduled"
             table.add_row(
@@ -124,6 +135,7 @@ class DashboardScreen(InsiteScreen):
         if scheduler is not None:
             mark = {True: "[$success]▶[/]", False: "[$error]✗[/]"}.get(scheduler["running"], "[$warning]▲[/]")
             lines.append(f"{mark} Scheduler: {escape(scheduler['text'])}")
+        lines += [f"[$warning]▲[/] {escape(line)}" for line in getattr(self, "_missed_lines", [])]
         if not running:
             lines.append("No job is running.  [dim](b: back up now)[/]" if not self.app.read_only
                          else "No job is running.")
@@ -172,6 +184,13 @@ class DashboardScreen(InsiteScreen):
 
     def action_open_policy(self) -> None:
         self.app.open_catalog(self.selected_policy())
+
+    def action_open_trends(self) -> None:
+        from insite_console.tui.screens.policy import PolicyScreen
+
+        policy = self.selected_policy()
+        if policy:
+            self.app.push_screen(PolicyScreen(policy))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

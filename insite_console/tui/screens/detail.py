@@ -41,6 +41,9 @@ class BackupDetailScreen(BackupActions, InsiteScreen):
     def on_mount(self) -> None:
         self.query_one(BackupDetail).show(self.backup)
         self.show_log()
+        # a verify (started here or anywhere) or a forget shows while the details are open
+        self.watch(self.app, "catalog_version", lambda _: self.after_change() if self.is_active else None,
+                   init=False)
         if self.backup["status"] == "succeeded" and self.backup.get("source_type", "files") == "files":
             self.load_tree()
         else:

@@ -39,8 +39,8 @@ class JobsScreen(InsiteScreen):
     def on_mount(self) -> None:
         table = self.query_one("#job-table", DataTable)
         for key, title in (("status", "Status"), ("kind", "Job"), ("subject", "Subject"), ("progress", "Progress"),
-                           ("rate", "Speed"), ("eta", "ETA"), ("phase", "Phase"), ("origin", "Started by"),
-                           ("started", "Started (UTC)")):
+                           ("rate", "Speed"), ("eta", "ETA"), ("duration", "Took"), ("phase", "Phase"),
+                           ("origin", "Started by"), ("started", "Started (UTC)")):
             table.add_column(title, key=key)
         # Job changes arrive up to ~10 times a second per job; the table is redrawn at most 4.
         self.refresh_on_jobs_change(self.refresh_jobs)
@@ -59,9 +59,10 @@ class JobsScreen(InsiteScreen):
         table.clear()
         for view in views:
             label, role = view.status_text()
-            table.add_row(Text(label, style=role_style(self.app, role)), view.kind, view.subject[:20],
-                          view.progress_text(), view.rate_text(), view.eta_text(), view.phase or "—", view.started_by or view.origin,
-                          model.short_time(view.started_at), key=view.id)
+            table.add_row(Text(label, style=role_style(self.app, role)), view.kind_text(), view.subject[:20],
+                          view.progress_text(), view.rate_text(), view.eta_text(), view.duration_text(),
+                          view.phase or "—", view.started_by or view.origin, model.short_time(view.started_at),
+                          key=view.id)
         if views:
             ids = [v.id for v in views]
             fresh = [v.id for v in views if v.running and v.id not in self._known]
@@ -97,13 +98,17 @@ class JobsScreen(InsiteScreen):
         total = f" of {model.size_text(view.bytes_total)}" if view.bytes_total else ""
         files = f"{view.files_done:,}" + (f" of {view.files_total:,}" if view.files_total else "")
         lines = [
-            f"[${role}][b]{escape(label)}[/][/] {escape(view.kind)} of [b]{escape(view.subject)}[/] · run "
+            f"[${role}][b]{escape(label)}[/][/] {escape(view.kind_text())} of [b]{escape(view.subject)}[/] · run "
             f"{escape(view.id)} · {escape(view.origin)}"
             + (f" · started by {escape(view.started_by)}" if view.started_by else ""),
             f"Phase [b]{escape(view.phase or '—')}[/] · {done}{total} · {files} files · "
             f"{escape(view.rate_text())} · {escape(view.files_rate_text())} · ETA {escape(view.eta_text())}",
             f"Current: {escape(view.current or '—')}",
         ]
+        if not view.running:
+            lines.append(f"Done: [b]{escape(view.totals_text())}[/] in {escape(view.duration_text())}"
+                         + (f" (started {model.short_time(view.started_at)}, finished "
+                            f"{model.short_time(view.finished_at)} UTC)" if view.finished_at else ""))
         if view.status == "cancelled":  # an operator's choice, not an error
             lines.append(f"[$warning]■ cancelled by {escape(view.cancelled_by or 'an operator (unrecorded)')}[/]")
         elif view.error:

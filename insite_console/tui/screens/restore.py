@@ -116,6 +116,8 @@ class RestoreWizard(InsiteScreen):
             with VerticalScroll(id="step-confirm", classes="step"):
                 yield Static(id="confirm-text")
                 yield Input(id="confirm-input", compact=True)
+                yield Input(id="reason-input", compact=True,
+                            placeholder="reason or ticket id (recorded with the restore): INC-123 …")
                 yield Static(id="confirm-error")
             with Vertical(id="step-progress", classes="step"):
                 yield Static(id="progress-facts")
@@ -143,6 +145,7 @@ class RestoreWizard(InsiteScreen):
         for key, title in (("action", "Action"), ("type", "Type"), ("path", "Path"), ("bytes", "Size")):
             plan_table.add_column(title, key=key)
         self.query_one("#confirm-input", Input).display = False
+        self.query_one("#reason-input", Input).display = False
         self.watch(self.app, "jobs_version", lambda _: self.job_changed(), init=False)
         self._ready = True
         self.show_step(WHAT)
@@ -262,6 +265,7 @@ class RestoreWizard(InsiteScreen):
         self.query_one("#at", Input).value = ""
         self.query_one("#patterns", Input).value = ""
         self.query_one("#confirm-input", Input).value = ""
+        self.query_one("#reason-input", Input).value = ""
         self.query_one("#parts-tree", StoredTree).selected_paths.clear()
         self._tree_for = None
         self.query_one("#where-beside", RadioButton).value = True
@@ -640,10 +644,26 @@ class RestoreWizard(InsiteScreen):
             lines.append("\n[$success]✓ nothing existing is overwritten.[/] Press Restore to start.")
             field.display = False
             self.query_one("#next", Button).focus()
+        reason = self.query_one("#reason-input", Input)
+        reason.display = self.over_source
+        if self.over_source:
+            lines.append("[$warning]▲ this is over production:[/] give a reason or ticket id below "
+                         "(recorded with the restore, in the history: key 6).")
+            if not self.overwrites:
+                reason.focus()
         self.query_one("#confirm-error", Static).update("")
         self.query_one("#confirm-text", Static).update("\n".join(lines))
 
+    @property
+    def over_source(self) -> bool:
+        return bool((self.plan or {}).get("over_source"))
+
+    @property
+    def reason(self) -> str | None:
+        return self.query_one("#reason-input", Input).value.strip() or None
+
     @on(Input.Submitted, "#confirm-input")
+    @on(Input.Submitted, "#reason-input")
     def confirm_submitted(self) -> None:
         self.confirm()
 
@@ -655,8 +675,13 @@ class RestoreWizard(InsiteScreen):
             self.query_one("#confirm-error", Static).update(
                 "[$error]✗ that is not the target: nothing was written. Type it exactly, or go back.[/]")
             return
+        if self.over_source and self.reason is None:
+            self.query_one("#confirm-error", Static).update(
+                "[$error]✗ a restore over production needs a reason or ticket id: nothing was written.[/]")
+            self.query_one("#reason-input", Input).focus()
+            return
         job = self.app.start_restore(self.backup["id"], self.target, self.includes, overwrite=bool(self.overwrites),
-                                     at=self.engine_at)
+                                     at=self.engine_at, reason=self.reason if self.over_source else None)
         if job is None:
             return
         self.job_key = job.key

@@ -114,7 +114,8 @@ class BackupTable(ScrollView, can_focus=True):
         """Re-count and drop the cached pages (after a filter, a sort, or a catalog change)."""
         self._pages.clear()
         self._storages.clear()
-        self.total = self.catalog.count_backups(policy=self.policy, search=self.search or None)
+        self.total = self.catalog.count_backups(policy=self.policy, search=self.search or None,
+                                                search_statuses=model.statuses_shown_as(self.search))
         self.virtual_size = Size(self._table_width(), self.total + 1)
         cursor = min(self.cursor, max(0, self.total - 1)) if keep_cursor else 0
         if cursor != self.cursor:
@@ -159,7 +160,8 @@ class BackupTable(ScrollView, can_focus=True):
         if self.sort_column not in {c.sort for c in SORTABLE}:
             self.sort_column = "started_at"
         return self.catalog.backups_page(page_no * PAGE, PAGE, self.total, self.sort_column, self.descending,
-                                         policy=self.policy, search=self.search or None)
+                                         policy=self.policy, search=self.search or None,
+                                         search_statuses=model.statuses_shown_as(self.search))
 
     def storages_of(self, backup: dict) -> str:
         text = self._storages.get(backup["id"])

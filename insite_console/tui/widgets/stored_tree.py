@@ -48,7 +48,13 @@ class StoredTree(Tree):
         name = entry.path.rsplit("/", 1)[-1]
         mark = ""
         if self.selectable:
-            mark = "☑ " if "/" + entry.path in self.selected_paths else "☐ "
+            path = "/" + entry.path
+            if path in self.selected_paths:
+                mark = "☑ "
+            elif entry.type == "dir" and any(p.startswith(path + "/") for p in self.selected_paths):
+                mark = "◐ "  # some of what is inside is ticked
+            else:
+                mark = "☐ "
         if entry.type == "dir":
             return f"{mark}{name}/"
         if entry.type == "symlink":
@@ -80,6 +86,10 @@ class StoredTree(Tree):
         else:
             self.selected_paths.add(path)
         node.set_label(self._label(node.data))
+        parent = node.parent
+        while parent is not None and isinstance(parent.data, Entry):  # their partial marks
+            parent.set_label(self._label(parent.data))
+            parent = parent.parent
         self.post_message(self.SelectionChanged(self, self.includes()))
 
     def includes(self) -> list[str]:

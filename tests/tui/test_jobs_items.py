@@ -1,0 +1,49 @@
+"""Live jobs items of issue 9: a duration column, final totals on done jobs, drill and copy
+jobs labelled as such."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from insite_console import clock, copy, restore, who
+from insite_console.tui import model
+from tests.tui.test_console import settle, static_text, table_rows
+
+
+async def test_copy_and_drill_jobs_are_labelled_with_duration_and_totals(console_workspace, tmp_path):
+    from insite_console.tui.app import InsiteApp
+    from insite_console.workspace import Workspace
+
+    config = console_workspace.config.path
+    config.write_text(config.read_text() + '\n[storage.offsite]\ntype = "local"\npath = "offsite"\n')
+    ws = Workspace.load(config)
+    ws.init_repository("offsite")
+    etc = ws.catalog.backups(policy="etc")[0]
+    copied = copy.run(ws, etc["id"], "offsite")
+    assert copied["status"] == "succeeded"
+    with who.acting_as("drill"):  # as a drill's restore step runs it
+        restored = restore.run(ws, etc["id"], str(tmp_path / "scratch"))
+    app = InsiteApp(ws, detach_jobs=False, theme="insite-dark", poll_seconds=0.2)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("3")
+        await settle(app, pilot, 0.3)
+        rows = {row[1]: row for row in table_rows(app.screen.query_one("#job-table", DataTable))}
+        assert set(rows) >= {"copy", "restore (drill)", "backup"}
+        copy_row, drill_row = rows["copy"], rows["restore (drill)"]
+        assert copy_row[0] == "✓ ok" and copy_row[2] == f"{etc['id']} → offsite"[:20]
+        assert drill_row[3] == f"{restored['files']:,} files · {clock.human_bytes(restored['bytes_written'])}"
+        for row in (copy_row, drill_row):
+            assert row[6] != "—" and row[6].endswith("s")  # Took: seconds at most here
+        assert copy_row[3].startswith(f"{etc['files']:,} files · ")
+        assert "Done: " in static_text(app, "#job-facts")
+    ws.close()
+
+
+def test_a_running_job_counts_its_duration_and_a_drill_says_so():
+    view = model.JobView(id="x", kind="drill", subject="data_corruption", status="running",
+                         started_at="2026-11-27T09:00:00Z")
+    assert view.kind_text() == "DR drill"
+    assert view.duration_text(clock.parse_iso("2026-11-27T09:02:05Z")) == clock.human_duration(125)
+    assert view.progress_text().endswith("?%")  # running: a bar
+    view.status, view.finished_at, view.files_done, view.bytes_done = "failed", "2026-11-27T09:01:00Z", 7, 2048
+    assert view.duration_text() == clock.human_duration(60) and view.progress_text() == "7 files · 2.0 KiB"
