@@ -603,11 +603,12 @@ async def test_cancel_a_detached_job_signals_its_process(console_workspace, tmp_
     async with app.run_test(size=(120, 40)) as pilot:
         job = app.start_backup("etc")
         await pilot.press("3")
-        for _ in range(300):
-            await pilot.pause(0.1)
-            if job.run_id and app.job_views.get(job.run_id) and app.job_views[job.run_id].running:
-                break
         screen = app.screen
+        for _ in range(300):  # the job takes the selection when it starts running (a loaded machine: later)
+            await pilot.pause(0.1)
+            if job.run_id and app.job_views.get(job.run_id) and app.job_views[job.run_id].running \
+                    and screen.selected_id() == job.run_id:
+                break
         assert screen.selected_id() == job.run_id
         await pilot.press("c")
         await pilot.pause()

@@ -22,6 +22,7 @@ class JobsScreen(InsiteScreen):
     def __init__(self) -> None:
         super().__init__()
         self._known: set[str] = set()
+        self._seen_running: set[str] = set()
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
@@ -65,10 +66,11 @@ class JobsScreen(InsiteScreen):
                           key=view.id)
         if views:
             ids = [v.id for v in views]
-            fresh = [v.id for v in views if v.running and v.id not in self._known]
+            fresh = [v.id for v in views if v.running and v.id not in self._seen_running]
             if fresh and self._known:
-                selected = fresh[0]  # a job that just started takes the selection, once
+                selected = fresh[0]  # a job that just started running takes the selection, once
             self._known.update(ids)
+            self._seen_running.update(v.id for v in views if v.running)
             table.move_cursor(row=ids.index(selected) if selected in ids else 0)
         self.show_selected()
 
