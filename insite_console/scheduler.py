@@ -29,47 +29,34 @@ DEFAULT_MAX_PARALLEL = 2
 DEFAULT_TICK_SECONDS = 30.0
 
 
+def fired_since(schedule: str, last, now: datetime, tz, since: datetime | None) -> bool:
+    """Whether a job is due: its schedule fired since its last run started (`last`: the newest
+    run's row with `status` and `started_at`, or None), that run is not still running, and with
+    `since` (the scheduler's start when `catch_up = false`) the slot fired after it."""
+    fired = last_fire(schedule, now, tz)
+    if since is not None and fired < since:
+        return False
+    if last and last["status"] == "running":
+        return False
+    return not last or clock.parse_iso(last["started_at"]) < fired
+
+
 def due_policies(ws, now: datetime | None = None, since: datetime | None = None) -> list[str]:
-    """Enabled policies whose schedule fired since their last run started. With `since` (the
-    scheduler's start when `catch_up = false`), a slot that fired before it does not count."""
-    now = now or clock.now()
-    tz = timezone(ws)
-    due = []
-    for name, policy in sorted(ws.config.policies.items()):
-        if not policy.get("schedule") or not policy.get("enabled", True):
-            continue
-        fired = last_fire(policy["schedule"], now, tz)
-        if since is not None and fired < since:
-            continue
-        runs = ws.catalog.backups(policy=name, limit=1)
-        if runs and runs[0]["status"] == "running":
-            continue
-        if not runs or clock.parse_iso(runs[0]["started_at"]) < fired:
-            due.append(name)
-    return due
+    """Enabled policies whose schedule fired since their last run started."""
+    now, tz = now or clock.now(), timezone(ws)
+    return [name for name, policy in sorted(ws.config.policies.items())
+            if policy.get("schedule") and policy.get("enabled", True)
+            and fired_since(policy["schedule"], (ws.catalog.backups(policy=name, limit=1) or [None])[0], now, tz, since)]
 
 
 def due_tests(ws, now: datetime | None = None, since: datetime | None = None) -> list[tuple[str, str]]:
     """(kind, policy) of the regular tests (regular.KINDS) whose schedule fired since the last
-    one started, for enabled policies that have a backup to test; `since` as for due_policies."""
-    now = now or clock.now()
-    tz = timezone(ws)
-    due = []
-    for name, policy in sorted(ws.config.policies.items()):
-        if not policy.get("enabled", True):
-            continue
-        for kind, key in regular.KINDS.items():
-            if not policy.get(key):
-                continue
-            fired = last_fire(policy[key], now, tz)
-            if since is not None and fired < since:
-                continue
-            last = ws.catalog.last_run(kind, name)
-            if last and last["status"] == "running":
-                continue
-            if (not last or clock.parse_iso(last["started_at"]) < fired) and ws.catalog.last_backup(name):
-                due.append((kind, name))
-    return due
+    one started, for enabled policies that have a backup to test."""
+    now, tz = now or clock.now(), timezone(ws)
+    return [(kind, name) for name, policy in sorted(ws.config.policies.items()) if policy.get("enabled", True)
+            for kind, key in regular.KINDS.items()
+            if policy.get(key) and fired_since(policy[key], ws.catalog.last_run(kind, name), now, tz, since)
+            and ws.catalog.last_backup(name)]
 
 
 GROUP_JOB = "group:"  # a group backup's job name: "group:NAME" (a policy's is its name)
@@ -77,21 +64,11 @@ GROUP_JOB = "group:"  # a group backup's job name: "group:NAME" (a policy's is i
 
 def due_groups(ws, now: datetime | None = None, since: datetime | None = None) -> list[str]:
     """Enabled `[group.NAME]`s whose schedule fired since their last group backup started."""
-    now = now or clock.now()
-    tz = timezone(ws)
-    due = []
-    for name, settings in sorted(ws.config.groups.items()):
-        if not settings.get("schedule") or not settings.get("enabled", True):
-            continue
-        fired = last_fire(settings["schedule"], now, tz)
-        if since is not None and fired < since:
-            continue
-        last = ws.catalog.group_points(group=name, limit=1)
-        if last and last[0]["status"] == "running":
-            continue
-        if not last or clock.parse_iso(last[0]["started_at"]) < fired:
-            due.append(name)
-    return due
+    now, tz = now or clock.now(), timezone(ws)
+    return [name for name, settings in sorted(ws.config.groups.items())
+            if settings.get("schedule") and settings.get("enabled", True)
+            and fired_since(settings["schedule"], (ws.catalog.group_points(group=name, limit=1) or [None])[0],
+                            now, tz, since)]
 
 
 def retry_delay(policy: dict, attempt: int) -> float:
