@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import tempfile
-from typing import TYPE_CHECKING, Iterator
+from typing import BinaryIO, Iterable, Iterator, Protocol
 
+from insite_console.repo.entry import Entry
 from insite_console.repo.objects import decode_tree_line
 from insite_console.repo.packs import TREE
-from insite_console.sources.base import Entry
 
-if TYPE_CHECKING:
-    from insite_console.repo.repository import Repository
+
+class ChunkStore(Protocol):
+    """What a tree needs of a repository (repository.Repository): store a stream, read chunks."""
+
+    def save_stream(self, fileobj: BinaryIO, method: str = ..., blob_type: int = ...) -> list[tuple[str, int]]: ...
+
+    def open_chunks(self, chunks: Iterable[tuple[str, int]]) -> BinaryIO: ...
 
 
 def sort_key(path: str) -> tuple[bytes, ...]:
@@ -37,7 +42,7 @@ class TreeWriter:
         self._spool.write(line.encode("ascii") + b"\n")
         self.count += 1
 
-    def save(self, repo: "Repository", method: str = "zstd") -> list[tuple[str, int]]:
+    def save(self, repo: ChunkStore, method: str = "zstd") -> list[tuple[str, int]]:
         self._spool.seek(0)
         chunks = repo.save_stream(self._spool, method, blob_type=TREE)
         self._spool.close()
@@ -50,7 +55,7 @@ class TreeWriter:
 class TreeReader:
     """Iterates the entries of a stored tree, streaming."""
 
-    def __init__(self, repo: "Repository", chunks: list[tuple[str, int]]):
+    def __init__(self, repo: ChunkStore, chunks: list[tuple[str, int]]):
         self._repo = repo
         self._chunks = [tuple(c) for c in chunks]
 
