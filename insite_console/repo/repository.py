@@ -51,7 +51,7 @@ CHUNK_MIN = 256 * 1024
 CHUNK_AVG = 768 * 1024
 CHUNK_MAX = 4 * 1024 * 1024
 PACK_TARGET = 8 * 1024 * 1024
-READ_BLOCK = 8 * 1024 * 1024
+READ_BLOCK = 4 * 1024 * 1024
 INDEX_CHECKPOINT_PACKS = 64
 _SYNC_ATTEMPTS = 10  # listings of index/ tried while a prune elsewhere replaces the index
 
@@ -98,7 +98,7 @@ class Repository:
     """An unlocked repository. Thread-safe for concurrent writers within one process."""
 
     def __init__(self, storage: Storage, config: dict, master: keys.MasterKey, key_id: str, cache_dir: Path,
-                 threads: int | None = None, memory_limit: int = 48 * 1024 * 1024, pack_size: int = PACK_TARGET):
+                 threads: int | None = None, memory_limit: int = 16 * 1024 * 1024, pack_size: int = PACK_TARGET):
         self.storage = storage
         self.config = config
         self.id = config["id"]
@@ -117,7 +117,7 @@ class Repository:
         self._uploaders: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._budget = _ByteBudget(memory_limit)
-        self._upload_slots = threading.BoundedSemaphore(3)
+        self._upload_slots = threading.BoundedSemaphore(storage.upload_slots)
         self._state_lock = threading.Lock()
         self._pack_lock = threading.Lock()
         self._index_lock = threading.Lock()
