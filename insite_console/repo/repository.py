@@ -109,7 +109,10 @@ class Repository:
         chunker = config["chunker"]
         self._chunker_args = dict(avg_size=chunker["avg"], min_size=chunker["min"], max_size=chunker["max"],
                                   seed=master.chunker_seed % (2**31))
-        self.index = IndexCache(Path(cache_dir) / self.id / "index.sqlite")
+        self._index_path = Path(cache_dir) / self.id / "index.sqlite"
+        self._index: IndexCache | None = None
+        self._index_open_lock = threading.Lock()
+        self.index_synced = False
         self._threads = threads or max(2, os.cpu_count() or 2)
         self._memory_limit = memory_limit
         self._pack_size = pack_size
@@ -150,11 +153,15 @@ class Repository:
         return cls(storage, config, master, key_id, cache_dir, **options)
 
     @classmethod
-    def open(cls, storage: Storage, passphrase: str, cache_dir: Path, **options) -> "Repository":
+    def open(cls, storage: Storage, passphrase: str, cache_dir: Path, sync_index: bool = True,
+             **options) -> "Repository":
+        """Unlock the repository; `sync_index=False` for callers that only read and write sealed
+        objects (wal-push, wal-fetch): they never list index/ nor open the index cache."""
         config = read_config(storage)
         master, key_id = keys.unlock(storage, passphrase)
         repo = cls(storage, config, master, key_id, cache_dir, **options)
-        repo.sync_index()
+        if sync_index:
+            repo.sync_index()
         return repo
 
     def close(self) -> None:
@@ -162,7 +169,17 @@ class Repository:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._workers = self._uploaders = self._readers = None
-        self.index.close()
+        if self._index is not None:
+            self._index.close()
+
+    @property
+    def index(self) -> IndexCache:
+        """The local cache of the index objects, opened on first use."""
+        if self._index is None:
+            with self._index_open_lock:
+                if self._index is None:
+                    self._index = IndexCache(self._index_path)
+        return self._index
 
     @property
     def master(self) -> keys.MasterKey:
@@ -226,6 +243,7 @@ class Repository:
                             len(missing))
                 packs = [p for p in packs if p["id"] not in missing]
             self.index.add_index(index_id, packs)
+        self.index_synced = True
         return len(on_storage - loaded)
 
     def _read_index_object(self, index_id: str) -> list[dict]:
