@@ -98,7 +98,7 @@ class Repository:
     """An unlocked repository. Thread-safe for concurrent writers within one process."""
 
     def __init__(self, storage: Storage, config: dict, master: keys.MasterKey, key_id: str, cache_dir: Path,
-                 threads: int | None = None, memory_limit: int = 16 * 1024 * 1024, pack_size: int = PACK_TARGET):
+                 threads: int | None = None, memory_limit: int = 8 * 1024 * 1024, pack_size: int = PACK_TARGET):
         self.storage = storage
         self.config = config
         self.id = config["id"]
@@ -361,7 +361,7 @@ class Repository:
     def chunker(self) -> FastCDC:
         return FastCDC(**self._chunker_args)
 
-    def _cut(self, fileobj: BinaryIO, block: int = READ_BLOCK) -> Iterator[bytes]:
+    def _cut(self, fileobj: BinaryIO, block: int = READ_BLOCK) -> Iterator[memoryview]:
         """Content-defined chunks of a stream, read in large blocks.
 
         pyfastcdc's own cut_stream allocates a large buffer per call, which made small files
@@ -387,10 +387,11 @@ class Repository:
                 continue
             chunks = list(cutter.cut_buf(buffer))
             last = len(chunks) if eof else len(chunks) - 1
-            for chunk in chunks[:last]:
-                yield bytes(chunk.data)
-            carry = b"" if eof else bytes(memoryview(buffer)[chunks[-1].offset:])
-            del chunks
+            view = memoryview(buffer)
+            for chunk in chunks[:last]:  # views, not copies: the block lives until its chunks are stored
+                yield view[chunk.offset:chunk.offset + chunk.length]
+            carry = b"" if eof else bytes(view[chunks[-1].offset:])
+            del chunks, view
             if eof:
                 return
 
