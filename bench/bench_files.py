@@ -116,15 +116,25 @@ def drop_caches() -> bool:
         return False
 
 
+def environ(extra: dict | None) -> dict:
+    """os.environ with `extra` applied; a None value removes the variable."""
+    env = {**os.environ, **(extra or {})}
+    return {k: v for k, v in env.items() if v is not None}
+
+
+#: CPU seconds (user + system) of the last command timed, for the CPU rows
+last_cpu = [0.0]
+
+
 def timed(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command."""
+    """Wall seconds and peak RSS (KiB) of one command; its CPU seconds go to last_cpu."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=environ(env), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _pid, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed: {proc.stderr.read().decode()[-2000:]}")
+    last_cpu[0] = usage.ru_utime + usage.ru_stime
     return seconds, usage.ru_maxrss
 
 
@@ -162,24 +172,25 @@ class Insite(Tool):
             source = "tree"
             storage = "local"
             """))
-        self.env = {"INSITE_PASSPHRASE": PASSPHRASE}
+        # as installed: byte-compiled once, not at every command (some shells export PYTHONDONTWRITEBYTECODE)
+        self.env = {"INSITE_PASSPHRASE": PASSPHRASE, "PYTHONDONTWRITEBYTECODE": None}
 
     def cmd(self, *args):
         return [*CONSOLE, "-c", str(self.config), *args]
 
     def init(self):
-        subprocess.run(self.cmd("init"), env={**os.environ, **self.env}, check=True, capture_output=True)
+        subprocess.run(self.cmd("init"), env=environ(self.env), check=True, capture_output=True)
 
     def backup(self):
         return timed(self.cmd("backup", "tree", "--json"), self.env)
 
     def restore(self, target):
-        out = subprocess.run(self.cmd("backups", "--json"), env={**os.environ, **self.env}, check=True,
+        out = subprocess.run(self.cmd("backups", "--json"), env=environ(self.env), check=True,
                              capture_output=True, text=True).stdout
         return timed(self.cmd("restore", json.loads(out)[0]["id"], "--target", str(target)), self.env)
 
     def verify(self):
-        out = subprocess.run(self.cmd("backups", "--json"), env={**os.environ, **self.env}, check=True,
+        out = subprocess.run(self.cmd("backups", "--json"), env=environ(self.env), check=True,
                              capture_output=True, text=True).stdout
         return timed(self.cmd("verify", json.loads(out)[0]["id"], "--deep"), self.env)
 
@@ -196,7 +207,7 @@ class Restic(Tool):
                 "RESTIC_CACHE_DIR": str(self.work / "restic-cache")}
 
     def init(self):
-        subprocess.run(["restic", "init"], env={**os.environ, **self.env}, check=True, capture_output=True)
+        subprocess.run(["restic", "init"], env=environ(self.env), check=True, capture_output=True)
 
     def backup(self):
         return timed(["restic", "backup", "--quiet", str(self.tree)], self.env)
@@ -220,7 +231,7 @@ class Borg(Tool):
                 "BORG_BASE_DIR": str(self.work / "borg-base"), "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
 
     def init(self):
-        subprocess.run(["borg", "init", "--encryption=repokey-blake2"], env={**os.environ, **self.env}, check=True,
+        subprocess.run(["borg", "init", "--encryption=repokey-blake2"], env=environ(self.env), check=True,
                        capture_output=True)
         self.count = 0
 
@@ -238,7 +249,8 @@ class Borg(Tool):
 
 METRICS = (("backup", "first full backup", "s"), ("nochange", "backup, no change", "s"),
            ("incremental", "backup after a 1% change", "s"), ("restore", "full restore", "s"),
-           ("verify", "deep verify", "s"), ("repo_mb", "repository size", "MiB"),
+           ("verify", "deep verify", "s"), ("backup_cpu", "CPU time, first full backup", "s"),
+           ("restore_cpu", "CPU time, full restore", "s"), ("repo_mb", "repository size", "MiB"),
            ("backup_rss_mb", "peak RSS, backup", "MiB"), ("restore_rss_mb", "peak RSS, restore", "MiB"),
            ("verify_rss_mb", "peak RSS, verify", "MiB"))
 
@@ -267,6 +279,7 @@ def measure(tools: list[Tool], tree: Path, original: Path, work: Path, cold: boo
         prepare()
         seconds, rss = tool.backup()
         record(tool, "backup", seconds)
+        record(tool, "backup_cpu", last_cpu[0])
         record(tool, "backup_rss_mb", rss / 1024)
     for tool in tools:
         prepare()
@@ -282,6 +295,7 @@ def measure(tools: list[Tool], tree: Path, original: Path, work: Path, cold: boo
         prepare()
         seconds, rss = tool.restore(target)
         record(tool, "restore", seconds)
+        record(tool, "restore_cpu", last_cpu[0])
         record(tool, "restore_rss_mb", rss / 1024)
         shutil.rmtree(target, ignore_errors=True)
     for tool in tools:
