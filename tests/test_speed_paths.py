@@ -51,3 +51,32 @@ def test_wal_push_reads_no_index_object(tmp_path, monkeypatch):
     assert not [key for key in touched if key.startswith(("index", "data"))], touched
     assert helper.ws.repository("local").get_sealed(wal.wal_key("db", segment.name)) == segment.read_bytes()
     helper.close()
+
+
+def test_incremental_reuses_across_index_lookup_blocks_and_rereads_what_the_index_lost(workspace):
+    from insite_console.backup import KnownAhead
+
+    with open(workspace.config, "a") as handle:
+        handle.write('\n[engine]\npack_size = "16KiB"\n')  # many packs: losing one loses a few files
+    workspace.reopen()
+    files = 3 * KnownAhead.BLOCK + 17
+    for i in range(files):
+        folder = workspace.source / f"d{i % 7}"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"f{i:05d}.txt"
+        path.write_text(f"content of file {i}\n" * (1 + i % 5))
+        os.utime(path, (1_700_000_000, 1_700_000_000))  # not "racy": reusable by the next backup
+    backup.run(workspace.ws, "tree", "full")
+    second = backup.run(workspace.ws, "tree", "incremental")
+    totals = workspace.ws.catalog.backup(second["id"])["info"]["totals"]
+    assert totals["files_reused"] == files
+    repo = workspace.ws.repository("local")
+    lost = next(p for p in sorted(repo.index.packs()) if any(
+        t == 0 for _, loc in repo.index.blobs_in_pack(p) for t in [loc.type]))
+    repo.index.drop_packs([lost])  # this host's index no longer has those chunks: they must be read again
+    third = backup.run(workspace.ws, "tree", "incremental")
+    totals = workspace.ws.catalog.backup(third["id"])["info"]["totals"]
+    assert 0 < files - totals["files_reused"] < files
+    target = workspace.root / "out"
+    restore.run(workspace.ws, third["id"], str(target))
+    assert_same_tree(workspace.source, workspace.restored(target))
