@@ -1,13 +1,14 @@
 """File-tree benchmark: insite-console against restic and borg on the same tree, same run.
 
-    python bench/bench_files.py [--size-mb 1024] [--runs 1] [--keep]
+    python bench/bench_files.py [--scale 1.0] [--runs 1] [--modes warm,cold] [--dir D --keep]
 
-Generates a deterministic mixed tree (many small compressible files, incompressible
-binaries, a few large files), then measures for each tool: first full backup, backup after a
-1% mutation, repository size, full restore, deep verify, and peak RSS. Figures are printed as
-ratios to restic measured in the same run, since these machines are noisy. Page caches are
-dropped before each step when the kernel allows it (`/proc/sys/vm/drop_caches`), otherwise
-runs are warm and the report says so. restic and borg come from Debian (`apt-get install
+Generates the deterministic mixed tree of issue 12 (24k small compressible files, incompressible
+binaries, duplicates, a VM-like image, a log, a random file; `--scale` shrinks it), then measures
+for each tool, one after the other within each step: first full backup, backup with no change,
+backup after a 1% mutation, repository size, full restore, deep verify, and peak RSS. Figures
+are printed as markdown tables with insite's ratio to restic measured in the same run, since
+these machines are noisy. "warm" runs sync first; "cold" runs drop the page cache before each
+step (`/proc/sys/vm/drop_caches`, root only; otherwise the report says cold is unavailable). restic and borg come from Debian (`apt-get install
 restic borgbackup`); a missing tool is skipped.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -31,41 +33,54 @@ ROOT = Path(__file__).resolve().parent.parent
 CONSOLE = [sys.executable, "-m", "insite_console"]
 
 
-def make_tree(root: Path, size_mb: int, seed: int = 42) -> int:
-    """~size_mb of data: 30% small text files, 40% random binaries, 30% a few large files."""
+def make_tree(root: Path, scale: float = 1.0, seed: int = 42) -> int:
+    """The issue's mixed tree (~1.1 GB at scale 1): 24,000 small text/CSV/JSON/log files of
+    1–40 KB, 220 incompressible binaries of 64 KiB–6 MiB, 40 duplicated binaries, a 256 MiB
+    VM-like image (mostly zeros, some data), a 128 MiB log and a 96 MiB random file. `scale`
+    shrinks counts and large sizes together, for quick runs."""
     rng = random.Random(seed)
-    total, budget = 0, size_mb * 1024 * 1024
+    total = 0
     words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) for _ in range(2000)]
-    small_budget, binary_budget = budget * 0.3, budget * 0.4
-    i = 0
-    while total < small_budget:
+    corpus = b" ".join(rng.choice(words) for _ in range(200_000))  # ~1.2 MB of text to cut files from
+    kinds = ("txt", "csv", "json", "log")
+    for i in range(int(24_000 * scale)):
         folder = root / "src" / f"pkg{i % 97:02d}" / f"mod{i % 13}"
         folder.mkdir(parents=True, exist_ok=True)
-        size = rng.randint(200, 60_000)
-        data = b" ".join(rng.choice(words) for _ in range(size // 6))[:size]
-        (folder / f"file{i:06d}.txt").write_bytes(data)
+        size = int(rng.triangular(1024, 40 * 1024, 4096))
+        start = rng.randrange(len(corpus) - size)
+        data = b"%d," % i + corpus[start:start + size]  # unique per file, compressible
+        (folder / f"file{i:06d}.{kinds[i % 4]}").write_bytes(data)
         total += len(data)
-        i += 1
-    while total < small_budget + binary_budget:
+    binaries = []
+    for i in range(int(220 * scale)):
         folder = root / "bin" / f"set{i % 31:02d}"
         folder.mkdir(parents=True, exist_ok=True)
-        size = rng.randint(100_000, 4_000_000)
-        (folder / f"blob{i:06d}.bin").write_bytes(rng.randbytes(size))
+        size = int(math.exp(rng.uniform(math.log(64 * 1024), math.log(6 * 1024 * 1024))))
+        path = folder / f"blob{i:05d}.bin"
+        path.write_bytes(rng.randbytes(size))
+        binaries.append(path)
         total += size
-        i += 1
+    dup = root / "dup"
+    dup.mkdir(parents=True, exist_ok=True)
+    for i in range(int(40 * scale)):
+        source = binaries[i % len(binaries)]
+        shutil.copyfile(source, dup / f"copy{i:03d}-{source.name}")
+        total += source.stat().st_size
     big = root / "large"
     big.mkdir(parents=True, exist_ok=True)
-    n = 0
-    while total < budget:
-        size = min(int(budget * 0.1), budget - total)
-        with open(big / f"large{n}.dat", "wb") as handle:
-            written = 0
-            while written < size:
-                block = (rng.randbytes(1 << 20) if n % 2 else (words[n % len(words)] * 200_000)[: 1 << 20])
-                handle.write(block[: size - written])
-                written += len(block[: size - written])
-        total += size
-        n += 1
+    mib = 1 << 20
+    with open(big / "vm.img", "wb") as handle:  # zeros with scattered data blocks, written dense
+        for n in range(int(256 * scale)):
+            handle.write(rng.randbytes(mib) if n % 8 == 0 else (corpus[:mib] if n % 8 == 1 else bytes(mib)))
+    with open(big / "app.log", "wb") as handle:
+        for n in range(int(128 * scale)):
+            lines = [b"2026-01-01T00:%02d:%02d INFO request %d took %d ms %s\n" % (
+                n % 60, k % 60, n * 10_000 + k, rng.randint(1, 900), corpus[k * 7:k * 7 + 40]) for k in range(10_000)]
+            handle.write(b"".join(lines)[:mib].ljust(mib, b"\n"))
+    with open(big / "random.bin", "wb") as handle:
+        for _ in range(int(96 * scale)):
+            handle.write(rng.randbytes(mib))
+    total += int(256 * scale) * mib + int(128 * scale) * mib + int(96 * scale) * mib
     return total
 
 
@@ -101,15 +116,25 @@ def drop_caches() -> bool:
         return False
 
 
+def environ(extra: dict | None) -> dict:
+    """os.environ with `extra` applied; a None value removes the variable."""
+    env = {**os.environ, **(extra or {})}
+    return {k: v for k, v in env.items() if v is not None}
+
+
+#: CPU seconds (user + system) of the last command timed, for the CPU rows
+last_cpu = [0.0]
+
+
 def timed(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command."""
+    """Wall seconds and peak RSS (KiB) of one command; its CPU seconds go to last_cpu."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=environ(env), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _pid, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed: {proc.stderr.read().decode()[-2000:]}")
+    last_cpu[0] = usage.ru_utime + usage.ru_stime
     return seconds, usage.ru_maxrss
 
 
@@ -147,24 +172,25 @@ class Insite(Tool):
             source = "tree"
             storage = "local"
             """))
-        self.env = {"INSITE_PASSPHRASE": PASSPHRASE}
+        # as installed: byte-compiled once, not at every command (some shells export PYTHONDONTWRITEBYTECODE)
+        self.env = {"INSITE_PASSPHRASE": PASSPHRASE, "PYTHONDONTWRITEBYTECODE": None}
 
     def cmd(self, *args):
         return [*CONSOLE, "-c", str(self.config), *args]
 
     def init(self):
-        subprocess.run(self.cmd("init"), env={**os.environ, **self.env}, check=True, capture_output=True)
+        subprocess.run(self.cmd("init"), env=environ(self.env), check=True, capture_output=True)
 
     def backup(self):
         return timed(self.cmd("backup", "tree", "--json"), self.env)
 
     def restore(self, target):
-        out = subprocess.run(self.cmd("backups", "--json"), env={**os.environ, **self.env}, check=True,
+        out = subprocess.run(self.cmd("backups", "--json"), env=environ(self.env), check=True,
                              capture_output=True, text=True).stdout
         return timed(self.cmd("restore", json.loads(out)[0]["id"], "--target", str(target)), self.env)
 
     def verify(self):
-        out = subprocess.run(self.cmd("backups", "--json"), env={**os.environ, **self.env}, check=True,
+        out = subprocess.run(self.cmd("backups", "--json"), env=environ(self.env), check=True,
                              capture_output=True, text=True).stdout
         return timed(self.cmd("verify", json.loads(out)[0]["id"], "--deep"), self.env)
 
@@ -181,7 +207,7 @@ class Restic(Tool):
                 "RESTIC_CACHE_DIR": str(self.work / "restic-cache")}
 
     def init(self):
-        subprocess.run(["restic", "init"], env={**os.environ, **self.env}, check=True, capture_output=True)
+        subprocess.run(["restic", "init"], env=environ(self.env), check=True, capture_output=True)
 
     def backup(self):
         return timed(["restic", "backup", "--quiet", str(self.tree)], self.env)
@@ -205,7 +231,7 @@ class Borg(Tool):
                 "BORG_BASE_DIR": str(self.work / "borg-base"), "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
 
     def init(self):
-        subprocess.run(["borg", "init", "--encryption=repokey-blake2"], env={**os.environ, **self.env}, check=True,
+        subprocess.run(["borg", "init", "--encryption=repokey-blake2"], env=environ(self.env), check=True,
                        capture_output=True)
         self.count = 0
 
@@ -221,76 +247,122 @@ class Borg(Tool):
         return timed(["borg", "check", "--verify-data"], self.env)
 
 
+METRICS = (("backup", "first full backup", "s"), ("nochange", "backup, no change", "s"),
+           ("incremental", "backup after a 1% change", "s"), ("restore", "full restore", "s"),
+           ("verify", "deep verify", "s"), ("backup_cpu", "CPU time, first full backup", "s"),
+           ("restore_cpu", "CPU time, full restore", "s"), ("repo_mb", "repository size", "MiB"),
+           ("backup_rss_mb", "peak RSS, backup", "MiB"), ("restore_rss_mb", "peak RSS, restore", "MiB"),
+           ("verify_rss_mb", "peak RSS, verify", "MiB"))
+
+
+def measure(tools: list[Tool], tree: Path, original: Path, work: Path, cold: bool,
+            results: dict[str, dict[str, list[float]]]) -> None:
+    """One pass of every step for every tool, side by side; `cold` drops the page cache first."""
+
+    def prepare() -> None:
+        if cold:
+            drop_caches()
+        else:
+            os.sync()
+
+    def record(tool: Tool, metric: str, value: float) -> None:
+        results.setdefault(tool.name, {}).setdefault(metric, []).append(value)
+
+    shutil.rmtree(tree)
+    shutil.copytree(original, tree, symlinks=True)
+    for tool in tools:
+        shutil.rmtree(tool.repo, ignore_errors=True)
+        for extra in ("insite-state", "restic-cache", "borg-base"):
+            shutil.rmtree(work / extra, ignore_errors=True)
+        tool.init()
+    for tool in tools:
+        prepare()
+        seconds, rss = tool.backup()
+        record(tool, "backup", seconds)
+        record(tool, "backup_cpu", last_cpu[0])
+        record(tool, "backup_rss_mb", rss / 1024)
+    for tool in tools:
+        prepare()
+        record(tool, "nochange", tool.backup()[0])
+    mutate(tree)
+    for tool in tools:
+        prepare()
+        record(tool, "incremental", tool.backup()[0])
+        record(tool, "repo_mb", dir_size(tool.repo) / 2**20)
+    for tool in tools:
+        target = work / f"restore-{tool.name}"
+        shutil.rmtree(target, ignore_errors=True)
+        prepare()
+        seconds, rss = tool.restore(target)
+        record(tool, "restore", seconds)
+        record(tool, "restore_cpu", last_cpu[0])
+        record(tool, "restore_rss_mb", rss / 1024)
+        shutil.rmtree(target, ignore_errors=True)
+    for tool in tools:
+        prepare()
+        seconds, rss = tool.verify()
+        record(tool, "verify", seconds)
+        record(tool, "verify_rss_mb", rss / 1024)
+
+
+def report(title: str, tools: list[Tool], medians: dict[str, dict[str, float]]) -> None:
+    """A markdown table: each step's figure per tool, insite's as a ratio to restic's."""
+    names = [t.name for t in tools]
+    print(f"\n{title}\n")
+    print("| step | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for metric, label, unit in METRICS:
+        cells = []
+        for name in names:
+            value = medians[name][metric]
+            cell = f"{value:.2f} s" if unit == "s" else f"{value:.0f} {unit}"
+            if name == "insite" and "restic" in medians and medians["restic"][metric]:
+                cell += f" ({value / medians['restic'][metric]:.2f}x)"
+            cells.append(cell)
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="shrink the tree (file counts and large files) for quick runs, e.g. 0.25")
     parser.add_argument("--runs", type=int, default=1, help="repeat each measurement and take the median")
     parser.add_argument("--dir", help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--tools", default="insite,restic,borg")
+    parser.add_argument("--modes", default="warm,cold", help="warm, cold (page cache dropped before each step)")
     parser.add_argument("--single-file-mb", type=int, default=0,
                         help="also back up one file of this size and report insite's peak RSS")
     args = parser.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="insite-bench-"))
     tree = work / "tree"
-    if not tree.exists():
-        print(f"generating {args.size_mb} MB tree in {tree} …", file=sys.stderr)
-        size = make_tree(tree, args.size_mb)
-    else:
-        size = dir_size(tree)
-    files = sum(1 for p in tree.rglob("*") if p.is_file())
-    cold = drop_caches()
-    tools = [cls(work, tree) for cls in (Insite, Restic, Borg) if cls.name in args.tools.split(",")]
-    tools = [t for t in tools if t.available()]
-    results: dict[str, dict[str, float]] = {}
     original = work / "tree-original"
-    shutil.copytree(tree, original, symlinks=True)
-    for run in range(args.runs):
-        shutil.rmtree(tree)
-        shutil.copytree(original, tree, symlinks=True)
-        for tool in tools:
-            shutil.rmtree(tool.repo, ignore_errors=True)
-            for extra in ("insite-state", "restic-cache", "borg-base"):
-                shutil.rmtree(work / extra, ignore_errors=True)
-            tool.init()
-        for tool in tools:
-            drop_caches()
-            seconds, rss = tool.backup()
-            results.setdefault(tool.name, {}).setdefault("backup", []).append(seconds)
-            results[tool.name].setdefault("backup_rss_mb", []).append(rss / 1024)
-        mutate(tree)
-        for tool in tools:
-            drop_caches()
-            seconds, _ = tool.backup()
-            results[tool.name].setdefault("incremental", []).append(seconds)
-            results[tool.name].setdefault("repo_mb", []).append(dir_size(tool.repo) / 2**20)
-        for tool in tools:
-            target = work / f"restore-{tool.name}"
-            shutil.rmtree(target, ignore_errors=True)
-            drop_caches()
-            seconds, rss = tool.restore(target)
-            results[tool.name].setdefault("restore", []).append(seconds)
-            results[tool.name].setdefault("restore_rss_mb", []).append(rss / 1024)
-            shutil.rmtree(target, ignore_errors=True)
-        for tool in tools:
-            drop_caches()
-            seconds, _ = tool.verify()
-            results[tool.name].setdefault("verify", []).append(seconds)
-    medians = {name: {k: statistics.median(v) for k, v in metrics.items()} for name, metrics in results.items()}
-    print(f"\ntree: {size / 2**20:.0f} MiB in {files} files; caches {'dropped' if cold else 'warm (cannot drop)'}; "
-          f"runs: {args.runs}; cores: {os.cpu_count()}\n")
-    header = f"{'metric':<16}" + "".join(f"{t.name:>14}" for t in tools) + ("   insite/restic" if "restic" in medians else "")
-    print(header)
-    for metric in ("backup", "incremental", "restore", "verify", "repo_mb", "backup_rss_mb", "restore_rss_mb"):
-        row = f"{metric:<16}" + "".join(f"{medians[t.name][metric]:>14.1f}" for t in tools)
-        if "restic" in medians and medians["restic"][metric]:
-            row += f"   {medians['insite'][metric] / medians['restic'][metric]:>12.2f}x"
-        print(row)
-    mb = size / 2**20
-    print(f"\ninsite throughput: backup {mb / medians['insite']['backup']:.0f} MiB/s, "
-          f"restore {mb / medians['insite']['restore']:.0f} MiB/s; incremental/full = "
-          f"{medians['insite']['incremental'] / medians['insite']['backup']:.2f}")
-    print(json.dumps({"size_mib": round(mb), "files": files, "cold": cold, "medians": medians}), file=sys.stderr)
+    if not original.exists():
+        print(f"generating the tree (scale {args.scale}) in {original} …", file=sys.stderr)
+        make_tree(original, args.scale)
+    tree.mkdir(exist_ok=True)
+    size = dir_size(original)
+    files = sum(1 for p in original.rglob("*") if p.is_file())
+    wanted = args.tools.split(",")
+    tools = [cls(work, tree) for cls in (Insite, Restic, Borg) if cls.name in wanted]
+    missing = [t.name for t in tools if not t.available()]
+    tools = [t for t in tools if t.available()]
+    modes = args.modes.split(",")
+    if "cold" in modes and not drop_caches():
+        print("cold runs unavailable: cannot write /proc/sys/vm/drop_caches (needs root)", file=sys.stderr)
+        modes.remove("cold")
+    all_medians = {}
+    for mode in modes:
+        results: dict[str, dict[str, list[float]]] = {}
+        for _ in range(args.runs):
+            measure(tools, tree, original, work, mode == "cold", results)
+        medians = {name: {k: statistics.median(v) for k, v in metrics.items()} for name, metrics in results.items()}
+        all_medians[mode] = medians
+        caches = "page cache dropped before each step" if mode == "cold" else "warm page cache"
+        report(f"{mode}: {size / 2**20:.0f} MiB in {files} files; {caches}; median of {args.runs} run(s); "
+               f"{os.cpu_count()} cores" + (f"; not installed: {', '.join(missing)}" if missing else ""),
+               tools, medians)
+    print(json.dumps({"size_mib": round(size / 2**20), "files": files, "medians": all_medians}), file=sys.stderr)
     if args.single_file_mb:
         single_file_rss(work, args.single_file_mb)
     if not args.keep and not args.dir:

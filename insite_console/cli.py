@@ -7,6 +7,7 @@ print one clear message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -1036,7 +1037,21 @@ def _join_relative_at(argv: list[str]) -> list[str]:
     return joined
 
 
+def _one_malloc_arena() -> None:
+    """glibc gives each thread its own heap arena; buffers a reader thread frees then stay in its
+    arena while a worker's grows (peak RSS of a backup 160 -> 120 MiB on bench_files, same
+    speed). One arena, set before any thread starts; a no-op on other C libraries."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+_M_ARENA_MAX = -8  # malloc.h
+
+
 def main(argv: list[str] | None = None) -> int:
+    _one_malloc_arena()
     # file names that are not UTF-8 print as their original bytes, as ls would
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):

@@ -58,42 +58,66 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class ProgressReporter:
-    """Holds the current Progress and forwards it to callbacks at most `rate` times a second."""
+    """Holds the current Progress and forwards it to callbacks at most `rate` times a second.
+
+    Changes between two reports are kept in a dict and folded into a new Progress only when
+    one is read or sent: a backup advances once per file, tens of thousands of times."""
 
     def __init__(self, operation: str, callbacks: list[ProgressCallback | None] | None = None, rate: float = 10.0):
         self._callbacks = [cb for cb in (callbacks or []) if cb is not None]
         self._interval = 1.0 / rate
         self._last_sent = 0.0
         self._lock = threading.Lock()
-        self.current = Progress(operation=operation, phase="starting")
+        self._snapshot = Progress(operation=operation, phase="starting")
+        self._changes: dict = {}
 
     def add_callback(self, callback: ProgressCallback) -> None:
         self._callbacks.append(callback)
 
+    @property
+    def current(self) -> Progress:
+        with self._lock:
+            return self._fold()
+
+    def _fold(self) -> Progress:
+        if self._changes:
+            self._snapshot = replace(self._snapshot, **self._changes)
+            self._changes = {}
+        return self._snapshot
+
+    def _due(self, force: bool) -> Progress | None:
+        """The snapshot to send now, or None (holding the lock)."""
+        now = time.monotonic()
+        if not force and now - self._last_sent < self._interval:
+            return None
+        self._last_sent = now
+        return self._fold()
+
+    def _send(self, snapshot: Progress | None) -> None:
+        if snapshot is not None:
+            for callback in self._callbacks:
+                callback(snapshot)
+
     def update(self, force: bool = False, **changes) -> None:
         with self._lock:
-            if "phase" in changes and changes["phase"] != self.current.phase:
+            if "phase" in changes and changes["phase"] != self._changes.get("phase", self._snapshot.phase):
                 force = True
-            self.current = replace(self.current, **changes)
-            now = time.monotonic()
-            if not force and now - self._last_sent < self._interval:
-                return
-            self._last_sent = now
-            snapshot = self.current
-        for callback in self._callbacks:
-            callback(snapshot)
+            self._changes.update(changes)
+            snapshot = self._due(force)
+        self._send(snapshot)
 
     def advance(self, bytes_done: int = 0, files_done: int = 0, current: str | None = None) -> None:
         """Add to the counters (thread-safe) and maybe report."""
         with self._lock:
-            changes = {
-                "bytes_done": self.current.bytes_done + bytes_done,
-                "files_done": self.current.files_done + files_done,
-            }
+            changes = self._changes
+            if bytes_done:
+                changes["bytes_done"] = changes.get("bytes_done", self._snapshot.bytes_done) + bytes_done
+            if files_done:
+                changes["files_done"] = changes.get("files_done", self._snapshot.files_done) + files_done
             if current is not None:
                 changes["current"] = current
-            self.current = replace(self.current, **changes)
-        self.update()
+            snapshot = self._due(False)
+        self._send(snapshot)
 
 
 class CancelToken:

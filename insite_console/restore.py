@@ -10,6 +10,7 @@ through a symlink or outside its target.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
@@ -29,7 +30,7 @@ from insite_console.redact import redact, redact_all
 from insite_console.repo.repository import Repository
 from insite_console.repo.tree import TreeReader
 from insite_console.sources import source_module
-from insite_console.sources.base import Entry
+from insite_console.repo.entry import Entry
 
 DEFAULT_THROUGHPUT = 150 * 1024 * 1024  # bytes/s assumed for an estimate before any restore was measured
 PLAN_LIMIT = 1000  # plan items listed in full; the totals always count everything
@@ -265,8 +266,16 @@ def _same_content(repo: Repository, fd: int, entry: Entry) -> bool:
     return os.read(fd, 1) == b""
 
 
+#: folders of the target kept open while restoring (well under the usual limit of 1024 descriptors)
+_DIR_CACHE = 64
+
+
 class _Target:
-    """The target directory, opened once; every path below it is reached without following symlinks."""
+    """The target directory, opened once; every path below it is reached without following symlinks.
+
+    Folders opened are kept open (the most recent `_DIR_CACHE` of them), so a file's folder
+    costs one dup instead of an open per path component: a descriptor, once checked, stays
+    the folder it was, whatever is renamed or swapped in above it later."""
 
     def __init__(self, root: str, create: bool):
         if create:
@@ -274,15 +283,37 @@ class _Target:
         self.root = root
         self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         self._lock = threading.Lock()
+        self._dirs: collections.OrderedDict[tuple[str, ...], int] = collections.OrderedDict()
 
     def close(self) -> None:
+        with self._lock:
+            for fd in self._dirs.values():
+                os.close(fd)
+            self._dirs.clear()
         os.close(self.fd)
 
+    def _keep(self, key: tuple[str, ...], fd: int) -> None:
+        with self._lock:
+            if key in self._dirs:
+                return
+            self._dirs[key] = os.dup(fd)
+            if len(self._dirs) > _DIR_CACHE:
+                os.close(self._dirs.popitem(last=False)[1])
+
     def open_dir(self, parts: list[str], create: bool) -> int | None:
-        """fd of the directory T/parts..., creating missing ones; None if missing and not create."""
-        fd = os.dup(self.fd)
+        """fd of the directory T/parts..., creating missing ones; None if missing and not create.
+        The caller closes it."""
+        key = tuple(parts)
+        with self._lock:
+            depth = len(key)
+            while depth and key[:depth] not in self._dirs:
+                depth -= 1
+            if depth:
+                self._dirs.move_to_end(key[:depth])
+            fd = os.dup(self._dirs[key[:depth]] if depth else self.fd)
         try:
-            for i, part in enumerate(parts):
+            for i in range(depth, len(parts)):
+                part = parts[i]
                 try:
                     nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 except FileNotFoundError:
@@ -302,6 +333,7 @@ class _Target:
                     raise
                 os.close(fd)
                 fd = nxt
+                self._keep(key[: i + 1], fd)
             return fd
         except BaseException:
             try:

@@ -160,7 +160,7 @@ def push_file(ws, source: str, path: str) -> dict[str, Any]:
     except OSError as exc:
         raise WalError(f"wal-push {source}: cannot read {path}: {exc.strerror}") from None
     digest = hashlib.sha256(data).hexdigest()
-    repo = ws.repository(storage)
+    repo = ws.repository(storage, sync_index=False)  # sealed objects only: the index is not needed
     check_system_identifier(ws, repo, source, name, system_identifier(name, data, path))
     key = wal_key(source, name)
     where = f"{key} on storage {storage}"
@@ -314,7 +314,7 @@ def fetch_file(ws, source: str, name: str, dest: str, prefetch: int = PREFETCH) 
         _place(spooled, dest, move=True)
         return {"name": name, "status": "from prefetch spool"}
     storage = storage_for_source(ws, source)
-    repo = ws.repository(storage)
+    repo = ws.repository(storage, sync_index=False)
     names = [name]
     if _SEGMENT.match(name) and prefetch > 1:
         seg_size = _segment_size(ws, source)

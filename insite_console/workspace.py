@@ -81,15 +81,19 @@ class Workspace:
             options["pack_size"] = parse_size(engine["pack_size"])
         return options
 
-    def repository(self, name: str) -> Repository:
-        """The unlocked repository on storage `name` (opened once per workspace)."""
+    def repository(self, name: str, sync_index: bool = True) -> Repository:
+        """The unlocked repository on storage `name` (opened once per workspace). `sync_index=False`
+        skips loading the index (for sealed objects only: WAL); a later caller gets it synced."""
         with self._lock:
             repo = self._repos.get(name)
         if repo is not None:
+            if sync_index and not repo.index_synced:
+                repo.sync_index()
             return repo
         storage = self.storage(name)
         try:
-            repo = Repository.open(storage, self.passphrase(), self.cache_dir, **self._repo_options())
+            repo = Repository.open(storage, self.passphrase(), self.cache_dir, sync_index=sync_index,
+                                   **self._repo_options())
         except RepositoryError:
             vanished = self.vanished_message(name)
             if vanished:

@@ -126,6 +126,17 @@ class IndexCache:
     def has(self, blob_id: bytes) -> bool:
         return self._reader().execute("SELECT 1 FROM blobs WHERE id = ?", (blob_id,)).fetchone() is not None
 
+    def has_many(self, blob_ids) -> set[bytes]:
+        """Which of `blob_ids` are indexed: one query per 500, in key order."""
+        ids = sorted(set(blob_ids))
+        found: set[bytes] = set()
+        conn = self._reader()
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            rows = conn.execute(f"SELECT id FROM blobs WHERE id IN ({','.join('?' * len(part))})", part)
+            found.update(row[0] for row in rows)
+        return found
+
     def packs(self) -> dict[str, int]:
         with self._lock:
             return dict(self._db.execute("SELECT id, size FROM packs"))

@@ -51,7 +51,7 @@ CHUNK_MIN = 256 * 1024
 CHUNK_AVG = 768 * 1024
 CHUNK_MAX = 4 * 1024 * 1024
 PACK_TARGET = 8 * 1024 * 1024
-READ_BLOCK = 8 * 1024 * 1024
+READ_BLOCK = 4 * 1024 * 1024
 INDEX_CHECKPOINT_PACKS = 64
 _SYNC_ATTEMPTS = 10  # listings of index/ tried while a prune elsewhere replaces the index
 
@@ -98,7 +98,7 @@ class Repository:
     """An unlocked repository. Thread-safe for concurrent writers within one process."""
 
     def __init__(self, storage: Storage, config: dict, master: keys.MasterKey, key_id: str, cache_dir: Path,
-                 threads: int | None = None, memory_limit: int = 48 * 1024 * 1024, pack_size: int = PACK_TARGET):
+                 threads: int | None = None, memory_limit: int = 8 * 1024 * 1024, pack_size: int = PACK_TARGET):
         self.storage = storage
         self.config = config
         self.id = config["id"]
@@ -109,7 +109,10 @@ class Repository:
         chunker = config["chunker"]
         self._chunker_args = dict(avg_size=chunker["avg"], min_size=chunker["min"], max_size=chunker["max"],
                                   seed=master.chunker_seed % (2**31))
-        self.index = IndexCache(Path(cache_dir) / self.id / "index.sqlite")
+        self._index_path = Path(cache_dir) / self.id / "index.sqlite"
+        self._index: IndexCache | None = None
+        self._index_open_lock = threading.Lock()
+        self.index_synced = False
         self._threads = threads or max(2, os.cpu_count() or 2)
         self._memory_limit = memory_limit
         self._pack_size = pack_size
@@ -117,7 +120,7 @@ class Repository:
         self._uploaders: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._budget = _ByteBudget(memory_limit)
-        self._upload_slots = threading.BoundedSemaphore(3)
+        self._upload_slots = threading.BoundedSemaphore(storage.upload_slots)
         self._state_lock = threading.Lock()
         self._pack_lock = threading.Lock()
         self._index_lock = threading.Lock()
@@ -150,11 +153,15 @@ class Repository:
         return cls(storage, config, master, key_id, cache_dir, **options)
 
     @classmethod
-    def open(cls, storage: Storage, passphrase: str, cache_dir: Path, **options) -> "Repository":
+    def open(cls, storage: Storage, passphrase: str, cache_dir: Path, sync_index: bool = True,
+             **options) -> "Repository":
+        """Unlock the repository; `sync_index=False` for callers that only read and write sealed
+        objects (wal-push, wal-fetch): they never list index/ nor open the index cache."""
         config = read_config(storage)
         master, key_id = keys.unlock(storage, passphrase)
         repo = cls(storage, config, master, key_id, cache_dir, **options)
-        repo.sync_index()
+        if sync_index:
+            repo.sync_index()
         return repo
 
     def close(self) -> None:
@@ -162,7 +169,17 @@ class Repository:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._workers = self._uploaders = self._readers = None
-        self.index.close()
+        if self._index is not None:
+            self._index.close()
+
+    @property
+    def index(self) -> IndexCache:
+        """The local cache of the index objects, opened on first use."""
+        if self._index is None:
+            with self._index_open_lock:
+                if self._index is None:
+                    self._index = IndexCache(self._index_path)
+        return self._index
 
     @property
     def master(self) -> keys.MasterKey:
@@ -226,6 +243,7 @@ class Repository:
                             len(missing))
                 packs = [p for p in packs if p["id"] not in missing]
             self.index.add_index(index_id, packs)
+        self.index_synced = True
         return len(on_storage - loaded)
 
     def _read_index_object(self, index_id: str) -> list[dict]:
@@ -343,7 +361,7 @@ class Repository:
     def chunker(self) -> FastCDC:
         return FastCDC(**self._chunker_args)
 
-    def _cut(self, fileobj: BinaryIO, block: int = READ_BLOCK) -> Iterator[bytes]:
+    def _cut(self, fileobj: BinaryIO, block: int = READ_BLOCK) -> Iterator[memoryview]:
         """Content-defined chunks of a stream, read in large blocks.
 
         pyfastcdc's own cut_stream allocates a large buffer per call, which made small files
@@ -369,10 +387,11 @@ class Repository:
                 continue
             chunks = list(cutter.cut_buf(buffer))
             last = len(chunks) if eof else len(chunks) - 1
-            for chunk in chunks[:last]:
-                yield bytes(chunk.data)
-            carry = b"" if eof else bytes(memoryview(buffer)[chunks[-1].offset:])
-            del chunks
+            view = memoryview(buffer)
+            for chunk in chunks[:last]:  # views, not copies: the block lives until its chunks are stored
+                yield view[chunk.offset:chunk.offset + chunk.length]
+            carry = b"" if eof else bytes(view[chunks[-1].offset:])
+            del chunks, view
             if eof:
                 return
 

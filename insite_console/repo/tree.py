@@ -34,7 +34,9 @@ class TreeWriter:
     """Spools entries to a temporary file; `save` stores the listing and returns its chunks."""
 
     def __init__(self) -> None:
-        self._spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
+        # in memory up to 1 MiB (~4,000 entries), then a temporary file: a large listing would
+        # otherwise sit in RAM for the whole backup, at its peak
+        self._spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)
         self.count = 0
 
     def add(self, entry: Entry) -> None:

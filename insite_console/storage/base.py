@@ -30,6 +30,8 @@ class Storage(ABC):
     #: to hide their latency; a local disk is fastest with one writer (Python threads only add
     #: lock contention there, measured in bench/bench_files.py)
     restore_threads: int = 8
+    #: packs uploaded at once (each holds a whole pack in memory while it uploads)
+    upload_slots: int = 3
 
     @abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> None:

@@ -34,6 +34,7 @@ def _crash_point() -> None:
 
 class LocalStorage(Storage):
     restore_threads = 1
+    upload_slots = 1  # a local write takes milliseconds: more would only hold packs in memory
 
     def __init__(self, name: str, path: str | os.PathLike):
         self.name = name

@@ -10,7 +10,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from insite_console import clock
-from insite_console.sources.base import Entry
+from insite_console.repo.entry import Entry
 
 
 class StoredTree(Tree):
