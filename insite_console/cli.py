@@ -487,6 +487,8 @@ def cmd_status(args) -> int:
             lag = window["archive_lag_seconds"]
             print(f"{'':<8}  {'':<10}  {'':<16}  restorable {window['oldest'] or '-'} … {window['newest'] or '-'}, "
                   f"WAL archive lag {clock.human_duration(lag) if lag is not None else '-'}")
+        if row.get("wal_stream") and row["wal_stream"]["text"] not in row["problems"]:
+            print(f"{'':<8}  {'':<10}  {'':<16}  {row['wal_stream']['text']}")
         archive = row.get("wal_archive")
         if archive and archive["status"] != "ok":
             for problem in archive["problems"]:
