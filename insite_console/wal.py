@@ -164,6 +164,8 @@ def push_file(ws, source: str, path: str, server_system_identifier: str | None =
     digest = hashlib.sha256(data).hexdigest()
     repo = ws.repository(storage)
     check_system_identifier(ws, repo, source, name, system_identifier(name, data, path, server_system_identifier))
+    if name.endswith(".history"):
+        check_history_lineage(repo, source, name, data)
     key = wal_key(source, name)
     where = f"{key} on storage {storage}"
     try:
@@ -223,6 +225,36 @@ def check_system_identifier(ws, repo, source: str, name: str, sysid: str | None)
                        "archive_command names this source? A new cluster needs a source of its own)")
     if stored is None:
         repo.put_sealed(identity_key(source), json.dumps({"system_identifier": sysid, "first_file": name}).encode())
+
+
+def check_history_lineage(repo, source: str, name: str, data: bytes) -> None:
+    """Refuse a timeline history that contradicts the archive's: PostgreSQL writes N.history as its
+    parent's history plus one line, so when the parent's history is archived, the new one must
+    begin with exactly its entries (else it is a sibling's timeline, e.g. another standby promoted
+    to the same timeline number, and recovery would follow the wrong branch)."""
+    from insite_console.sources.pg_client import format_lsn
+
+    timeline = int(name[:8], 16)
+    try:
+        entries = parse_history(data.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise WalError(f"wal-push {source}: {name} is not a timeline history file (unreadable lines)") from None
+    if not entries or any(parent >= timeline for parent, _ in entries) or \
+            [parent for parent, _ in entries] != sorted({parent for parent, _ in entries}):
+        raise WalError(f"wal-push {source}: {name} does not list its parent timelines in order below {timeline}")
+    parent = entries[-1][0]
+    if parent < 2:
+        return
+    try:
+        archived = parse_history(repo.get_sealed(wal_key(source, history_name(parent))).decode())
+    except ObjectNotFound:
+        return  # nothing to compare with (archive_check reports a missing history file)
+    if archived != entries[:-1]:
+        def text(chain):
+            return ", ".join(f"timeline {tli} until {format_lsn(lsn)}" for tli, lsn in chain) or "nothing"
+        raise WalError(f"wal-push {source}: {name} says timeline {parent} followed {text(entries[:-1])}, but the "
+                       f"archived {history_name(parent)} says {text(archived)}; refusing it (two servers promoted "
+                       "to the same timeline number? The archive keeps the first)")
 
 
 def _backup_system_identifier(ws, source: str) -> str | None:

@@ -178,3 +178,36 @@ def test_wal_stream_refuses_a_history_file_from_another_cluster(pg_cluster, pg_f
     assert not (tmp_path / "repo" / "sealed" / "wal" / "db" / "00000002.history").exists()
     assert (spool / "00000002.history").exists()  # kept in the spool, not lost
     assert "00000002.history" not in cli("wal", "db").stdout
+
+
+def test_wal_push_refuses_a_history_that_contradicts_the_archived_parent(pg_cluster, tmp_path):
+    """N.history is its parent's history plus one line: a 00000003.history whose timeline 2 came
+    from elsewhere than the archived 00000002.history says (a sibling promoted to the same
+    timeline number) is refused and named; the consistent one is archived."""
+    (tmp_path / "passphrase").write_text("stream passphrase\n")
+    config = pg_config(tmp_path, pg_cluster.dsn, mode="physical", passphrase=str(tmp_path / "passphrase"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "insite_console", "-c", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    assert cli("init").returncode == 0
+    pgdata = tmp_path / "pgdata"  # archive_command's view: %p = pg_wal/NAME beside the cluster's pg_control
+    (pgdata / "global").mkdir(parents=True)
+    (pgdata / "pg_wal").mkdir()
+    (pgdata / "global" / "pg_control").write_bytes((Path(pg_cluster.datadir) / "global" / "pg_control").read_bytes())
+
+    def push(name, text):
+        (pgdata / "pg_wal" / name).write_text(text)
+        return cli("wal-push", "db", str(pgdata / "pg_wal" / name))
+
+    assert push("00000002.history", "1\t0/3000000\tno recovery target specified\n").returncode == 0
+    sibling = push("00000003.history", "1\t0/5000000\tno recovery target specified\n\n"
+                                       "2\t0/7000000\tno recovery target specified\n")
+    assert sibling.returncode == 1
+    assert ("00000003.history says timeline 2 followed timeline 1 until 0/5000000, but the archived "
+            "00000002.history says timeline 1 until 0/3000000; refusing it") in sibling.stderr
+    assert not (tmp_path / "repo" / "sealed" / "wal" / "db" / "00000003.history").exists()
+    consistent = push("00000003.history", "1\t0/3000000\tno recovery target specified\n\n"
+                                          "2\t0/7000000\tno recovery target specified\n")
+    assert consistent.returncode == 0, consistent.stderr
