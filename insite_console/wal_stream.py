@@ -13,8 +13,15 @@ identical copy already pushed by archive_command is fine), then removed from the
 newest pushed one is kept: pg_receivewal resumes after it). It runs alongside archive_command,
 or instead of it.
 
+A .history file has no header naming its cluster: it is checked against the system identifier
+of the server streamed from (read at each pg_receivewal start) and refused when the archive is
+another cluster's. Only completed segments and history files reach the repository; the
+.partial stays in the spool.
+
 `status.json` in the spool says what is being received (the .partial's name and size, when it
-last grew) and what was last archived; `wal SOURCE` shows it. pg_receivewal is restarted (5 s
+last grew) and what was last archived; `wal SOURCE` shows it. A heartbeat in the catalog
+(wal_stream_beats: host, pid, last pushed, the .partial) lets `status` and the console tell
+whether a streamer runs (stream_state); one seen but gone is a WARNING there. pg_receivewal is restarted (5 s
 apart) when it stops, its error printed; SIGTERM or Ctrl-C stops both cleanly.
 """
 
