@@ -92,7 +92,7 @@ def test_wal_stream_archives_completed_segments(pg_factory, tmp_path):
     assert all(f"{name} archived (streamed)" in stdout for name in switched), stdout
     assert "stopped;" in stdout
     # a clean stop is still a stopped streamer: status warns, naming it
-    assert f"wal-stream not running (stopped; last seen" in cli("status").stdout
+    assert "wal-stream not running (stopped; last seen" in cli("status").stdout
     assert not _running_receivewal(spool)
     # only the newest pushed segment stays in the spool (pg_receivewal resumes after it)
     assert sorted(p.name for p in spool.iterdir() if len(p.name) == 24) == [switched[-1]]
@@ -138,10 +138,15 @@ def test_status_shows_the_streamer_running_then_gone(pg_factory, tmp_path):
             os.kill(pid, signal.SIGTERM)
     row = _status_row(cli)
     assert row["wal_stream"]["running"] is False
-    warning = f"wal-stream not running (its process is gone; last seen"
+    warning = "wal-stream not running (its process is gone; last seen"
     assert any(problem.startswith(warning) and f"(pid {proc.pid})" in problem for problem in row["problems"]), row
     assert row["level"] in ("warning", "critical")
     assert warning in cli("status").stdout
+    # streaming given up on purpose: forgotten, status no longer warns
+    forgot = cli("wal-stream", "db", "--forget")
+    assert forgot.returncode == 0 and "forgot 1 stopped streamer(s)" in forgot.stdout, forgot.stderr
+    assert f"(pid {proc.pid})" in forgot.stdout
+    assert _status_row(cli)["wal_stream"] is None
 
 
 def test_wal_stream_refuses_a_history_file_from_another_cluster(pg_cluster, pg_factory, tmp_path):

@@ -367,6 +367,16 @@ class Catalog:
             row["alive"] = not (row["host"] == host and not _pid_alive(row["pid"]))
         return rows
 
+    def forget_wal_streams(self, source: str, stale_before: str) -> list[dict]:
+        """Remove the heartbeats of `source`'s streamers that stopped, whose process is gone from
+        this host, or that have not beaten since `stale_before` (a running one stays)."""
+        gone = [row for row in self.wal_stream_beats(source, limit=1000)
+                if row["stopped_at"] or not row["alive"] or row["last_beat"] < stale_before]
+        for row in gone:
+            self.db.execute("DELETE FROM wal_stream_beats WHERE source = ? AND host = ? AND pid = ?",
+                            (source, row["host"], row["pid"]))
+        return gone
+
     # ----- backups ---------------------------------------------------------------------
 
     def interrupted_since_success(self, policy: str) -> bool:
