@@ -488,6 +488,8 @@ def cmd_status(args) -> int:
             lag = window["archive_lag_seconds"]
             print(f"{'':<8}  {'':<10}  {'':<16}  restorable {window['oldest'] or '-'} … {window['newest'] or '-'}, "
                   f"WAL archive lag {clock.human_duration(lag) if lag is not None else '-'}")
+        if row.get("wal_stream") and row["wal_stream"]["text"] not in row["problems"]:
+            print(f"{'':<8}  {'':<10}  {'':<16}  {row['wal_stream']['text']}")
         archive = row.get("wal_archive")
         if archive and archive["status"] != "ok":
             for problem in archive["problems"]:
@@ -612,6 +614,18 @@ def cmd_wal_push(args) -> int:
 def cmd_wal_stream(args) -> int:
     from insite_console import wal_stream
 
+    if args.forget:
+        ws = _workspace(args)
+        if args.source not in ws.config.sources:
+            raise UsageError(f"{ws.config.path}: no source named {args.source!r}")
+        stale = clock.now() - clock.parse_duration(f"{wal_stream.STALE_SECONDS:g}s")
+        forgotten = ws.catalog.forget_wal_streams(args.source, clock.iso(stale))
+        if args.json:
+            _print_json({"source": args.source, "forgotten": forgotten})
+        else:
+            print(f"wal-stream {args.source}: forgot {len(forgotten)} stopped streamer(s)"
+                  + "".join(f"\n  {row['host']} (pid {row['pid']}), last seen {row['last_beat']}" for row in forgotten))
+        return 0
     result = wal_stream.run(_workspace(args), args.source, spool=args.spool, slot=args.slot, duration=args.duration,
                             cancel=_cancel_on_signals(), say=lambda line: print(line, flush=True))
     if args.json:
@@ -1003,6 +1017,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot", help="the replication slot (default: insite_SOURCE, created if missing)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until "
                    "SIGTERM or Ctrl-C)")
+    p.add_argument("--forget", action="store_true", help="forget the heartbeats of stopped streamers of SOURCE "
+                   "(streaming given up on purpose: status stops warning about it) and exit")
     p = add("wal-fetch", cmd_wal_fetch, "PostgreSQL restore_command helper", json_flag=False)
     p.add_argument("source")
     p.add_argument("name")

@@ -51,7 +51,7 @@ def policy_health(ws, name: str, now: datetime | None = None,
     failing = bool(last_failed and (not last_ok or order_key(last_failed) > order_key(last_ok)))
     upcoming = cron.next_fire(policy.get("schedule"), now, cron.timezone(ws))
     source = ws.config.sources[policy["source"]]
-    window = archive = None
+    window = archive = stream = None
     data_loss, basis = age, "last_backup"
     if source["type"] == "postgresql" and source.get("mode") == "physical":
         from insite_console import wal
@@ -64,6 +64,9 @@ def policy_health(ws, name: str, now: datetime | None = None,
             data_loss, basis = min(lag, age), "wal_archive_lag"
         # read-only here (no catalog sync): `wal` and `verify --wal` make the catalog match storage
         archive = wal.archive_check(ws, policy["source"], sync=False)
+        from insite_console.wal_stream import stream_state
+
+        stream = stream_state(ws, policy["source"], now)
     if last_ok is None:
         health = "never"
     elif archive and archive["gaps"]:
@@ -85,7 +88,7 @@ def policy_health(ws, name: str, now: datetime | None = None,
         "last_failure_error": last_failed["error"] if last_failed else None, "failing": failing,
         "running": running["id"] if running else None, "schedule": policy.get("schedule"),
         "next_run_at": clock.iso(upcoming) if upcoming else None, "restorable_window": window,
-        "wal_archive": archive, "enabled": policy.get("enabled", True),
+        "wal_archive": archive, "wal_stream": stream, "enabled": policy.get("enabled", True),
         "storage_problem": storages.get(policy["storage"]) if storages is not None else None,
         "storage_checked": storages is not None and policy["storage"] in storages,
         "last_verification_at": verified["finished_at"] if verified else None,
@@ -192,6 +195,9 @@ def assess(row: dict[str, Any]) -> tuple[str, list[str]]:
     if missed:  # nothing started the run the schedule promised: the RPO is at risk
         (critical if (row.get("scheduler") or {}).get("running") is False else warning).append(
             f"missed {missed['at']}: {missed['reason']}")
+    stream = row.get("wal_stream")
+    if stream and (stream["running"] is False or stream["last_error"]):  # seen streaming: never silently OK
+        warning.append(stream["text"])
     if row.get("verify_overdue"):
         warning.append("verification overdue: last " + (row["last_verification_at"] or "never"))
     if critical:

@@ -147,9 +147,11 @@ def push(ws, source: str, path: str) -> int:
     return 0
 
 
-def push_file(ws, source: str, path: str) -> dict[str, Any]:
+def push_file(ws, source: str, path: str, server_system_identifier: str | None = None) -> dict[str, Any]:
     """archive_command: store the WAL file at `path` (relative to PGDATA, the cwd). Raises on any
-    failure, so the CLI exits non-zero and PostgreSQL retries."""
+    failure, so the CLI exits non-zero and PostgreSQL retries. `server_system_identifier`: the
+    cluster a file outside PGDATA comes from (wal-stream's spool: a .history file has no header
+    of its own and no global/pg_control beside it)."""
     name = os.path.basename(path)
     if not _ARCHIVE_NAME.match(name):
         raise WalError(f"wal-push {source}: {name!r} is not a WAL segment, .history, .backup or .partial file name")
@@ -161,7 +163,9 @@ def push_file(ws, source: str, path: str) -> dict[str, Any]:
         raise WalError(f"wal-push {source}: cannot read {path}: {exc.strerror}") from None
     digest = hashlib.sha256(data).hexdigest()
     repo = ws.repository(storage, sync_index=False)  # sealed objects only: the index is not needed
-    check_system_identifier(ws, repo, source, name, system_identifier(name, data, path))
+    check_system_identifier(ws, repo, source, name, system_identifier(name, data, path, server_system_identifier))
+    if name.endswith(".history"):
+        check_history_lineage(repo, source, name, data)
     key = wal_key(source, name)
     where = f"{key} on storage {storage}"
     try:
@@ -180,16 +184,19 @@ def push_file(ws, source: str, path: str) -> dict[str, Any]:
     return {"name": name, "status": "archived", "bytes": len(data), "sha256": digest}
 
 
-def system_identifier(name: str, data: bytes, path: str) -> str | None:
+def system_identifier(name: str, data: bytes, path: str, server: str | None = None) -> str | None:
     """The system identifier of the cluster a WAL file comes from: a segment's first page (a long
-    header that matches the file name), else the pushing cluster's global/pg_control
-    (archive_command runs in PGDATA with %p = pg_wal/NAME). None when neither can be read."""
+    header that matches the file name), else `server` (the cluster the caller received it from),
+    else the pushing cluster's global/pg_control (archive_command runs in PGDATA with
+    %p = pg_wal/NAME). None when none can be read."""
     if _SEGMENT.match(name[:24]) and (len(name) == 24 or name.endswith(".partial")) and len(data) >= 40:
         info, timeline, pageaddr = struct.unpack_from("<2xHIQ", data, 0)
         sysid, seg_size = struct.unpack_from("<QI", data, 24)
         if (info & XLP_LONG_HEADER and timeline == int(name[:8], 16) and seg_size and seg_size & (seg_size - 1) == 0
                 and pageaddr == segment_start_lsn(name[:24], seg_size)):
             return str(sysid)
+    if server:
+        return str(server)
     control = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "global", "pg_control")
     try:
         with open(control, "rb") as handle:
@@ -218,6 +225,36 @@ def check_system_identifier(ws, repo, source: str, name: str, sysid: str | None)
                        "archive_command names this source? A new cluster needs a source of its own)")
     if stored is None:
         repo.put_sealed(identity_key(source), json.dumps({"system_identifier": sysid, "first_file": name}).encode())
+
+
+def check_history_lineage(repo, source: str, name: str, data: bytes) -> None:
+    """Refuse a timeline history that contradicts the archive's: PostgreSQL writes N.history as its
+    parent's history plus one line, so when the parent's history is archived, the new one must
+    begin with exactly its entries (else it is a sibling's timeline, e.g. another standby promoted
+    to the same timeline number, and recovery would follow the wrong branch)."""
+    from insite_console.sources.pg_client import format_lsn
+
+    timeline = int(name[:8], 16)
+    try:
+        entries = parse_history(data.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise WalError(f"wal-push {source}: {name} is not a timeline history file (unreadable lines)") from None
+    if not entries or any(parent >= timeline for parent, _ in entries) or \
+            [parent for parent, _ in entries] != sorted({parent for parent, _ in entries}):
+        raise WalError(f"wal-push {source}: {name} does not list its parent timelines in order below {timeline}")
+    parent = entries[-1][0]
+    if parent < 2:
+        return
+    try:
+        archived = parse_history(repo.get_sealed(wal_key(source, history_name(parent))).decode())
+    except ObjectNotFound:
+        return  # nothing to compare with (archive_check reports a missing history file)
+    if archived != entries[:-1]:
+        def text(chain):
+            return ", ".join(f"timeline {tli} until {format_lsn(lsn)}" for tli, lsn in chain) or "nothing"
+        raise WalError(f"wal-push {source}: {name} says timeline {parent} followed {text(entries[:-1])}, but the "
+                       f"archived {history_name(parent)} says {text(archived)}; refusing it (two servers promoted "
+                       "to the same timeline number? The archive keeps the first)")
 
 
 def _backup_system_identifier(ws, source: str) -> str | None:

@@ -13,8 +13,15 @@ identical copy already pushed by archive_command is fine), then removed from the
 newest pushed one is kept: pg_receivewal resumes after it). It runs alongside archive_command,
 or instead of it.
 
+A .history file has no header naming its cluster: it is checked against the system identifier
+of the server streamed from (read at each pg_receivewal start) and refused when the archive is
+another cluster's. Only completed segments and history files reach the repository; the
+.partial stays in the spool.
+
 `status.json` in the spool says what is being received (the .partial's name and size, when it
-last grew) and what was last archived; `wal SOURCE` shows it. pg_receivewal is restarted (5 s
+last grew) and what was last archived; `wal SOURCE` shows it. A heartbeat in the catalog
+(wal_stream_beats: host, pid, last pushed, the .partial) lets `status` and the console tell
+whether a streamer runs (stream_state); one seen but gone is a WARNING there. pg_receivewal is restarted (5 s
 apart) when it stops, its error printed; SIGTERM or Ctrl-C stops both cleanly.
 """
 
@@ -37,6 +44,8 @@ from insite_console.events import CancelToken
 _COMPLETED = re.compile(r"^[0-9A-F]{24}$|^[0-9A-F]{8}\.history$")
 STATUS_FILE = "status.json"
 RESTART_DELAY = 5.0
+BEAT_INTERVAL = 5.0  # the catalog heartbeat (status: stale after STALE_SECONDS)
+STALE_SECONDS = 60.0
 
 
 def spool_dir(ws, source: str) -> Path:
@@ -85,16 +94,24 @@ def run(ws, source: str, spool: str | None = None, slot: str | None = None, dura
     say(f"wal-stream {source}: pg_receivewal from {pg.host_port} (slot {slot}) into {directory}")
     proc = None
     stderr = None
-    restart_at = 0.0
+    restart_at = beat_at = 0.0
+    beaten = None
     try:
         while not cancel.cancelled and (deadline is None or time.monotonic() < deadline):
             if proc is None and time.monotonic() >= restart_at:
+                # the cluster behind the DSN now: a .history file is checked against it (it has no
+                # header of its own), and the DSN may point at another server after a restart
+                state["system_identifier"] = _server_system_identifier(pg, source, say)
                 stderr = tempfile.TemporaryFile()
                 proc = subprocess.Popen(base + ["--directory", str(directory), "--no-loop", "--status-interval=1"],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                                         env=pg.env())
             _push_completed(ws, source, directory, archived, state, say)
             _write_status(directory, state)
+            progress = (state.get("last_archived"), (state.get("partial") or {}).get("name"), state.get("last_error"))
+            if time.monotonic() >= beat_at or progress != beaten:  # at once when it moved on
+                _beat(ws, state, say)
+                beat_at, beaten = time.monotonic() + BEAT_INTERVAL, progress
             if proc is not None and proc.poll() is not None:
                 state["errors"] += 1
                 say(f"wal-stream {source}: pg_receivewal exited with status {proc.returncode}: "
@@ -115,6 +132,7 @@ def run(ws, source: str, spool: str | None = None, slot: str | None = None, dura
         _push_completed(ws, source, directory, archived, state, say)
         state["stopped_at"] = clock.iso(clock.now())
         _write_status(directory, state)
+        _beat(ws, state, say, stopped=True)
     return {"source": source, "slot": slot, "spool": str(directory), "archived": archived,
             "restarts": state["errors"]}
 
@@ -133,11 +151,17 @@ def _push_completed(ws, source: str, directory: Path, archived: list[str], state
             pushed_segments.append(name)
             continue
         try:
-            result = wal.push_file(ws, source, str(path))
+            if name.endswith(".history") and not state.get("system_identifier"):
+                raise SourceError(f"the system identifier of the server streamed from is unknown; {name} "
+                                  "is kept in the spool unchecked until it can be read")
+            result = wal.push_file(ws, source, str(path), state.get("system_identifier"))
         except Exception as exc:  # noqa: BLE001 - kept in the spool, tried again next round
             state["errors"] += 1
-            say(f"wal-stream {source}: {name} not archived: {exc}")
+            if state.get("last_error") != f"{name}: {exc}":  # once, not every half second
+                say(f"wal-stream {source}: {name} not archived: {exc}")
+            state["last_error"] = f"{name}: {exc}"
             break  # in order: a later segment waits for this one
+        state["last_error"] = None
         archived.append(name)
         state["last_archived"] = name
         state["last_archived_at"] = clock.iso(clock.now())
@@ -156,6 +180,50 @@ def _push_completed(ws, source: str, directory: Path, archived: list[str], state
         stat = partial[-1].stat()
         state["partial"] = {"name": partial[-1].name, "bytes": stat.st_size,
                             "updated_at": clock.iso_precise(datetime.fromtimestamp(stat.st_mtime, timezone.utc))}
+
+
+def _server_system_identifier(pg, source: str, say) -> str | None:
+    try:
+        with pg.connect() as conn:
+            return str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+    except Exception as exc:  # noqa: BLE001 - pg_receivewal will say why it cannot connect either
+        say(f"wal-stream {source}: cannot read the server's system identifier: {exc}")
+        return None
+
+
+def _beat(ws, state: dict, say, stopped: bool = False) -> None:
+    """The heartbeat in the catalog `status` and the console read (stream_state)."""
+    try:
+        ws.catalog.wal_stream_beat(state["source"], state["started_at"], state.get("last_archived"),
+                                   state.get("last_archived_at"), (state.get("partial") or {}).get("name"),
+                                   state.get("last_error"), stopped=stopped)
+    except Exception as exc:  # noqa: BLE001 - a locked catalog: the next beat tries again
+        say(f"wal-stream {state['source']}: heartbeat not recorded in the catalog: {exc}")
+
+
+def stream_state(ws, source: str, now: datetime | None = None) -> dict[str, Any] | None:
+    """Whether a wal-stream process streams `source`, from its catalog heartbeats: None when none
+    ever ran (nothing to say), else `running` True/False with host, pid, the last segment pushed,
+    the segment in progress and a line of text."""
+    beats = ws.catalog.wal_stream_beats(source)
+    if not beats:
+        return None
+    now = now or clock.now()
+    beat = beats[0]
+    age = (now - clock.parse_iso(beat["last_beat"])).total_seconds()
+    where = f"on {beat['host']} (pid {beat['pid']})"
+    facts = {key: beat[key] for key in ("host", "pid", "started_at", "last_beat", "last_archived",
+                                        "last_archived_at", "partial", "last_error", "stopped_at")}
+    facts["age_seconds"] = age
+    pushed = f"last pushed {beat['last_archived'] or '-'}"
+    if beat["stopped_at"] or not beat["alive"] or age > STALE_SECONDS:
+        why = "stopped" if beat["stopped_at"] else ("its process is gone" if not beat["alive"] else "no heartbeat")
+        return dict(facts, running=False, text=f"wal-stream not running ({why}; last seen "
+                                               f"{clock.human_duration(age)} ago {where}); {pushed}")
+    text = f"wal-stream running {where}: receiving {beat['partial'] or '-'}, {pushed}"
+    if beat["last_error"]:
+        text += f"; not archived: {beat['last_error']}"
+    return dict(facts, running=True, text=text)
 
 
 def _write_status(directory: Path, state: dict) -> None:

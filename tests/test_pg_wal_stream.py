@@ -91,6 +91,126 @@ def test_wal_stream_archives_completed_segments(pg_factory, tmp_path):
     assert proc.returncode == 0, stderr
     assert all(f"{name} archived (streamed)" in stdout for name in switched), stdout
     assert "stopped;" in stdout
+    # a clean stop is still a stopped streamer: status warns, naming it
+    assert "wal-stream not running (stopped; last seen" in cli("status").stdout
     assert not _running_receivewal(spool)
     # only the newest pushed segment stays in the spool (pg_receivewal resumes after it)
     assert sorted(p.name for p in spool.iterdir() if len(p.name) == 24) == [switched[-1]]
+
+
+def _status_row(cli) -> dict:
+    done = cli("status", "--json")
+    assert done.stdout, done.stderr
+    return json.loads(done.stdout)[0]
+
+
+def test_status_shows_the_streamer_running_then_gone(pg_factory, tmp_path):
+    """The heartbeat in the catalog: `status` (and --json) says a wal-stream streams the source,
+    from which host and pid, the segment in progress; killed (no clean stop), it is a WARNING
+    naming the streamer, not a silent OK."""
+    cluster = pg_factory()
+    (tmp_path / "passphrase").write_text("stream passphrase\n")
+    config = pg_config(tmp_path, cluster.dsn, mode="physical", passphrase=str(tmp_path / "passphrase"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "insite_console", "-c", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    assert cli("init").returncode == 0
+    assert _status_row(cli)["wal_stream"] is None  # never streamed: nothing to say
+    spool = tmp_path / "state" / "wal-stream" / "db"
+    proc = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(config), "wal-stream", "db"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        current = cluster.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+        rows = []
+        _wait_for(lambda: rows.append(_status_row(cli)) or (rows[-1]["wal_stream"] or {}).get("partial")
+                  == f"{current}.partial", what="status to show the streamer receiving")
+        stream = rows[-1]["wal_stream"]
+        assert stream["running"] is True and stream["pid"] == proc.pid
+        assert f"wal-stream running on {stream['host']} (pid {proc.pid}): receiving {current}.partial" in cli("status").stdout
+        assert not any("wal-stream" in problem for problem in rows[-1]["problems"])
+        assert _running_receivewal(spool)
+    finally:
+        proc.kill()  # a crash: no clean stop recorded
+        proc.wait(30)
+        for pid in _running_receivewal(spool):  # the orphaned pg_receivewal (it streams on without its pusher)
+            os.kill(pid, signal.SIGTERM)
+    row = _status_row(cli)
+    assert row["wal_stream"]["running"] is False
+    warning = "wal-stream not running (its process is gone; last seen"
+    assert any(problem.startswith(warning) and f"(pid {proc.pid})" in problem for problem in row["problems"]), row
+    assert row["level"] in ("warning", "critical")
+    assert warning in cli("status").stdout
+    # streaming given up on purpose: forgotten, status no longer warns
+    forgot = cli("wal-stream", "db", "--forget")
+    assert forgot.returncode == 0 and "forgot 1 stopped streamer(s)" in forgot.stdout, forgot.stderr
+    assert f"(pid {proc.pid})" in forgot.stdout
+    assert _status_row(cli)["wal_stream"] is None
+
+
+def test_wal_stream_refuses_a_history_file_from_another_cluster(pg_cluster, pg_factory, tmp_path):
+    """A .history file has no header naming its cluster: wal-stream checks it against the system
+    identifier of the server it streams from; the archive belongs to another cluster, so it is
+    refused and named, not archived with a warning."""
+    (tmp_path / "passphrase").write_text("stream passphrase\n")
+    config = pg_config(tmp_path, pg_cluster.dsn, mode="physical", passphrase=str(tmp_path / "passphrase"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "insite_console", "-c", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    assert cli("init").returncode == 0
+    # the archive belongs to pg_cluster: one of its segments pushed as archive_command does
+    switched = pg_cluster.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    pushed = cli("wal-push", "db", str(Path(pg_cluster.datadir) / "pg_wal" / switched))
+    assert pushed.returncode == 0, pushed.stderr
+    ours = pg_cluster.sql("SELECT system_identifier FROM pg_control_system()")[0][0]
+
+    other = pg_factory()  # the source's DSN now points at another cluster
+    theirs = other.sql("SELECT system_identifier FROM pg_control_system()")[0][0]
+    assert theirs != ours
+    pg_config(tmp_path, other.dsn, mode="physical", passphrase=str(tmp_path / "passphrase"))
+    spool = tmp_path / "state" / "wal-stream" / "db"
+    spool.mkdir(parents=True)
+    (spool / "00000002.history").write_text("1\t0/3000000\tno recovery target specified\n")
+    done = cli("wal-stream", "db", "--duration", "1")
+    assert done.returncode == 0, done.stderr
+    assert (f"00000002.history not archived: wal-push db: 00000002.history comes from the cluster with system "
+            f"identifier {theirs}, but the archive of source db belongs to cluster {ours}; refusing it") in done.stdout
+    assert not (tmp_path / "repo" / "sealed" / "wal" / "db" / "00000002.history").exists()
+    assert (spool / "00000002.history").exists()  # kept in the spool, not lost
+    assert "00000002.history" not in cli("wal", "db").stdout
+
+
+def test_wal_push_refuses_a_history_that_contradicts_the_archived_parent(pg_cluster, tmp_path):
+    """N.history is its parent's history plus one line: a 00000003.history whose timeline 2 came
+    from elsewhere than the archived 00000002.history says (a sibling promoted to the same
+    timeline number) is refused and named; the consistent one is archived."""
+    (tmp_path / "passphrase").write_text("stream passphrase\n")
+    config = pg_config(tmp_path, pg_cluster.dsn, mode="physical", passphrase=str(tmp_path / "passphrase"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "insite_console", "-c", str(config), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    assert cli("init").returncode == 0
+    pgdata = tmp_path / "pgdata"  # archive_command's view: %p = pg_wal/NAME beside the cluster's pg_control
+    (pgdata / "global").mkdir(parents=True)
+    (pgdata / "pg_wal").mkdir()
+    (pgdata / "global" / "pg_control").write_bytes((Path(pg_cluster.datadir) / "global" / "pg_control").read_bytes())
+
+    def push(name, text):
+        (pgdata / "pg_wal" / name).write_text(text)
+        return cli("wal-push", "db", str(pgdata / "pg_wal" / name))
+
+    assert push("00000002.history", "1\t0/3000000\tno recovery target specified\n").returncode == 0
+    sibling = push("00000003.history", "1\t0/5000000\tno recovery target specified\n\n"
+                                       "2\t0/7000000\tno recovery target specified\n")
+    assert sibling.returncode == 1
+    assert ("00000003.history says timeline 2 followed timeline 1 until 0/5000000, but the archived "
+            "00000002.history says timeline 1 until 0/3000000; refusing it") in sibling.stderr
+    assert not (tmp_path / "repo" / "sealed" / "wal" / "db" / "00000003.history").exists()
+    consistent = push("00000003.history", "1\t0/3000000\tno recovery target specified\n\n"
+                                          "2\t0/7000000\tno recovery target specified\n")
+    assert consistent.returncode == 0, consistent.stderr

@@ -185,6 +185,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE restores ADD COLUMN over_source INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE restores ADD COLUMN reason TEXT;
     """,
+    # 13: wal-stream heartbeats (per source), so `status` and the console tell whether WAL is
+    # being streamed, what was last pushed and which segment is in progress
+    """
+    CREATE TABLE wal_stream_beats (
+        source TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, started_at TEXT NOT NULL,
+        last_beat TEXT NOT NULL, last_archived TEXT, last_archived_at TEXT, partial TEXT, last_error TEXT,
+        stopped_at TEXT, PRIMARY KEY (source, host, pid)
+    );
+    """,
 ]
 
 BACKUP_FIELDS = ("id", "policy", "source", "storage", "type", "status", "started_at", "finished_at",
@@ -333,6 +342,40 @@ class Catalog:
         for row in rows:
             row["alive"] = not (row["host"] == host and not _pid_alive(row["pid"]))
         return rows
+
+    def wal_stream_beat(self, source: str, started_at: str, last_archived: str | None,
+                        last_archived_at: str | None, partial: str | None, last_error: str | None,
+                        stopped: bool = False) -> None:
+        """Record that this process streams WAL for `source` (wal_stream.run), and how far it is."""
+        now = clock.iso(clock.now())
+        self.db.execute(
+            "INSERT INTO wal_stream_beats (source, host, pid, started_at, last_beat, last_archived, last_archived_at, "
+            "partial, last_error, stopped_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, host, pid) "
+            "DO UPDATE SET last_beat = excluded.last_beat, last_archived = excluded.last_archived, "
+            "last_archived_at = excluded.last_archived_at, partial = excluded.partial, "
+            "last_error = excluded.last_error, stopped_at = excluded.stopped_at",
+            (source, socket.gethostname(), os.getpid(), started_at, now, last_archived, last_archived_at, partial,
+             last_error, now if stopped else None))
+
+    def wal_stream_beats(self, source: str, limit: int = 5) -> list[dict]:
+        """The newest wal-stream heartbeats of `source` first, `alive` False when the process is gone
+        from this host."""
+        rows = [dict(row) for row in self.db.execute(
+            "SELECT * FROM wal_stream_beats WHERE source = ? ORDER BY last_beat DESC LIMIT ?", (source, limit))]
+        host = socket.gethostname()
+        for row in rows:
+            row["alive"] = not (row["host"] == host and not _pid_alive(row["pid"]))
+        return rows
+
+    def forget_wal_streams(self, source: str, stale_before: str) -> list[dict]:
+        """Remove the heartbeats of `source`'s streamers that stopped, whose process is gone from
+        this host, or that have not beaten since `stale_before` (a running one stays)."""
+        gone = [row for row in self.wal_stream_beats(source, limit=1000)
+                if row["stopped_at"] or not row["alive"] or row["last_beat"] < stale_before]
+        for row in gone:
+            self.db.execute("DELETE FROM wal_stream_beats WHERE source = ? AND host = ? AND pid = ?",
+                            (source, row["host"], row["pid"]))
+        return gone
 
     # ----- backups ---------------------------------------------------------------------
 

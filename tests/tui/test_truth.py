@@ -230,3 +230,43 @@ def model_clock(value) -> str:
     from insite_console.tui import model
 
     return model.short_clock(value.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+# ----- issue 14: the streaming archiver on the dashboard ----------------------------------------
+
+
+async def test_the_dashboard_says_whether_wal_stream_runs(tmp_path):
+    """A physical source's wal-stream heartbeat: running (host, pid, the segment in progress) under
+    the scheduler line; stopped, a warning naming it, never silently nothing."""
+    from insite_console import clock
+    from insite_console.tui.app import InsiteApp
+    from insite_console.workspace import Workspace
+    from tests.tui.conftest import CONFIG
+
+    (tmp_path / "config.toml").write_text(CONFIG + """
+[source.db]
+type = "postgresql"
+dsn = "postgresql://postgres@127.0.0.1:1/postgres"
+mode = "physical"
+
+[policy.db]
+source = "db"
+storage = "local"
+type = "full"
+""")
+    ws = Workspace.load(tmp_path / "config.toml")
+    ws.init_repository("local")
+    started = clock.iso(clock.now())
+    ws.catalog.wal_stream_beat("db", started, "000000010000000000000003", started, None, None, stopped=True)
+    app = InsiteApp(ws, detach_jobs=False, theme="insite-dark", poll_seconds=0.2)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.3)
+            assert await wait_until(pilot, lambda: "▲ db: wal-stream not running (stopped; last seen" in static_text(app, "#running"))
+            assert "last pushed 000000010000000000000003" in static_text(app, "#running")
+            ws.catalog.wal_stream_beat("db", started, "000000010000000000000003", started,
+                                       "000000010000000000000004.partial", None)
+            assert await wait_until(pilot, lambda: "▶ db: wal-stream running on" in static_text(app, "#running"), 5)
+            assert "receiving 000000010000000000000004.partial" in static_text(app, "#running")
+    finally:
+        ws.close()

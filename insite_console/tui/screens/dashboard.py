@@ -99,8 +99,13 @@ class DashboardScreen(InsiteScreen):
         # 02:30" there, and its reason goes under the scheduler line (Running jobs) instead
         narrow = self.size.width < 110
         self._missed_lines = []
+        self._stream_lines = []  # a physical source's wal-stream: under the scheduler line
         for row in model.policy_health(ws, now):
             self._scheduler = row["scheduler"]
+            if row.get("wal_stream"):
+                stream = row["wal_stream"]
+                mark = "[$success]▶[/]" if stream["running"] and not stream["last_error"] else "[$warning]▲[/]"
+                self._stream_lines.append(f"{mark} {escape(row['policy'])}: {escape(stream['text'])}")
             label, role = model.status_label(row["shown"])
             if row["running"]:
                 label += " ▶"
@@ -135,6 +140,7 @@ class DashboardScreen(InsiteScreen):
         if scheduler is not None:
             mark = {True: "[$success]▶[/]", False: "[$error]✗[/]"}.get(scheduler["running"], "[$warning]▲[/]")
             lines.append(f"{mark} Scheduler: {escape(scheduler['text'])}")
+        lines += getattr(self, "_stream_lines", [])
         lines += [f"[$warning]▲[/] {escape(line)}" for line in getattr(self, "_missed_lines", [])]
         if not running:
             lines.append("No job is running.  [dim](b: back up now)[/]" if not self.app.read_only
