@@ -429,6 +429,8 @@ def _finish(ws, record: dict, started: datetime) -> dict[str, Any]:
                           None if status == "succeeded" else
                           f"{status}: " + "; ".join(f"{c['policy']} {c['status']}" for c in record["components"]
                                                     if c["status"] != "succeeded"))
+    if status == "cancelled":  # who asked (a console records it before its signal), else this process's user
+        record["cancelled_by"] = (ws.catalog.run(record["id"]) or {}).get("cancelled_by")
     ws.catalog.event(record["id"], f"recovery {record['id']} {status} in {clock.human_duration(record['recovery_seconds'])}",
                      level="info" if status == "succeeded" else "error")
     record["stored_in"] = ws.seal_everywhere(SEALED_PREFIX + record["id"], json.dumps(record, sort_keys=True).encode())

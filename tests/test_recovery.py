@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from insite_console import backup, clock, recovery
+from insite_console import backup, clock, recovery, who
 from insite_console.errors import ConfigError, RestoreRefused
 from insite_console.events import CancelToken
 from tests.conftest import WorkspaceHelper
@@ -351,6 +351,7 @@ def test_cancel_stops_between_components_and_is_recorded(platform):
     assert ("main_db", "running") in seen and ("cache", "running") not in seen
     assert p.keys() != STATE1_KEYS  # cache untouched
     assert p.ws.catalog.recoveries()[0]["status"] == "cancelled"
+    assert result["cancelled_by"] == who.me()  # nobody asked through a console: this process's user
 
 
 @needs_pg  # noqa: F405

@@ -135,3 +135,129 @@ async def test_a_failed_pre_flight_keeps_the_recovery_from_starting(platform_ws)
         await pilot.pause()
         assert screen.step == 1  # cannot go on
     assert ws.catalog.recoveries() == []
+
+
+THREE = """
+[source.big]
+type = "files"
+paths = ["data/big"]
+
+[policy.big]
+source = "big"
+storage = "local"
+type = "full"
+
+[group.three]
+policies = ["etc", "big", "app_files"]
+
+[recovery.platform]
+components = ["etc", "big", "app_files"]
+group = "three"
+targets = {{ etc = "{target}/etc", big = "{target}/big", app_files = "{target}/app" }}
+"""
+
+
+async def test_cancel_a_rolling_platform_recovery_from_live_jobs(tmp_path, monkeypatch):
+    """The console's real path: the recovery runs detached (`recover` in a child process, every
+    chunk read slowed); cancelled from Live jobs after the confirmation, while its second
+    component restores: the first stays recovered, the second is cancelled, the third skipped."""
+    import json
+    import subprocess
+    import sys
+
+    from insite_console import group, who
+    from insite_console.tui.app import InsiteApp
+    from insite_console.workspace import Workspace
+    from tests.tui.conftest import SLOW_CHUNKS
+
+    root = tmp_path / "ws"
+    make_workspace(root, backups=False).close()
+    (root / "data/big").mkdir(parents=True)
+    for i in range(12):
+        (root / f"data/big/blob-{i:02d}.bin").write_bytes(bytes([i]) * 20_000)
+    target = tmp_path / "restored"
+    (root / "config.toml").write_text(CONFIG + THREE.format(target=target))
+    ws = Workspace.load(root / "config.toml")
+    point = group.run(ws, "three")
+    assert point["status"] == "succeeded", point
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_CHUNKS)
+    monkeypatch.setenv("PYTHONPATH", str(hooks))
+    monkeypatch.setenv("INSITE_TEST_SLOW_READ", "0.5")  # big: 12 chunks, about 6 s
+    app = InsiteApp(ws, theme="insite-dark", poll_seconds=0.2)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("4")
+            await settle(app, pilot)
+            app.screen.query_one("#restore-kind", Select).value = "platform"
+            await settle(app, pilot)
+            screen = app.screen
+            screen.query_one("#pr-reason", Input).value = "drill 9"
+            await pilot.press("ctrl+n")
+            await settle(app, pilot)
+            assert screen.step == 1 and screen.plan_ok, static_text(app, "#pr-summary")
+            await pilot.press("ctrl+n")
+            await pilot.pause()
+            assert "nothing existing is overwritten" in static_text(app, "#pr-confirm-text")
+            await pilot.press("ctrl+n")  # Recover
+            await pilot.pause()
+            assert screen.step == 3
+            job = app.console_jobs[screen.job_key]
+            assert job.detached
+            record = None
+            for _ in range(300):  # until etc is recovered and big is being restored
+                await pilot.pause(0.1)
+                record = screen.current_record()
+                if record and [c["status"] for c in record["components"]][:2] == ["succeeded", "running"]:
+                    break
+            assert record and record["components"][1]["status"] == "running", record
+            await pilot.pause(0.3)  # the screen follows the record
+            progress = table_rows(screen.query_one("#pr-progress-table", DataTable))
+            assert [r[1] for r in progress] == ["✓ ok", "▶ running", "· pending"], progress
+
+            await pilot.press("3")  # Live jobs: select the recovery and cancel it
+            await pilot.pause(0.3)  # (not settle: the detached job's watcher is a worker)
+            jobs = app.screen
+            table = jobs.query_one("#job-table", DataTable)
+            table.focus()
+            for _ in range(table.row_count):
+                if jobs.selected_id() == record["id"]:
+                    break
+                await pilot.press("down")
+            assert jobs.selected_id() == record["id"], table_rows(table)
+            await pilot.press("c")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "ConfirmDialog", (jobs.selected_id(), jobs.selected_view(),
+                                                                   app.focused, table_rows(table))
+            await pilot.press("tab", "enter")  # the second button: cancel
+            for _ in range(300):
+                await pilot.pause(0.1)
+                if job.status != "running":
+                    break
+            assert job.status == "cancelled", job.error
+            await settle(app, pilot, 0.5)
+            rows = {(r[1], r[2]): r[0] for r in table_rows(app.screen.query_one("#job-table", DataTable))}
+            assert rows[("recover", "platform")].startswith("■ cancelled by "), rows
+            assert not any(status.startswith("✓") for (kind, _), status in rows.items() if kind == "recover")
+
+            await pilot.press("4")  # the wizard shows the result: nothing claimed that did not finish
+            await settle(app, pilot, 0.6)
+            assert app.screen is screen and screen.step == 4, static_text(app, "#pr-progress")
+            result = static_text(app, "#pr-result")
+            me = f"{who.user()}@{__import__('socket').gethostname()}"
+            assert f"cancelled by {me}" in result and "Recovered: etc" in result and "Not recovered: big, app_files" in result
+            rows = table_rows(screen.query_one("#pr-result-table", DataTable))
+            assert [(r[0], r[1]) for r in rows] == [("etc", "✓ ok"), ("big", "■ cancelled"), ("app_files", "○ skipped")]
+            assert rows[1][4] != "✓ verified" and rows[2][4] != "✓ verified"
+    finally:
+        ws.close()
+    out = subprocess.run([sys.executable, "-m", "insite_console", "-c", str(root / "config.toml"), "recover",
+                          "--history", "--json"], capture_output=True, text=True, check=True).stdout
+    [record] = json.loads(out)
+    assert record["status"] == "cancelled" and record["cancelled_by"] == me and record["reason"] == "drill 9"
+    assert [(c["policy"], c["status"]) for c in record["components"]] == [
+        ("etc", "succeeded"), ("big", "cancelled"), ("app_files", "skipped")]
+    assert record["recovered"] == ["etc"] and record["components"][1]["verified"] is None
+    assert not (target / "app").exists()  # never started

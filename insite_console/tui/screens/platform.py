@@ -470,6 +470,8 @@ class PlatformRecoveryScreen(InsiteScreen):
         if record.get("group_point"):
             lines.append(f"to group restore point {escape(record['group_point']['id'])} "
                          f"(skew {skew_text(record.get('skew_seconds'))})")
+        if record["status"] == "cancelled":
+            lines.append(f"[$warning]■ cancelled by {escape(record.get('cancelled_by') or 'an operator (unrecorded)')}[/]")
         if record.get("recovered"):
             lines.append(f"Recovered: {escape(', '.join(record['recovered']))}")
         if record.get("failed"):
