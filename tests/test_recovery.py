@@ -416,8 +416,12 @@ def test_physical_component_replays_wal_to_exactly_the_time_and_to_a_group_point
     assert {c["check"]: c["status"] for c in db["checks"]}["WAL continuity"] == "ok"
     assert os.listdir(target) == []  # the dry run wrote nothing
 
-    late = run_as_postgres(config, "recover", "pitr", "--at", clock.iso(clock.now() + timedelta(hours=1)),
-                           "--dry-run", check=False)
+    future = run_as_postgres(config, "recover", "pitr", "--at", clock.iso(clock.now() + timedelta(hours=1)),
+                             "--dry-run", check=False)
+    assert future.returncode == 1 and "is in the future" in future.stderr  # refused, not planned
+    beyond = clock.parse_iso(window["newest"]) + timedelta(seconds=1)  # past, but after the archived WAL
+    time.sleep(max(0.0, (beyond - clock.now()).total_seconds() + 0.1))
+    late = run_as_postgres(config, "recover", "pitr", "--at", clock.iso_precise(beyond), "--dry-run", check=False)
     assert late.returncode == 1 and "[failed] WAL continuity: the target" in late.stdout
 
     done = json.loads(run_as_postgres(config, "recover", "pitr", "--at", clock.iso_precise(at), "--yes",

@@ -77,7 +77,7 @@ async def test_platform_recovery_through_the_wizard_with_typed_confirmation(plat
         assert f"Group restore point {ws.point['id']}" in summary and "Skew between" in summary
         rows = table_rows(screen.query_one("#pr-table", DataTable))
         assert [r[0] for r in rows] == ["etc", "app_files"]  # in the plan's order
-        assert (rows[0][5], rows[1][5], rows[1][7]) == ("1", "0", "✓ ok")
+        assert (rows[0][4], rows[1][4], rows[1][1]) == ("1", "0", "✓ ok")  # overwrites, checks
         checks = static_text(app, "#pr-checks")
         assert "etc: target now: 1 existing item(s) overwritten" in checks and "target reachable" in checks
 
@@ -100,8 +100,8 @@ async def test_platform_recovery_through_the_wizard_with_typed_confirmation(plat
         result = static_text(app, "#pr-result")
         assert "✓ ok" in result and f"to group restore point {ws.point['id']}" in result
         rows = table_rows(screen.query_one("#pr-result-table", DataTable))
-        assert [(r[0], r[1], r[4]) for r in rows] == [("etc", "✓ ok", "✓ verified"), ("app_files", "✓ ok", "✓ verified")]
-        assert all(r[3] not in ("—", "") for r in rows)  # data loss per component
+        assert [(r[0], r[1], r[2]) for r in rows] == [("etc", "✓ ok", "✓ verified"), ("app_files", "✓ ok", "✓ verified")]
+        assert all(r[4] not in ("—", "") for r in rows)  # data loss per component
         await pilot.press("3")  # Live jobs: the recovery and each component's restore
         await settle(app, pilot, 0.3)
         jobs = [(r[1], r[2], r[0]) for r in table_rows(app.screen.query_one("#job-table", DataTable))]
@@ -213,8 +213,11 @@ async def test_cancel_a_rolling_platform_recovery_from_live_jobs(tmp_path, monke
                 if record and [c["status"] for c in record["components"]][:2] == ["succeeded", "running"]:
                     break
             assert record and record["components"][1]["status"] == "running", record
-            await pilot.pause(0.3)  # the screen follows the record
-            progress = table_rows(screen.query_one("#pr-progress-table", DataTable))
+            for _ in range(20):  # the screen follows the record (every half second)
+                await pilot.pause(0.1)
+                progress = table_rows(screen.query_one("#pr-progress-table", DataTable))
+                if progress and progress[0][1] == "✓ ok":
+                    break
             assert [r[1] for r in progress] == ["✓ ok", "▶ running", "· pending"], progress
 
             await pilot.press("3")  # Live jobs: select the recovery and cancel it
@@ -250,7 +253,9 @@ async def test_cancel_a_rolling_platform_recovery_from_live_jobs(tmp_path, monke
             assert f"cancelled by {me}" in result and "Recovered: etc" in result and "Not recovered: big, app_files" in result
             rows = table_rows(screen.query_one("#pr-result-table", DataTable))
             assert [(r[0], r[1]) for r in rows] == [("etc", "✓ ok"), ("big", "■ cancelled"), ("app_files", "○ skipped")]
-            assert rows[1][4] != "✓ verified" and rows[2][4] != "✓ verified"
+            assert rows[1][2] != "✓ verified" and rows[2][2] != "✓ verified"
+            notes = static_text(app, "#pr-result-notes")
+            assert "big: cancelled by" in notes and "app_files: not started: " in notes, notes
     finally:
         ws.close()
     out = subprocess.run([sys.executable, "-m", "insite_console", "-c", str(root / "config.toml"), "recover",
@@ -261,3 +266,94 @@ async def test_cancel_a_rolling_platform_recovery_from_live_jobs(tmp_path, monke
         ("etc", "succeeded"), ("big", "cancelled"), ("app_files", "skipped")]
     assert record["recovered"] == ["etc"] and record["components"][1]["verified"] is None
     assert not (target / "app").exists()  # never started
+
+
+SNAPSHOT_PLAN = """
+[recovery.platform]
+components = ["etc", "app_files"]
+targets = { etc = "restored/etc", app_files = "restored/app" }
+"""
+
+
+@pytest.fixture
+def platform_snapshot_ws(snapshot_workspace):
+    """The snapshot workspace (fixed clock, ids, host) with a recovery plan over its two policies."""
+    from insite_console.workspace import Workspace
+
+    config = snapshot_workspace.config.base_dir / "config.toml"
+    config.write_text(config.read_text() + SNAPSHOT_PLAN)
+    ws = Workspace.load(config)
+    yield ws
+    ws.close()
+
+
+async def _snapshot_settle(pilot, delay: float = 0.3) -> None:
+    app = pilot.app
+    for _ in range(2):
+        await app.workers.wait_for_complete()
+        await pilot.pause(delay)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("step", ["plan", "result"])
+def test_platform_step_snapshot(snap_compare, platform_snapshot_ws, step, size):
+    from insite_console.tui.app import InsiteApp
+
+    app = InsiteApp(platform_snapshot_ws, theme="insite-dark", detach_jobs=False, poll_seconds=3600, alerts=False)
+
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        await pilot.press("4")
+        await _snapshot_settle(pilot)
+        pilot.app.screen.query_one("#restore-kind", Select).value = "platform"
+        await _snapshot_settle(pilot)
+        await pilot.press("ctrl+n")  # the latest: the plan per component
+        await _snapshot_settle(pilot)
+        assert pilot.app.screen.step == 1 and pilot.app.screen.plan_ok
+        if step == "result":
+            await pilot.press("ctrl+n", "ctrl+n")  # confirm (nothing overwritten), recover
+            await _snapshot_settle(pilot, 0.6)
+            assert pilot.app.screen.step == 4
+            pilot.app.clear_notifications()
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+async def test_a_time_in_the_future_is_refused_not_planned_with_invented_data_loss(platform_ws, capsys):
+    """Before: 2030 was planned, every component "1125d > RPO" of data loss, and recoverable."""
+    from insite_console import recovery
+    from insite_console.cli import main
+    from insite_console.errors import RestoreRefused
+    from insite_console.tui.app import InsiteApp
+    from insite_console.tui.screens.platform import PlatformRecoveryScreen
+
+    ws = platform_ws
+    with pytest.raises(RestoreRefused, match="is in the future"):
+        recovery.plan(ws, "platform", __import__("insite_console").clock.parse_iso("2030-01-01T00:00:00Z"))
+    config = str(ws.config.base_dir / "config.toml")
+    assert main(["-c", config, "recover", "platform", "--at", "2030-01-01T00:00:00Z", "--dry-run"]) == 1
+    assert "2030-01-01T00:00:00.000000Z is in the future" in capsys.readouterr().err
+    app = InsiteApp(ws, detach_jobs=False, theme="insite-dark", poll_seconds=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        app.push_screen(PlatformRecoveryScreen("platform"))
+        await settle(app, pilot)
+        screen = app.screen
+        field = screen.query_one("#pr-at", Input)
+        field.focus()
+        field.value = "2030-01-01T00:00Z"
+        await pilot.press("enter")
+        await pilot.press("ctrl+n")
+        await settle(app, pilot)
+        assert screen.step == 0 and field.has_focus
+        assert "is in the future" in static_text(app, "#pr-at-check")
+        field.value = ""
+        await pilot.press("enter")  # the latest; Enter goes on to the reason, then to the plan
+        assert screen.query_one("#pr-reason", Input).has_focus
+        await pilot.press(*"INC-9", "enter")
+        await settle(app, pilot)
+        assert screen.step == 1 and screen.plan_ok
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert "Reason, recorded with the result: INC-9" in static_text(app, "#pr-confirm-text")
+    assert ws.catalog.recoveries() == []
