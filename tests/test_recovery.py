@@ -508,7 +508,7 @@ def test_group_members_share_one_moment_and_a_recovery_to_the_group_point_names_
     assert f"group restore point {second['id']} of [group.platform]" in text
 
     done = json.loads(p.helper.cli("recover", "platform", "--at", clock.iso_precise(between), "--yes", "--json",
-                                   check=True).stdout)
+                                   "--reason", "INC-5: back to the group point", check=True).stdout)
     assert done["status"] == "succeeded" and done["group_point"]["id"] == first["id"]
     assert p.items() == STATE1_ITEMS and p.keys() == STATE1_KEYS
     assert p.restored_file().read_text() == "version one\n"
