@@ -220,6 +220,13 @@ async def test_cancel_a_rolling_platform_recovery_from_live_jobs(tmp_path, monke
                     break
             assert [r[1] for r in progress] == ["✓ ok", "▶ running", "· pending"], progress
 
+            await pilot.press("escape")  # Esc while it runs asks to cancel; Esc again is No
+            await pilot.pause()
+            assert type(app.screen).__name__ == "ConfirmDialog"
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is screen and job.status == "running" and not job.cancel.cancelled
+
             await pilot.press("3")  # Live jobs: select the recovery and cancel it
             await pilot.pause(0.3)  # (not settle: the detached job's watcher is a worker)
             jobs = app.screen

@@ -241,7 +241,9 @@ class PlatformRecoveryScreen(InsiteScreen):
     def action_back(self) -> None:
         if self.step in (CHOOSE, RESULT):
             self.dismiss(self.record)
-        elif self.step != PROGRESS:
+        elif self.step == PROGRESS:  # Esc while it runs: asks to cancel (No is the default)
+            self.ask_cancel()
+        else:
             self.show_step(self.step - 1)
 
     def ask_cancel(self) -> None:
@@ -482,6 +484,7 @@ class PlatformRecoveryScreen(InsiteScreen):
             lines.append(f"Now: {escape(view.phase or '—')} · {model.size_text(view.bytes_done)}"
                          + (f" of {model.size_text(view.bytes_total)}" if view.bytes_total else "")
                          + f" · {escape(view.rate_text())} · each component is in Live jobs (key 3)")
+        lines.append("[dim]Esc or ■ Cancel recovery: stop it (asks first)[/]")
         self.query_one("#pr-progress", Static).update("\n".join(lines))
         table = self.query_one("#pr-progress-table", DataTable)
         table.clear()
