@@ -143,7 +143,7 @@ def _backup_group(ws, args, token) -> int:
         else:
             print(f"insite-console: group backup {result['id']} of {result['group']} {result['status']}: "
                   f"{result['error']} (not a group restore point)", file=sys.stderr)
-    return 0 if result["status"] == "succeeded" else 1
+    return _exit_status(result["status"])
 
 
 def _backup_table(rows: list[dict]) -> None:
@@ -372,7 +372,12 @@ def cmd_recover(args) -> int:
         if result.get("group_point"):
             print(f"to group restore point {result['group_point']['id']} of [group.{result['group_point']['group']}]")
         print(f"recovery {result['id']} {result['status']} in {clock.human_duration(result['recovery_seconds'])}")
-    return 0 if result["status"] == "succeeded" else 1
+    return _exit_status(result["status"])
+
+
+def _exit_status(status: str) -> int:
+    """0 succeeded, 130 cancelled (as an interrupted command: the console shows it cancelled, not failed), else 1."""
+    return 0 if status == "succeeded" else 130 if status == "cancelled" else 1
 
 
 def _skew_text(seconds: float) -> str:

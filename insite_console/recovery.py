@@ -45,6 +45,13 @@ def _point_of(backup: dict) -> datetime:
     return clock.parse_iso(point.get("at") or backup.get("started_at_precise") or backup["started_at"])
 
 
+def refuse_future(at: datetime | None, now: datetime) -> None:
+    """A point in time after now has no restore point yet, and its "data loss" would be invented."""
+    if at is not None and at > now:
+        raise RestoreRefused(f"{clock.iso_precise(at)} is in the future (now is {clock.iso(now)}): "
+                             "recover to a past time, or to the latest")
+
+
 def group_point(ws, settings: dict, at: datetime | None, point_id: str | None = None) -> dict | None:
     """The group restore point a recovery comes back to: `point_id`, or with the plan's `group`
     the newest succeeded one at or before `at`; None when the plan uses no group."""
@@ -149,6 +156,7 @@ def plan(ws, name: str, at: datetime | None, events: EventCallback | None = None
     settings = ws.config.recovery(name)
     cancel = cancel or CancelToken()
     now = clock.now()
+    refuse_future(at, now)
     target_time = at or now
     throughput = ws.catalog.restore_throughput()
     rate = throughput or restore.DEFAULT_THROUGHPUT
@@ -429,6 +437,8 @@ def _finish(ws, record: dict, started: datetime) -> dict[str, Any]:
                           None if status == "succeeded" else
                           f"{status}: " + "; ".join(f"{c['policy']} {c['status']}" for c in record["components"]
                                                     if c["status"] != "succeeded"))
+    if status == "cancelled":  # who asked (a console records it before its signal), else this process's user
+        record["cancelled_by"] = (ws.catalog.run(record["id"]) or {}).get("cancelled_by")
     ws.catalog.event(record["id"], f"recovery {record['id']} {status} in {clock.human_duration(record['recovery_seconds'])}",
                      level="info" if status == "succeeded" else "error")
     record["stored_in"] = ws.seal_everywhere(SEALED_PREFIX + record["id"], json.dumps(record, sort_keys=True).encode())

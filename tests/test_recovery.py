@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from insite_console import backup, clock, recovery
+from insite_console import backup, clock, recovery, who
 from insite_console.errors import ConfigError, RestoreRefused
 from insite_console.events import CancelToken
 from tests.conftest import WorkspaceHelper
@@ -351,6 +351,7 @@ def test_cancel_stops_between_components_and_is_recorded(platform):
     assert ("main_db", "running") in seen and ("cache", "running") not in seen
     assert p.keys() != STATE1_KEYS  # cache untouched
     assert p.ws.catalog.recoveries()[0]["status"] == "cancelled"
+    assert result["cancelled_by"] == who.me()  # nobody asked through a console: this process's user
 
 
 @needs_pg  # noqa: F405
@@ -415,8 +416,12 @@ def test_physical_component_replays_wal_to_exactly_the_time_and_to_a_group_point
     assert {c["check"]: c["status"] for c in db["checks"]}["WAL continuity"] == "ok"
     assert os.listdir(target) == []  # the dry run wrote nothing
 
-    late = run_as_postgres(config, "recover", "pitr", "--at", clock.iso(clock.now() + timedelta(hours=1)),
-                           "--dry-run", check=False)
+    future = run_as_postgres(config, "recover", "pitr", "--at", clock.iso(clock.now() + timedelta(hours=1)),
+                             "--dry-run", check=False)
+    assert future.returncode == 1 and "is in the future" in future.stderr  # refused, not planned
+    beyond = clock.parse_iso(window["newest"]) + timedelta(seconds=1)  # past, but after the archived WAL
+    time.sleep(max(0.0, (beyond - clock.now()).total_seconds() + 0.1))
+    late = run_as_postgres(config, "recover", "pitr", "--at", clock.iso_precise(beyond), "--dry-run", check=False)
     assert late.returncode == 1 and "[failed] WAL continuity: the target" in late.stdout
 
     done = json.loads(run_as_postgres(config, "recover", "pitr", "--at", clock.iso_precise(at), "--yes",
@@ -503,7 +508,7 @@ def test_group_members_share_one_moment_and_a_recovery_to_the_group_point_names_
     assert f"group restore point {second['id']} of [group.platform]" in text
 
     done = json.loads(p.helper.cli("recover", "platform", "--at", clock.iso_precise(between), "--yes", "--json",
-                                   "--reason", "group point test", check=True).stdout)
+                                   "--reason", "INC-5: back to the group point", check=True).stdout)
     assert done["status"] == "succeeded" and done["group_point"]["id"] == first["id"]
     assert p.items() == STATE1_ITEMS and p.keys() == STATE1_KEYS
     assert p.restored_file().read_text() == "version one\n"

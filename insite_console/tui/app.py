@@ -388,11 +388,17 @@ class InsiteApp(App):
         if view.host and view.host != model.HOST:
             self.notify(f"this job runs on host {view.host}; cancel it there", severity="warning")
             return
-        catalog.cancel_requested(view.id, by)  # before the signal: the job records who stopped it
+        # the signal stops every run of that process (a recovery and the restore it is on): each
+        # records who stopped it, before the signal
+        same = [v.id for v in self.job_views.values()
+                if v.running and v.pid and v.pid == view.pid and v.host == view.host and not v.id.startswith("console-")]
+        for run_id in {view.id, *same}:
+            catalog.cancel_requested(run_id, by)
         if view.pid and jobs.interrupt(view.pid):
             self.notify(f"cancelling {view.kind} of {view.subject} (signalled process {view.pid})…", timeout=3)
         else:
-            catalog.cancel_requested(view.id, None)  # nobody cancelled it after all
+            for run_id in {view.id, *same}:
+                catalog.cancel_requested(run_id, None)  # nobody cancelled it after all
             self.notify(f"cannot signal process {view.pid}: it has ended or belongs to another user",
                         severity="error")
 
@@ -425,7 +431,8 @@ class InsiteApp(App):
             old = self.job_views.get(row["id"])
             view = model.job_from_run(row, self.own_pids)
             for job in self.console_jobs.values():
-                if job.detached and job.pid == row.get("pid") and job.run_id is None:
+                # the job's own run (a recovery's process also runs its components' restores)
+                if job.detached and job.pid == row.get("pid") and job.run_id is None and job.kind == row["kind"]:
                     job.run_id = row["id"]
                 if job.run_id == row["id"] and job.key in self.job_views:
                     del self.job_views[job.key]

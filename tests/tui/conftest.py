@@ -15,8 +15,8 @@ import pytest
 PASSPHRASE = "console-test-passphrase"
 FIXED_NOW = "2026-11-27T09:30:00Z"
 SNAPSHOT_ROOT = Path("/tmp/insite-console-tui-snapshots")
-# For child processes (detached jobs): a sitecustomize that slows every stored chunk, so a
-# test can act on a job while it runs.
+# For child processes (detached jobs): a sitecustomize that slows every stored chunk (and with
+# INSITE_TEST_SLOW_READ every chunk read), so a test can act on a job while it runs.
 SLOW_CHUNKS = '''
 import os
 if os.environ.get("INSITE_TEST_SLOW_CHUNK"):
@@ -27,6 +27,14 @@ if os.environ.get("INSITE_TEST_SLOW_CHUNK"):
         time.sleep(float(os.environ["INSITE_TEST_SLOW_CHUNK"]))
         return _original(self, *args, **kwargs)
     Repository._store_chunk = _slow
+if os.environ.get("INSITE_TEST_SLOW_READ"):  # restores: every chunk read delayed
+    import time
+    from insite_console.repo.repository import Repository
+    _read = Repository.read_blob
+    def _slow_read(self, *args, **kwargs):
+        time.sleep(float(os.environ["INSITE_TEST_SLOW_READ"]))
+        return _read(self, *args, **kwargs)
+    Repository.read_blob = _slow_read
 '''
 
 CONFIG = """

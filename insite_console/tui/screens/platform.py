@@ -73,6 +73,15 @@ def loss_text(seconds) -> str:
     return "—" if seconds is None else ("none" if seconds == 0 else clock.human_duration(seconds))
 
 
+def point_text(at: str | None) -> str:
+    """A restore point to the second (the record and --json keep the microseconds)."""
+    return at[:19].replace("T", " ") if at else "—"
+
+
+def duration_text(seconds: float) -> str:
+    return "under a second" if seconds < 1 else f"about {clock.human_duration(seconds)}"
+
+
 def skew_text(seconds) -> str:
     if seconds is None:
         return "unknown"
@@ -88,7 +97,7 @@ class PlatformRecoveryScreen(InsiteScreen):
     .step { height: 1fr; }
     #pr-plan, #pr-at, #pr-reason, #pr-confirm-input { margin: 1 0 0 0; }
     #pr-confirm-input { width: 100%; }
-    #pr-about, #pr-at-check, #pr-summary, #pr-checks, #pr-confirm-error { height: auto; padding: 0 1; }
+    #pr-about, #pr-at-check, #pr-summary, #pr-checks, #pr-confirm-error, #pr-result-notes { height: auto; padding: 0 1; }
     #pr-summary { margin-bottom: 1; }
     #pr-table { height: auto; max-height: 10; }
     #pr-progress-table, #pr-result-table { height: auto; margin-top: 1; }
@@ -121,7 +130,7 @@ class PlatformRecoveryScreen(InsiteScreen):
                 yield Input(placeholder="why (recorded with the result): incident 42, bad deploy…", id="pr-reason",
                             compact=True)
                 yield Static(id="pr-at-check")
-            with Vertical(id="pr-step-components", classes="step"):
+            with VerticalScroll(id="pr-step-components", classes="step"):  # the checks run past 24 lines
                 yield Static("[b]2. The plan per component[/] (a dry run of each: nothing is written)",
                              id="pr-plan-title")
                 yield Static(id="pr-summary")
@@ -137,6 +146,7 @@ class PlatformRecoveryScreen(InsiteScreen):
             with VerticalScroll(id="pr-step-result", classes="step"):
                 yield Static(id="pr-result")
                 yield DataTable(id="pr-result-table", cursor_type="row")
+                yield Static(id="pr-result-notes")
         with Horizontal(id="wizard-nav"):
             yield Button("◀ Back", id="pr-back", compact=True)
             yield Button("Next ▶", id="pr-next", variant="primary", compact=True)
@@ -150,11 +160,12 @@ class PlatformRecoveryScreen(InsiteScreen):
         if plans:
             select.value = self.plan_name if self.plan_name in plans else plans[0]
         for table_id, columns in (
-                ("#pr-table", ("Component", "Kind", "Restore point (UTC)", "Data loss", "RPO", "Overwrites",
-                               "Size", "Checks")),
+                # what decides go or no-go first, so an 80-column terminal shows it (Kind last)
+                ("#pr-table", ("Component", "Checks", "Restore point (UTC)", "Data loss", "Overwrites", "Size",
+                               "Kind")),
                 ("#pr-progress-table", ("Component", "Status", "Restore point (UTC)", "Started", "Finished")),
-                ("#pr-result-table", ("Component", "Status", "Restore point (UTC)", "Data loss", "Verified", "Written",
-                                      "Detail"))):
+                ("#pr-result-table", ("Component", "Status", "Verified", "Restore point (UTC)", "Data loss",
+                                      "Written"))):
             table = self.query_one(table_id, DataTable)
             for title in columns:
                 table.add_column(title)
@@ -168,15 +179,7 @@ class PlatformRecoveryScreen(InsiteScreen):
     def show_step(self, step: int) -> None:
         self.step = step
         self.query_one("#pr-wizard", ContentSwitcher).current = STEP_IDS[step]
-        marks = []
-        for i, name in enumerate(STEPS):
-            if i == step:
-                marks.append(f"[b reverse] {i + 1} {name} [/]")
-            elif i < step:
-                marks.append(f"[$success]✓[/] {name}")
-            else:
-                marks.append(f"[dim]{i + 1} {name}[/]")
-        self.query_one("#pr-steps", Static).update("Platform recovery: " + " › ".join(marks))
+        self.show_steps()
         back, nxt = self.query_one("#pr-back", Button), self.query_one("#pr-next", Button)
         back.label = {CHOOSE: "◀ One backup instead", PROGRESS: "■ Cancel recovery",
                       RESULT: "◀ Back to the wizard"}.get(step, "◀ Back")
@@ -192,6 +195,22 @@ class PlatformRecoveryScreen(InsiteScreen):
         elif step == CONFIRM:
             self.enter_confirm()
         self.refresh_bindings()
+
+    def show_steps(self) -> None:
+        """The step bar; under 100 columns only the current step is named, so it stays one line."""
+        narrow = self.size.width < 100
+        marks = []
+        for i, name in enumerate(STEPS):
+            if i == self.step:
+                marks.append(f"[b reverse] {i + 1} {name} [/]")
+            elif i < self.step:
+                marks.append(f"[$success]✓[/] {i + 1}" if narrow else f"[$success]✓[/] {name}")
+            else:
+                marks.append(f"[dim]{i + 1}[/]" if narrow else f"[dim]{i + 1} {name}[/]")
+        self.query_one("#pr-steps", Static).update("Platform recovery: " + " › ".join(marks))
+
+    def on_resize(self) -> None:
+        self.show_steps()
 
     def can_run(self, action: str) -> bool | None:
         if action == "next":
@@ -222,7 +241,9 @@ class PlatformRecoveryScreen(InsiteScreen):
     def action_back(self) -> None:
         if self.step in (CHOOSE, RESULT):
             self.dismiss(self.record)
-        elif self.step != PROGRESS:
+        elif self.step == PROGRESS:  # Esc while it runs: asks to cancel (No is the default)
+            self.ask_cancel()
+        else:
             self.show_step(self.step - 1)
 
     def ask_cancel(self) -> None:
@@ -270,7 +291,18 @@ class PlatformRecoveryScreen(InsiteScreen):
             lines.append(f"[$warning]▲ newest recoverable point unknown: {escape(model_error(exc))}[/]")
         about.update("\n".join(lines))
 
+    @on(Input.Submitted, "#pr-at")
+    def at_submitted(self) -> None:
+        if self.apply_at():
+            self.query_one("#pr-reason", Input).focus()
+
+    @on(Input.Submitted, "#pr-reason")
+    def reason_submitted(self) -> None:
+        self.action_next()
+
     def apply_at(self) -> bool:
+        from insite_console import recovery
+
         text = self.query_one("#pr-at", Input).value.strip()
         check = self.query_one("#pr-at-check", Static)
         if self.selected_plan is None:
@@ -282,8 +314,11 @@ class PlatformRecoveryScreen(InsiteScreen):
             return True
         try:
             self.at = clock.parse_when(text, clock.now(), clock.local_zone())
-        except ValueError as exc:
+            recovery.refuse_future(self.at, clock.now())
+        except (ValueError, InsiteError) as exc:
+            self.at = None
             check.update(f"[$error]✗ point in time: {escape(str(exc))}[/]")
+            self.query_one("#pr-at", Input).focus()
             return False
         check.update(f"To [b]{self.at:%Y-%m-%d %H:%M:%S}[/] UTC")
         return True
@@ -333,8 +368,8 @@ class PlatformRecoveryScreen(InsiteScreen):
             lines.append(f"Group restore point [b]{escape(g['id'])}[/] of [group.{escape(g['group'])}] taken at "
                          f"{escape(g['point_at'])}: every component from one moment")
         lines.append(f"Skew between the components' restore points: [b]{skew_text(planned['skew_seconds'])}[/] · "
-                     f"{model.size_text(planned['bytes'])} · about {clock.human_duration(planned['estimated_seconds'])}"
-                     f" ({escape(planned['estimate_basis'])})")
+                     f"{model.size_text(planned['bytes'])} · {duration_text(planned['estimated_seconds'])}, "
+                     f"{escape(planned['estimate_basis'])}")
         lines.append("[$success]✓ pre-flight checks passed[/]" if planned["checks_ok"] else
                      "[$error]✗ pre-flight checks FAILED: nothing can be recovered (see the checks below)[/]")
         summary.update("\n".join(lines))
@@ -343,10 +378,13 @@ class PlatformRecoveryScreen(InsiteScreen):
         check_lines = []
         for c in planned["components"]:
             failed = [k for k in c["checks"] if k["status"] == "failed"]
-            rpo = "—" if c["within_rpo"] is None else ("within" if c["within_rpo"] else "BEYOND")
-            table.add_row(c["policy"], c["kind"], (c["restore_point_at"] or "—")[:23], loss_text(c["data_loss_seconds"]),
-                          rpo, f"{(c.get('overwrites') or {}).get('items', 0):,}", model.size_text(c["bytes"]),
-                          "✗ failed" if failed else "✓ ok")
+            loss = loss_text(c["data_loss_seconds"])
+            if c["within_rpo"] is not None:  # against the policy's RPO: beyond it in the error colour
+                loss = Text(f"{loss} ≤ RPO" if c["within_rpo"] else f"{loss} > RPO",
+                            style="" if c["within_rpo"] else role_style(self.app, "error"))
+            table.add_row(c["policy"], self.status_text("failed" if failed else "ok"), point_text(c["restore_point_at"]),
+                          loss, f"{(c.get('overwrites') or {}).get('items', 0):,}", model.size_text(c["bytes"]),
+                          c["kind"])
             if c.get("overwrites"):
                 check_lines.append(f"· {escape(c['policy'])}: target now: {escape(c['overwrites']['what'])}")
             for k in c["checks"]:
@@ -368,6 +406,9 @@ class PlatformRecoveryScreen(InsiteScreen):
         for c in planned.get("components", []):
             lines.append(f"  {escape(c['policy'])} → {escape(str(c['target']))}: backup {escape(str(c['backup_id']))}, "
                          f"data loss {loss_text(c['data_loss_seconds'])}")
+        reason = self.query_one("#pr-reason", Input).value.strip()
+        lines.append(f"Reason, recorded with the result: [b]{escape(reason)}[/]" if reason else
+                     "[dim]No reason given (step 1): the result records who ran it, not why.[/]")
         field = self.query_one("#pr-confirm-input", Input)
         if self.overwritten:
             lines.append("\n[$error][b]✗ the recovery overwrites what these targets hold now:[/][/]")
@@ -376,7 +417,7 @@ class PlatformRecoveryScreen(InsiteScreen):
             lines.append(f"Type the plan name exactly to confirm: [b]{escape(planned.get('plan', ''))}[/]")
             field.display = True
             field.value = ""
-            field.placeholder = planned.get("plan", "")
+            field.placeholder = f"type {planned.get('plan', '')} here"  # not the name itself: it would look typed
             field.focus()
         else:
             lines.append("\n[$success]✓ nothing existing is overwritten.[/] Press Recover to start.")
@@ -443,6 +484,7 @@ class PlatformRecoveryScreen(InsiteScreen):
             lines.append(f"Now: {escape(view.phase or '—')} · {model.size_text(view.bytes_done)}"
                          + (f" of {model.size_text(view.bytes_total)}" if view.bytes_total else "")
                          + f" · {escape(view.rate_text())} · each component is in Live jobs (key 3)")
+        lines.append("[dim]Esc or ■ Cancel recovery: stop it (asks first)[/]")
         self.query_one("#pr-progress", Static).update("\n".join(lines))
         table = self.query_one("#pr-progress-table", DataTable)
         table.clear()
@@ -450,9 +492,8 @@ class PlatformRecoveryScreen(InsiteScreen):
             {"policy": c["policy"], "status": "pending", "restore_point_at": c["restore_point_at"],
              "started_at": None, "finished_at": None} for c in (self.plan or {}).get("components", [])]
         for c in components:
-            table.add_row(c["policy"], self.status_text(c["status"]),
-                          (c["restore_point_at"] or "—")[:23], (c["started_at"] or "—")[11:23],
-                          (c["finished_at"] or "—")[11:23])
+            table.add_row(c["policy"], self.status_text(c["status"]), point_text(c["restore_point_at"]),
+                          (c["started_at"] or "—")[11:19] or "—", (c["finished_at"] or "—")[11:19] or "—")
 
     def status_text(self, status: str) -> Text:
         label, role = EXTRA_STATUS.get(status) or model.status_label(status)
@@ -465,11 +506,13 @@ class PlatformRecoveryScreen(InsiteScreen):
                 f"[b]5. Result[/]: [$error]✗ {escape(job.error or job.status)}[/] (no recovery record was written)")
             return
         label, role = EXTRA_STATUS.get(record["status"]) or model.status_label(record["status"])
-        lines = [f"[b]5. Result[/]: [${role}][b]{escape(label)}[/][/] recovery {escape(record['id'])} of "
+        lines = [f"[b]5. Result[/]: [${role}][b]{escape(label)}[/][/] · recovery {escape(record['id'])} of "
                  f"[b]{escape(record['plan'])}[/] in {clock.human_duration(record['recovery_seconds'] or 0)}"]
         if record.get("group_point"):
             lines.append(f"to group restore point {escape(record['group_point']['id'])} "
                          f"(skew {skew_text(record.get('skew_seconds'))})")
+        if record["status"] == "cancelled":
+            lines.append(f"[$warning]■ cancelled by {escape(record.get('cancelled_by') or 'an operator (unrecorded)')}[/]")
         if record.get("recovered"):
             lines.append(f"Recovered: {escape(', '.join(record['recovered']))}")
         if record.get("failed"):
@@ -477,11 +520,19 @@ class PlatformRecoveryScreen(InsiteScreen):
         self.query_one("#pr-result", Static).update("\n".join(lines))
         table = self.query_one("#pr-result-table", DataTable)
         table.clear()
+        notes = []
         for c in record["components"]:
             verified = {True: "✓ verified", False: "✗ NOT verified", None: "▲ unverified"}[c["verified"]]
-            table.add_row(c["policy"], self.status_text(c["status"]),
-                          (c["restore_point_at"] or "—")[:23], loss_text(c["data_loss_seconds"]), verified,
-                          model.size_text(c["bytes"]), (c.get("error") or c.get("verification") or "")[:80])
+            table.add_row(c["policy"], self.status_text(c["status"]), verified, point_text(c["restore_point_at"]),
+                          loss_text(c["data_loss_seconds"]), model.size_text(c["bytes"]))
+            # the whole detail, wrapped below the table (a table cell would cut it at 80 columns)
+            if c.get("error"):
+                mark = "[$error]✗[/]" if c["status"] == "failed" else "[$warning]■[/]"
+                notes.append(f"{mark} {escape(c['policy'])}: {escape(c['error'])}")
+            elif c.get("verification"):
+                notes.append(f"{'[$success]✓[/]' if c['verified'] else '[$warning]▲[/]'} {escape(c['policy'])}: "
+                             f"{escape(c['verification'])}")
+        self.query_one("#pr-result-notes", Static).update("\n".join(notes))
 
 
 def recoverable_lines(ws) -> list[str]:
