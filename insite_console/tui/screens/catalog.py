@@ -7,13 +7,14 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.timer import Timer
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Header, Input, Static
 
 from insite_console.tui import commands
 from insite_console.tui.screens.actions import BackupActions
 from insite_console.tui.screens.base import InsiteScreen
 from insite_console.tui.widgets.backup_detail import BackupDetail
 from insite_console.tui.widgets.backup_table import SORTABLE, BackupTable
+from insite_console.tui.widgets.footer import InsiteFooter
 
 
 class CatalogScreen(BackupActions, InsiteScreen):
@@ -36,7 +37,7 @@ class CatalogScreen(BackupActions, InsiteScreen):
             with Horizontal(id="catalog-body"):
                 yield BackupTable(self.app.workspace.catalog, id="backups")
                 yield BackupDetail(id="catalog-detail")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False

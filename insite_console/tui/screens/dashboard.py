@@ -6,11 +6,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from insite_console import clock
 from insite_console.tui import commands, model
 from insite_console.tui.screens.base import InsiteScreen, selected_key
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
 
 LEVELS = {"info": ("·", "foreground"), "warning": ("▲", "warning"), "error": ("✗", "error")}
@@ -42,7 +43,7 @@ class DashboardScreen(InsiteScreen):
             with VerticalScroll(id="events-box", classes="box") as box:
                 box.border_title = "Recent events"
                 yield Static(id="events")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#health", DataTable)

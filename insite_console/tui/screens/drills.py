@@ -17,7 +17,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.markup import escape
-from textual.widgets import DataTable, Footer, Header, RichLog, Static
+from textual.widgets import DataTable, Header, RichLog, Static
 
 from insite_console import clock, who
 from insite_console.dr import drill as dr_drill
@@ -27,6 +27,7 @@ from insite_console.tui import commands, model
 from insite_console.tui.dialogs.confirm import ChoiceDialog, ConfirmDialog, TextDialog
 from insite_console.tui.messages import DrillDone, DrillEvent
 from insite_console.tui.screens.base import InsiteScreen, selected_key
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
 
 log = logging.getLogger("insite_console.tui")
@@ -90,7 +91,7 @@ class DrillsScreen(InsiteScreen):
             with Vertical(id="drill-log-box", classes="box") as box:
                 box.border_title = "Timeline"
                 yield RichLog(id="drill-log", wrap=True, markup=True, auto_scroll=True, min_width=20)
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#drill-steps", DataTable)

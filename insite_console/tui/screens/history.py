@@ -8,12 +8,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.markup import escape
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from insite_console import audit, clock
 from insite_console.errors import InsiteError
 from insite_console.tui import commands, model
 from insite_console.tui.screens.base import InsiteScreen, selected_key
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
 
 
@@ -34,7 +35,7 @@ class HistoryScreen(InsiteScreen):
             with Vertical(id="history-detail", classes="box") as box:
                 box.border_title = "Selected"
                 yield Static(id="history-facts")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#history-table", DataTable)

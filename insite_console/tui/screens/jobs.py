@@ -7,11 +7,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.markup import escape
-from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
+from textual.widgets import DataTable, Header, ProgressBar, Static
 
 from insite_console.tui import commands, model
 from insite_console.tui.dialogs.confirm import ConfirmDialog
 from insite_console.tui.screens.base import InsiteScreen, selected_key
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
 
 
@@ -34,7 +35,7 @@ class JobsScreen(InsiteScreen):
                 yield Static(id="job-facts")
                 yield ProgressBar(id="job-progress", total=100, show_eta=False)
                 yield Static(id="job-log", classes="log")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#job-table", DataTable)

@@ -16,7 +16,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
-from textual.widgets import (Button, ContentSwitcher, DataTable, Footer, Header, Input, Label, OptionList,
+from textual.widgets import (Button, ContentSwitcher, DataTable, Header, Input, Label, OptionList,
                              ProgressBar, RadioButton, RadioSet, Select, Static)
 from textual.widgets.option_list import Option
 
@@ -27,6 +27,7 @@ from insite_console.tui.dialogs.confirm import ConfirmDialog
 from insite_console.tui.messages import PlanReady, TreeLoaded
 from insite_console.tui.screens.base import InsiteScreen
 from insite_console.tui.widgets.backup_detail import model_error
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.stored_tree import StoredTree
 
 STEPS = ("What", "Parts", "Where", "Plan", "Confirm", "Progress", "Result")
@@ -127,7 +128,7 @@ class RestoreWizard(InsiteScreen):
         with Horizontal(id="wizard-nav"):
             yield Button("◀ Back", id="back", compact=True)
             yield Button("Next ▶", id="next", variant="primary", compact=True)
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         ws = self.app.workspace
