@@ -155,19 +155,30 @@ class RestoreWizard(InsiteScreen):
 
     # ----- navigation -------------------------------------------------------------------------
 
+    def show_step_bar(self) -> None:
+        """Every step named; where they do not fit on one line (under ~80 columns) only the
+        current step keeps its name and the others their number (never a name cut or wrapped)."""
+        full = len(" › ".join(f"  {i + 1} {name} " for i, name in enumerate(STEPS)))
+        short = full > self.size.width - 2  # #steps: padding 0 1
+        marks = []
+        for i, name in enumerate(STEPS):
+            if i == self.step:
+                marks.append(f"[b reverse] {i + 1} {name} [/]")
+            elif i < self.step:
+                marks.append("[$success]✓[/]" + ("" if short else f" {name}"))
+            else:
+                marks.append(f"[dim]{i + 1}{'' if short else ' ' + name}[/]")
+        self.query_one("#steps", Static).update(" › ".join(marks))
+
+    def on_resize(self) -> None:
+        if self._ready:
+            self.show_step_bar()
+
     def show_step(self, step: int) -> None:
         self.step = step
         names = ["what", "parts", "where", "plan", "confirm", "progress", "result"]
         self.query_one("#wizard", ContentSwitcher).current = f"step-{names[step]}"
-        marks = []
-        for i, name in enumerate(STEPS):
-            if i == step:
-                marks.append(f"[b reverse] {i + 1} {name} [/]")
-            elif i < step:
-                marks.append(f"[$success]✓[/] {name}")
-            else:
-                marks.append(f"[dim]{i + 1} {name}[/]")
-        self.query_one("#steps", Static).update(" › ".join(marks))
+        self.show_step_bar()
         back, nxt = self.query_one("#back", Button), self.query_one("#next", Button)
         back.label = {PROGRESS: "■ Cancel restore", RESULT: "◀ New restore"}.get(step, "◀ Back")
         nxt.display = step not in (PROGRESS, RESULT)

@@ -57,18 +57,17 @@ def _width(cell) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(str(cell))
 
 
-def fill_table(table, columns: list[Col], rows: list[tuple[str, dict]], width: int | None = None) -> list[Col]:
-    """Show `rows` (row key, {column key: cell}) in a DataTable with the columns that fit its
-    width, measured on these rows; the columns are rebuilt only when the set shown changes.
-    Returns the columns shown."""
+def fill_table(table, columns: list[Col], rows: list[tuple[str, dict]], width: int) -> list[Col]:
+    """Show `rows` (row key, {column key: cell}) in a DataTable with the columns that fit in
+    `width` (the table's, computed by the screen from its own width: on a resize the table's
+    size is not laid out yet), measured on these rows; the columns are rebuilt only when the
+    set shown changes. Returns the columns shown."""
     rows = [(key, {c.key: _clip(cells.get(c.key, ""), c.max_width) for c in columns}) for key, cells in rows]
     pad = 2 * table.cell_padding
-    if width is None:
-        width = table.scrollable_content_region.width or table.size.width
-        if width and len(rows) > max(1, table.size.height - 1):
-            width -= table.styles.scrollbar_size_vertical  # a scrollbar is coming: leave it room
+    if table.size.height and len(rows) > table.size.height - 1:
+        width -= table.styles.scrollbar_size_vertical  # rows below the fold: leave the scrollbar room
     widths = [max([cell_len(c.title)] + [_width(cells[c.key]) for _, cells in rows]) + pad for c in columns]
-    shown = fit(columns, widths, [c.priority for c in columns], width) if width and width > 0 else list(columns)
+    shown = fit(columns, widths, [c.priority for c in columns], width) if width > 0 else list(columns)
     keys = [c.key for c in shown]
     if keys != [str(k.value) for k in table.columns]:
         table.clear(columns=True)
