@@ -222,7 +222,8 @@ class DrillsScreen(InsiteScreen):
         selected = self.selected_step()
         steps = self._steps()
         state = self._state()
-        width = max(18, self.size.width - 96)  # the step's words get what the other columns leave
+        # the step's words get what the other columns leave (under 100 columns: #, status, owner)
+        width = max(18, self.size.width - 96) if self.size.width >= 100 else max(12, self.size.width - 44)
         rows = []
         for step in steps:
             st = state.get(step["id"], {})

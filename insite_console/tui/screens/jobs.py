@@ -51,6 +51,7 @@ class JobsScreen(InsiteScreen):
         # Job changes arrive up to ~10 times a second per job; the table is redrawn at most 4.
         self.refresh_on_jobs_change(self.refresh_jobs)
         self.refresh_jobs()
+        self.call_after_refresh(self.place_toasts)
         table.focus()
 
     def on_screen_resume(self) -> None:
@@ -58,6 +59,7 @@ class JobsScreen(InsiteScreen):
 
     def on_resize(self) -> None:
         self.refresh_jobs()  # what the table drops on a narrow terminal depends on the width
+        self.call_after_refresh(self.place_toasts)
 
     def refresh_jobs(self) -> None:
         if not self.is_mounted:
@@ -95,6 +97,29 @@ class JobsScreen(InsiteScreen):
     def highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.show_selected()
         self.refresh_bindings_if_changed("cancel_job")
+        self.call_after_refresh(self.place_toasts)
+
+    def place_toasts(self) -> None:
+        """Toasts go over the job table's rows on the far side of the selected row, never over
+        that row or the Selected job box (Textual puts them bottom right: on the box)."""
+        table = self.query_one("#job-table", DataTable)
+        area = table.region
+        if not area.height or not self.size.height:
+            return
+        top = area.y + 1  # under the column headers
+        row = top + table.cursor_row - round(table.scroll_y) if table.row_count else top - 1
+        above, below = row - top, area.bottom - row - 1
+        racks = self.query("#textual-toastrack")  # none when notifications are off (tests)
+        if not racks:
+            return
+        rack = racks.first()
+        if below >= above:
+            rack.styles.dock, rack.styles.align_vertical = "bottom", "bottom"
+            rack.styles.margin = (0, 0, self.size.height - area.bottom, 0)
+        else:
+            rack.styles.dock, rack.styles.align_vertical = "top", "top"
+            rack.styles.margin = (top, 0, 0, 0)
+        rack.styles.max_height = max(1, max(above, below))
 
     def show_selected(self) -> None:
         view = self.selected_view()

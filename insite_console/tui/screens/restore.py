@@ -27,6 +27,7 @@ from insite_console.tui.dialogs.confirm import ConfirmDialog
 from insite_console.tui.messages import PlanReady, TreeLoaded
 from insite_console.tui.screens.base import InsiteScreen
 from insite_console.tui.widgets.backup_detail import model_error
+from insite_console.tui.widgets.fit import fit
 from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.stored_tree import StoredTree
 
@@ -92,9 +93,7 @@ class RestoreWizard(InsiteScreen):
                 yield Select([], prompt="source", id="source", allow_blank=True, compact=True)
                 yield Static(id="window")
                 yield OptionList(id="points")
-                yield Input(placeholder=f"or a time (zone {clock.zone_name(clock.local_zone())} unless typed): -2h, "
-                                        "14:05, yesterday 14:00, 2026-11-27T02:00Z · picks the newest point before it",
-                            id="at", compact=True)
+                yield Input(placeholder=self.at_placeholder(), id="at", compact=True)
             with Vertical(id="step-parts", classes="step"):
                 yield Label("[b]2. Which parts[/]: nothing selected restores everything", markup=True)
                 yield Static(id="parts-help")
@@ -170,9 +169,29 @@ class RestoreWizard(InsiteScreen):
                 marks.append(f"[dim]{i + 1}{'' if short else ' ' + name}[/]")
         self.query_one("#steps", Static).update(" › ".join(marks))
 
+    def at_placeholder(self) -> str:
+        """The time field's hint, shortened to what fits (a placeholder is cut, not wrapped)."""
+        zone = clock.zone_name(clock.local_zone())
+        for text in (f"or a time (zone {zone} unless typed): -2h, 14:05, yesterday 14:00, 2026-11-27T02:00Z · "
+                     "picks the newest point before it",
+                     f"or a time (zone {zone} unless typed): -2h, 14:05, yesterday 14:00, 2026-11-27T02:00Z",
+                     f"or a time ({zone}): -2h, 14:05, yesterday 14:00, 2026-11-27T02:00Z",
+                     "or a time: -2h, 14:05, yesterday 14:00, ISO"):
+            if len(text) <= (self.size.width or 120) - 2:
+                break
+        return text
+
     def on_resize(self) -> None:
-        if self._ready:
-            self.show_step_bar()
+        if not self._ready:
+            return
+        self.show_step_bar()
+        self.query_one("#at", Input).placeholder = self.at_placeholder()
+        source = self.query_one("#source", Select).value
+        if self.step == WHAT and isinstance(source, str):  # the restore points' lines are fitted to the width
+            options = self.query_one("#points", OptionList)
+            index = options.highlighted
+            keep = options.get_option_at_index(index).id if index is not None else None
+            self.fill_points(source, select_id=keep)
 
     def show_step(self, step: int) -> None:
         self.step = step
@@ -335,12 +354,14 @@ class RestoreWizard(InsiteScreen):
         self._points = {b["id"]: b for b in points}
         options = self.query_one("#points", OptionList)
         options.clear_options()
+        width = self.size.width - 6  # the wizard's padding, the list's border and scrollbar
         for backup in points:
             kind = {"incremental": "incr", "differential": "diff"}.get(backup["type"], backup["type"])
-            options.add_option(Option(
-                f"{restore_engine.taken_at(backup):%Y-%m-%d %H:%M:%S}  {kind:<4}  {backup['id'][:8]}  "
-                f"{backup['files']:>6,} files  {model.size_text(backup['bytes_read']):>10}  {backup['policy']}",
-                id=backup["id"]))
+            # one line each: a narrow terminal drops the policy (the source says it), then the file count
+            parts = [f"{restore_engine.taken_at(backup):%Y-%m-%d %H:%M:%S}", f"{kind:<4}", backup["id"][:8],
+                     f"{backup['files']:>6,} files", f"{model.size_text(backup['bytes_read']):>10}", backup["policy"]]
+            kept = fit(parts, [len(p) for p in parts], [0, 0, 0, 2, 1, 3], width, gap=2)
+            options.add_option(Option("  ".join(kept), id=backup["id"]))
         window = self.query_one("#window", Static)
         if points:
             window.update(f"Restorable window: [b]{model.short_time(points[-1]['started_at'])}[/] … "
