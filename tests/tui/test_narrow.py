@@ -81,9 +81,14 @@ async def test_narrow_screens_keep_quit_help_and_whole_headers(make_app, screen,
 
 
 @pytest.mark.parametrize("screen", list(SCREENS))
-async def test_wide_screens_keep_every_column_and_key(make_app, screen):
+async def test_wide_screens_keep_every_column_and_key(snapshot_workspace, screen):
+    """Over the snapshots' workspace: long failure texts, a running job, who started each."""
+    from insite_console.tui.app import InsiteApp
+    from tests.tui.test_snapshots import _seed_history
+
     keys, selector, columns = SCREENS[screen]
-    app = make_app(alerts=False)
+    _seed_history(snapshot_workspace)
+    app = InsiteApp(snapshot_workspace, theme="insite-dark", detach_jobs=False, poll_seconds=3600, alerts=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await _open(app, pilot, keys)
         text = footer_text(app)

@@ -18,7 +18,7 @@ from insite_console.tui.widgets.styles import role_style
 # what an operator needs at 60 columns comes first (priority 0); the rest is dropped whole
 HEALTH_COLUMNS = [
     Col("status", "Health"), Col("policy", "Policy"), Col("last", "Last success (UTC)", 3),
-    Col("age", "Age / RPO"), Col("next", "Next run (UTC)", 1), Col("failure", "Last failure", 2, max_width=60),
+    Col("age", "Age / RPO"), Col("next", "Next run (UTC)", 1), Col("failure", "Last failure", 2, max_width=60, min_width=16),
 ]
 LEVELS = {"info": ("·", "foreground"), "warning": ("▲", "warning"), "error": ("✗", "error")}
 

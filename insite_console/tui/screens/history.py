@@ -22,9 +22,9 @@ from insite_console.tui.widgets.styles import role_style
 # what an auditor reads first is kept longest; a narrow terminal drops the rest whole (the
 # selected entry is shown in full below)
 HISTORY_COLUMNS = [
-    Col("status", "Outcome"), Col("started", "Started (UTC)"), Col("who", "Who", 1), Col("why", "Why", 2, max_width=30),
+    Col("status", "Outcome"), Col("started", "Started (UTC)"), Col("who", "Who", 1), Col("why", "Why", 2, max_width=30, min_width=12),
     Col("kind", "Kind", 3), Col("duration", "Took", 4), Col("where", "Where", 5, max_width=32),
-    Col("what", "What", 6, max_width=40),
+    Col("what", "What", 6, max_width=40, min_width=12),
 ]
 
 

@@ -21,7 +21,7 @@ from insite_console.tui.widgets.styles import role_style
 JOB_COLUMNS = [
     Col("status", "Status"), Col("kind", "Job"), Col("subject", "Subject", max_width=20), Col("progress", "Progress", 1),
     Col("rate", "Speed", 5), Col("eta", "ETA", 2), Col("duration", "Took", 3), Col("phase", "Phase", 6),
-    Col("origin", "Started by", 7), Col("started", "Started (UTC)", 4),
+    Col("origin", "Started by", 7, min_width=12), Col("started", "Started (UTC)", 4),
 ]
 
 

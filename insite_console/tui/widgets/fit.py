@@ -38,6 +38,9 @@ class Col:
     title: str
     priority: int = 0
     max_width: int | None = None
+    # elastic: the column is kept from this width on and takes what the others leave, its
+    # longer cells ending in `…` (a failure text, who started a job: never worth a column less)
+    min_width: int | None = None
 
 
 def _clip(cell, width: int | None):
@@ -66,8 +69,17 @@ def fill_table(table, columns: list[Col], rows: list[tuple[str, dict]], width: i
     pad = 2 * table.cell_padding
     if table.size.height and len(rows) > table.size.height - 1:
         width -= table.styles.scrollbar_size_vertical  # rows below the fold: leave the scrollbar room
-    widths = [max([cell_len(c.title)] + [_width(cells[c.key]) for _, cells in rows]) + pad for c in columns]
+    natural = {c.key: max([cell_len(c.title)] + [_width(cells[c.key]) for _, cells in rows]) + pad for c in columns}
+    widths = [min(natural[c.key], max(c.min_width, cell_len(c.title)) + pad) if c.min_width else natural[c.key]
+              for c in columns]
     shown = fit(columns, widths, [c.priority for c in columns], width) if width > 0 else list(columns)
+    spare = width - sum(w for c, w in zip(columns, widths) if c in shown)
+    for column in shown:
+        if column.min_width and natural[column.key] > widths[columns.index(column)]:
+            room = widths[columns.index(column)] + max(0, spare) - pad
+            spare -= natural[column.key] - widths[columns.index(column)]
+            for _, cells in rows:
+                cells[column.key] = _clip(cells[column.key], room)
     keys = [c.key for c in shown]
     if keys != [str(k.value) for k in table.columns]:
         table.clear(columns=True)
