@@ -157,7 +157,7 @@ class RestoreWizard(InsiteScreen):
     def show_step_bar(self) -> None:
         """Every step named; where they do not fit on one line (under ~80 columns) only the
         current step keeps its name and the others their number (never a name cut or wrapped)."""
-        full = len(" › ".join(f"  {i + 1} {name} " for i, name in enumerate(STEPS)))
+        full = len(" › ".join(f"{i + 1} {name}" for i, name in enumerate(STEPS))) + 2  # the current: reversed, padded
         short = full > self.size.width - 2  # #steps: padding 0 1
         marks = []
         for i, name in enumerate(STEPS):
