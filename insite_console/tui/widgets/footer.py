@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from rich.cells import cell_len
 from textual.widgets import Footer
-from textual.widgets._footer import FooterKey
 
 from insite_console.tui import commands
 from insite_console.tui.widgets.fit import fit
@@ -57,8 +56,3 @@ class InsiteFooter(Footer):
     def on_resize(self) -> None:
         if self.app.size.width != self._width and self.is_attached:
             self.call_after_refresh(self.recompose)
-
-    @staticmethod
-    def text_of(footer: Footer) -> str:
-        """The footer as a user reads it (tests): "KEY LABEL" of each key shown."""
-        return " ".join(f"{key.key_display} {key.description}".strip() for key in footer.query(FooterKey))
