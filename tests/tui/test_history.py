@@ -26,7 +26,7 @@ async def test_history_screen_lists_a_restore_with_who_where_and_why(make_app, c
         assert len(rows) == 1
         status, _started, by, why, kind, took, where, what = rows[0]
         assert (status, kind, why) == ("✓ ok", "restore", "CHG-9: config check")
-        assert by == f"{who.user()}@{socket.gethostname()}" and where == str(target)[:32]
+        assert by == f"{who.user()}@{socket.gethostname()}" and where == (str(target) if len(str(target)) <= 32 else str(target)[:31] + "…")
         assert what.startswith(etc["id"]) and took != "—"
         facts = static_text(app, "#history-facts")
         assert f"restore {done['id']}" in facts and "Why: CHG-9: config check" in facts

@@ -30,7 +30,7 @@ async def test_copy_and_drill_jobs_are_labelled_with_duration_and_totals(console
         rows = {row[1]: row for row in table_rows(app.screen.query_one("#job-table", DataTable))}
         assert set(rows) >= {"copy", "restore (drill)", "backup"}
         copy_row, drill_row = rows["copy"], rows["restore (drill)"]
-        assert copy_row[0] == "✓ ok" and copy_row[2] == f"{etc['id']} → offsite"[:20]
+        assert copy_row[0] == "✓ ok" and copy_row[2] == f"{etc['id']} → offsite"[:19] + "…"  # a long subject is marked cut
         assert drill_row[3] == f"{restored['files']:,} files · {clock.human_bytes(restored['bytes_written'])}"
         for row in (copy_row, drill_row):
             assert row[6] != "—" and row[6].endswith("s")  # Took: seconds at most here

@@ -17,6 +17,8 @@ SCREENS = {
     "history": ["6"],
     "trends": ["p"],
 }
+# the drills screen has its own 80x24 and 120x40 snapshots (test_drills.py), here only at 60
+NARROW_ONLY = {"drills": ["5"]}
 SIZES = [(80, 24), (120, 40)]
 THEMES = ["insite-dark", "insite-16"]
 
@@ -58,7 +60,7 @@ def test_screen(snap_compare, snapshot_workspace, screen, size, theme):
 
     async def run_before(pilot) -> None:
         await pilot.pause()
-        for key in SCREENS[screen]:
+        for key in {**SCREENS, **NARROW_ONLY}[screen]:
             await pilot.press(key)
             await _settle(pilot)
         await _settle(pilot)
@@ -66,7 +68,7 @@ def test_screen(snap_compare, snapshot_workspace, screen, size, theme):
     assert snap_compare(app, terminal_size=size, run_before=run_before)
 
 
-NARROW = ["dashboard", "catalog", "jobs", "restore", "history", "trends"]
+NARROW = ["dashboard", "catalog", "jobs", "restore", "history", "trends", "help", "drills"]
 
 
 @pytest.mark.parametrize("screen", NARROW)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.timer import Timer
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Header, Input, Static
 
 from insite_console.tui import commands
 from insite_console.tui.screens.actions import BackupActions
 from insite_console.tui.screens.base import InsiteScreen
 from insite_console.tui.widgets.backup_detail import BackupDetail
 from insite_console.tui.widgets.backup_table import SORTABLE, BackupTable
+from insite_console.tui.widgets.footer import InsiteFooter
 
 
 class CatalogScreen(BackupActions, InsiteScreen):
@@ -36,7 +38,7 @@ class CatalogScreen(BackupActions, InsiteScreen):
             with Horizontal(id="catalog-body"):
                 yield BackupTable(self.app.workspace.catalog, id="backups")
                 yield BackupDetail(id="catalog-detail")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
@@ -56,6 +58,8 @@ class CatalogScreen(BackupActions, InsiteScreen):
 
     def on_resize(self) -> None:
         self.query_one("#catalog-detail").display = self.size.width >= 110
+        if self._ready:
+            self.update_status()
 
     # ----- data -------------------------------------------------------------------------
 
@@ -88,10 +92,16 @@ class CatalogScreen(BackupActions, InsiteScreen):
         if table.search:
             parts.append(f"filter [b]{escape(table.search)}[/]")
         column = next((c.title for c in SORTABLE if c.sort == table.sort_column), table.sort_column)
-        parts.append(f"sorted by {escape(column)} {'▼ newest/largest first' if table.descending else '▲'}")
-        if table.policy or table.search:
-            parts.append("[dim]esc: show all[/]")
-        self.query_one("#catalog-status", Static).update(" · ".join(parts))
+        order = "▼ newest/largest first" if table.descending else "▲"
+        hint = ["[dim]esc: show all[/]"] if table.policy or table.search else []
+        # one line: on a narrow terminal the sort order keeps its arrow, then the hint goes
+        status = self.query_one("#catalog-status", Static)
+        for sort, extra in ((f"sorted by {escape(column)} {order}", hint), (f"sorted by {escape(column)} {order[0]}", hint),
+                            (f"sorted by {escape(column)} {order[0]}", [])):
+            text = " · ".join(parts + [sort] + extra)
+            if Text.from_markup(text).cell_len <= self.size.width - 2:  # padding 0 1
+                break
+        status.update(text)
 
     @on(BackupTable.Highlighted)
     def highlighted(self, event: BackupTable.Highlighted) -> None:

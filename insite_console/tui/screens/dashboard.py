@@ -6,13 +6,20 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from insite_console import clock
 from insite_console.tui import commands, model
 from insite_console.tui.screens.base import InsiteScreen, selected_key
+from insite_console.tui.widgets.fit import Col, fill_table
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
 
+# what an operator needs at 60 columns comes first (priority 0); the rest is dropped whole
+HEALTH_COLUMNS = [
+    Col("status", "Health"), Col("policy", "Policy"), Col("last", "Last success (UTC)", 3),
+    Col("age", "Age / RPO"), Col("next", "Next run (UTC)", 1), Col("failure", "Last failure", 2, max_width=60, min_width=16),
+]
 LEVELS = {"info": ("·", "foreground"), "warning": ("▲", "warning"), "error": ("✗", "error")}
 
 
@@ -42,13 +49,10 @@ class DashboardScreen(InsiteScreen):
             with VerticalScroll(id="events-box", classes="box") as box:
                 box.border_title = "Recent events"
                 yield Static(id="events")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#health", DataTable)
-        for key, title in (("status", "Health"), ("policy", "Policy"), ("last", "Last success (UTC)"),
-                           ("age", "Age / RPO"), ("next", "Next run (UTC)"), ("failure", "Last failure")):
-            table.add_column(title, key=key)
         self.watch(self.app, "catalog_version", lambda _: self.refresh_data() if self.is_active else None, init=False)
         self.refresh_on_jobs_change(self.refresh_running)
         self.watch(self.app, "theme", lambda _: self.refresh_data(), init=False)
@@ -93,7 +97,7 @@ class DashboardScreen(InsiteScreen):
         now = clock.now()
         table = self.query_one("#health", DataTable)
         cursor = table.cursor_row
-        table.clear()
+        rows = []
         self._scheduler = None
         # under 110 columns the Next run column shows ~16 characters: a missed run is "▲ missed
         # 02:30" there, and its reason goes under the scheduler line (Running jobs) instead
@@ -122,12 +126,12 @@ class DashboardScreen(InsiteScreen):
                     self._missed_lines.append(f"{row['policy']} missed {when}: {missed['reason']}")
             else:
                 upcoming = f"{next_run:%Y-%m-%d %H:%M}" if next_run else "not scheduled"
-            table.add_row(
-                Text(label, style=role_style(self.app, role)), row["policy"],
-                model.short_time(row["last_success_at"]), row["age_vs_rpo"], upcoming,
-                Text(failure[:60], style=role_style(self.app, "error") if row["failing"] else ""),
-                key=row["policy"],
-            )
+            rows.append((row["policy"], {
+                "status": Text(label, style=role_style(self.app, role)), "policy": row["policy"],
+                "last": model.short_time(row["last_success_at"]), "age": row["age_vs_rpo"], "next": upcoming,
+                "failure": Text(failure, style=role_style(self.app, "error") if row["failing"] else ""),
+            }))
+        fill_table(table, HEALTH_COLUMNS, rows, self.size.width - 4)  # the box: border and padding
         if table.row_count:
             table.move_cursor(row=min(max(cursor, 0), table.row_count - 1))
 

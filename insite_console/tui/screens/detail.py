@@ -5,13 +5,14 @@ from __future__ import annotations
 from textual import on, work
 from textual.app import ComposeResult
 from textual.markup import escape
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Header, Static, TabbedContent, TabPane
 
 from insite_console.tui import commands, model
 from insite_console.tui.messages import TreeLoaded
 from insite_console.tui.screens.actions import BackupActions
 from insite_console.tui.screens.base import InsiteScreen
 from insite_console.tui.widgets.backup_detail import BackupDetail, model_error
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.stored_tree import StoredTree
 
 
@@ -36,7 +37,7 @@ class BackupDetailScreen(BackupActions, InsiteScreen):
                 yield StoredTree(id="files")
             with TabPane("Log", id="tab-log"):
                 yield Static(id="run-log")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         self.query_one(BackupDetail).show(self.backup)

@@ -17,7 +17,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.markup import escape
-from textual.widgets import DataTable, Footer, Header, RichLog, Static
+from textual.widgets import DataTable, Header, RichLog, Static
 
 from insite_console import clock, who
 from insite_console.dr import drill as dr_drill
@@ -27,6 +27,8 @@ from insite_console.tui import commands, model
 from insite_console.tui.dialogs.confirm import ChoiceDialog, ConfirmDialog, TextDialog
 from insite_console.tui.messages import DrillDone, DrillEvent
 from insite_console.tui.screens.base import InsiteScreen, selected_key
+from insite_console.tui.widgets.fit import Col, fill_table
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
 
 log = logging.getLogger("insite_console.tui")
@@ -43,6 +45,11 @@ FINDINGS_SHOWN = 5  # in the summary; the report has them all
 TICK = 0.25
 LIVE_ACTIONS = ("start_drill", "mark_done", "mark_failed", "mark_skipped", "inject", "respond", "stop_drill",
                 "add_finding")
+# a narrow terminal keeps the step, its state and owner; the rest is dropped whole
+STEP_COLUMNS = [
+    Col("n", "#"), Col("status", "Status"), Col("action", "Step"), Col("role", "Owner", 1),
+    Col("est", "Est.", 3), Col("took", "Took", 2), Col("after", "After", 4), Col("kind", "Kind", 5),
+]
 PLAYBACK_ACTIONS = ("play_pause", "step_event", "faster", "slower")
 
 
@@ -90,13 +97,10 @@ class DrillsScreen(InsiteScreen):
             with Vertical(id="drill-log-box", classes="box") as box:
                 box.border_title = "Timeline"
                 yield RichLog(id="drill-log", wrap=True, markup=True, auto_scroll=True, min_width=20)
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#drill-steps", DataTable)
-        for key, title in (("n", "#"), ("status", "Status"), ("action", "Step"), ("role", "Owner"), ("est", "Est."),
-                           ("took", "Took"), ("after", "After"), ("kind", "Kind")):
-            table.add_column(title, key=key)
         self.query_one("#drill-summary-box").display = False
         try:
             self.scenarios = scenarios.load(self.app.workspace)
@@ -210,14 +214,17 @@ class DrillsScreen(InsiteScreen):
             return self.record.get("rto_seconds") or 0, self.record.get("rpo_seconds") or 0
         return self.scenario.rto_seconds, self.scenario.rpo_seconds
 
+    def on_resize(self) -> None:
+        self.show_steps()  # what the plan drops on a narrow terminal depends on the width
+
     def show_steps(self) -> None:
         table = self.query_one("#drill-steps", DataTable)
         selected = self.selected_step()
         steps = self._steps()
         state = self._state()
-        width = max(18, self.app.size.width - 96)
-        narrow = self.app.size.width < 100  # the step's words get what the other columns leave
-        table.clear()
+        # the step's words get what the other columns leave (under 100 columns: #, status, owner)
+        width = max(18, self.size.width - 96) if self.size.width >= 100 else max(12, self.size.width - 44)
+        rows = []
         for step in steps:
             st = state.get(step["id"], {})
             status = st.get("status")
@@ -229,9 +236,14 @@ class DrillsScreen(InsiteScreen):
                     took += " ▲"
             elif st.get("started") is not None and self.snap is not None:
                 took = clock.human_duration(self.snap["elapsed_seconds"] - st["started"]) + "…"
-            table.add_row(step["id"], Text(label, style=role_style(self.app, role)), _clip(step["action"], width),
-                          _clip(step["role"], 12) if narrow else step["role"], clock.human_duration(step["estimate_seconds"]), took,
-                          ", ".join(step.get("after", [])) or "—", step["kind"], key=step["id"])
+            rows.append((step["id"], {
+                "n": step["id"], "status": Text(label, style=role_style(self.app, role)),
+                "action": _clip(step["action"], width),
+                "role": _clip(step["role"], 12) if self.size.width < 100 else step["role"],
+                "est": clock.human_duration(step["estimate_seconds"]), "took": took,
+                "after": ", ".join(step.get("after", [])) or "—", "kind": step["kind"],
+            }))
+        fill_table(table, STEP_COLUMNS, rows, self.size.width - 4)  # the box: border and padding
         ids = [s["id"] for s in steps]
         waiting = [i for i in ids if state.get(i, {}).get("status") == "waiting" and i not in self._waiting_seen]
         if waiting and self.drill is not None:

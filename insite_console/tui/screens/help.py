@@ -5,10 +5,11 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.markup import escape
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 
 from insite_console.tui import commands
 from insite_console.tui.screens.base import InsiteScreen
+from insite_console.tui.widgets.footer import InsiteFooter
 
 INTRO = """[b]insite-console[/]: backups, restores and their health, from a terminal.
 
@@ -28,7 +29,7 @@ class HelpScreen(InsiteScreen):
         with VerticalScroll(id="help"):
             yield Static(INTRO, id="help-intro")
             yield Static(self.keys_markup(), id="help-keys")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def keys_markup(self) -> str:
         lines = []

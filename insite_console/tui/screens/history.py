@@ -8,13 +8,24 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.markup import escape
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from insite_console import audit, clock
 from insite_console.errors import InsiteError
 from insite_console.tui import commands, model
 from insite_console.tui.screens.base import InsiteScreen, selected_key
+from insite_console.tui.widgets.fit import Col, fill_table
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
+
+
+# what an auditor reads first is kept longest; a narrow terminal drops the rest whole (the
+# selected entry is shown in full below)
+HISTORY_COLUMNS = [
+    Col("status", "Outcome"), Col("started", "Started (UTC)"), Col("who", "Who", 1), Col("why", "Why", 2, max_width=30, min_width=12),
+    Col("kind", "Kind", 3), Col("duration", "Took", 4), Col("where", "Where", 5, max_width=32),
+    Col("what", "What", 6, max_width=40, min_width=12),
+]
 
 
 class HistoryScreen(InsiteScreen):
@@ -34,15 +45,10 @@ class HistoryScreen(InsiteScreen):
             with Vertical(id="history-detail", classes="box") as box:
                 box.border_title = "Selected"
                 yield Static(id="history-facts")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#history-table", DataTable)
-        # what an auditor reads first comes first: narrow terminals clip the right-hand columns
-        # (the selected entry is shown in full below)
-        for key, title in (("status", "Outcome"), ("started", "Started (UTC)"), ("who", "Who"), ("why", "Why"),
-                           ("kind", "Kind"), ("duration", "Took"), ("where", "Where"), ("what", "What")):
-            table.add_column(title, key=key)
         self.watch(self.app, "catalog_version", lambda _: self.refresh_history() if self.is_active else None,
                    init=False)
         self.refresh_history()
@@ -50,6 +56,9 @@ class HistoryScreen(InsiteScreen):
 
     def on_screen_resume(self) -> None:
         self.refresh_history()
+
+    def on_resize(self) -> None:
+        self.refresh_history()  # what the table drops on a narrow terminal depends on the width
 
     def refresh_history(self) -> None:
         table = self.query_one("#history-table", DataTable)
@@ -60,14 +69,17 @@ class HistoryScreen(InsiteScreen):
             self.query_one("#history-facts", Static).update(f"[$error]✗ the history cannot be read: {escape(str(exc))}[/]")
             return
         self.entries = {f"{e['kind']}:{e['id']}": e for e in entries}
-        table.clear()
+        rows = []
         for key, e in self.entries.items():
             label, role = model.status_label(e["status"])
             duration = "—" if e["duration_seconds"] is None else clock.human_duration(e["duration_seconds"])
-            where = ("▲ " if e["over_source"] else "") + (e["target"] or "—")
-            table.add_row(Text(label, style=role_style(self.app, role)), model.short_time(e["started_at"]),
-                          f"{e['user']}@{e['host'] or '?'}" if e["user"] else "unrecorded", (e["reason"] or "—")[:30],
-                          e["kind"], duration, where[:32], audit.what_text(e)[:40], key=key)
+            rows.append((key, {
+                "status": Text(label, style=role_style(self.app, role)), "started": model.short_time(e["started_at"]),
+                "who": f"{e['user']}@{e['host'] or '?'}" if e["user"] else "unrecorded", "why": e["reason"] or "—",
+                "kind": e["kind"], "duration": duration,
+                "where": ("▲ " if e["over_source"] else "") + (e["target"] or "—"), "what": audit.what_text(e),
+            }))
+        fill_table(table, HISTORY_COLUMNS, rows, self.size.width - 4)  # the box: border and padding
         if self.entries:
             keys = list(self.entries)
             table.move_cursor(row=keys.index(selected) if selected in keys else 0)

@@ -7,12 +7,22 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.markup import escape
-from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
+from textual.widgets import DataTable, Header, ProgressBar, Static
 
 from insite_console.tui import commands, model
 from insite_console.tui.dialogs.confirm import ConfirmDialog
 from insite_console.tui.screens.base import InsiteScreen, selected_key
+from insite_console.tui.widgets.fit import Col, fill_table
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
+
+
+# at 60 columns: what, of what, how far (the selected job's box below says the rest in full)
+JOB_COLUMNS = [
+    Col("status", "Status"), Col("kind", "Job"), Col("subject", "Subject", max_width=20), Col("progress", "Progress", 1),
+    Col("rate", "Speed", 5), Col("eta", "ETA", 2), Col("duration", "Took", 3), Col("phase", "Phase", 6),
+    Col("origin", "Started by", 7, min_width=12), Col("started", "Started (UTC)", 4),
+]
 
 
 class JobsScreen(InsiteScreen):
@@ -35,21 +45,22 @@ class JobsScreen(InsiteScreen):
                 yield Static(id="job-facts")
                 yield ProgressBar(id="job-progress", total=100, show_eta=False)
                 yield Static(id="job-log", classes="log")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         table = self.query_one("#job-table", DataTable)
-        for key, title in (("status", "Status"), ("kind", "Job"), ("subject", "Subject"), ("progress", "Progress"),
-                           ("rate", "Speed"), ("eta", "ETA"), ("duration", "Took"), ("phase", "Phase"),
-                           ("origin", "Started by"), ("started", "Started (UTC)")):
-            table.add_column(title, key=key)
         # Job changes arrive up to ~10 times a second per job; the table is redrawn at most 4.
         self.refresh_on_jobs_change(self.refresh_jobs)
         self.refresh_jobs()
+        self.call_after_refresh(self.place_toasts)
         table.focus()
 
     def on_screen_resume(self) -> None:
         self.refresh_jobs()
+
+    def on_resize(self) -> None:
+        self.refresh_jobs()  # what the table drops on a narrow terminal depends on the width
+        self.call_after_refresh(self.place_toasts)
 
     def refresh_jobs(self) -> None:
         if not self.is_mounted:
@@ -57,13 +68,16 @@ class JobsScreen(InsiteScreen):
         table = self.query_one("#job-table", DataTable)
         selected = self.selected_id()
         views = self.app.job_list()
-        table.clear()
+        rows = []
         for view in views:
             label, role = view.status_text()
-            table.add_row(Text(label, style=role_style(self.app, role)), view.kind_text(), view.subject[:20],
-                          view.progress_text(), view.rate_text(), view.eta_text(), view.duration_text(),
-                          view.phase or "—", view.started_by or view.origin, model.short_time(view.started_at),
-                          key=view.id)
+            rows.append((view.id, {
+                "status": Text(label, style=role_style(self.app, role)), "kind": view.kind_text(),
+                "subject": view.subject, "progress": view.progress_text(), "rate": view.rate_text(),
+                "eta": view.eta_text(), "duration": view.duration_text(), "phase": view.phase or "—",
+                "origin": view.started_by or view.origin, "started": model.short_time(view.started_at),
+            }))
+        fill_table(table, JOB_COLUMNS, rows, self.size.width - 4)  # the box: border and padding
         if views:
             ids = [v.id for v in views]
             fresh = [v.id for v in views if v.running and v.id not in self._seen_running]
@@ -85,6 +99,29 @@ class JobsScreen(InsiteScreen):
     def highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.show_selected()
         self.refresh_bindings_if_changed("cancel_job")
+        self.call_after_refresh(self.place_toasts)
+
+    def place_toasts(self) -> None:
+        """Toasts go over the job table's rows on the far side of the selected row, never over
+        that row or the Selected job box (Textual puts them bottom right: on the box)."""
+        table = self.query_one("#job-table", DataTable)
+        area = table.region
+        if not area.height or not self.size.height:
+            return
+        top = area.y + 1  # under the column headers
+        row = top + table.cursor_row - round(table.scroll_y) if table.row_count else top - 1
+        above, below = row - top, area.bottom - row - 1
+        racks = self.query("#textual-toastrack")  # none when notifications are off (tests)
+        if not racks:
+            return
+        rack = racks.first()
+        if below >= above:
+            rack.styles.dock, rack.styles.align_vertical = "bottom", "bottom"
+            rack.styles.margin = (0, 0, self.size.height - area.bottom, 0)
+        else:
+            rack.styles.dock, rack.styles.align_vertical = "top", "top"
+            rack.styles.margin = (top, 0, 0, 0)
+        rack.styles.max_height = max(1, max(above, below))
 
     def show_selected(self) -> None:
         view = self.selected_view()

@@ -15,7 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
-from textual.widgets import Button, ContentSwitcher, DataTable, Footer, Header, Input, Label, Select, Static
+from textual.widgets import Button, ContentSwitcher, DataTable, Header, Input, Label, Select, Static
 
 from insite_console import clock
 from insite_console.errors import Cancelled, InsiteError
@@ -23,6 +23,7 @@ from insite_console.tui import commands, model
 from insite_console.tui.messages import PlanReady
 from insite_console.tui.screens.base import InsiteScreen
 from insite_console.tui.widgets.backup_detail import model_error
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
 
 STEPS = ("Plan and time", "Components", "Confirm", "Progress", "Result")
@@ -150,7 +151,7 @@ class PlatformRecoveryScreen(InsiteScreen):
         with Horizontal(id="wizard-nav"):
             yield Button("◀ Back", id="pr-back", compact=True)
             yield Button("Next ▶", id="pr-next", variant="primary", compact=True)
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         plans = sorted(self.app.workspace.config.recoveries)

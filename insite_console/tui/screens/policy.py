@@ -6,11 +6,12 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.markup import escape
-from textual.widgets import Footer, Header, Sparkline, Static
+from textual.widgets import Header, Sparkline, Static
 
 from insite_console import clock
 from insite_console.tui import commands, model
 from insite_console.tui.screens.base import InsiteScreen
+from insite_console.tui.widgets.footer import InsiteFooter
 
 RUNS = 30
 
@@ -35,7 +36,7 @@ class PolicyScreen(InsiteScreen):
             yield Static(id="duration-title", classes="plot-title")
             yield Sparkline([], id="duration-plot", classes="plot")
             yield Static(id="runs-axis", classes="plot-axis")
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         self.watch(self.app, "catalog_version", lambda _: self.refresh_plots() if self.is_active else None,

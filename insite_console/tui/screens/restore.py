@@ -16,7 +16,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
-from textual.widgets import (Button, ContentSwitcher, DataTable, Footer, Header, Input, Label, OptionList,
+from textual.widgets import (Button, ContentSwitcher, DataTable, Header, Input, Label, OptionList,
                              ProgressBar, RadioButton, RadioSet, Select, Static)
 from textual.widgets.option_list import Option
 
@@ -27,6 +27,8 @@ from insite_console.tui.dialogs.confirm import ConfirmDialog
 from insite_console.tui.messages import PlanReady, TreeLoaded
 from insite_console.tui.screens.base import InsiteScreen
 from insite_console.tui.widgets.backup_detail import model_error
+from insite_console.tui.widgets.fit import fit
+from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.stored_tree import StoredTree
 
 STEPS = ("What", "Parts", "Where", "Plan", "Confirm", "Progress", "Result")
@@ -91,9 +93,7 @@ class RestoreWizard(InsiteScreen):
                 yield Select([], prompt="source", id="source", allow_blank=True, compact=True)
                 yield Static(id="window")
                 yield OptionList(id="points")
-                yield Input(placeholder=f"or a time (zone {clock.zone_name(clock.local_zone())} unless typed): -2h, "
-                                        "14:05, yesterday 14:00, 2026-11-27T02:00Z · picks the newest point before it",
-                            id="at", compact=True)
+                yield Input(placeholder=self.at_placeholder(), id="at", compact=True)
             with Vertical(id="step-parts", classes="step"):
                 yield Label("[b]2. Which parts[/]: nothing selected restores everything", markup=True)
                 yield Static(id="parts-help")
@@ -127,7 +127,7 @@ class RestoreWizard(InsiteScreen):
         with Horizontal(id="wizard-nav"):
             yield Button("◀ Back", id="back", compact=True)
             yield Button("Next ▶", id="next", variant="primary", compact=True)
-        yield Footer(compact=True)
+        yield InsiteFooter()
 
     def on_mount(self) -> None:
         ws = self.app.workspace
@@ -154,19 +154,50 @@ class RestoreWizard(InsiteScreen):
 
     # ----- navigation -------------------------------------------------------------------------
 
+    def show_step_bar(self) -> None:
+        """Every step named; where they do not fit on one line (under ~80 columns) only the
+        current step keeps its name and the others their number (never a name cut or wrapped)."""
+        full = len(" › ".join(f"{i + 1} {name}" for i, name in enumerate(STEPS))) + 2  # the current: reversed, padded
+        short = full > self.size.width - 2  # #steps: padding 0 1
+        marks = []
+        for i, name in enumerate(STEPS):
+            if i == self.step:
+                marks.append(f"[b reverse] {i + 1} {name} [/]")
+            elif i < self.step:
+                marks.append("[$success]✓[/]" + ("" if short else f" {name}"))
+            else:
+                marks.append(f"[dim]{i + 1}{'' if short else ' ' + name}[/]")
+        self.query_one("#steps", Static).update(" › ".join(marks))
+
+    def at_placeholder(self) -> str:
+        """The time field's hint, shortened to what fits (a placeholder is cut, not wrapped)."""
+        zone = clock.zone_name(clock.local_zone())
+        for text in (f"or a time (zone {zone} unless typed): -2h, 14:05, yesterday 14:00, 2026-11-27T02:00Z · "
+                     "picks the newest point before it",
+                     f"or a time (zone {zone} unless typed): -2h, 14:05, yesterday 14:00, 2026-11-27T02:00Z",
+                     f"or a time ({zone}): -2h, 14:05, yesterday 14:00, 2026-11-27T02:00Z",
+                     "or a time: -2h, 14:05, yesterday 14:00, ISO"):
+            if len(text) <= (self.size.width or 120) - 2:
+                break
+        return text
+
+    def on_resize(self) -> None:
+        if not self._ready:
+            return
+        self.show_step_bar()
+        self.query_one("#at", Input).placeholder = self.at_placeholder()
+        source = self.query_one("#source", Select).value
+        if self.step == WHAT and isinstance(source, str):  # the restore points' lines are fitted to the width
+            options = self.query_one("#points", OptionList)
+            index = options.highlighted
+            keep = options.get_option_at_index(index).id if index is not None else None
+            self.fill_points(source, select_id=keep)
+
     def show_step(self, step: int) -> None:
         self.step = step
         names = ["what", "parts", "where", "plan", "confirm", "progress", "result"]
         self.query_one("#wizard", ContentSwitcher).current = f"step-{names[step]}"
-        marks = []
-        for i, name in enumerate(STEPS):
-            if i == step:
-                marks.append(f"[b reverse] {i + 1} {name} [/]")
-            elif i < step:
-                marks.append(f"[$success]✓[/] {name}")
-            else:
-                marks.append(f"[dim]{i + 1} {name}[/]")
-        self.query_one("#steps", Static).update(" › ".join(marks))
+        self.show_step_bar()
         back, nxt = self.query_one("#back", Button), self.query_one("#next", Button)
         back.label = {PROGRESS: "■ Cancel restore", RESULT: "◀ New restore"}.get(step, "◀ Back")
         nxt.display = step not in (PROGRESS, RESULT)
@@ -323,12 +354,14 @@ class RestoreWizard(InsiteScreen):
         self._points = {b["id"]: b for b in points}
         options = self.query_one("#points", OptionList)
         options.clear_options()
+        width = self.size.width - 6  # the wizard's padding, the list's border and scrollbar
         for backup in points:
             kind = {"incremental": "incr", "differential": "diff"}.get(backup["type"], backup["type"])
-            options.add_option(Option(
-                f"{restore_engine.taken_at(backup):%Y-%m-%d %H:%M:%S}  {kind:<4}  {backup['id'][:8]}  "
-                f"{backup['files']:>6,} files  {model.size_text(backup['bytes_read']):>10}  {backup['policy']}",
-                id=backup["id"]))
+            # one line each: a narrow terminal drops the policy (the source says it), then the file count
+            parts = [f"{restore_engine.taken_at(backup):%Y-%m-%d %H:%M:%S}", f"{kind:<4}", backup["id"][:8],
+                     f"{backup['files']:>6,} files", f"{model.size_text(backup['bytes_read']):>10}", backup["policy"]]
+            kept = fit(parts, [len(p) for p in parts], [0, 0, 0, 2, 1, 3], width, gap=2)
+            options.add_option(Option("  ".join(kept), id=backup["id"]))
         window = self.query_one("#window", Static)
         if points:
             window.update(f"Restorable window: [b]{model.short_time(points[-1]['started_at'])}[/] … "
