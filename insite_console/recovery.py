@@ -383,6 +383,10 @@ def run(ws, name: str, at: datetime | None, yes: bool = False, reason: str | Non
             item["status"] = "failed" if item["verified"] is False else "succeeded"
             if item["verified"] is False:
                 item["error"] = "verification failed: " + item["verification"]
+            elif item["kind"] == "postgresql-physical" and not outcome.get("recovery"):
+                item["status"] = "incomplete"  # its files are there; the database is not back until WAL is replayed
+                item["error"] = (f"PGDATA laid out in {target}, not recovered: start a server on it to replay WAL "
+                                 "to the time (or give the component a start_ports entry)")
         except Cancelled as exc:
             item["status"], item["error"] = "cancelled", str(exc)
         except InsiteError as exc:
@@ -423,6 +427,8 @@ def _finish(ws, record: dict, started: datetime) -> dict[str, Any]:
         status = "cancelled"
     elif all(s == "succeeded" for s in statuses):
         status = "succeeded"
+    elif "incomplete" in statuses and "failed" not in statuses:
+        status = "incomplete"  # every component restored, not every one recovered (a PGDATA not started)
     elif "succeeded" in statuses:
         status = "partial"
     else:
@@ -433,7 +439,7 @@ def _finish(ws, record: dict, started: datetime) -> dict[str, Any]:
                   recovered=[c["policy"] for c in record["components"] if c["status"] == "succeeded"],
                   failed=[c["policy"] for c in record["components"] if c["status"] != "succeeded"])
     ws.catalog.insert_recovery(record)
-    ws.catalog.finish_run(record["id"], status if status in ("succeeded", "cancelled") else "failed",
+    ws.catalog.finish_run(record["id"], status if status in ("succeeded", "cancelled", "incomplete") else "failed",
                           None if status == "succeeded" else
                           f"{status}: " + "; ".join(f"{c['policy']} {c['status']}" for c in record["components"]
                                                     if c["status"] != "succeeded"))

@@ -388,12 +388,14 @@ def test_physical_component_replays_wal_to_exactly_the_time_and_to_a_group_point
     cluster, config = archiving_cluster(pg_factory, wsdir)
     target = Path(pg_factory.make_dir("platform-pitr/pgdata"))
     group_target = Path(pg_factory.make_dir("platform-pitr/pgdata-group"))
+    layout_target = Path(pg_factory.make_dir("platform-pitr/pgdata-layout"))
     ports = free_port(), free_port()
     with open(config, "a") as handle:
         handle.write(f'\n[recovery.pitr]\ncomponents = ["db"]\ntargets = {{ db = "{target}" }}\n'
                      f'start_ports = {{ db = {ports[0]} }}\n'
                      f'\n[recovery.grp]\ncomponents = ["db"]\ngroup = "pg"\ntargets = {{ db = "{group_target}" }}\n'
                      f'start_ports = {{ db = {ports[1]} }}\n'
+                     f'\n[recovery.layout]\ncomponents = ["db"]\ntargets = {{ db = "{layout_target}" }}\n'
                      '\n[group.pg]\npolicies = ["db"]\n')
     os.chown(config, PG_USER.pw_uid, PG_USER.pw_gid)
     cluster.sql("CREATE TABLE events (id int PRIMARY KEY)")
@@ -433,6 +435,13 @@ def test_physical_component_replays_wal_to_exactly_the_time_and_to_a_group_point
     assert restored.sql("SELECT id FROM events ORDER BY id") == [(1,)]  # row 2 came after the time
     assert "promoted" in component["verification"]
     restored.stop()
+    # without start_ports the PGDATA is laid out but not recovered: never "succeeded"
+    laid = run_as_postgres(config, "recover", "layout", "--at", clock.iso_precise(at), "--yes", "--json", check=False)
+    record = json.loads(laid.stdout)
+    assert laid.returncode == 1 and record["status"] == "incomplete", record
+    assert record["components"][0]["status"] == "incomplete" and record["components"][0]["verified"] is None
+    assert "not recovered: start a server on it" in record["components"][0]["error"]
+    assert (layout_target / "PG_VERSION").exists() and record["recovered"] == []
 
     # a group restore point: the member's base backup, then its moment, a named restore point
     cluster.sql("INSERT INTO events VALUES (3)")
