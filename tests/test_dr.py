@@ -503,3 +503,21 @@ def test_a_drill_restores_a_physical_backup_and_its_wal_into_a_scratch_pgdata(pg
     steps = {s["id"]: s for s in drill["steps"]}
     assert steps["4.db"]["status"] == "passed" and steps["5.db"]["status"] == "skipped", steps["5.db"]["notes"]
     assert "replayed the archived WAL past its base backup" in steps["5.db"]["notes"] and drill["status"] == "incomplete"
+
+
+def test_an_incomplete_drill_keeps_what_was_not_carried_out_in_its_findings():
+    """A drill incomplete only because a restore step was dropped (no policy matched) and no data
+    loss was measured, every step passed: its findings name both, so as the newest drill it does
+    not wipe the improvement plan clean (derive() returned [] here)."""
+    from insite_console.dr import findings
+
+    record = {"id": "d1", "status": "incomplete", "started_at": "2026-12-01T10:00:00Z", "meets_rto": True,
+              "meets_rpo": None, "events": [],
+              "steps": [{"id": "1", "action": "assess", "role": "dba", "status": "done", "seconds": 60,
+                         "estimate_seconds": 300}],
+              "missing": ["step 2 (restore): no policy matches @databases",
+                          "data loss not measured: no restore or check_rpo step was carried out"]}
+    found = findings.derive(record, 90 * 86400)
+    assert [(f["kind"], f["owner"]) for f in found] == [("not_carried_out", "dba"), ("not_carried_out", "dba")]
+    assert found[0]["text"].startswith("step 2 (restore): no policy matches @databases")
+    assert "data loss not measured" in found[1]["text"]

@@ -43,6 +43,10 @@ def derive(record: dict, cadence_seconds: float) -> list[dict]:
         if s.get("seconds") is not None and s["seconds"] > s["estimate_seconds"] + 1e-6:
             add("over_estimate", f"step {s['id']} ({s['action']}) took {d(s['seconds'])} against its estimate of "
                 f"{d(s['estimate_seconds'])}: speed it up or correct the estimate", s["role"], s["id"])
+    covered = {f"step {f['step']}:" for f in found if f["kind"] == "not_carried_out"}
+    for what in record.get("missing", []):  # a restore step dropped from the plan, data loss not measured, ...
+        if not any(what.startswith(prefix) for prefix in covered):
+            add("not_carried_out", f"{what}: make it possible to carry out, or the drill cannot pass", lead)
     for e in record.get("events", []):
         if e["type"] == "escalation":
             add("escalation", f"escalation level {e['level']} fired at {d(e['t'])} ({e['trigger']}): review why, "
