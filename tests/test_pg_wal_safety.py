@@ -226,3 +226,16 @@ def test_rpo_of_a_physical_source_is_the_wal_archive_lag(archive):
         assert later["health"] == "breach" and later["data_loss_seconds"] > 900
     finally:
         ws.close()
+
+
+def test_a_port_taken_by_another_server_is_refused_not_judged(archive, pg_factory):
+    """`--start-port` on a port another PostgreSQL already serves: the restored cluster could
+    not bind, and its recovery must not be judged from the other server's state (a promoted
+    server answers pg_is_in_recovery() = false). Refused before starting, naming the port."""
+    other = archive["cluster"]  # the archiving cluster itself listens on its port
+    target = Path(pg_factory.make_dir(f"walsafe-busy-{free_port()}"))
+    result = run_as_postgres(archive["config"], "restore", "db", "--target", str(target), "--start-port",
+                             str(other.port), check=False)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert f"port {other.port} on 127.0.0.1 is in use" in result.stderr
+    assert "succeeded" not in result.stdout

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -489,6 +490,12 @@ def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, reach
     options = (f"-p {port} -k {target} -c listen_addresses=127.0.0.1 -c unix_socket_directories={target} "
                "-c logging_collector=off")
     ctx.reporter.update(phase="recovering", force=True)
+    with socket.socket() as probe:  # another server on the port would be judged instead of ours
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise SourceError(f"port {port} on 127.0.0.1 is in use: choose a free port to start the restored "
+                              f"cluster in {target} on") from None
     result = subprocess.run(_as_user(owner, [pg_ctl, "-D", target, "-l", log, "-o", options, "-W", "start"]),
                             capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
@@ -507,9 +514,10 @@ def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, reach
         try:
             with psycopg.connect(host="127.0.0.1", port=port, dbname="postgres", user=_superuser(target),
                                  connect_timeout=3, autocommit=True) as conn:
-                in_recovery, paused, replayed, timeline = conn.execute(
+                in_recovery, paused, replayed, timeline, datadir = conn.execute(
                     "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, "
-                    f"pg_last_wal_replay_lsn(), CASE WHEN NOT pg_is_in_recovery() THEN {_TIMELINE} END").fetchone()
+                    f"pg_last_wal_replay_lsn(), CASE WHEN NOT pg_is_in_recovery() THEN {_TIMELINE} END, "
+                    "current_setting('data_directory')").fetchone()
         except psycopg.OperationalError as exc:
             last_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
             if any(word in last_error for word in ("authentication", "pg_hba.conf", "does not exist")):
@@ -518,6 +526,9 @@ def start_recovery_server(ctx, target: str, port: int, owner, pause: bool, reach
                                   "Set PGUSER/PGPASSWORD for a superuser it accepts.") from None
             time.sleep(0.3)
             continue
+        if os.path.realpath(datadir) != os.path.realpath(target):
+            raise SourceError(f"the server on 127.0.0.1:{port} runs on {datadir}, not on the restored {target}: its "
+                              f"state says nothing of this recovery (see {log})")
         if not in_recovery:
             state = "promoted"
         elif paused == "paused":
