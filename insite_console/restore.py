@@ -108,8 +108,9 @@ def resolve_backup(ws, reference: str, at: datetime | None) -> dict:
 def over_source(ws, backup: dict, target: str) -> bool:
     """Whether `target` is where the backup's source lives (a restore over production): a file
     tree restored into / (its paths are stored from the root), a database or Redis restored
-    into the source's own DSN or URL, a Redis RDB into the source's `data_dir`. (A physical
-    PostgreSQL target is a data directory the config does not name: not detected.)"""
+    into the source's own DSN or URL, a Redis RDB into the source's `data_dir`, a physical
+    PostgreSQL base backup into a data directory of the same cluster (its `global/pg_control`
+    system identifier is the backup's), unless an earlier restore made it as a copy."""
     settings = ws.config.sources.get(backup["source"], {})
     kind = settings.get("type", backup.get("source_type"))
     target = str(target).strip()
@@ -120,6 +121,9 @@ def over_source(ws, backup: dict, target: str) -> bool:
     own = settings.get("dsn") or settings.get("url")
     if own and _server_of(target) == _server_of(str(own)):
         return True
+    sysid = ((backup.get("info") or {}).get("source_info") or {}).get("system_identifier")
+    if sysid and "://" not in target and _pg_control_system_identifier(target) == str(sysid):
+        return not _restored_copy(target)
     data_dir = settings.get("data_dir")
     return bool(data_dir) and "://" not in target and os.path.realpath(target) == os.path.realpath(data_dir)
 
@@ -127,13 +131,58 @@ def over_source(ws, backup: dict, target: str) -> bool:
 _DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "postgresql": 5432, "postgres": 5432}
 
 
+def _pg_control_system_identifier(path: str) -> str | None:
+    """The system identifier of the PostgreSQL data directory at `path` (the first 8 bytes of
+    global/pg_control, in the machine's byte order), or None when it is no data directory."""
+    import sys
+
+    try:
+        with open(os.path.join(path, "global", "pg_control"), "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return None
+    return str(int.from_bytes(head, sys.byteorder)) if len(head) == 8 else None
+
+
+def _restored_copy(path: str) -> bool:
+    """A data directory an earlier restore laid out as a copy (its postgresql.auto.conf's last
+    insite-console block sets archive_mode = off): same system identifier as production, but
+    not production. One restored `--as-primary` (archive_mode = on) is the new production."""
+    try:
+        with open(os.path.join(path, "postgresql.auto.conf"), errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return False
+    marker = text.rfind("# added by insite-console restore of backup")
+    return marker >= 0 and "archive_mode = off" in text[marker:]
+
+
+def _pg_server_of(address: str) -> tuple | None:
+    """A PostgreSQL URL or key=value DSN as ("postgresql", host, port, dbname) with libpq's
+    defaults filled in (no host: the local socket; port 5432; dbname: the user, else postgres),
+    or None when it does not parse as one."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(address)
+    except (ProgrammingError, ValueError):
+        return None
+    host = str(params.get("host") or params.get("hostaddr") or "local socket").lower()
+    host = "127.0.0.1" if host in ("localhost", "::1") else host
+    port = int(params["port"]) if str(params.get("port") or "").isdigit() else 5432
+    return ("postgresql", host, port, str(params.get("dbname") or params.get("user") or "postgres"))
+
+
 def _server_of(address: str) -> tuple | str:
     """A DSN or URL as (scheme, host, port, database), defaults filled in and credentials left
-    out, so `redis://localhost:6379` and `redis://u:p@127.0.0.1:6379/0` are the same server;
-    anything else (a key=value DSN) as its stripped text."""
+    out, so `redis://localhost:6379` and `redis://u:p@127.0.0.1:6379/0` are the same server, and
+    a PostgreSQL key=value DSN the same as its URL; anything else as its stripped text."""
     from urllib.parse import urlsplit
 
     address = address.strip()
+    if address.split("://", 1)[0].lower() in ("postgresql", "postgres") or ("://" not in address and "=" in address):
+        return _pg_server_of(address) or address
     if "://" not in address:
         return address
     try:

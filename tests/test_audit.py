@@ -83,3 +83,53 @@ dsn = "postgresql://app@db1.internal/orders"
     assert restore.over_source(ws, tree, "/") and restore.over_source(ws, tree, "/tmp/..")
     assert not restore.over_source(ws, tree, str(tmp_path / "src")) and not restore.over_source(ws, tree, " ")
     ws.close()
+
+
+def test_over_source_knows_a_postgresql_server_in_key_value_form_and_a_cluster_by_its_pg_control(tmp_path):
+    """A key=value DSN is the same server as its URL and as itself with libpq's defaults
+    written out; a physical restore into a data directory of the backed-up cluster (same
+    system identifier in global/pg_control) is over production, unless a restore made it as
+    a copy."""
+    import sys
+
+    from insite_console import restore
+    from insite_console.workspace import Workspace
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, [str(tmp_path / "src")], extra='''
+[source.app]
+type = "postgresql"
+dsn = "host=127.0.0.1 dbname=app"
+
+[source.local]
+type = "postgresql"
+dsn = "dbname=postgres"
+''')
+    ws = Workspace.load(config)
+    app, local = {"source": "app"}, {"source": "local"}
+    for target in ("host=127.0.0.1 port=5432 dbname=app user=postgres", "postgresql://postgres@127.0.0.1/app",
+                   "host=localhost dbname=app", "postgres://u:pw@127.0.0.1:5432/app?sslmode=disable"):
+        assert restore.over_source(ws, app, target), target
+    for target in ("host=127.0.0.1 port=5433 dbname=app", "host=127.0.0.1 dbname=app_restored",
+                   "host=10.0.0.9 dbname=app", "dbname=app", "postgresql://127.0.0.1/app2"):
+        assert not restore.over_source(ws, app, target), target
+    for target in ("user=postgres", "port=5432", "postgresql:///postgres", "postgresql://"):
+        assert restore.over_source(ws, local, target), target
+    assert not restore.over_source(ws, local, "host=127.0.0.1 dbname=postgres")
+
+    sysid = 7301234567890123456
+    cluster = tmp_path / "pgdata"
+    (cluster / "global").mkdir(parents=True)
+    (cluster / "global" / "pg_control").write_bytes(sysid.to_bytes(8, sys.byteorder) + b"\0" * 8184)
+    physical = {"source": "db", "source_type": "postgresql",
+                "info": {"source_info": {"system_identifier": str(sysid)}}}
+    assert restore.over_source(ws, physical, str(cluster))
+    assert not restore.over_source(ws, {**physical, "info": {"source_info": {"system_identifier": "42"}}},
+                                   str(cluster))
+    assert not restore.over_source(ws, physical, str(tmp_path / "empty"))
+    auto = cluster / "postgresql.auto.conf"  # a copy an earlier restore made: not production; a new primary: is
+    auto.write_text("# added by insite-console restore of backup X\narchive_mode = off\narchive_command = ''\n")
+    assert not restore.over_source(ws, physical, str(cluster))
+    auto.write_text(auto.read_text() + "# added by insite-console restore of backup Y\narchive_mode = on\n")
+    assert restore.over_source(ws, physical, str(cluster))
+    ws.close()

@@ -118,7 +118,8 @@ def test_page_checksum_failure_is_a_warning_on_a_complete_backup(checked, pg_fac
 def test_delta_restore_writes_only_what_differs(checked, pg_factory):
     """A PGDATA restored once, then damaged (a flipped byte, a truncated file, a deleted one,
     junk added): `--delta` over it compares every file with the base backup byte for byte,
-    rewrites only those that differ, removes what the backup does not hold, passes
+    rewrites only those that differ, removes what the backup does not hold (the old pg_wal is
+    moved aside, not removed), passes
     pg_verifybackup and recovers. It refuses a running server and a directory that is no PGDATA."""
     config, cluster = checked["config"], checked["cluster"]
     base = checked["base"]["id"]
@@ -147,10 +148,13 @@ def test_delta_restore_writes_only_what_differs(checked, pg_factory):
     delta = done["details"]["delta"]
     # the three damaged files and postgresql.auto.conf (it held the first restore's settings)
     assert delta["files_written"] == 4, delta
-    assert delta["files_unchanged"] > 500 and delta["removed"] == 3  # junk.txt, the segment, recovery.signal
+    assert delta["files_unchanged"] > 500 and delta["removed"] == 2  # junk.txt, recovery.signal
     assert done["bytes_written"] == delta["bytes_written"] < delta["bytes_unchanged"] / 10
     assert done["details"]["verified"].startswith("verified with pg_verifybackup")
     assert not (target / "junk.txt").exists() and not (target / "pg_wal" / "000000010000000000000099").exists()
+    aside = Path(delta["old_wal"])  # the old pg_wal is moved aside, never deleted
+    assert aside.parent == target and (aside / "000000010000000000000099").read_bytes() == b"\0" * 1024
+    assert any(str(aside) in note for note in done["notes"])
     assert done["recovery"]["state"] == "promoted"
     assert restored.sql("SELECT count(*) FROM t") == [(500,)]
 

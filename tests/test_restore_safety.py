@@ -97,3 +97,30 @@ def test_a_hard_link_to_a_path_outside_the_tree_is_not_made(workspace, tmp_path)
     assert os.stat(outside).st_nlink == 1
     assert result["warnings"] == ["/linked.txt: not restored: a hard link whose first file could not be read "
                                   "when backed up"]
+
+
+def test_delta_refuses_unarchived_wal_and_moves_the_old_pg_wal_aside(tmp_path):
+    """A --delta over a PGDATA whose pg_wal holds segments marked .ready (never archived) is
+    refused, naming them and how to push them; once archived it goes on, and the old pg_wal
+    is moved aside, never deleted."""
+    from insite_console.sources import pg_restore_physical as physical
+
+    data = tmp_path / "pgdata"
+    (data / "pg_wal" / "archive_status").mkdir(parents=True)
+    (data / "PG_VERSION").write_text("15\n")
+    segment = data / "pg_wal" / "000000010000000000000007"
+    segment.write_bytes(b"last transactions" * 100)
+    (data / "pg_wal" / "archive_status" / "000000010000000000000006.done").write_text("")
+    (data / "pg_wal" / "archive_status" / "000000010000000000000007.ready").write_text("")
+    problems = physical._delta_problems(str(data), lambda name: False, "db")
+    assert len(problems) == 1 and "000000010000000000000007" in problems[0], problems
+    assert "000000010000000000000006" not in problems[0]
+    assert f"insite-console wal-push db {data}/pg_wal/NAME" in problems[0]
+    assert physical._delta_problems(str(data), lambda name: name == "000000010000000000000007", "db") == []
+
+    aside = physical._move_old_wal(str(data))
+    assert aside and os.path.basename(aside).startswith("pg_wal.insite-old-") and not segment.exists()
+    (data / "pg_wal").mkdir()  # what the base backup lays out
+    assert physical._remove_not_in_backup(str(data), {"PG_VERSION", "pg_wal"}) == 0
+    kept = os.path.join(aside, "000000010000000000000007")
+    assert open(kept, "rb").read() == b"last transactions" * 100

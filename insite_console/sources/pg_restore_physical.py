@@ -50,7 +50,7 @@ def restore_physical(ctx) -> dict[str, Any]:
             problems.append(f"target {target} is not empty; a physical restore needs an empty directory "
                             "(it becomes PGDATA), or --delta to update a stopped data directory in place")
         elif os.listdir(target):
-            problems += _delta_problems(target)
+            problems += _delta_problems(target, lambda name: wal.is_archived(ctx.ws, source, name), source)
     stop_time = clock.parse_iso(info["stop_time"]) if info.get("stop_time") else None
     now = clock.now()
     if at is not None:
@@ -95,7 +95,8 @@ def restore_physical(ctx) -> dict[str, Any]:
     in_place = delta and os.path.isdir(target) and bool(os.listdir(target))
     plan = [{"action": "update" if in_place else "create", "type": "dir", "path": target, "bytes": entry.size,
              "what": "PGDATA updated in place: only files that differ from the base backup are written, the "
-                     "others removed" if in_place else "PGDATA from the base backup"},
+                     "others removed; the old pg_wal is moved aside (pg_wal.insite-old-<time>), never deleted"
+                     if in_place else "PGDATA from the base backup"},
             {"action": "create", "type": "file", "path": os.path.join(target, "recovery.signal"), "bytes": 0},
             {"action": "append", "type": "file", "path": os.path.join(target, "postgresql.auto.conf"), "bytes": 0,
              "settings": settings[1:]}]
@@ -123,6 +124,7 @@ def restore_physical(ctx) -> dict[str, Any]:
     os.chmod(target, 0o700)
     ctx.reporter.update(phase="restoring", bytes_total=entry.size, force=True)
     changes: dict | None = {} if in_place else None
+    old_wal = _move_old_wal(target) if in_place else None
     try:
         files, written = _extract_tar(ctx, entry, target, delta=changes)
         if changes is not None:
@@ -154,7 +156,10 @@ def restore_physical(ctx) -> dict[str, Any]:
              "recovery replays WAL with: " + restore_command]
     summary["verified"] = verified
     if changes is not None:
-        summary["delta"] = {"files_written": files, "bytes_written": written,
+        if old_wal:
+            notes.append(f"the old pg_wal was moved aside to {old_wal}, not deleted (its segments were never "
+                         "replayed by this restore): remove it once the restored cluster is checked")
+        summary["delta"] = {"old_wal": old_wal, "files_written": files, "bytes_written": written,
                             "files_unchanged": changes.get("unchanged", 0),
                             "bytes_unchanged": changes.get("unchanged_bytes", 0), "removed": changes["removed"]}
         notes[0] = (f"PGDATA in {target} updated in place from base backup {ctx.backup['id']} (--delta): "
@@ -198,9 +203,14 @@ def restore_physical(ctx) -> dict[str, Any]:
     return result
 
 
-def _delta_problems(target: str) -> list[str]:
+OLD_WAL_PREFIX = "pg_wal.insite-old-"  # a --delta moves the old pg_wal aside under this name, never deletes it
+
+
+def _delta_problems(target: str, archived=lambda name: False, source: str = "SOURCE") -> list[str]:
     """--delta over a non-empty directory: it must be a PostgreSQL data directory, stopped, whose
-    pg_wal is not a link elsewhere (it is emptied)."""
+    pg_wal is not a link elsewhere (it is moved aside), and holds no WAL file marked `.ready`
+    (never archived: the damaged cluster's last transactions) that `archived(name)` does not
+    find in the archive."""
     if not os.path.isfile(os.path.join(target, "PG_VERSION")):
         return [f"--delta: {target} is not a PostgreSQL data directory (no PG_VERSION); give an empty "
                 "directory or a data directory"]
@@ -225,7 +235,31 @@ def _delta_problems(target: str) -> list[str]:
     if os.path.islink(os.path.join(target, "pg_wal")):
         problems.append(f"--delta: {target}/pg_wal is a symlink (to {os.readlink(os.path.join(target, 'pg_wal'))}); "
                         "a delta restore does not follow it: restore into an empty directory")
+    status = os.path.join(target, "pg_wal", "archive_status")
+    ready = sorted(name[:-len(".ready")] for name in (os.listdir(status) if os.path.isdir(status) else [])
+                   if name.endswith(".ready"))
+    unarchived = [name for name in ready if not archived(name)]
+    if unarchived:
+        shown = ", ".join(unarchived[:5]) + (f" and {len(unarchived) - 5} more" if len(unarchived) > 5 else "")
+        problems.append(f"--delta: {target}/pg_wal holds {len(unarchived)} WAL file(s) never archived (.ready in "
+                        f"pg_wal/archive_status): {shown}; they hold the cluster's last transactions: push them "
+                        f"first (insite-console wal-push {source} {target}/pg_wal/NAME, oldest first), then run "
+                        "the --delta restore again")
     return problems
+
+
+def _move_old_wal(target: str) -> str | None:
+    """Delta: the old pg_wal is moved aside (inside PGDATA, so the same file system), never
+    deleted: segments not yet archived stay recoverable. Returns the new path, or None."""
+    old = os.path.join(target, "pg_wal")
+    if not os.path.isdir(old) or os.path.islink(old) or not any(names for _d, _s, names in os.walk(old)):
+        return None
+    base = os.path.join(target, OLD_WAL_PREFIX + clock.now().strftime("%Y%m%dT%H%M%SZ"))
+    aside, n = base, 1
+    while os.path.lexists(aside):
+        aside, n = f"{base}-{n}", n + 1
+    os.rename(old, aside)
+    return aside
 
 
 def _tree_size(root: str) -> int:
@@ -260,6 +294,9 @@ def _verify_base_backup(ctx, target: str, in_place: bool = False) -> str:
     for path in listed:  # socket lock files are not restored (see _extract_tar)
         if "/" not in path and path.startswith(".s.PGSQL."):
             args += ["--ignore", path]
+    for name in os.listdir(target):  # old pg_wal moved aside by --delta: not in the backup, kept on purpose
+        if name.startswith(OLD_WAL_PREFIX):
+            args += ["--ignore", name]
     ctx.reporter.update(phase="verifying the base backup", force=True)
     try:
         result = subprocess.run(args + [target], capture_output=True, text=True, timeout=3600)
@@ -445,14 +482,15 @@ def _copy_head(old, out, length: int) -> None:
 
 
 def _remove_not_in_backup(target: str, seen: set[str]) -> int:
-    """Delta: remove what the existing PGDATA holds and the base backup does not (old WAL,
-    files of dropped relations, a stale postmaster.pid, logs). Returns how many were removed."""
+    """Delta: remove what the existing PGDATA holds and the base backup does not (files of
+    dropped relations, a stale postmaster.pid, logs); never an old pg_wal moved aside
+    (`_move_old_wal`). Returns how many were removed."""
     removed = 0
     for dirpath, dirnames, filenames in os.walk(target, topdown=False):
         rel_dir = os.path.relpath(dirpath, target)
         for name in filenames + dirnames:
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if rel in seen:
+            if rel in seen or rel.startswith(OLD_WAL_PREFIX):
                 continue
             path = os.path.join(dirpath, name)
             if os.path.isdir(path) and not os.path.islink(path):
