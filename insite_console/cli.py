@@ -672,11 +672,13 @@ def cmd_wal(args) -> int:
     archive = wal.archive_check(ws, args.source)  # also makes the catalog's listing match storage
     segments = wal.list_segments(ws, args.source)
     window = wal.restorable_window(ws, args.source)
-    from insite_console.wal_stream import stream_status
+    from insite_console.wal_stream import stream_state, stream_status
 
     stream = stream_status(ws, args.source)
+    streaming = stream_state(ws, args.source)  # from its heartbeat: a killed streamer's status file still says receiving
     if args.json:
-        _print_json({"window": window, "segments": segments, "archive": archive, "stream": stream})
+        _print_json({"window": window, "segments": segments, "archive": archive, "stream": stream,
+                     "wal_stream": streaming})
         return 0 if archive["status"] == "ok" else 1
     for row in segments:
         print(f"{row['name']:<40} {clock.human_bytes(row['size']):>10}  archived {row['archived_at'][:19]}Z  "
@@ -687,10 +689,11 @@ def cmd_wal(args) -> int:
           + (clock.human_duration(lag) if lag is not None else "-"))
     print(f"archive {archive['status'].upper()}: " + ("continuous" if archive["status"] == "ok"
                                                       else "; ".join(archive["problems"])))
-    if stream:
+    if streaming:
+        print(streaming["text"])
+    if stream and streaming and streaming["running"]:
         partial = stream.get("partial") or {}
-        print(f"wal-stream (pid {stream.get('pid')}{', stopped' if stream.get('stopped_at') else ''}): receiving "
-              f"{partial.get('name', '-')} ({clock.human_bytes(partial.get('bytes', 0))}, last written "
+        print(f"  in progress: {partial.get('name', '-')} ({clock.human_bytes(partial.get('bytes', 0))}, last written "
               f"{partial.get('updated_at', '-')}); last archived {stream.get('last_archived') or '-'}")
     return 0 if archive["status"] == "ok" else 1
 

@@ -82,7 +82,7 @@ def test_wal_stream_archives_completed_segments(pg_factory, tmp_path):
         listed = json.loads(cli("wal", "db", "--json").stdout)
         assert listed["stream"]["partial"]["name"] == f"{current}.partial"
         assert listed["stream"]["last_archived"] == switched[-1]
-        assert "wal-stream (pid" in cli("wal", "db").stdout
+        assert "wal-stream running on " in cli("wal", "db").stdout
         assert cluster.sql("SELECT slot_name, active FROM pg_replication_slots") == [("insite_db", True)]
         assert _running_receivewal(spool)
     finally:
@@ -142,6 +142,8 @@ def test_status_shows_the_streamer_running_then_gone(pg_factory, tmp_path):
     assert any(problem.startswith(warning) and f"(pid {proc.pid})" in problem for problem in row["problems"]), row
     assert row["level"] in ("warning", "critical")
     assert warning in cli("status").stdout
+    listing = cli("wal", "db").stdout  # its status file still says "receiving": the heartbeat says gone
+    assert warning in listing and "in progress:" not in listing
     # streaming given up on purpose: forgotten, status no longer warns
     forgot = cli("wal-stream", "db", "--forget")
     assert forgot.returncode == 0 and "forgot 1 stopped streamer(s)" in forgot.stdout, forgot.stderr
