@@ -75,7 +75,7 @@ async def test_backup_now_runs_in_a_worker_and_finishes_in_live_jobs(make_app, c
 
 
 async def test_runs_of_other_processes_appear_and_finishing_one_toasts(make_app, console_workspace):
-    from insite_console.catalog.db import _start_ticks
+    from insite_console.process import start_ticks as _start_ticks
 
     app = make_app()
     catalog = console_workspace.catalog
