@@ -22,7 +22,8 @@ def boot_id() -> str | None:
 
 
 def machine_id() -> str | None:
-    """This machine (/etc/machine-id), else this boot (no machine id: a minimal container), else None."""
+    """This machine (/etc/machine-id, or dbus's copy), else this boot (a minimal container has
+    no machine id), else None."""
     return _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id") or boot_id()
 
 
