@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from insite_console.errors import RepositoryError
 from insite_console.repo import locks
 from insite_console.repo.packs import pack_id_from_key
 from insite_console.repo.repository import INDEX
+from insite_console.storage.base import ObjectInfo
 from tests.conftest import WorkspaceHelper, write_config
 from tests.treeutil import assert_same_tree
 
@@ -397,3 +399,53 @@ def test_an_index_object_put_back_after_a_prune_is_not_trusted(workspace, tmp_pa
     restore.run(host_b.ws, result["id"], str(tmp_path / "restored"), yes=True)
     assert (workspace.restored(tmp_path / "restored") / "x.bin").read_bytes() == x
     host_b.close()
+
+
+def _this_machine_lock(**fields) -> dict:
+    """A lock as this process writes it, with some fields changed."""
+    from insite_console import process
+
+    lock = {"host": socket.gethostname(), "machine_id": process.machine_id() or "",
+            "boot_id": process.boot_id() or "", "pid_ns": process.pid_namespace() or "", "pid": os.getpid(),
+            "process_start": process.start_ticks(os.getpid()) or ""}
+    return {**lock, **fields}
+
+
+def test_a_fresh_lock_from_another_machine_with_the_same_host_name_is_not_stale():
+    # cloned VMs, containers with a fixed host name on several nodes: another boot id, another
+    # pid space; only the storage's clock may call their lock stale
+    lock = _this_machine_lock(machine_id="another-machine", boot_id="another-machine-boot", pid=2**22 + 7)
+    assert not locks.is_stale(lock, ObjectInfo("locks/x", 0, mtime=1000), 1000.0)
+    assert locks.is_stale(lock, ObjectInfo("locks/x", 0, mtime=1000), 1000.0 + locks.STALE_AFTER + 1)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="no boot id (not Linux)")
+def test_a_lock_from_this_machine_and_another_boot_is_stale():
+    lock = _this_machine_lock(boot_id="an-earlier-boot")
+    assert locks.is_stale(lock, ObjectInfo("locks/x", 0, mtime=1000), 1000.0)
+    assert not locks.is_stale(_this_machine_lock(), ObjectInfo("locks/x", 0, mtime=1000), 1000.0)
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/stat"), reason="no /proc (not Linux)")
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale():
+    # our pid is alive, but the lock's process started at another time: the pid was reused
+    lock = _this_machine_lock(process_start=str(int(_this_machine_lock()["process_start"]) + 1))
+    assert locks.is_stale(lock, ObjectInfo("locks/x", 0, mtime=1000), 1000.0)
+
+
+def test_a_lock_from_another_pid_namespace_of_this_machine_is_judged_by_storage_time():
+    # another container on this node: same machine and boot, but its pid is not ours to look up
+    lock = _this_machine_lock(pid_ns="pid:[1]", pid=2**22 + 7)
+    assert not locks.is_stale(lock, ObjectInfo("locks/x", 0, mtime=1000), 1000.0)
+    assert locks.is_stale(_this_machine_lock(pid=2**22 + 7), ObjectInfo("locks/x", 0, mtime=1000), 1000.0)
+
+
+def test_a_lock_written_by_a_repository_lock_records_the_machine_and_process(workspace):
+    from insite_console import process
+
+    repo = workspace.ws.repository("local")
+    with repo.lock("backup of tree") as lock:
+        written = json.loads(repo.storage.get(lock.key))
+    assert written["machine_id"] == (process.machine_id() or "")
+    assert written["process_start"] == (process.start_ticks(os.getpid()) or "")
+    assert written["pid_ns"] == (process.pid_namespace() or "")

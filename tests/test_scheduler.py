@@ -243,8 +243,11 @@ def test_the_scheduler_stops_cleanly_on_sigterm(workspace):
 
 
 def _on_host(host: str, *argv: str) -> list[str]:
-    """argv run with its own hostname (a UTS namespace): another host sharing this repository."""
-    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host, *argv]
+    """argv run with its own hostname (a UTS namespace) and machine id (/etc/machine-id bound over
+    in a mount namespace): another host sharing this repository."""
+    script = ('hostname "$0" && f=$(mktemp) && printf "machine-of-%s\\n" "$0" > "$f" && '
+              'mount --bind "$f" /etc/machine-id && rm "$f" && exec "$@"')
+    return ["unshare", "--uts", "--mount", "sh", "-c", script, host, *argv]
 
 
 def _cli_on(host: str, config, *args: str) -> list[str]:
@@ -255,7 +258,7 @@ def _cli_on(host: str, config, *args: str) -> list[str]:
 def two_hosts(workspace, tmp_path):
     """Host alpha (the workspace) and host beta: configs and catalogs of their own, one repository."""
     if subprocess.run(_on_host("probe", "true"), capture_output=True).returncode != 0:
-        pytest.skip("needs unshare --uts (root) to give a process another host name")
+        pytest.skip("needs unshare --uts --mount (root) to give a process another host name and machine id")
     beta = tmp_path / "beta"
     beta.mkdir()
     write_config(beta, [str(workspace.source)], storage_path=str(workspace.root / "repo"))

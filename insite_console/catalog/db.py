@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from insite_console import clock, who
+from insite_console import clock, process, who
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -254,8 +254,8 @@ class Catalog:
         self.db.execute(
             "INSERT INTO runs (id, kind, subject, status, pid, host, started_at, updated_at, phase, process_start, "
             "boot_id, user, origin) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, 'starting', ?, ?, ?, ?)",
-            (run_id, kind, subject, os.getpid(), socket.gethostname(), now, now, _start_ticks(os.getpid()),
-             _boot_id(), who.user(), who.origin()),
+            (run_id, kind, subject, os.getpid(), socket.gethostname(), now, now, process.start_ticks(os.getpid()),
+             process.boot_id(), who.user(), who.origin()),
         )
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -340,7 +340,7 @@ class Catalog:
             "SELECT * FROM scheduler_beats ORDER BY last_tick DESC LIMIT ?", (limit,))]
         host = socket.gethostname()
         for row in rows:
-            row["alive"] = not (row["host"] == host and not _pid_alive(row["pid"]))
+            row["alive"] = not (row["host"] == host and not process.pid_alive(row["pid"]))
         return rows
 
     def wal_stream_beat(self, source: str, started_at: str, last_archived: str | None,
@@ -364,7 +364,7 @@ class Catalog:
             "SELECT * FROM wal_stream_beats WHERE source = ? ORDER BY last_beat DESC LIMIT ?", (source, limit))]
         host = socket.gethostname()
         for row in rows:
-            row["alive"] = not (row["host"] == host and not _pid_alive(row["pid"]))
+            row["alive"] = not (row["host"] == host and not process.pid_alive(row["pid"]))
         return rows
 
     def forget_wal_streams(self, source: str, stale_before: str) -> list[dict]:
@@ -679,7 +679,7 @@ class Catalog:
                 user = str(os.getuid())
             db.execute("INSERT OR REPLACE INTO policy_locks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (policy, run_id, socket.gethostname(), os.getpid(), user, clock.iso_precise(clock.now()),
-                        _start_ticks(os.getpid()), _boot_id()))
+                        process.start_ticks(os.getpid()), process.boot_id()))
             db.execute("COMMIT")
             return None
         except BaseException:
@@ -717,16 +717,16 @@ class Catalog:
 
     def drill_process(self) -> dict:
         """This process's identity, kept in a running drill's record (see drill_ended)."""
-        return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _start_ticks(os.getpid()),
-                "boot_id": _boot_id()}
+        return {"host": socket.gethostname(), "pid": os.getpid(), "process_start": process.start_ticks(os.getpid()),
+                "boot_id": process.boot_id()}
 
     def drill_ended(self, record: dict) -> str | None:
         """Why a `running` drill's process is gone (it died without finishing), or None if it may
         still run (it runs, or runs on another host)."""
-        process = record.get("process") or {}
-        if process.get("host") != socket.gethostname() or not process.get("pid"):
+        held = record.get("process") or {}
+        if held.get("host") != socket.gethostname() or not held.get("pid"):
             return None
-        return _run_ended({**process, "started_at": record["started_at"]})
+        return _run_ended({**held, "started_at": record["started_at"]})
 
     def drill_ids(self) -> set[str]:
         return {row["id"] for row in self.db.execute("SELECT id FROM drills")}
@@ -784,16 +784,6 @@ def _text(value: Any) -> Any:
     return value
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _run_ended(row: sqlite3.Row) -> str | None:
     """Why the process of a run on this host is gone, or None if it is still running.
 
@@ -801,12 +791,12 @@ def _run_ended(row: sqlite3.Row) -> str | None:
     and the run would stay `running` forever (the scheduler then skips its policy). A process
     instance is its pid, its start time (/proc/PID/stat) and the boot it belongs to."""
     pid = row["pid"]
-    boot = _boot_id()
+    boot = process.boot_id()
     if row["boot_id"] and boot and row["boot_id"] != boot:
         return f"the host restarted after process {pid} began"
-    if not _pid_alive(pid):
+    if not process.pid_alive(pid):
         return f"process {pid} ended without finishing"
-    ticks = _start_ticks(pid)
+    ticks = process.start_ticks(pid)
     if ticks is None:  # no /proc (not Linux): the pid is all there is to go by
         return None
     if row["process_start"]:
@@ -816,24 +806,6 @@ def _run_ended(row: sqlite3.Row) -> str | None:
         same = boot_time is None or (boot_time + int(ticks) / os.sysconf("SC_CLK_TCK")
                                      <= clock.parse_iso(row["started_at"]).timestamp() + 2)
     return None if same else f"process {pid} ended without finishing (its pid now belongs to another process)"
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rpartition(b")")[2].split()
-        return fields[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _boot_id() -> str | None:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            return handle.read().strip() or None
-    except OSError:
-        return None
 
 
 def _boot_time() -> float | None:

@@ -7,8 +7,9 @@ same rule). The whole model is in docs/FORMAT.md ("Concurrency"); in short:
 - a lock is an object `locks/<id>`, re-put every minute so that its storage modification time
   advances; its age is judged by the storage's clock (our own fresh lock's mtime minus its
   mtime), never by comparing another host's clock with ours;
-- a lock written on this host whose process is gone (or written before this boot) is stale at
-  once, so a killed process never blocks the repository for long;
+- a lock written on this machine (its machine id, not its host name) whose process is gone
+  (or written before this boot) is stale at once, so a killed process never blocks the
+  repository for long; one from another machine only by the storage's clock;
 - the holder tracks its last successful refresh and `check()`s before committing anything: a
   process that was suspended, or could not refresh, past the safe limit has lost its lock.
 """
@@ -22,7 +23,7 @@ import socket
 import threading
 import time
 
-from insite_console import clock, who
+from insite_console import clock, process, who
 from insite_console.errors import InsiteError, ObjectNotFound, PolicyBusy, RepositoryError
 from insite_console.storage.base import ObjectInfo, Storage
 
@@ -37,39 +38,45 @@ class LockLost(RepositoryError):
     """The lock this process held may have been taken over: nothing may be committed."""
 
 
-def boot_id() -> str:
-    """This machine's boot id (Linux); a lock from another boot on this host is stale."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
+def _same_machine(lock: dict) -> bool:
+    """Whether a lock was written on this machine. A host name is not a machine (cloned VMs,
+    containers with a fixed host name on several nodes): locks record the machine id; a lock
+    from before that (no `machine_id`) goes by its host name, as then."""
+    if "machine_id" in lock:
+        mine = process.machine_id()
+        return bool(mine) and lock["machine_id"] == mine
+    return lock.get("host") == socket.gethostname()
 
 
-def _pid_running(pid: int) -> bool:
+def _process_gone(lock: dict) -> bool:
+    """Whether the process of a lock from this machine, this boot and this pid namespace has
+    ended: its pid is not running, or now belongs to a process started at another time."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
+        pid = int(lock.get("pid", 0))
+    except (TypeError, ValueError):
         return True
-    return True
+    if pid <= 0 or not process.pid_alive(pid):
+        return True
+    ticks = lock.get("process_start")
+    now = process.start_ticks(pid) if ticks else None
+    return now is not None and now != str(ticks)
 
 
 def is_stale(lock: dict, info: ObjectInfo, storage_now: float | None, stale_after: float = STALE_AFTER) -> bool:
-    """Whether a lock may be removed: its process is gone (this host), or it was not refreshed
-    for `stale_after` by the storage's clock (`storage_now` is our own fresh lock's mtime)."""
-    if lock.get("host") == socket.gethostname():
-        if lock.get("boot_id") and lock.get("boot_id") != boot_id():
+    """Whether a lock may be removed: its process is gone (this machine: another boot, or the
+    pid no longer runs that process), or it was not refreshed for `stale_after` by the storage's
+    clock (`storage_now` is our own fresh lock's mtime)."""
+    if _same_machine(lock):
+        if lock.get("boot_id") and lock.get("boot_id") != (process.boot_id() or ""):
             return True
-        try:
-            if not _pid_running(int(lock.get("pid", 0))):
-                return True
-        except (TypeError, ValueError):
+        # a pid means something only in its own boot and pid namespace (containers share a boot)
+        comparable = "machine_id" not in lock or (lock.get("boot_id") == (process.boot_id() or "")
+                                                  and lock.get("pid_ns") == (process.pid_namespace() or ""))
+        if comparable and _process_gone(lock):
             return True
     if storage_now is not None and info.mtime is not None:
         return storage_now - info.mtime > stale_after
-    return False  # no storage time to judge by: only its own host can declare it dead
+    return False  # no storage time to judge by: only its own machine can declare it dead
 
 
 class RepositoryLock:
@@ -94,7 +101,9 @@ class RepositoryLock:
         self._since = clock.iso(clock.now())  # when it was taken: refreshes keep it
 
     def _body(self) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid(),
+        return json.dumps({"host": socket.gethostname(), "machine_id": process.machine_id() or "",
+                           "boot_id": process.boot_id() or "", "pid_ns": process.pid_namespace() or "",
+                           "pid": os.getpid(), "process_start": process.start_ticks(os.getpid()) or "",
                            "user": who.user(), "time": time.time(), "exclusive": self.exclusive,
                            "purpose": self.purpose, "since": self._since}).encode()
 

@@ -209,11 +209,11 @@ def snapshot_workspace(monkeypatch):
     # a job of another process, still running (pid: our parent, which is alive)
     at(FIXED_NOW)
     catalog.start_run("00000000000000e1", "backup", "etc")
-    from insite_console.catalog.db import _start_ticks
+    from insite_console.process import start_ticks
 
     catalog.db.execute("UPDATE runs SET pid = ?, process_start = ?, phase = 'reading', bytes_done = 4194304, "
                        "bytes_total = 10485760, files_done = 120, files_total = 300, "
                        "current = '/srv/etc/nginx/nginx.conf' WHERE id = ?",
-                       (os.getppid(), _start_ticks(os.getppid()), "00000000000000e1"))
+                       (os.getppid(), start_ticks(os.getppid()), "00000000000000e1"))
     yield ws
     ws.close()

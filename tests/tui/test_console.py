@@ -75,7 +75,7 @@ async def test_backup_now_runs_in_a_worker_and_finishes_in_live_jobs(make_app, c
 
 
 async def test_runs_of_other_processes_appear_and_finishing_one_toasts(make_app, console_workspace):
-    from insite_console.catalog.db import _start_ticks
+    from insite_console.process import start_ticks
 
     app = make_app()
     catalog = console_workspace.catalog
@@ -83,7 +83,7 @@ async def test_runs_of_other_processes_appear_and_finishing_one_toasts(make_app,
         catalog.start_run("feedfacefeedface", "backup", "etc")
         catalog.db.execute("UPDATE runs SET pid = ?, process_start = ?, bytes_done = 50, bytes_total = 100, "
                            "phase = 'reading' WHERE id = 'feedfacefeedface'",
-                           (os.getppid(), _start_ticks(os.getppid())))
+                           (os.getppid(), start_ticks(os.getppid())))
         await pilot.press("3")
         await pilot.pause(0.4)
         rows = table_rows(app.screen.query_one("#job-table", DataTable))
