@@ -30,6 +30,7 @@ from insite_console.events import CancelToken
 DONE = ("passed", "done")           # a step that was carried out
 NOT_RUN = ("skipped", "not run")    # not carried out: the drill is incomplete
 FAILED = ("failed", "blocked")
+PUBLISH_SECONDS = 30.0  # a running drill's record is rewritten at least this often (real time)
 
 
 class DrillClock:
@@ -127,6 +128,7 @@ class Drill:
         live from there (a read-only console of the tabletop's observers). Never in the way of the
         drill: a locked catalog only makes the watchers' view a moment older."""
         now = self.clock.elapsed()
+        self._published = time.monotonic()
         record = {"id": self.id, "scenario": self.scenario.id, "name": self.scenario.name, "mode": self.mode,
                   "status": "running", "started_at": self._started_at, "finished_at": None, "auto": self.auto,
                   "rto_seconds": self.scenario.rto_seconds, "rpo_seconds": self.scenario.rpo_seconds,
@@ -172,6 +174,7 @@ class Drill:
         started = clock.now()
         self._started_at = clock.iso(started)
         self._by, self._process = who.me(), self.ws.catalog.drill_process()  # in the published record
+        self._published = time.monotonic()
         ctx = actions.StepContext(self.ws, self.id, started, self.cancel)
         steps = {s.id: s for s in self.scenario.steps}
         timers: list[tuple[float, str, Any]] = [(j.at_seconds, "inject", j) for j in self.scenario.plan.injects]
@@ -205,7 +208,11 @@ class Drill:
                     continue
                 upcoming = [t[0] for t in timers] + [e.after_seconds for e in self.scenario.plan.escalations
                                                      if e.after_seconds is not None and e.level not in self._fired]
-                self.clock.wait_until(min(upcoming, default=now + 3600), self._wake, self.cancel)
+                # wake at least every PUBLISH_SECONDS of real time: watchers tell a quiet drill from a dead one
+                self.clock.wait_until(min(upcoming + [now + PUBLISH_SECONDS * self.clock.speed]), self._wake,
+                                      self.cancel)
+                if time.monotonic() - self._published >= PUBLISH_SECONDS:
+                    self._publish()
         except (Cancelled, KeyboardInterrupt):
             status = "cancelled"
         finally:

@@ -353,3 +353,28 @@ def test_snapshot_playback(snap_compare, snapshot_workspace, size):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+async def test_a_watched_drill_not_heard_from_is_flagged(console_workspace, make_app, monkeypatch):
+    """A drill another host runs publishes its record at least every 30 s; one not heard from
+    for 10 minutes (its process died on a host we cannot check) says so, instead of a clock
+    and projected RTO that keep growing as if it ran."""
+    from insite_console import clock
+    from insite_console.dr import drill as dr_drill
+
+    _add_scenario(console_workspace)
+    long_ago = clock.iso(clock.now() - clock.parse_duration("10m"))
+    monkeypatch.setenv("INSITE_FAKE_NOW", long_ago)
+    run = dr_drill.Drill(console_workspace, dr_drill.find(console_workspace, "tabletop_demo"), mode="tabletop")
+    run._started_at, run._by = long_ago, "alice@bastion-2"
+    run._process = {"host": "bastion-2", "pid": 4242, "process_start": None, "boot_id": None}
+    run._publish()  # its last word, 10 minutes ago, from another host
+    monkeypatch.delenv("INSITE_FAKE_NOW")
+    app = make_app(read_only=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5")
+        screen = app.screen
+        await _until(pilot, lambda: screen.watching is not None, "the console to follow the drill")
+        head = str(screen.query_one("#drill-head").render())
+    assert "◉ watching tabletop run by alice@bastion-2" in head
+    assert "not heard from for 10m" in head and "its process may be gone" in head

@@ -176,6 +176,11 @@ class DrillsScreen(InsiteScreen):
             second = (f"[$primary]◉ watching[/] {'rehearsal' if self.record.get('auto') else escape(self.record['mode'])}"
                       + (f" ×{speed:g}" if speed != 1 else "") + f" run by {escape(self.record.get('by') or '?')} "
                       "[dim](another process; no controls here)[/] · ")
+            heard = (self.record.get("clock") or {}).get("at")
+            quiet = (clock.now() - clock.parse_iso(heard)).total_seconds() if heard else None
+            if quiet is not None and quiet > 3 * dr_drill.PUBLISH_SECONDS:  # it publishes every 30 s while alive
+                second += (f"[$warning]▲ not heard from for {escape(clock.human_duration(quiet))}: its process may be "
+                           "gone (another host's cannot be checked)[/] · ")
         elif self.record is not None:
             label, role = _status(self.record["status"])
             first += f" · drill {escape(self.record['id'])} [${role}]{escape(label)}[/]"
