@@ -374,6 +374,17 @@ class InsiteApp(App):
         view.error = job.error
         view.finished_at = clock.iso(clock.now())
 
+    def ask_cancel_console_job(self, job_key: str | None, what: str, body: str, keep: str) -> None:
+        """The wizards' "cancel?" for their own running job: No by default, then cancel_job."""
+        job = self.console_jobs.get(job_key) if job_key else None
+        if job is None or job.status != "running":
+            return
+        view = self.job_views.get(job.run_id or job.key) or model.JobView(
+            id=job.key, kind=job.kind, subject=job.subject, status="running", pid=job.pid, host=model.HOST)
+        self.push_screen(ConfirmDialog(f"Cancel the {what}?", f"Stop this {what}?\n\n{body}",
+                                       yes_label=f"Cancel the {what}", no_label=keep),
+                         lambda yes: self.cancel_job(view) if yes else None)
+
     def cancel_job(self, view: model.JobView) -> None:
         """Cancel a running job: our worker's token, or SIGINT to the job's process on this host."""
         by = who.me()

@@ -248,18 +248,9 @@ class PlatformRecoveryScreen(InsiteScreen):
             self.show_step(self.step - 1)
 
     def ask_cancel(self) -> None:
-        from insite_console.tui.dialogs.confirm import ConfirmDialog
-
-        job = self.app.console_jobs.get(self.job_key) if self.job_key else None
-        if job is None or job.status != "running":
-            return
-        view = self.app.job_views.get(job.run_id or job.key) or model.JobView(
-            id=job.key, kind=job.kind, subject=job.subject, status="running", pid=job.pid, host=model.HOST)
-        body = ("Stop this recovery?\n\nThe component being restored stops cleanly between units of work; "
-                "those not started are skipped. Components already recovered stay recovered.")
-        self.app.push_screen(ConfirmDialog("Cancel the recovery?", body, yes_label="Cancel the recovery",
-                                           no_label="Keep recovering"),
-                             lambda yes: self.app.cancel_job(view) if yes else None)
+        self.app.ask_cancel_console_job(self.job_key, "recovery", "The component being restored stops cleanly "
+                                        "between units of work; those not started are skipped. Components already "
+                                        "recovered stay recovered.", "Keep recovering")
 
     # ----- 1. plan and time -------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ from textual.widgets.option_list import Option
 from insite_console import clock
 from insite_console import restore as restore_engine
 from insite_console.tui import commands, model
-from insite_console.tui.dialogs.confirm import ConfirmDialog
 from insite_console.tui.messages import PlanReady, TreeLoaded
 from insite_console.tui.screens.base import InsiteScreen
 from insite_console.tui.widgets.backup_detail import model_error
@@ -231,16 +230,9 @@ class RestoreWizard(InsiteScreen):
             self.action_back()
 
     def ask_cancel(self) -> None:
-        job = self.app.console_jobs.get(self.job_key) if self.job_key else None
-        if job is None or job.status != "running":
-            return
-        view = self.app.job_views.get(job.run_id or job.key) or model.JobView(
-            id=job.key, kind=job.kind, subject=job.subject, status="running", pid=job.pid, host=model.HOST)
-        body = ("Stop this restore?\n\nFiles already restored stay (each one whole); the target is left "
-                "partly restored. Running the restore again fetches only what is missing.")
-        self.app.push_screen(ConfirmDialog("Cancel the restore?", body, yes_label="Cancel the restore",
-                                           no_label="Keep restoring"),
-                             lambda yes: self.app.cancel_job(view) if yes else None)
+        self.app.ask_cancel_console_job(self.job_key, "restore", "Files already restored stay (each one whole); "
+                                        "the target is left partly restored. Running the restore again fetches "
+                                        "only what is missing.", "Keep restoring")
 
     def action_next(self) -> None:
         if self.step == WHAT:
