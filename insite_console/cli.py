@@ -607,9 +607,9 @@ def cmd_copy(args) -> int:
 def cmd_wal_push(args) -> int:
     from insite_console import wal, wal_queue
 
-    if wal_queue.pushed_ahead(args.path):  # an earlier --parallel call stored it: no config, no repository
-        return 0
     ws = _workspace(args)
+    if wal_queue.pushed_ahead(ws, args.source, args.path):  # an earlier --parallel call stored it: no repository
+        return 0
     parallel = args.parallel or int((ws.config.sources.get(args.source) or {}).get("archive_push_parallel") or 1)
     if parallel > 1:  # push the other ready files too, several at a time
         return wal_queue.push(ws, args.source, args.path, parallel)

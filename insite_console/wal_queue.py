@@ -8,10 +8,14 @@ repository (key derivation, an index listing): during a bulk load the archive fa
 a few segments a second. With `--parallel N` (or `archive_push_parallel = N` on the source) a
 call that finds other `.ready` files in pg_wal/archive_status pushes up to 2N-1 of them
 alongside its own, N at a time, and leaves a receipt for each in
-pg_wal/.insite-wal-pushed/NAME (the SHA-256 of what was stored, written only once the store
-succeeded). When PostgreSQL then calls wal-push for one of those, the file's SHA-256 is
-compared with its receipt: equal, it exits 0 at once without opening the repository; else it
-is pushed as usual (and a different content under an archived name is refused, as always).
+pg_wal/.insite-wal-pushed/NAME, written only once the store succeeded. A receipt records what
+it vouches for: the SHA-256 of what was stored, the source, the storage name, the config's
+realpath and a digest of that storage's settings. When PostgreSQL then calls wal-push for one
+of those, the config is parsed (cheap) and the receipt trusted only when all of these match
+the call and the file: then it exits 0 at once without opening the repository. A receipt
+written for another source, storage or config (another archive_command pushing the same
+pg_wal elsewhere) is ignored and left for that one; the file is pushed as usual (and a
+different content under an archived name is refused, as always).
 
 Only the asked file decides the exit status: a file pushed ahead that failed is left without a
 receipt and pushed again (and reported) when PostgreSQL asks for it. Receipts of files no
@@ -21,6 +25,7 @@ longer in pg_wal are removed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from typing import Any
@@ -38,14 +43,15 @@ def push(ws, source: str, path: str, parallel: int) -> int:
     name = os.path.basename(path)
     pg_wal = os.path.dirname(os.path.abspath(path))
     receipts = os.path.join(pg_wal, RECEIPTS_DIR_NAME)
-    if pushed_ahead(path):
+    if pushed_ahead(ws, source, path):
         return 0
-    ahead = _ready_files(pg_wal, name, receipts)[:max(0, 2 * parallel - 1)]
+    vouch = _vouch(ws, source)
+    ahead = _ready_files(pg_wal, name, receipts, vouch)[:max(0, 2 * parallel - 1)]
     if not ahead:
         return wal.push(ws, source, path)
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="wal-push") as pool:
         own = pool.submit(wal.push_file, ws, source, path)
-        queued = {other: pool.submit(_push_ahead, ws, source, os.path.join(pg_wal, other), receipts)
+        queued = {other: pool.submit(_push_ahead, ws, source, os.path.join(pg_wal, other), receipts, vouch)
                   for other in ahead}
         own.result()  # raises: PostgreSQL keeps %p and retries
         failed = [other for other, future in queued.items() if not future.result()]
@@ -57,9 +63,9 @@ def push(ws, source: str, path: str, parallel: int) -> int:
     return 0
 
 
-def _ready_files(pg_wal: str, name: str, receipts: str) -> list[str]:
-    """WAL files PostgreSQL has marked ready, other than `name` and those with a receipt:
-    history files first (PostgreSQL archives them first), then by name (WAL order)."""
+def _ready_files(pg_wal: str, name: str, receipts: str, vouch: dict[str, str]) -> list[str]:
+    """WAL files PostgreSQL has marked ready, other than `name` and those with a receipt for
+    this call (`vouch`): history files first (PostgreSQL archives them first), then by name."""
     from insite_console import wal
 
     try:
@@ -68,11 +74,12 @@ def _ready_files(pg_wal: str, name: str, receipts: str) -> list[str]:
         return []
     names = [entry[:-len(READY_SUFFIX)] for entry in listed if entry.endswith(READY_SUFFIX)]
     names = [n for n in names if n != name and wal._ARCHIVE_NAME.match(n)
-             and not os.path.exists(os.path.join(receipts, n)) and os.path.isfile(os.path.join(pg_wal, n))]
+             and not _for_this_call(_read_receipt(os.path.join(receipts, n)), vouch)
+             and os.path.isfile(os.path.join(pg_wal, n))]
     return sorted(names, key=lambda n: (not n.endswith(".history"), n))
 
 
-def _push_ahead(ws, source: str, path: str, receipts: str) -> bool:
+def _push_ahead(ws, source: str, path: str, receipts: str, vouch: dict[str, str]) -> bool:
     from insite_console import wal
 
     try:
@@ -80,7 +87,7 @@ def _push_ahead(ws, source: str, path: str, receipts: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - pushed (and reported) again when PostgreSQL asks
         print(f"insite-console wal-push: {os.path.basename(path)} (ahead): {exc}", file=sys.stderr)
         return False
-    _write_receipt(receipts, os.path.basename(path), result["sha256"])
+    _write_receipt(receipts, os.path.basename(path), {**vouch, "sha256": result["sha256"]})
     return True
 
 
@@ -92,25 +99,60 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _write_receipt(receipts: str, name: str, digest: str) -> None:
+def _vouch(ws, source: str) -> dict[str, str]:
+    """What a receipt written by (or checked for) this call vouches for, besides the content:
+    from the config only (the source's WAL storage, its settings), never the repository."""
+    from insite_console import wal
+
+    storage = wal.storage_for_source(ws, source)  # raises for an unknown source
+    settings = json.dumps(ws.config.storages.get(storage, {}), sort_keys=True, default=str)
+    return {"source": source, "storage": storage, "config": os.path.realpath(ws.config.path),
+            "storage_settings": hashlib.sha256(settings.encode()).hexdigest()}
+
+
+def _write_receipt(receipts: str, name: str, receipt: dict[str, str]) -> None:
     os.makedirs(receipts, mode=0o700, exist_ok=True)
     temp = os.path.join(receipts, f".{name}.tmp")
     with open(temp, "w") as handle:
-        handle.write(digest + "\n")
+        handle.write(json.dumps(receipt, sort_keys=True) + "\n")
     os.replace(temp, os.path.join(receipts, name))
 
 
-def pushed_ahead(path: str) -> bool:
-    """%p was stored by an earlier call, with exactly this content: remove its receipt, True.
-    Checked before anything else (no config, no repository): that is the speed-up."""
-    receipt = os.path.join(os.path.dirname(os.path.abspath(path)), RECEIPTS_DIR_NAME, os.path.basename(path))
+def _read_receipt(receipt: str) -> dict[str, Any] | None:
+    """The receipt's fields; {} for one that is there but unreadable or of another format
+    (an earlier version's bare SHA-256); None when there is none."""
     try:
         with open(receipt) as handle:
-            stored = handle.read().strip()
+            text = handle.read()
+    except FileNotFoundError:
+        return None
     except OSError:
-        return False
+        return {}
     try:
-        same = _sha256(path) == stored
+        fields = json.loads(text)
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def _for_this_call(fields: dict[str, Any] | None, vouch: dict[str, str]) -> bool:
+    """The receipt was written for this source, storage, config and storage settings."""
+    return bool(fields) and all(fields.get(key) == value for key, value in vouch.items())
+
+
+def pushed_ahead(ws, source: str, path: str) -> bool:
+    """%p was stored by an earlier call for this source, storage and config, with exactly this
+    content: remove its receipt, True. Reads the config only, never the repository: that is the
+    speed-up. A receipt written for another source, storage or config is left for that one; one
+    for this call that does not match the file, or that cannot be read, is removed."""
+    receipt = os.path.join(os.path.dirname(os.path.abspath(path)), RECEIPTS_DIR_NAME, os.path.basename(path))
+    fields = _read_receipt(receipt)
+    if fields is None:
+        return False
+    if fields and not _for_this_call(fields, _vouch(ws, source)):
+        return False  # another archive's receipt: not ours to use or to drop
+    try:
+        same = bool(fields.get("sha256")) and _sha256(path) == fields["sha256"]
     except OSError:
         same = False
     try:

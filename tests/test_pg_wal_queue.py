@@ -8,6 +8,7 @@ A real PostgreSQL 15 cluster archives through the worktree's `wal-push`; archivi
 from __future__ import annotations
 
 import json
+import textwrap
 import os
 from pathlib import Path
 
@@ -77,3 +78,63 @@ def test_one_call_pushes_the_ready_segments_and_later_calls_use_receipts(pg_fact
     assert [p.name for p in receipts.iterdir()] == []
     checked = json.loads(run_as_postgres(config, "verify", "--wal", "--deep", "--json").stdout)[0]
     assert checked["status"] == "ok", checked
+
+
+def test_a_receipt_vouches_only_for_its_source_storage_and_config(pg_factory):
+    """A receipt left while pushing to source db (storage local) does not answer a push of the
+    same segment to source db2 (storage second): db2 gets the segment; db's receipt stays
+    good for db; a missing config is an error even with a receipt in place."""
+    wsdir = Path(pg_factory.make_dir("walqueue-vouch"))
+    extra = textwrap.dedent(f"""
+        [storage.second]
+        type = "local"
+        path = "{wsdir / 'repo2'}"
+
+        [source.db2]
+        type = "postgresql"
+        dsn = "postgresql://postgres@127.0.0.1:1/postgres"
+        mode = "physical"
+
+        [policy.db2]
+        source = "db2"
+        storage = "second"
+        type = "full"
+        """)
+    cluster, config = archiving_cluster(pg_factory, wsdir, extra=extra)
+    cluster.sql("CREATE TABLE t (id int, pad text)")
+    _wait_archived(cluster)
+    cluster.sql("ALTER SYSTEM SET archive_command = ''")
+    cluster.sql("SELECT pg_reload_conf()")
+    for batch in range(3):
+        cluster.sql("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g")
+        cluster.sql("SELECT pg_switch_wal()")
+    ready = _ready(cluster)
+    assert len(ready) >= 3, ready
+    receipts = Path(cluster.datadir) / "pg_wal" / ".insite-wal-pushed"
+
+    def push(source: str, name: str, *extra: str, config=config):
+        return as_postgres([CONSOLE, "-c", str(config), "wal-push", source, f"pg_wal/{name}", *extra],
+                           cwd=cluster.datadir, capture_output=True, text=True, timeout=120)
+
+    first = push("db", ready[0], "--parallel", "2")
+    assert first.returncode == 0, first.stderr
+    ahead = ready[1:3]
+    assert sorted(p.name for p in receipts.iterdir()) == ahead
+
+    other = wsdir / "repo2" / "sealed" / "wal" / "db2" / ahead[0]
+    assert not other.exists()
+    to_db2 = push("db2", ahead[0])
+    assert to_db2.returncode == 0, to_db2.stderr
+    assert other.exists(), "a receipt for source db answered a push to source db2: the segment is not in its archive"
+    # db's receipt still answers db (without the repository: the passphrase is unreadable)
+    os.chmod(wsdir / "passphrase", 0)
+    try:
+        answered = push("db", ahead[0])
+        assert answered.returncode == 0, answered.stderr
+        assert not (receipts / ahead[0]).exists()
+    finally:
+        os.chmod(wsdir / "passphrase", 0o600)
+
+    missing = push("db", ahead[1], config="/nonexistent/config.toml")
+    assert missing.returncode != 0 and "config file not found" in missing.stderr, missing.stderr
+    assert (receipts / ahead[1]).exists()

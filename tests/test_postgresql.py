@@ -374,9 +374,10 @@ def _wait_archived(cluster, timeout: float = 60) -> None:
     raise AssertionError(f"WAL {wanted} was not archived in {timeout}s (see {cluster.log})")
 
 
-def archiving_cluster(pg_factory, wsdir: Path, prepare=None):
+def archiving_cluster(pg_factory, wsdir: Path, prepare=None, extra: str = ""):
     """A cluster whose archive_command is the worktree's `wal-push db %p` into a physical
-    workspace in `wsdir` (owned by postgres); `prepare(cluster)` runs before it starts."""
+    workspace in `wsdir` (owned by postgres); `prepare(cluster)` runs before it starts; `extra`:
+    more config tables (pg_config's)."""
     if not postgres_can_reach(CONSOLE) or not postgres_can_reach(str(ROOT / "insite_console" / "wal.py")):
         pytest.skip(f"the postgres user cannot run {CONSOLE}")
     passfile = wsdir / "passphrase"
@@ -384,7 +385,7 @@ def archiving_cluster(pg_factory, wsdir: Path, prepare=None):
     os.chmod(passfile, 0o600)
     cluster = pg_factory(start=False)
     config = pg_config(wsdir, f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres", mode="physical",
-                       passphrase=str(passfile))
+                       passphrase=str(passfile), extra=extra)
     for path in (passfile, config):
         os.chown(path, PG_USER.pw_uid, PG_USER.pw_gid)
     archive = f"{CONSOLE} -c {config} wal-push db %p"
