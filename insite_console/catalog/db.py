@@ -10,6 +10,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -208,8 +209,24 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         db = self.db
-        db.execute("PRAGMA journal_mode=WAL")
+        self._wal_mode(db)
         self._migrate(db)
+
+    @staticmethod
+    def _wal_mode(db: sqlite3.Connection) -> None:
+        """WAL once, for the catalog's life. Setting it needs a lock SQLite does not wait for
+        (no busy handler on a journal-mode change): a catalog already in WAL is left alone, and a
+        new one busy at that moment (another process opening it too) is tried again."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                    return
+                db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @property
     def db(self) -> sqlite3.Connection:
