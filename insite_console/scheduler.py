@@ -145,7 +145,7 @@ class Scheduler:
                 self._start(name, 1)
         for kind, name in due_tests(self.ws, now, self.since):
             if (kind, name) not in self.jobs:
-                self.jobs[(kind, name)] = (self.pool.submit(self._test, kind, name), 1)
+                self._start((kind, name), 1)
         for name in due_groups(self.ws, now, self.since):
             if GROUP_JOB + name not in self.jobs:
                 self._start(GROUP_JOB + name, 1)
@@ -228,30 +228,23 @@ class Scheduler:
                 del self.retries[name]
                 self._start(name, attempt)
 
-    def _start(self, name: str, attempt: int) -> None:
-        self.jobs[name] = (self.pool.submit(self._attempt, name), attempt)
+    def _start(self, job: str | tuple[str, str], attempt: int) -> None:
+        self.jobs[job] = (self.pool.submit(self._attempt, job), attempt)
 
-    def _attempt(self, name: str) -> dict[str, Any]:
-        """One backup of a policy, in a thread, with a workspace of its own (its own catalog
-        connection and repository objects: two jobs never share a half-written pack)."""
+    def _attempt(self, job: str | tuple[str, str]) -> dict[str, Any]:
+        """One job in a thread, with a workspace of its own (its own catalog connection and
+        repository objects: two jobs never share a half-written pack): a policy's backup (its
+        name), a group's (GROUP_JOB + name) or a regular test ((kind, policy))."""
         from insite_console.workspace import Workspace
 
         job_ws = Workspace(self.ws.config)
         try:
             with who.acting_as("scheduler"):
-                if name.startswith(GROUP_JOB):
-                    return group.run(job_ws, name[len(GROUP_JOB):], cancel=self.cancel)
-                return backup.run(job_ws, name, cancel=self.cancel)
-        finally:
-            job_ws.close()
-
-    def _test(self, kind: str, name: str) -> dict[str, Any]:
-        from insite_console.workspace import Workspace
-
-        job_ws = Workspace(self.ws.config)
-        try:
-            with who.acting_as("scheduler"):
-                return regular.run(job_ws, kind, name, cancel=self.cancel)
+                if isinstance(job, tuple):
+                    return regular.run(job_ws, *job, cancel=self.cancel)
+                if job.startswith(GROUP_JOB):
+                    return group.run(job_ws, job[len(GROUP_JOB):], cancel=self.cancel)
+                return backup.run(job_ws, job, cancel=self.cancel)
         finally:
             job_ws.close()
 
@@ -261,6 +254,8 @@ class Scheduler:
                 del self.jobs[key]
                 if isinstance(key, tuple):
                     self._test_finished(*key, future)
+                elif key.startswith(GROUP_JOB):
+                    self._group_finished(key, future)
                 else:
                     self._finished(key, future, attempt, now)
 
@@ -300,9 +295,6 @@ class Scheduler:
         self.results.append({**record, "policy": name})
 
     def _finished(self, name: str, future: Future, attempt: int, now: datetime) -> None:
-        if name.startswith(GROUP_JOB):
-            self._group_finished(name, future)
-            return
         policy = self.ws.config.policy(name)
         try:
             result = future.result()
