@@ -31,7 +31,7 @@ class JobsScreen(InsiteScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self._known: set[str] = set()
+        self._listed = False  # jobs were listed before: a newly running one may take the selection
         self._seen_running: set[str] = set()
 
     def compose(self) -> ComposeResult:
@@ -81,9 +81,9 @@ class JobsScreen(InsiteScreen):
         if views:
             ids = [v.id for v in views]
             fresh = [v.id for v in views if v.running and v.id not in self._seen_running]
-            if fresh and self._known:
+            if fresh and self._listed:
                 selected = fresh[0]  # a job that just started running takes the selection, once
-            self._known.update(ids)
+            self._listed = True
             self._seen_running.update(v.id for v in views if v.running)
             table.move_cursor(row=ids.index(selected) if selected in ids else 0)
         self.show_selected()
