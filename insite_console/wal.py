@@ -166,6 +166,8 @@ def push_file(ws, source: str, path: str, server_system_identifier: str | None =
     check_system_identifier(ws, repo, source, name, system_identifier(name, data, path, server_system_identifier))
     if name.endswith(".history"):
         check_history_lineage(repo, source, name, data)
+    elif int(name[:8], 16) > 1:
+        check_segment_timeline(ws, repo, source, name, path, server_system_identifier)
     key = wal_key(source, name)
     where = f"{key} on storage {storage}"
     try:
@@ -255,6 +257,47 @@ def check_history_lineage(repo, source: str, name: str, data: bytes) -> None:
         raise WalError(f"wal-push {source}: {name} says timeline {parent} followed {text(entries[:-1])}, but the "
                        f"archived {history_name(parent)} says {text(archived)}; refusing it (two servers promoted "
                        "to the same timeline number? The archive keeps the first)")
+
+
+def check_segment_timeline(ws, repo, source: str, name: str, path: str, server: str | None) -> None:
+    """Refuse a segment of timeline T > 1 unless the pushing cluster's own T.history (beside it in
+    pg_wal, or in wal-stream's spool) is the archived one. Two servers promoted to the same timeline
+    number write different histories, and PostgreSQL does not promise to archive the history before
+    the timeline's segments: without this, the second server's segments would enter the first's
+    timeline. When the archive has no T.history yet, the local one is archived first (through its
+    own checks), so a timeline's segments never reach the archive before its history."""
+    timeline = int(name[:8], 16)
+    history = history_name(timeline)
+    try:
+        archived = repo.get_sealed(wal_key(source, history))
+    except ObjectNotFound:
+        archived = None
+    local_path = os.path.join(os.path.dirname(path), history)
+    try:
+        with open(local_path, "rb") as handle:
+            local = handle.read()
+    except FileNotFoundError:
+        local = None
+    except OSError as exc:
+        raise WalError(f"wal-push {source}: cannot read {local_path} to check {name}'s timeline: {exc.strerror}") \
+            from None
+    if local is None:
+        if archived is None:
+            raise WalError(f"wal-push {source}: {name} is on timeline {timeline}, but {history} is neither in the "
+                           f"archive nor beside it ({local_path}); refusing it: recovery could not follow a "
+                           "timeline without its history file")
+        if server is None:
+            print(f"insite-console wal-push: warning: {local_path} is missing, so {name} cannot be checked "
+                  f"against the archived {history}; it is archived trusting its system identifier",
+                  file=sys.stderr)
+        return
+    if archived is None:
+        push_file(ws, source, local_path, server)
+        return
+    if local != archived:
+        raise WalError(f"wal-push {source}: {name} is on this cluster's timeline {timeline}, but the archived "
+                       f"{history} is another server's (its history differs from {local_path}); refusing it "
+                       "(two servers promoted to the same timeline number? The archive keeps the first)")
 
 
 def _backup_system_identifier(ws, source: str) -> str | None:
