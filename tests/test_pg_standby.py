@@ -162,3 +162,32 @@ def test_standby_promoted_onto_a_timeline_the_archive_has_is_kept_out(replicated
     standby_b.stop()
     checked = json.loads(run_as_postgres(config, "verify", "--wal", "--json").stdout)[0]
     assert checked["status"] == "ok", checked
+
+
+def test_a_segment_reaches_the_archive_only_with_its_timeline_history(pg_factory):
+    """A timeline-3 segment (a real segment with its header's timeline rewritten) is refused while
+    neither the archive nor its pg_wal holds 00000003.history; with the history beside it, the
+    history is archived first, then the segment."""
+    wsdir = Path(pg_factory.make_dir(f"tlhistory-{free_port()}"))
+    cluster, config = archiving_cluster(pg_factory, wsdir)
+    cluster.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+    _wait_archived(cluster)
+    real = sorted(path for path in (Path(cluster.datadir) / "pg_wal").iterdir()
+                  if len(path.name) == 24 and path.name.startswith("00000001"))[0]
+    scratch = Path(pg_factory.make_dir(f"tlhistory-wal-{free_port()}")) / "pg_wal"
+    scratch.mkdir()
+    data = bytearray(real.read_bytes())
+    data[4:8] = (3).to_bytes(4, "little")  # xlp_tli of the long page header
+    segment = scratch / ("00000003" + real.name[8:])
+    segment.write_bytes(bytes(data))
+    refused = run_as_postgres(config, "wal-push", "db", str(segment), check=False)
+    assert refused.returncode != 0
+    assert "00000003.history is neither in the archive nor beside it" in refused.stderr, refused.stderr
+    sealed = wsdir / "repo" / "sealed" / "wal" / "db"
+    assert not (sealed / segment.name).exists()
+
+    (scratch / "00000003.history").write_text("1\t0/3000000\tno recovery target specified\n"
+                                              "2\t0/4000000\tno recovery target specified\n")
+    run_as_postgres(config, "wal-push", "db", str(segment))
+    assert (sealed / "00000003.history").exists() and (sealed / segment.name).exists()
+    cluster.stop()
