@@ -184,7 +184,7 @@ async def test_cancel_a_rolling_platform_recovery_from_live_jobs(tmp_path, monke
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SLOW_CHUNKS)
     monkeypatch.setenv("PYTHONPATH", str(hooks))
-    monkeypatch.setenv("INSITE_TEST_SLOW_READ", "0.5")  # big: 12 chunks, about 6 s
+    monkeypatch.setenv("INSITE_TEST_SLOW_READ", "1.5")  # big: 12 chunks, about 18 s: room to cancel on a loaded machine
     app = InsiteApp(ws, theme="insite-dark", poll_seconds=0.2)
     try:
         async with app.run_test(size=(120, 40)) as pilot:
