@@ -12,7 +12,11 @@ from insite_console.errors import RestoreRefused
 from tests.treeutil import assert_same_tree, build_tree
 
 
-def test_ten_thousand_files_round_trip_through_full_incremental_differential(workspace, tmp_path):
+def test_ten_thousand_files_round_trip_through_full_incremental_differential(workspace, tmp_path, monkeypatch):
+    from insite_console.sources import files as files_source
+
+    # build_tree puts mtimes back, so every ctime is fresh: racy (re-read) unless the window is shut
+    monkeypatch.setattr(files_source, "RACY_NS", 0)
     build_tree(workspace.source, files=10_000)
     ws = workspace.ws
     full = backup.run(ws, "tree", "full")
@@ -334,14 +338,32 @@ def test_incremental_rereads_a_change_that_puts_the_mtime_back(workspace, tmp_pa
     assert os.getxattr(workspace.restored(target) / "config.ini", "user.note") == b"only an attribute changed"
 
 
-def test_a_file_modified_just_before_the_scan_is_read_again_next_time(workspace):
+def test_a_file_modified_just_before_the_scan_is_read_again_next_time(workspace, monkeypatch):
+    import time
+
+    from insite_console.sources import files as files_source
+
+    monkeypatch.setattr(files_source, "RACY_NS", 300_000_000)  # a shorter racy window, to wait it out
     old = workspace.source / "old.txt"
     old.write_text("settled")
     os.utime(old, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    time.sleep(0.5)  # old.txt's ctime (set by the utime) leaves the racy window
     (workspace.source / "fresh.txt").write_text("just written")  # may change again within its mtime's tick
     backup.run(workspace.ws, "tree", "full")
     incremental = backup.run(workspace.ws, "tree", "incremental")
     assert incremental["bytes_read"] == len("just written")  # fresh.txt read again, old.txt reused
+
+
+def test_a_file_whose_ctime_is_within_the_racy_window_is_read_again_next_time(workspace):
+    """Change detection compares the ctime, so its tick is as racy as the mtime's: a file
+    rewritten with its mtime put back (rsync -t, cp -p) just before the scan can be rewritten
+    again within the same ctime tick after it is read, and neither size, mtime nor ctime show it."""
+    path = workspace.source / "config.ini"
+    path.write_text("mode = safe\n")
+    os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))  # old mtime, fresh ctime
+    backup.run(workspace.ws, "tree", "full")
+    incremental = backup.run(workspace.ws, "tree", "incremental")
+    assert incremental["bytes_read"] == len("mode = safe\n")  # not trusted from the racy full backup
 
 
 @needs_root

@@ -22,8 +22,8 @@ from insite_console.repo.tree import ParentLookup, sort_key
 from insite_console.sources.base import Entry, Item, ScanContext, Source, point
 
 
-#: a file whose mtime is this close to the scan's start may change again within the same clock
-#: tick after it is read (git's "racy clean" case): it is marked and re-read by the next backup.
+#: a file whose mtime or ctime is this close to the scan's start may change again within the same
+#: clock tick after it is read (git's "racy clean" case): it is marked and re-read by the next backup.
 #: 2 s covers the coarsest common timestamps (FAT); finer ones are covered too.
 RACY_NS = 2_000_000_000
 
@@ -145,7 +145,8 @@ class FilesSource(Source):
                     entry.chunks = []
                     yield Item(entry)
                     return
-            entry.racy = entry.mtime_ns >= state.racy_from_ns
+            # the ctime is compared too, so its tick is as racy as the mtime's (as borg does)
+            entry.racy = max(entry.mtime_ns, entry.ctime_ns) >= state.racy_from_ns
             previous = state.parent.get(entry.path)
             if (previous is not None and previous.type == "file" and not previous.racy
                     and not previous.link_member and previous.size == entry.size
