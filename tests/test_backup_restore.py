@@ -468,3 +468,35 @@ def test_restored_files_are_flushed_to_disk_before_the_restore_is_done(workspace
     outcome = restore.run(workspace.ws, result["id"], str(target))
     assert flushed == [True]  # once, on the target's filesystem, after everything was written
     assert outcome["verified"] is True and "syncfs" in outcome["verification"]
+
+
+def test_a_hard_link_group_whose_first_file_vanishes_before_its_read_keeps_its_other_links(workspace, tmp_path,
+                                                                                           monkeypatch):
+    """Log rotation and the like unlink one name of a group while its other names keep the
+    content: the group's first name vanishing between the scan and its read must not lose them."""
+    import contextlib
+
+    from insite_console.sources import files as files_source
+
+    src = workspace.source
+    content = os.urandom(100_000)
+    (src / "a.log").write_bytes(content)
+    os.link(src / "a.log", src / "b.log")
+    os.link(src / "a.log", src / "c.log")
+    original = files_source._open_regular
+
+    @contextlib.contextmanager
+    def racing_open(path, entry):
+        if path.endswith("a.log"):
+            os.unlink(path)  # deleted between the scan and the read
+        with original(path, entry) as handle:
+            yield handle
+
+    monkeypatch.setattr(files_source, "_open_regular", racing_open)
+    result, outcome, restored = _round_trip(workspace, tmp_path)
+    assert any("a.log: vanished before it could be read" in w for w in result["warnings"]), result["warnings"]
+    assert result["bytes_read"] == len(content) and result["files"] == 2  # b.log read once, c.log linked to it
+    assert not os.path.lexists(restored / "a.log")
+    assert (restored / "b.log").read_bytes() == content and (restored / "c.log").read_bytes() == content
+    assert os.stat(restored / "b.log").st_ino == os.stat(restored / "c.log").st_ino
+    assert not outcome.get("warnings"), outcome.get("warnings")

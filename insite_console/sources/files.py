@@ -139,14 +139,14 @@ class FilesSource(Source):
         if entry is None:
             return
         if entry.type == "file":
-            if st.st_nlink > 1:
-                entry.hardlink = state.links.setdefault((st.st_dev, st.st_ino), entry.path)
-                if entry.link_member:  # content and attributes are the leader's, stored once
-                    entry.chunks = []
-                    yield Item(entry)
-                    return
             # the ctime is compared too, so its tick is as racy as the mtime's (as borg does)
             entry.racy = max(entry.mtime_ns, entry.ctime_ns) >= state.racy_from_ns
+            if st.st_nlink > 1:
+                entry.hardlink = state.links.setdefault((st.st_dev, st.st_ino), entry.path)
+                if entry.link_member:  # content and attributes are the leader's, stored once;
+                    entry.chunks = []  # `open` only if the leader could not be read (it leads then)
+                    yield Item(entry, open=lambda p=path, e=entry: _open_member(p, e, ctx))
+                    return
             previous = state.parent.get(entry.path)
             if (previous is not None and previous.type == "file" and not previous.racy
                     and not previous.link_member and previous.size == entry.size
@@ -226,6 +226,15 @@ def _open_regular(path: str, entry: Entry) -> Iterator[BinaryIO]:
             raise FileChangedWhileReading(path)
     finally:
         handle.close()
+
+
+@contextlib.contextmanager
+def _open_member(path: str, entry: Entry, ctx: ScanContext) -> Iterator[BinaryIO]:
+    """A hard link read in place of its group's first file, which could not be read: its own
+    extended attributes too, as that first file's would have been."""
+    entry.xattrs = _read_xattrs(path, ctx)
+    with _open_regular(path, entry) as handle:
+        yield handle
 
 
 class FileChangedWhileReading(Exception):
