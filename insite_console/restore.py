@@ -653,7 +653,7 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
     for future in futures:
         future.result()
     for entry, parts, writer_parts in links:
-        _restore_link(ctx, target, entry, parts, writer_parts)
+        done["bytes"] += _restore_link(ctx, target, entry, parts, writer_parts, warnings)
         done["files"] += 1
     # Directory modes and mtimes last (deepest first): writing files inside changes them.
     for entry in reversed(dirs):
@@ -873,15 +873,24 @@ def _restore_node(ctx: RestoreContext, target: _Target, entry: Entry, parts: lis
 
 
 def _restore_link(ctx: RestoreContext, target: _Target, entry: Entry, parts: list[str],
-                  writer_parts: list[str]) -> None:
-    """A hard link to the group's first restored file (same or another folder of the target)."""
+                  writer_parts: list[str], warnings: _Warnings) -> int:
+    """A hard link to the group's first restored file (same or another folder of the target);
+    a copy of it if the two folders are on different filesystems of the target (what tar
+    cannot do either). The bytes written: 0 for a link."""
     src_fd = target.open_dir(writer_parts[:-1], create=False)
     if src_fd is None:
         raise RestoreRefused(f"/{entry.path}: the file it is hard-linked to was not restored")
     dir_fd = target.open_dir(parts[:-1], create=True)
     temp = f"{_TEMP}{secrets.token_hex(6)}"
     try:
-        os.link(writer_parts[-1], temp, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        try:
+            os.link(writer_parts[-1], temp, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            warnings.add("restored as a copy, not a hard link: the file it is linked to is on another "
+                         "filesystem of the target", "/" + entry.path)
+            return _restore_file(ctx, target, entry, parts, warnings)
         try:
             _replace(ctx, dir_fd, temp, parts[-1], entry, "a hard link")
         except BaseException:
@@ -890,6 +899,7 @@ def _restore_link(ctx: RestoreContext, target: _Target, entry: Entry, parts: lis
     finally:
         os.close(src_fd)
         os.close(dir_fd)
+    return 0
 
 
 def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -500,3 +501,36 @@ def test_a_hard_link_group_whose_first_file_vanishes_before_its_read_keeps_its_o
     assert (restored / "b.log").read_bytes() == content and (restored / "c.log").read_bytes() == content
     assert os.stat(restored / "b.log").st_ino == os.stat(restored / "c.log").st_ino
     assert not outcome.get("warnings"), outcome.get("warnings")
+
+
+@contextlib.contextmanager
+def _mounted_tmpfs(path):
+    """A tmpfs mounted at path (another filesystem inside a restore target), unmounted after."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "none", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@needs_root
+def test_a_hard_link_group_split_across_filesystems_of_the_target_is_restored_as_copies(workspace, tmp_path):
+    src = workspace.source
+    (src / "a").mkdir()
+    (src / "b").mkdir()
+    content = os.urandom(50_000)
+    (src / "a" / "one.bin").write_bytes(content)
+    os.link(src / "a" / "one.bin", src / "b" / "two.bin")
+    result = backup.run(workspace.ws, "tree", "full")
+    target = tmp_path / "target"
+    with _mounted_tmpfs(workspace.restored(target) / "b"):  # b is another filesystem in the target
+        outcome = restore.run(workspace.ws, result["id"], str(target))
+        restored = workspace.restored(target)
+        assert (restored / "a" / "one.bin").read_bytes() == content
+        assert (restored / "b" / "two.bin").read_bytes() == content
+        assert os.stat(restored / "b" / "two.bin").st_mode == os.stat(src / "b" / "two.bin").st_mode
+        assert any("two.bin" in w and "another filesystem" in w for w in outcome["warnings"]), outcome.get("warnings")
