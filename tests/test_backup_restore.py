@@ -534,3 +534,25 @@ def test_a_hard_link_group_split_across_filesystems_of_the_target_is_restored_as
         assert (restored / "b" / "two.bin").read_bytes() == content
         assert os.stat(restored / "b" / "two.bin").st_mode == os.stat(src / "b" / "two.bin").st_mode
         assert any("two.bin" in w and "another filesystem" in w for w in outcome["warnings"]), outcome.get("warnings")
+
+
+@needs_root
+def test_a_restore_flushes_every_filesystem_of_the_target_it_wrote_to(workspace, tmp_path, monkeypatch):
+    (workspace.source / "top.txt").write_text("on the target's filesystem")
+    (workspace.source / "var").mkdir()
+    (workspace.source / "var" / "data.txt").write_text("on a filesystem mounted inside the target")
+    result = backup.run(workspace.ws, "tree", "full")
+    target = tmp_path / "target"
+    flushed = []
+    real = restore._flush_to_disk
+
+    def recording_flush(fd):
+        flushed.append(os.fstat(fd).st_dev)
+        real(fd)
+
+    monkeypatch.setattr(restore, "_flush_to_disk", recording_flush)
+    with _mounted_tmpfs(workspace.restored(target) / "var") as mounted:
+        outcome = restore.run(workspace.ws, result["id"], str(target))
+        assert (mounted / "data.txt").read_text() == "on a filesystem mounted inside the target"
+        assert sorted(flushed) == sorted({os.stat(target).st_dev, os.stat(mounted).st_dev}), flushed
+    assert outcome["verified"] is True
