@@ -422,6 +422,7 @@ class _LinkGroup:
 
     chunks: list[tuple[str, int]] | None
     size: int
+    xattrs: dict[str, bytes] | None = None
     writer: str | None = None
     writer_action: str = "create"
 
@@ -432,10 +433,10 @@ def _group_of(entry: Entry, groups: dict[str, _LinkGroup]) -> _LinkGroup | None:
     if entry.type != "file" or entry.hardlink is None:
         return None
     if not entry.link_member:
-        groups[entry.path] = _LinkGroup(entry.chunks, entry.size)
+        groups[entry.path] = _LinkGroup(entry.chunks, entry.size, entry.xattrs)
     group = groups.get(entry.hardlink)
     if group is not None:
-        entry.chunks, entry.size = group.chunks, group.size
+        entry.chunks, entry.size, entry.xattrs = group.chunks, group.size, group.xattrs
     return group
 
 

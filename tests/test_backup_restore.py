@@ -224,6 +224,7 @@ def test_hard_links_come_back_as_hard_links(workspace, tmp_path):
     (src / "a").mkdir()
     (src / "b").mkdir()
     (src / "a" / "one.bin").write_bytes(os.urandom(300_000))
+    os.setxattr(src / "a" / "one.bin", "user.origin", b"the group's")
     os.link(src / "a" / "one.bin", src / "a" / "two.bin")  # same folder
     os.link(src / "a" / "one.bin", src / "b" / "three.bin")  # another folder
     (src / "b" / "x.txt").write_text("second group")
@@ -245,6 +246,7 @@ def test_hard_links_come_back_as_hard_links(workspace, tmp_path):
     restore.run(workspace.ws, result["id"], str(target), includes=[f"{src}/b/**"])
     part = workspace.restored(target)
     assert (part / "b" / "three.bin").read_bytes() == (src / "b" / "three.bin").read_bytes()
+    assert os.getxattr(part / "b" / "three.bin", "user.origin") == b"the group's"
     assert not (part / "a").exists()
 
 
@@ -525,6 +527,7 @@ def test_a_hard_link_group_split_across_filesystems_of_the_target_is_restored_as
     content = os.urandom(50_000)
     (src / "a" / "one.bin").write_bytes(content)
     os.link(src / "a" / "one.bin", src / "b" / "two.bin")
+    os.setxattr(src / "a" / "one.bin", "user.origin", b"group attribute")
     result = backup.run(workspace.ws, "tree", "full")
     target = tmp_path / "target"
     with _mounted_tmpfs(workspace.restored(target) / "b"):  # b is another filesystem in the target
@@ -533,6 +536,7 @@ def test_a_hard_link_group_split_across_filesystems_of_the_target_is_restored_as
         assert (restored / "a" / "one.bin").read_bytes() == content
         assert (restored / "b" / "two.bin").read_bytes() == content
         assert os.stat(restored / "b" / "two.bin").st_mode == os.stat(src / "b" / "two.bin").st_mode
+        assert os.getxattr(restored / "b" / "two.bin", "user.origin") == b"group attribute"  # the group's
         assert any("two.bin" in w and "another filesystem" in w for w in outcome["warnings"]), outcome.get("warnings")
 
 
