@@ -24,7 +24,7 @@ from insite_console.repo.repository import MANIFEST_VERSION, PendingStream, Repo
 from insite_console.repo.tree import TreeReader, TreeWriter
 from insite_console.sources import make_source
 from insite_console.repo.entry import Entry
-from insite_console.sources.base import ScanContext
+from insite_console.sources.base import Item, ScanContext
 from insite_console.sources.files import FileChangedWhileReading
 
 MAX_WARNINGS_KEPT = 200
@@ -303,7 +303,28 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
     tree = TreeWriter()
     totals = {"files": 0, "dirs": 0, "symlinks": 0, "special": 0, "bytes_read": 0, "bytes_reused": 0,
               "files_reused": 0}
-    in_flight: collections.deque[tuple[Entry, Future | None]] = collections.deque()
+    in_flight: collections.deque[tuple[Entry, Future | None, Any]] = collections.deque()
+    # hard-link groups whose first file could not be read -> the member that leads instead
+    unread_leaders: dict[str, str | None] = {}
+
+    def lead_instead(entry: Entry, reopen) -> bool:
+        """A member of a group whose first file could not be read: link it to the member that
+        leads instead, or read it and lead; False if it could not be read either."""
+        new = unread_leaders[entry.hardlink]
+        if new is not None:
+            entry.hardlink = new
+            return True
+        pending, warning = _read_item(repo, Item(entry, reopen), method, reporter, stop)
+        if warning:
+            warn(warning)
+        if pending is None:
+            return False
+        entry.chunks, entry.size = pending.result(), pending.size
+        totals["files_reused"] -= 1
+        totals["bytes_reused"] -= entry.size
+        totals["bytes_read"] += entry.size
+        unread_leaders[entry.hardlink] = entry.hardlink = entry.path
+        return True
     slots = threading.BoundedSemaphore(FILES_IN_FLIGHT)
     stop = ctx.cancel.child()
     readers = ThreadPoolExecutor(SOURCE_READERS, thread_name_prefix="insite-source")
@@ -313,7 +334,7 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
         while in_flight and (at_most is None or at_most > 0):
             if at_most is not None:
                 at_most -= 1
-            entry, future = in_flight[0]
+            entry, future, reopen = in_flight[0]
             if future is not None:
                 if not wait and not future.done():
                     return
@@ -325,6 +346,8 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
                 if warning:
                     warn(warning)
                 if pending is None:
+                    if entry.hardlink == entry.path:
+                        unread_leaders[entry.path] = None
                     continue
                 entry.chunks = pending.result()
                 entry.size = pending.size
@@ -333,6 +356,11 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
                 reporter.advance(files_done=1)
             else:
                 in_flight.popleft()
+                if entry.link_member and entry.hardlink in unread_leaders and not lead_instead(entry, reopen):
+                    totals["files"] -= 1
+                    totals["files_reused"] -= 1
+                    totals["bytes_reused"] -= entry.size
+                    continue
             tree.add(entry)
 
     try:
@@ -361,7 +389,7 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
                 totals["symlinks"] += 1
             else:  # FIFOs and devices
                 totals["special"] += 1
-            in_flight.append((entry, future))
+            in_flight.append((entry, future, item.open if entry.link_member else None))
             drain(wait=False)
             while len(in_flight) >= ENTRIES_IN_FLIGHT:
                 drain(wait=True, at_most=1)

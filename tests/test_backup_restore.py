@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -12,7 +13,11 @@ from insite_console.errors import RestoreRefused
 from tests.treeutil import assert_same_tree, build_tree
 
 
-def test_ten_thousand_files_round_trip_through_full_incremental_differential(workspace, tmp_path):
+def test_ten_thousand_files_round_trip_through_full_incremental_differential(workspace, tmp_path, monkeypatch):
+    from insite_console.sources import files as files_source
+
+    # build_tree puts mtimes back, so every ctime is fresh: racy (re-read) unless the window is shut
+    monkeypatch.setattr(files_source, "RACY_NS", 0)
     build_tree(workspace.source, files=10_000)
     ws = workspace.ws
     full = backup.run(ws, "tree", "full")
@@ -219,6 +224,7 @@ def test_hard_links_come_back_as_hard_links(workspace, tmp_path):
     (src / "a").mkdir()
     (src / "b").mkdir()
     (src / "a" / "one.bin").write_bytes(os.urandom(300_000))
+    os.setxattr(src / "a" / "one.bin", "user.origin", b"the group's")
     os.link(src / "a" / "one.bin", src / "a" / "two.bin")  # same folder
     os.link(src / "a" / "one.bin", src / "b" / "three.bin")  # another folder
     (src / "b" / "x.txt").write_text("second group")
@@ -240,6 +246,7 @@ def test_hard_links_come_back_as_hard_links(workspace, tmp_path):
     restore.run(workspace.ws, result["id"], str(target), includes=[f"{src}/b/**"])
     part = workspace.restored(target)
     assert (part / "b" / "three.bin").read_bytes() == (src / "b" / "three.bin").read_bytes()
+    assert os.getxattr(part / "b" / "three.bin", "user.origin") == b"the group's"
     assert not (part / "a").exists()
 
 
@@ -334,14 +341,32 @@ def test_incremental_rereads_a_change_that_puts_the_mtime_back(workspace, tmp_pa
     assert os.getxattr(workspace.restored(target) / "config.ini", "user.note") == b"only an attribute changed"
 
 
-def test_a_file_modified_just_before_the_scan_is_read_again_next_time(workspace):
+def test_a_file_modified_just_before_the_scan_is_read_again_next_time(workspace, monkeypatch):
+    import time
+
+    from insite_console.sources import files as files_source
+
+    monkeypatch.setattr(files_source, "RACY_NS", 300_000_000)  # a shorter racy window, to wait it out
     old = workspace.source / "old.txt"
     old.write_text("settled")
     os.utime(old, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    time.sleep(0.5)  # old.txt's ctime (set by the utime) leaves the racy window
     (workspace.source / "fresh.txt").write_text("just written")  # may change again within its mtime's tick
     backup.run(workspace.ws, "tree", "full")
     incremental = backup.run(workspace.ws, "tree", "incremental")
     assert incremental["bytes_read"] == len("just written")  # fresh.txt read again, old.txt reused
+
+
+def test_a_file_whose_ctime_is_within_the_racy_window_is_read_again_next_time(workspace):
+    """Change detection compares the ctime, so its tick is as racy as the mtime's: a file
+    rewritten with its mtime put back (rsync -t, cp -p) just before the scan can be rewritten
+    again within the same ctime tick after it is read, and neither size, mtime nor ctime show it."""
+    path = workspace.source / "config.ini"
+    path.write_text("mode = safe\n")
+    os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))  # old mtime, fresh ctime
+    backup.run(workspace.ws, "tree", "full")
+    incremental = backup.run(workspace.ws, "tree", "incremental")
+    assert incremental["bytes_read"] == len("mode = safe\n")  # not trusted from the racy full backup
 
 
 @needs_root
@@ -446,3 +471,92 @@ def test_restored_files_are_flushed_to_disk_before_the_restore_is_done(workspace
     outcome = restore.run(workspace.ws, result["id"], str(target))
     assert flushed == [True]  # once, on the target's filesystem, after everything was written
     assert outcome["verified"] is True and "syncfs" in outcome["verification"]
+
+
+def test_a_hard_link_group_whose_first_file_vanishes_before_its_read_keeps_its_other_links(workspace, tmp_path,
+                                                                                           monkeypatch):
+    """Log rotation and the like unlink one name of a group while its other names keep the
+    content: the group's first name vanishing between the scan and its read must not lose them."""
+    import contextlib
+
+    from insite_console.sources import files as files_source
+
+    src = workspace.source
+    content = os.urandom(100_000)
+    (src / "a.log").write_bytes(content)
+    os.link(src / "a.log", src / "b.log")
+    os.link(src / "a.log", src / "c.log")
+    original = files_source._open_regular
+
+    @contextlib.contextmanager
+    def racing_open(path, entry):
+        if path.endswith("a.log"):
+            os.unlink(path)  # deleted between the scan and the read
+        with original(path, entry) as handle:
+            yield handle
+
+    monkeypatch.setattr(files_source, "_open_regular", racing_open)
+    result, outcome, restored = _round_trip(workspace, tmp_path)
+    assert any("a.log: vanished before it could be read" in w for w in result["warnings"]), result["warnings"]
+    assert result["bytes_read"] == len(content) and result["files"] == 2  # b.log read once, c.log linked to it
+    assert not os.path.lexists(restored / "a.log")
+    assert (restored / "b.log").read_bytes() == content and (restored / "c.log").read_bytes() == content
+    assert os.stat(restored / "b.log").st_ino == os.stat(restored / "c.log").st_ino
+    assert not outcome.get("warnings"), outcome.get("warnings")
+
+
+@contextlib.contextmanager
+def _mounted_tmpfs(path):
+    """A tmpfs mounted at path (another filesystem inside a restore target), unmounted after."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "none", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@needs_root
+def test_a_hard_link_group_split_across_filesystems_of_the_target_is_restored_as_copies(workspace, tmp_path):
+    src = workspace.source
+    (src / "a").mkdir()
+    (src / "b").mkdir()
+    content = os.urandom(50_000)
+    (src / "a" / "one.bin").write_bytes(content)
+    os.link(src / "a" / "one.bin", src / "b" / "two.bin")
+    os.setxattr(src / "a" / "one.bin", "user.origin", b"group attribute")
+    result = backup.run(workspace.ws, "tree", "full")
+    target = tmp_path / "target"
+    with _mounted_tmpfs(workspace.restored(target) / "b"):  # b is another filesystem in the target
+        outcome = restore.run(workspace.ws, result["id"], str(target))
+        restored = workspace.restored(target)
+        assert (restored / "a" / "one.bin").read_bytes() == content
+        assert (restored / "b" / "two.bin").read_bytes() == content
+        assert os.stat(restored / "b" / "two.bin").st_mode == os.stat(src / "b" / "two.bin").st_mode
+        assert os.getxattr(restored / "b" / "two.bin", "user.origin") == b"group attribute"  # the group's
+        assert any("two.bin" in w and "another filesystem" in w for w in outcome["warnings"]), outcome.get("warnings")
+
+
+@needs_root
+def test_a_restore_flushes_every_filesystem_of_the_target_it_wrote_to(workspace, tmp_path, monkeypatch):
+    (workspace.source / "top.txt").write_text("on the target's filesystem")
+    (workspace.source / "var").mkdir()
+    (workspace.source / "var" / "data.txt").write_text("on a filesystem mounted inside the target")
+    result = backup.run(workspace.ws, "tree", "full")
+    target = tmp_path / "target"
+    flushed = []
+    real = restore._flush_to_disk
+
+    def recording_flush(fd):
+        flushed.append(os.fstat(fd).st_dev)
+        real(fd)
+
+    monkeypatch.setattr(restore, "_flush_to_disk", recording_flush)
+    with _mounted_tmpfs(workspace.restored(target) / "var") as mounted:
+        outcome = restore.run(workspace.ws, result["id"], str(target))
+        assert (mounted / "data.txt").read_text() == "on a filesystem mounted inside the target"
+        assert sorted(flushed) == sorted({os.stat(target).st_dev, os.stat(mounted).st_dev}), flushed
+    assert outcome["verified"] is True

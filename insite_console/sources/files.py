@@ -22,8 +22,8 @@ from insite_console.repo.tree import ParentLookup, sort_key
 from insite_console.sources.base import Entry, Item, ScanContext, Source, point
 
 
-#: a file whose mtime is this close to the scan's start may change again within the same clock
-#: tick after it is read (git's "racy clean" case): it is marked and re-read by the next backup.
+#: a file whose mtime or ctime is this close to the scan's start may change again within the same
+#: clock tick after it is read (git's "racy clean" case): it is marked and re-read by the next backup.
 #: 2 s covers the coarsest common timestamps (FAT); finer ones are covered too.
 RACY_NS = 2_000_000_000
 
@@ -139,13 +139,14 @@ class FilesSource(Source):
         if entry is None:
             return
         if entry.type == "file":
+            # the ctime is compared too, so its tick is as racy as the mtime's (as borg does)
+            entry.racy = max(entry.mtime_ns, entry.ctime_ns) >= state.racy_from_ns
             if st.st_nlink > 1:
                 entry.hardlink = state.links.setdefault((st.st_dev, st.st_ino), entry.path)
-                if entry.link_member:  # content and attributes are the leader's, stored once
-                    entry.chunks = []
-                    yield Item(entry)
+                if entry.link_member:  # content and attributes are the leader's, stored once;
+                    entry.chunks = []  # `open` only if the leader could not be read (it leads then)
+                    yield Item(entry, open=lambda p=path, e=entry: _open_member(p, e, ctx))
                     return
-            entry.racy = entry.mtime_ns >= state.racy_from_ns
             previous = state.parent.get(entry.path)
             if (previous is not None and previous.type == "file" and not previous.racy
                     and not previous.link_member and previous.size == entry.size
@@ -225,6 +226,15 @@ def _open_regular(path: str, entry: Entry) -> Iterator[BinaryIO]:
             raise FileChangedWhileReading(path)
     finally:
         handle.close()
+
+
+@contextlib.contextmanager
+def _open_member(path: str, entry: Entry, ctx: ScanContext) -> Iterator[BinaryIO]:
+    """A hard link read in place of its group's first file, which could not be read: its own
+    extended attributes too, as that first file's would have been."""
+    entry.xattrs = _read_xattrs(path, ctx)
+    with _open_regular(path, entry) as handle:
+        yield handle
 
 
 class FileChangedWhileReading(Exception):
