@@ -282,7 +282,8 @@ def cmd_restore(args) -> int:
             print("  … (plan truncated; totals below count everything)")
     if summary:
         print(f"create {summary.get('to_create', 0)}, overwrite {summary.get('to_overwrite', 0)}, "
-              f"already identical {summary.get('identical', 0)}; "
+              + (f"repair metadata of {summary['to_repair']}, " if summary.get("to_repair") else "")
+              + f"already identical {summary.get('identical', 0)}; "
               f"{clock.human_bytes(summary.get('bytes_to_write', 0))} to write, "
               f"about {clock.human_duration(summary.get('estimated_seconds', 0))} "
               f"({summary.get('estimate_basis', '')})")

@@ -132,9 +132,11 @@ def _overwrites(kind: str, dry: dict) -> dict:
     """What the target holds now that the restore replaces, from the component's dry run."""
     if kind == "files":
         summary = dry.get("summary") or {}
-        return {"items": summary.get("to_overwrite", 0), "identical": summary.get("identical", 0),
+        repairs = summary.get("to_repair", 0)
+        return {"items": summary.get("to_overwrite", 0) + repairs, "identical": summary.get("identical", 0),
                 "what": f"{summary.get('to_overwrite', 0)} existing item(s) overwritten, "
-                        f"{summary.get('to_create', 0)} created, {summary.get('identical', 0)} already identical"}
+                        + (f"{repairs} identical item(s) with their metadata put back, " if repairs else "")
+                        + f"{summary.get('to_create', 0)} created, {summary.get('identical', 0)} already identical"}
     if kind == "redis":
         keys = dry.get("target_keys") or {}
         total = sum(keys.values())

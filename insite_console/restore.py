@@ -459,10 +459,11 @@ def _same_node(entry: Entry, existing: os.stat_result, target: _Target, parts: l
 
 
 def _plan_files(ctx: RestoreContext, target: _Target | None) -> dict[str, Any]:
-    """Classify every selected entry: create, overwrite or skip (already identical)."""
+    """Classify every selected entry: create, overwrite, repair (same content, other metadata)
+    or skip (already identical)."""
     plan: list[dict] = []
-    counts = {"create": 0, "overwrite": 0, "skip": 0}
-    byte_counts = {"create": 0, "overwrite": 0, "skip": 0}
+    counts = {"create": 0, "overwrite": 0, "repair": 0, "skip": 0}
+    byte_counts = {"create": 0, "overwrite": 0, "repair": 0, "skip": 0}
     identical: set[str] = set()
     overwrite_examples: list[str] = []
     groups: dict[str, _LinkGroup] = {}
@@ -498,11 +499,14 @@ def _plan_files(ctx: RestoreContext, target: _Target | None) -> dict[str, Any]:
                     os.close(dir_fd)
             else:
                 action = "overwrite"
+        if action == "skip" and not linked and entry.type != "dir" and _metadata_differs(target, entry, parts):
+            action = "repair"  # same content; mode, owner, times or extended attributes differ
+            # (existing folders are merged into, as tar does: their metadata is put back unasked)
         if group is not None and group.writer is None:
-            group.writer, group.writer_action = entry.path, action
-        if action == "skip" and entry.type != "dir":
+            group.writer, group.writer_action = entry.path, "skip" if action == "repair" else action
+        if action in ("skip", "repair") and entry.type != "dir":
             identical.add(entry.path)
-        if action == "overwrite" and len(overwrite_examples) < 5:
+        if action in ("overwrite", "repair") and len(overwrite_examples) < 5:
             overwrite_examples.append(os.path.join(ctx.target, entry.path))
         size = entry.size if entry.type == "file" and not linked else 0
         counts[action] += 1
@@ -533,7 +537,8 @@ def restore_files(ctx: RestoreContext) -> dict[str, Any]:
     to_write = byte_counts["create"] + byte_counts["overwrite"]
     seconds, basis = ctx.estimate_seconds(to_write)
     summary = {
-        "to_create": counts["create"], "to_overwrite": counts["overwrite"], "identical": counts["skip"],
+        "to_create": counts["create"], "to_overwrite": counts["overwrite"], "to_repair": counts["repair"],
+        "identical": counts["skip"],
         "bytes_to_write": to_write, "estimated_seconds": round(seconds, 1), "estimate_basis": basis,
     }
     warnings = _Warnings()
@@ -543,10 +548,14 @@ def restore_files(ctx: RestoreContext) -> dict[str, Any]:
         return {"files": counts["create"] + counts["overwrite"], "bytes_written": 0, "summary": summary,
                 "plan": planned["plan"], "plan_truncated": sum(counts.values()) > PLAN_LIMIT,
                 **({"warnings": warnings.lines()} if warnings else {})}
-    if counts["overwrite"] and not ctx.yes:
+    if (counts["overwrite"] or counts["repair"]) and not ctx.yes:
         examples = ", ".join(planned["overwrite_examples"])
-        raise RestoreRefused(f"refusing to overwrite {counts['overwrite']} existing item(s) in {ctx.target} "
-                             f"(e.g. {examples}); use --yes to overwrite, or --dry-run to see the plan")
+        what = " and ".join(text for count, text in (
+            (counts["overwrite"], f"overwrite {counts['overwrite']} existing item(s)"),
+            (counts["repair"], f"change the mode, owner, times or attributes of {counts['repair']} identical "
+                               "item(s)")) if count)
+        raise RestoreRefused(f"refusing to {what} in {ctx.target} (e.g. {examples}); use --yes to "
+                             "overwrite, or --dry-run to see the plan")
     ctx.reporter.update(phase="restoring", bytes_total=to_write, files_total=counts["create"] + counts["overwrite"],
                         force=True)
     try:
@@ -701,13 +710,31 @@ class _Node:
             return os.fstat(self.fd)
         return os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
 
+    def differs(self, before: os.stat_result) -> bool:
+        """Would `apply` change anything? Mode, times, owner (when root restores) and extended
+        attributes, read only: the plan of a restore over an existing tree counts these."""
+        entry = self.entry
+        if entry.type != "symlink" and stat.S_IMODE(before.st_mode) != entry.mode & 0o7777:
+            return True
+        if before.st_mtime_ns != entry.mtime_ns or (_IS_ROOT and (before.st_uid, before.st_gid) != (entry.uid, entry.gid)):
+            return True
+        wanted = self.entry.xattrs or {}
+        try:
+            present = [name for name in os.listxattr(self._xpath, **self._nofollow)
+                       if name in wanted or not name.startswith(_SYSTEM_LABELS) or name == _CAPABILITY]
+            return set(present) != set(wanted) or any(
+                os.getxattr(self._xpath, name, **self._nofollow) != value for name, value in wanted.items())
+        except OSError:
+            return bool(wanted)  # cannot read them: apply will try, and warn if it cannot
+
     def apply(self, warnings: _Warnings, before: os.stat_result | None = None) -> bool:
         """Put back owner, extended attributes, mode and times, in that order (a chown clears
         setuid bits and capabilities; an ACL sets the group bits). With `before` (the node's
         state), whether anything differed."""
         entry, path = self.entry, "/" + self.entry.path
         differed = before is not None and (
-            stat.S_IMODE(before.st_mode) != entry.mode & 0o7777 or before.st_mtime_ns != entry.mtime_ns
+            (entry.type != "symlink" and stat.S_IMODE(before.st_mode) != entry.mode & 0o7777)
+            or before.st_mtime_ns != entry.mtime_ns
             or (_IS_ROOT and (before.st_uid, before.st_gid) != (entry.uid, entry.gid)))
         if _IS_ROOT:  # owners come back only when root restores (root's own 0:0 included)
             try:
@@ -764,19 +791,29 @@ class _Node:
 def _reapply_metadata(target: _Target, entry: Entry, parts: list[str], warnings: _Warnings) -> bool:
     """An identical node keeps its content, but its owner, mode, times and extended attributes
     are put back (a restore over a tampered tree repairs them); True if any differed."""
+    return _on_existing(target, entry, parts, lambda node, before: node.apply(warnings, before))
+
+
+def _metadata_differs(target: _Target, entry: Entry, parts: list[str]) -> bool:
+    return _on_existing(target, entry, parts, lambda node, before: node.differs(before))
+
+
+def _on_existing(target: _Target, entry: Entry, parts: list[str], use) -> bool:
+    """`use(node, its stat)` on the existing node at `parts`: a file by its descriptor (opened
+    without following a symlink or blocking on a FIFO), any other node by its name."""
     dir_fd = target.open_dir(parts[:-1], create=False)
     if dir_fd is None:
         return False
     try:
         if entry.type != "file":
             node = _Node(entry, dir_fd=dir_fd, name=parts[-1])
-            return node.apply(warnings, node.stat())
+            return use(node, node.stat())
         fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 raise RestoreRefused(f"{os.path.join(target.root, entry.path)} changed during the restore")
-            return _Node(entry, fd=fd).apply(warnings, before)
+            return use(_Node(entry, fd=fd), before)
         finally:
             os.close(fd)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 
 import pytest
 
@@ -390,6 +391,13 @@ def test_a_restore_over_a_tampered_identical_tree_repairs_its_metadata(workspace
     os.chmod(restored / "bin" / "run", 0o4755)
     os.chown(restored / "current", 65534, 65534, follow_symlinks=False)
     os.utime(restored / "bin" / "run")
+    planned = restore.run(workspace.ws, result["id"], str(tmp_path / "target"), dry_run=True)
+    assert planned["summary"]["to_repair"] == 3 and planned["summary"]["to_overwrite"] == 0
+    assert sorted(item["path"].rsplit("/", 1)[-1] for item in planned["plan"] if item["action"] == "repair") == \
+        ["app.conf", "current", "run"]
+    with pytest.raises(RestoreRefused, match="change the mode, owner, times or attributes of 3 identical item"):
+        restore.run(workspace.ws, result["id"], str(tmp_path / "target"))  # without --yes: nothing changes
+    assert stat.S_IMODE(os.stat(restored / "app.conf").st_mode) == 0o666
     again = restore.run(workspace.ws, result["id"], str(tmp_path / "target"), yes=True)
     assert again["files"] == 0 and again["skipped_identical"] >= 3  # no content written
     assert again["metadata_repaired"] == 3

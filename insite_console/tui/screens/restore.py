@@ -201,7 +201,7 @@ class RestoreWizard(InsiteScreen):
         back.label = {PROGRESS: "■ Cancel restore", RESULT: "◀ New restore"}.get(step, "◀ Back")
         nxt.display = step not in (PROGRESS, RESULT)
         nxt.label = "Restore ▶" if step == CONFIRM else "Next ▶"
-        nxt.variant = "error" if step == CONFIRM and self.overwrites else "primary"
+        nxt.variant = "error" if step == CONFIRM and (self.overwrites or self.repairs) else "primary"
         nxt.disabled = step == PLAN and (self.plan is None or self.plan_failed)
         if step == WHAT:  # each step starts on its first field
             kind = self.query_one("#restore-kind", Select)
@@ -611,7 +611,8 @@ class RestoreWizard(InsiteScreen):
         lines = [
             self.asked_text(self.backup),
             f"Create [b]{summary.get('to_create', 0):,}[/] · overwrite [b]{summary.get('to_overwrite', 0):,}[/] · "
-            f"already identical {summary.get('identical', 0):,} · {model.size_text(summary.get('bytes_to_write', 0))}"
+            + (f"repair metadata [b]{summary['to_repair']:,}[/] · " if summary.get("to_repair") else "")
+            + f"already identical {summary.get('identical', 0):,} · {model.size_text(summary.get('bytes_to_write', 0))}"
             f" to write · about {clock.human_duration(summary.get('estimated_seconds', 0))} "
             f"({escape(summary.get('estimate_basis', ''))})",
         ]
@@ -627,7 +628,8 @@ class RestoreWizard(InsiteScreen):
         for item in message.plan.get("plan", []):
             if item["type"] == "dir" and item["action"] == "skip":
                 continue
-            mark = {"create": "+ create", "overwrite": "! overwrite", "skip": "= identical"}.get(item["action"],
+            mark = {"create": "+ create", "overwrite": "! overwrite", "repair": "~ metadata",
+                    "skip": "= identical"}.get(item["action"],
                                                                                                   item["action"])
             table.add_row(mark, item["type"], item["path"], model.size_text(item.get("bytes")))
             shown += 1
@@ -640,6 +642,11 @@ class RestoreWizard(InsiteScreen):
     @property
     def overwrites(self) -> int:
         return int(((self.plan or {}).get("summary") or {}).get("to_overwrite", 0))
+
+    @property
+    def repairs(self) -> int:
+        """Identical items whose mode, owner, times or attributes the restore puts back."""
+        return int(((self.plan or {}).get("summary") or {}).get("to_repair", 0))
 
     # ----- 5. confirm -------------------------------------------------------------------------
 
@@ -658,9 +665,12 @@ class RestoreWizard(InsiteScreen):
             f"{model.size_text(summary.get('bytes_to_write', 0))} to write.",
         ]
         field = self.query_one("#confirm-input", Input)
-        if self.overwrites:
-            lines.append(f"\n[$error][b]✗ {self.overwrites:,} existing item(s) will be overwritten.[/][/] "
-                         "Type the target exactly to confirm:")
+        if self.overwrites or self.repairs:
+            changed = " and ".join(text for count, text in (
+                (self.overwrites, f"{self.overwrites:,} existing item(s) will be overwritten"),
+                (self.repairs, f"{self.repairs:,} identical item(s) get their mode, owner, times or attributes "
+                               "put back")) if count)
+            lines.append(f"\n[$error][b]✗ {changed}.[/][/] Type the target exactly to confirm:")
             lines.append(f"  [b]{escape(target)}[/]")
             field.display = True
             field.placeholder = target
@@ -674,7 +684,7 @@ class RestoreWizard(InsiteScreen):
         if self.over_source:
             lines.append("[$warning]▲ this is over production:[/] give a reason or ticket id below "
                          "(recorded with the restore, in the history: key 6).")
-            if not self.overwrites:
+            if not (self.overwrites or self.repairs):
                 reason.focus()
         self.query_one("#confirm-error", Static).update("")
         self.query_one("#confirm-text", Static).update("\n".join(lines))
@@ -696,7 +706,7 @@ class RestoreWizard(InsiteScreen):
         if self.plan is None:
             self.show_step(PLAN)
             return
-        if self.overwrites and self.query_one("#confirm-input", Input).value.strip() != self.target:
+        if (self.overwrites or self.repairs) and self.query_one("#confirm-input", Input).value.strip() != self.target:
             self.query_one("#confirm-error", Static).update(
                 "[$error]✗ that is not the target: nothing was written. Type it exactly, or go back.[/]")
             return
@@ -705,7 +715,7 @@ class RestoreWizard(InsiteScreen):
                 "[$error]✗ a restore over production needs a reason or ticket id: nothing was written.[/]")
             self.query_one("#reason-input", Input).focus()
             return
-        job = self.app.start_restore(self.backup["id"], self.target, self.includes, overwrite=bool(self.overwrites),
+        job = self.app.start_restore(self.backup["id"], self.target, self.includes, overwrite=bool(self.overwrites or self.repairs),
                                      at=self.engine_at, reason=self.reason if self.over_source else None)
         if job is None:
             return
@@ -774,7 +784,7 @@ class RestoreWizard(InsiteScreen):
         try:
             plan = restore.run(self.app.workspace, backup["id"], target, includes=includes, dry_run=True)
             summary = plan.get("summary", {})
-            differ = summary.get("to_create", 0) + summary.get("to_overwrite", 0)
+            differ = summary.get("to_create", 0) + summary.get("to_overwrite", 0) + summary.get("to_repair", 0)
             if differ == 0:
                 text = (f"[$success]✓ the target matches the backup:[/] {summary.get('identical', 0):,} "
                         "item(s) identical to what was recorded at backup time")
@@ -813,7 +823,9 @@ def preflight(backup: dict, target: str, plan: dict, source_type: str) -> list[t
             checks.append((None, f"free space unknown: {exc.strerror}"))
     for problem in plan.get("problems") or []:  # the engine's own pre-flight (e.g. physical PostgreSQL)
         checks.append((False, str(problem)))
-    overwrite = summary.get("to_overwrite", 0)
+    overwrite, repair = summary.get("to_overwrite", 0), summary.get("to_repair", 0)
     checks.append((True, "nothing existing is overwritten") if not overwrite else
                   (None, f"{overwrite:,} existing item(s) will be overwritten (you will type the target to confirm)"))
+    if repair:
+        checks.append((None, f"{repair:,} identical item(s) get their mode, owner, times or attributes put back"))
     return checks
