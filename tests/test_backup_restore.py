@@ -435,14 +435,14 @@ def test_restored_files_are_flushed_to_disk_before_the_restore_is_done(workspace
     result = backup.run(workspace.ws, "tree", "full")
     target = tmp_path / "target"
     flushed = []
-    real = restore._flush_to_disk
+    real = restore.flush_to_disk
 
     def recording_flush(fd):
         flushed.append(os.path.samestat(os.fstat(fd), os.stat(target))
                        and (workspace.restored(target) / "data.txt").read_text() == "durable")
         real(fd)
 
-    monkeypatch.setattr(restore, "_flush_to_disk", recording_flush)
+    monkeypatch.setattr(restore, "flush_to_disk", recording_flush)
     outcome = restore.run(workspace.ws, result["id"], str(target))
     assert flushed == [True]  # once, on the target's filesystem, after everything was written
     assert outcome["verified"] is True and "syncfs" in outcome["verification"]
