@@ -179,6 +179,15 @@ def test_gap_in_the_archive_is_shown_and_refused(archive, pg_factory):
         assert health["health"] == "wal_gap" and health["wal_archive"]["gaps"][0]["first"] == middle
         assert gap.returncode == 2 and health["level"] == "critical"  # a monitoring plugin's CRITICAL
         assert "WAL GAP" in run_as_postgres(config, "status", check=False).stdout
+        from insite_console.tui import model  # the console's dashboard row for the policy
+        from insite_console.workspace import Workspace
+
+        ws = Workspace.load(config)
+        try:
+            [row] = model.policy_health(ws)
+        finally:
+            ws.close()
+        assert row["shown"] == "wal_gap" and "WAL gap" in model.status_label(row["shown"])[0], row["shown"]
 
         target = Path(pg_factory.make_dir("walsafe-gap"))
         for extra in ((), ("--at", archive["before_batch"][2])):
