@@ -56,8 +56,19 @@ class _Collector:
         rpo = GaugeMetricFamily("insite_policy_rpo_seconds", "The policy's RPO target", labels=["policy"])
         lag = GaugeMetricFamily("insite_wal_archive_lag_seconds",
                                 "Age of the newest archived WAL of a physical PostgreSQL source", labels=["source"])
+        streaming = GaugeMetricFamily("insite_wal_stream_running",
+                                      "1 while a wal-stream (pg_receivewal) process streams the source, 0 when the "
+                                      "one seen before stopped, is gone or missed its heartbeat; absent if none ran",
+                                      labels=["source"])
+        beat_at = GaugeMetricFamily("insite_wal_stream_last_heartbeat_timestamp_seconds",
+                                    "When the source's newest wal-stream heartbeat was recorded (Unix time)",
+                                    labels=["source"])
+        beat_age = GaugeMetricFamily("insite_wal_stream_heartbeat_age_seconds",
+                                     "Age of the source's newest wal-stream heartbeat when the metrics were made",
+                                     labels=["source"])
         counts = ws.catalog.failure_counts()
         lags: dict[str, float] = {}
+        streams: dict[str, dict] = {}
         for row in rows:
             name = row["policy"]
             failures.add_metric([name], counts.get(name, 0))
@@ -72,11 +83,17 @@ class _Collector:
             window = row.get("restorable_window")
             if window and window.get("archive_lag_seconds") is not None:
                 lags[row["source"]] = window["archive_lag_seconds"]
+            if row.get("wal_stream"):
+                streams[row["source"]] = row["wal_stream"]
         for source, seconds in sorted(lags.items()):
             lag.add_metric([source], seconds)
+        for source, stream in sorted(streams.items()):
+            streaming.add_metric([source], 1 if stream["running"] else 0)
+            beat_at.add_metric([source], clock.parse_iso(stream["last_beat"]).timestamp())
+            beat_age.add_metric([source], stream["age_seconds"])
         tick = GaugeMetricFamily("insite_scheduler_last_tick_timestamp_seconds",
                                  "The newest scheduler heartbeat in this catalog (Unix time); absent if none ever ran")
         beats = ws.catalog.scheduler_beats(limit=1)
         if beats:
             tick.add_metric([], clock.parse_iso(beats[0]["last_tick"]).timestamp())
-        yield from (success, duration, stored, failures, rpo, lag, tick)
+        yield from (success, duration, stored, failures, rpo, lag, streaming, beat_at, beat_age, tick)

@@ -468,14 +468,14 @@ def test_restored_files_are_flushed_to_disk_before_the_restore_is_done(workspace
     result = backup.run(workspace.ws, "tree", "full")
     target = tmp_path / "target"
     flushed = []
-    real = restore._flush_to_disk
+    real = restore.flush_to_disk
 
     def recording_flush(fd):
         flushed.append(os.path.samestat(os.fstat(fd), os.stat(target))
                        and (workspace.restored(target) / "data.txt").read_text() == "durable")
         real(fd)
 
-    monkeypatch.setattr(restore, "_flush_to_disk", recording_flush)
+    monkeypatch.setattr(restore, "flush_to_disk", recording_flush)
     outcome = restore.run(workspace.ws, result["id"], str(target))
     assert flushed == [True]  # once, on the target's filesystem, after everything was written
     assert outcome["verified"] is True and "syncfs" in outcome["verification"]
@@ -556,13 +556,13 @@ def test_a_restore_flushes_every_filesystem_of_the_target_it_wrote_to(workspace,
     result = backup.run(workspace.ws, "tree", "full")
     target = tmp_path / "target"
     flushed = []
-    real = restore._flush_to_disk
+    real = restore.flush_to_disk
 
     def recording_flush(fd):
         flushed.append(os.fstat(fd).st_dev)
         real(fd)
 
-    monkeypatch.setattr(restore, "_flush_to_disk", recording_flush)
+    monkeypatch.setattr(restore, "flush_to_disk", recording_flush)
     with _mounted_tmpfs(workspace.restored(target) / "var") as mounted:
         outcome = restore.run(workspace.ws, result["id"], str(target))
         assert (mounted / "data.txt").read_text() == "on a filesystem mounted inside the target"

@@ -166,3 +166,31 @@ def test_delta_restore_writes_only_what_differs(checked, pg_factory):
     refused = run_as_postgres(config, "restore", base, "--target", str(other), "--delta", check=False)
     assert refused.returncode == 1 and "is not a PostgreSQL data directory" in refused.stderr, refused.stderr
     assert (other / "notes.txt").exists()
+
+
+def test_laid_out_pgdata_is_flushed_to_disk_before_the_restore_is_done(checked, pg_factory):
+    """A physical restore without --start-port says `succeeded` once PGDATA is laid out; a crash
+    right after must not find files still in the page cache (pgBackRest fsyncs what it
+    restores). Traced with strace: a syncfs of the restored PGDATA, after its last file is
+    written. Before, nothing flushed it (only the file-tree restore did)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    target = Path(pg_factory.make_dir(f"bbchecks-sync-{free_port()}"))
+    trace = Path(pg_factory.make_dir("bbchecks-trace")) / "restore.strace"
+    from tests.test_postgresql import CONSOLE
+
+    command = ["strace", "-f", "-qq", "-y", "-e", "trace=syncfs,openat", "-e", "signal=none", "-o", str(trace),
+               "runuser", "-u", "postgres", "--", CONSOLE, "-c", str(checked["config"]), "restore",
+               checked["base"]["id"], "--target", str(target), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    lines = trace.read_text().splitlines()
+    synced = [n for n, line in enumerate(lines) if "syncfs(" in line and f"<{target}>" in line and "= 0" in line]
+    assert synced, "no syncfs of the restored PGDATA"
+    wrote = [n for n, line in enumerate(lines) if "openat(" in line and str(target) in line and "O_CREAT" in line
+             and "= -1" not in line]
+    assert wrote and max(wrote) < synced[-1], "a file was created in PGDATA after the flush"

@@ -179,6 +179,15 @@ def test_gap_in_the_archive_is_shown_and_refused(archive, pg_factory):
         assert health["health"] == "wal_gap" and health["wal_archive"]["gaps"][0]["first"] == middle
         assert gap.returncode == 2 and health["level"] == "critical"  # a monitoring plugin's CRITICAL
         assert "WAL GAP" in run_as_postgres(config, "status", check=False).stdout
+        from insite_console.tui import model  # the console's dashboard row for the policy
+        from insite_console.workspace import Workspace
+
+        ws = Workspace.load(config)
+        try:
+            [row] = model.policy_health(ws)
+        finally:
+            ws.close()
+        assert row["shown"] == "wal_gap" and "WAL gap" in model.status_label(row["shown"])[0], row["shown"]
 
         target = Path(pg_factory.make_dir("walsafe-gap"))
         for extra in ((), ("--at", archive["before_batch"][2])):
@@ -224,6 +233,22 @@ def test_rpo_of_a_physical_source_is_the_wal_archive_lag(archive):
         assert row["health"] == "ok", row
         later = status.policy_health(ws, "db", now + clock.parse_duration("20m"))
         assert later["health"] == "breach" and later["data_loss_seconds"] > 900
+        # the console's dashboard shows that data-loss window, not the hour-old base backup against 15m
+        from insite_console.tui import model
+
+        [shown] = model.policy_health(ws, now)
+        assert shown["shown"] == "ok" and shown["age_vs_rpo"].startswith("WAL ") and shown["age_vs_rpo"].endswith(" / 15m")
+        assert "1h" not in shown["age_vs_rpo"], shown["age_vs_rpo"]
+        # a drill's check_rpo step judges it the same way (it used to fail on the base backup's age)
+        from insite_console.dr.actions import StepContext, run
+        from insite_console.dr.scenarios import Step
+
+        step = Step(id="rpo", action="check the RPO", role="dba", kind="check_rpo", policy="db")
+        checked = run(StepContext(ws, "drill-rpo", now, None), step)
+        assert checked["status"] == "passed" and checked["data_loss_seconds"] < 600, checked
+        assert "newest archived WAL of db is" in checked["notes"]
+        stale = run(StepContext(ws, "drill-rpo", now + clock.parse_duration("20m"), None), step)
+        assert stale["status"] == "failed" and stale["data_loss_seconds"] > 900, stale
     finally:
         ws.close()
 

@@ -85,6 +85,11 @@ def test_wal_stream_archives_completed_segments(pg_factory, tmp_path):
         assert "wal-stream running on " in cli("wal", "db").stdout
         assert cluster.sql("SELECT slot_name, active FROM pg_replication_slots") == [("insite_db", True)]
         assert _running_receivewal(spool)
+        # Prometheus sees the same: running, with a heartbeat beaten within a few intervals
+        samples = _stream_metrics(cli)
+        assert samples["insite_wal_stream_running"] == 1
+        assert 0 <= samples["insite_wal_stream_heartbeat_age_seconds"] < 30
+        assert abs(samples["insite_wal_stream_last_heartbeat_timestamp_seconds"] - time.time()) < 30
     finally:
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
@@ -104,6 +109,16 @@ def _status_row(cli) -> dict:
     return json.loads(done.stdout)[0]
 
 
+def _stream_metrics(cli) -> dict[str, float]:
+    """The wal-stream samples of `metrics` for source db, parsed back as Prometheus reads them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    done = cli("metrics")
+    assert done.returncode == 0, done.stderr
+    return {sample.name: sample.value for family in text_string_to_metric_families(done.stdout)
+            for sample in family.samples if sample.name.startswith("insite_wal_stream") and sample.labels == {"source": "db"}}
+
+
 def test_status_shows_the_streamer_running_then_gone(pg_factory, tmp_path):
     """The heartbeat in the catalog: `status` (and --json) says a wal-stream streams the source,
     from which host and pid, the segment in progress; killed (no clean stop), it is a WARNING
@@ -118,6 +133,7 @@ def test_status_shows_the_streamer_running_then_gone(pg_factory, tmp_path):
 
     assert cli("init").returncode == 0
     assert _status_row(cli)["wal_stream"] is None  # never streamed: nothing to say
+    assert _stream_metrics(cli) == {}
     spool = tmp_path / "state" / "wal-stream" / "db"
     proc = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(config), "wal-stream", "db"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -131,6 +147,11 @@ def test_status_shows_the_streamer_running_then_gone(pg_factory, tmp_path):
         assert f"wal-stream running on {stream['host']} (pid {proc.pid}): receiving {current}.partial" in cli("status").stdout
         assert not any("wal-stream" in problem for problem in rows[-1]["problems"])
         assert _running_receivewal(spool)
+        # Prometheus sees the same: running, with a heartbeat beaten within a few intervals
+        samples = _stream_metrics(cli)
+        assert samples["insite_wal_stream_running"] == 1
+        assert 0 <= samples["insite_wal_stream_heartbeat_age_seconds"] < 30
+        assert abs(samples["insite_wal_stream_last_heartbeat_timestamp_seconds"] - time.time()) < 30
     finally:
         proc.kill()  # a crash: no clean stop recorded
         proc.wait(30)
@@ -142,6 +163,9 @@ def test_status_shows_the_streamer_running_then_gone(pg_factory, tmp_path):
     assert any(problem.startswith(warning) and f"(pid {proc.pid})" in problem for problem in row["problems"]), row
     assert row["level"] in ("warning", "critical")
     assert warning in cli("status").stdout
+    gone = _stream_metrics(cli)  # an alert on insite_wal_stream_running == 0 fires
+    assert gone["insite_wal_stream_running"] == 0
+    assert gone["insite_wal_stream_last_heartbeat_timestamp_seconds"] >= samples["insite_wal_stream_last_heartbeat_timestamp_seconds"]
     listing = cli("wal", "db").stdout  # its status file still says "receiving": the heartbeat says gone
     assert warning in listing and "in progress:" not in listing
     # streaming given up on purpose: forgotten, status no longer warns
@@ -149,6 +173,7 @@ def test_status_shows_the_streamer_running_then_gone(pg_factory, tmp_path):
     assert forgot.returncode == 0 and "forgot 1 stopped streamer(s)" in forgot.stdout, forgot.stderr
     assert f"(pid {proc.pid})" in forgot.stdout
     assert _status_row(cli)["wal_stream"] is None
+    assert _stream_metrics(cli) == {}
 
 
 def test_wal_stream_refuses_a_history_file_from_another_cluster(pg_cluster, pg_factory, tmp_path):

@@ -141,6 +141,7 @@ def restore_physical(ctx) -> dict[str, Any]:
                 os.unlink(os.path.join(target, name))
         if owner is not None:
             _chown_tree(target, *owner)
+        _flush(target)
     except BaseException:
         if in_place:  # the old PGDATA is partly replaced already: left for a second --delta run
             raise
@@ -246,6 +247,18 @@ def _delta_problems(target: str, archived=lambda name: False, source: str = "SOU
                         f"first (insite-console wal-push {source} {target}/pg_wal/NAME, oldest first), then run "
                         "the --delta restore again")
     return problems
+
+
+def _flush(target: str) -> None:
+    """The laid-out PGDATA is durable before the restore says so (pgBackRest fsyncs what it
+    restores): a crash after `succeeded` must not leave a zeroed or missing file behind."""
+    from insite_console.restore import flush_to_disk
+
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flush_to_disk(fd)
+    finally:
+        os.close(fd)
 
 
 def _move_old_wal(target: str) -> str | None:

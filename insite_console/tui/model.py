@@ -147,12 +147,16 @@ def policy_health(ws, now: datetime | None = None) -> list[dict[str, Any]]:
         row = dict(row, shown=shown, scheduler=scheduler)
         age = row["age_seconds"]
         rpo = row["rpo_seconds"]
+        shown_age = clock.human_duration(age) if age is not None else None
+        if age is not None and row.get("rpo_basis") == "wal_archive_lag":
+            # as status judges it: a physical source loses at most its archive lag, not the base backup's age
+            shown_age = f"WAL {clock.human_duration(row['data_loss_seconds'])}"
         if age is None:
             row["age_vs_rpo"] = "—"
         elif rpo:
-            row["age_vs_rpo"] = f"{clock.human_duration(age)} / {clock.human_duration(rpo)}"
+            row["age_vs_rpo"] = f"{shown_age} / {clock.human_duration(rpo)}"
         else:
-            row["age_vs_rpo"] = f"{clock.human_duration(age)} (no RPO)"
+            row["age_vs_rpo"] = f"{shown_age} (no RPO)"
         rows.append(row)
     return rows
 
