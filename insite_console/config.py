@@ -351,15 +351,7 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
     groups: dict[str, dict[str, dict]] = {}
     for group in ("storage", "source"):
         groups[group] = {}
-        tables = raw.get(group, {})
-        if not isinstance(tables, dict):
-            problems.append(f"{where}: [{group}] must contain named tables like [{group}.NAME]")
-            continue
-        for name, table in tables.items():
-            label = f"{group}.{name}"
-            if not isinstance(table, dict):
-                problems.append(f"{where}: {label}: must be a table")
-                continue
+        for name, label, table in _named_tables(raw, group, where, problems):
             kind = table.get("type")
             kinds = SCHEMAS[group]
             if not isinstance(kind, str) or kind not in kinds:
@@ -386,15 +378,7 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
                             f"file: remove it and use {variable}")
 
     policies: dict[str, dict] = {}
-    raw_policies = raw.get("policy", {})
-    if not isinstance(raw_policies, dict):
-        problems.append(f"{where}: [policy] must contain named tables like [policy.NAME]")
-        raw_policies = {}
-    for name, table in raw_policies.items():
-        label = f"policy.{name}"
-        if not isinstance(table, dict):
-            problems.append(f"{where}: {label}: must be a table")
-            continue
+    for name, label, table in _named_tables(raw, "policy", where, problems):
         check_table(table, POLICY_KEYS, label)
         source, storage = table.get("source"), table.get("storage")
         if isinstance(source, str) and source not in groups["source"]:
@@ -414,8 +398,8 @@ def validate(raw: dict[str, Any], path: Path) -> Config:
         policy.update(table)
         policies[name] = policy
 
-    policy_groups = _groups(raw.get("group", {}), policies, where, check_table, problems)
-    recoveries = _recoveries(raw.get("recovery", {}), policies, groups["source"], base_dir, where, problems,
+    policy_groups = _groups(raw, policies, where, check_table, problems)
+    recoveries = _recoveries(raw, policies, groups["source"], base_dir, where, problems,
                              policy_groups)
     alerts = _check_alerts(raw.get("alert", []), where, check_table, problems)
 
@@ -444,17 +428,25 @@ GROUP_KEYS: dict[str, tuple[Check, bool]] = {
 }
 
 
-def _groups(tables: Any, policies: dict, where: str, check_table, problems: list[str]) -> dict[str, dict]:
-    """`[group.NAME]`: policies backed up at one moment as one restore point, on a schedule of its own."""
+def _named_tables(raw: dict, section: str, where: str, problems: list[str]):
+    """The `[SECTION.NAME]` tables of one section, each as (name, label, table); a section that is
+    not a table of tables, or an entry that is not a table, is reported and skipped."""
+    tables = raw.get(section, {})
     if not isinstance(tables, dict):
-        problems.append(f"{where}: [group] must contain named tables like [group.NAME]")
-        return {}
-    result: dict[str, dict] = {}
+        problems.append(f"{where}: [{section}] must contain named tables like [{section}.NAME]")
+        return
     for name, table in tables.items():
-        label = f"group.{name}"
+        label = f"{section}.{name}"
         if not isinstance(table, dict):
             problems.append(f"{where}: {label}: must be a table")
             continue
+        yield name, label, table
+
+
+def _groups(raw: dict, policies: dict, where: str, check_table, problems: list[str]) -> dict[str, dict]:
+    """`[group.NAME]`: policies backed up at one moment as one restore point, on a schedule of its own."""
+    result: dict[str, dict] = {}
+    for name, label, table in _named_tables(raw, "group", where, problems):
         check_table(table, GROUP_KEYS, label)
         members = table.get("policies") if not _is_str_list(table.get("policies")) else []
         if "policies" in table and not members:
@@ -470,19 +462,12 @@ def _groups(tables: Any, policies: dict, where: str, check_table, problems: list
     return result
 
 
-def _recoveries(tables: Any, policies: dict, sources: dict, base_dir: Path, where: str,
+def _recoveries(raw: dict, policies: dict, sources: dict, base_dir: Path, where: str,
                 problems: list[str], policy_groups: dict[str, dict]) -> dict[str, dict]:
     """`[recovery.NAME]`: components (policies, in the order they come back), a target for each,
     optional includes per component; a plan that names no known policy is refused here, not mid-recovery."""
-    if not isinstance(tables, dict):
-        problems.append(f"{where}: [recovery] must contain named tables like [recovery.NAME]")
-        return {}
     plans: dict[str, dict] = {}
-    for name, table in tables.items():
-        label = f"recovery.{name}"
-        if not isinstance(table, dict):
-            problems.append(f"{where}: {label}: must be a table")
-            continue
+    for name, label, table in _named_tables(raw, "recovery", where, problems):
         for key in table:
             if key not in RECOVERY_KEYS:
                 problems.append(f"{where}: {label}.{key}: unknown key (expected one of: {', '.join(RECOVERY_KEYS)})")

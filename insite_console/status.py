@@ -154,7 +154,7 @@ def overdue_drills(ws, now: datetime) -> dict[str, list[dict[str, Any]]]:
             continue
         entry = {"scenario": scenario.id, "last_drill_at": last, "cadence": ws.config.dr["cadence"],
                  "cadence_seconds": cadence}
-        for name in sorted({p for selector in scenario.policies for p in scenarios._policies_for(ws, selector)}):
+        for name in scenarios.covered_policies(ws, scenario):
             overdue.setdefault(name, []).append(entry)
     return overdue
 

@@ -130,3 +130,15 @@ def test_passwords_in_the_config_file_are_refused(tmp_path, source):
     message = str(info.value)
     assert "source.db." in message and "holds a password" in message
     assert "s3cret" not in message
+
+
+
+@pytest.mark.parametrize("section", ["storage", "source", "policy", "group", "recovery"])
+@pytest.mark.parametrize("text, expected", [
+    ("{s} = 1\n", "[{s}] must contain named tables like [{s}.NAME]"),  # not a table at all
+    ("[{s}]\nbroken = 1\n", "{s}.broken: must be a table"),              # [group] x = 1, not [group.x]
+])
+def test_a_named_table_section_of_the_wrong_shape_is_named(tmp_path, section, text, expected):
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text.format(s=section))
+    assert expected.format(s=section) in str(info.value)

@@ -318,12 +318,19 @@ def _check_cycles(steps: list[Step], file: str) -> None:
         pending = [s for s in pending if s not in ready]
 
 
-def _policies_for(ws, selector: str) -> list[str]:
+def policies_for(ws, selector: str) -> list[str]:
+    """The configured policies a selector names: itself, or every policy whose source is of the
+    selector's kinds (`@databases`, `@all`, ...)."""
     if selector not in SELECTORS:
         return [selector]
     wanted = SELECTORS[selector]
     return sorted(name for name, policy in ws.config.policies.items()
                   if wanted is None or ws.config.sources[policy["source"]]["type"] in wanted)
+
+
+def covered_policies(ws, scenario: Scenario) -> list[str]:
+    """The policies a scenario covers (its `policies`, selectors expanded), sorted, each once."""
+    return sorted({name for selector in scenario.policies for name in policies_for(ws, selector)})
 
 
 def _expand(steps: list[Step], ws, file: str) -> tuple[list[Step], list[dict]]:
@@ -350,7 +357,7 @@ def _expand(steps: list[Step], ws, file: str) -> tuple[list[Step], list[dict]]:
             expanded[step.id] = [step]
             out.append(step)
             continue
-        names = _policies_for(ws, step.policy)
+        names = policies_for(ws, step.policy)
         if not names:
             expanded[step.id], inherited[step.id] = [], after
             dropped.append({"step": step.id, "kind": step.kind, "action": step.action,

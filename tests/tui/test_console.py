@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Input, Static
 
 from insite_console import clock, who
 from insite_console.tui.messages import JobFinished, JobProgress
+from tests.tui.tables import keyed_rows
 
 
 async def settle(app, pilot, delay: float = 0.05) -> None:
@@ -25,10 +26,6 @@ def static_text(app, selector: str) -> str:
     return str(app.screen.query_one(selector, Static).render())
 
 
-def table_rows(table: DataTable) -> list[list[str]]:
-    return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
-
-
 # ----- dashboard ----------------------------------------------------------------------------
 
 
@@ -37,10 +34,10 @@ async def test_dashboard_is_first_and_shows_health(make_app):
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         assert app.current_mode == "dashboard"
-        rows = table_rows(app.screen.query_one("#health", DataTable))
-        assert [row[1] for row in rows] == ["app_files", "etc"]
-        assert all(row[0].startswith("✓ ok") for row in rows)  # a symbol and a word, not only a colour
-        assert "2026" in rows[0][4]  # next run from the cron schedule
+        rows = keyed_rows(app.screen.query_one("#health", DataTable))
+        assert [row["policy"] for row in rows] == ["app_files", "etc"]
+        assert all(row["status"].startswith("✓ ok") for row in rows)  # a symbol and a word, not only a colour
+        assert "2026" in rows[0]["next"]  # next run from the cron schedule
         assert "local (local)" in static_text(app, "#storage")
         assert "succeeded" in static_text(app, "#events")
 
@@ -58,17 +55,17 @@ async def test_backup_now_runs_in_a_worker_and_finishes_in_live_jobs(make_app, c
         await settle(app, pilot)
         await pilot.press("3")
         await pilot.pause()
-        rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][0] == "✓ ok" and rows[0][1] == "backup" and rows[0][2] == "app_files"
-        assert rows[0][8] == f"{who.user()}@{socket.gethostname()} · console"
+        rows = keyed_rows(app.screen.query_one("#job-table", DataTable))
+        assert (rows[0]["status"], rows[0]["kind"], rows[0]["subject"]) == ("✓ ok", "backup", "app_files")
+        assert rows[0]["origin"] == f"{who.user()}@{socket.gethostname()} · console"
         assert "· this console ·" in static_text(app, "#job-facts")
         done = rows[0]
-        assert done[6] != "—"  # how long it took
+        assert done["duration"] != "—"  # how long it took
         assert "Done: " in static_text(app, "#job-facts")
         assert "succeeded" in static_text(app, "#job-log")
     assert console_workspace.catalog.count_backups() == before + 1
     made = console_workspace.catalog.backups(policy="app_files")[0]
-    assert done[3] == f"{made['files']:,} files · {clock.human_bytes(made['bytes_read'])}"  # its final totals
+    assert done["progress"] == f"{made['files']:,} files · {clock.human_bytes(made['bytes_read'])}"  # its final totals
     assert any(isinstance(m, JobProgress) for m in messages)
     finished = [m for m in messages if isinstance(m, JobFinished)]
     assert finished and finished[0].status == "succeeded" and finished[0].result["policy"] == "app_files"
@@ -86,14 +83,14 @@ async def test_runs_of_other_processes_appear_and_finishing_one_toasts(make_app,
                            (os.getppid(), start_ticks(os.getppid())))
         await pilot.press("3")
         await pilot.pause(0.4)
-        rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][0] == "▶ running" and rows[0][8] == f"{who.user()}@{socket.gethostname()} · cli"
-        assert "50%" in rows[0][3] and "· other process ·" in static_text(app, "#job-facts")
+        rows = keyed_rows(app.screen.query_one("#job-table", DataTable))
+        assert rows[0]["status"] == "▶ running" and rows[0]["origin"] == f"{who.user()}@{socket.gethostname()} · cli"
+        assert "50%" in rows[0]["progress"] and "· other process ·" in static_text(app, "#job-facts")
         catalog.finish_run("feedfacefeedface", "failed", "disk full")
         await pilot.pause(0.4)
         assert any("started elsewhere" in n.message for n in app._notifications)
-        rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][0] == "✗ failed"
+        rows = keyed_rows(app.screen.query_one("#job-table", DataTable))
+        assert rows[0]["status"] == "✗ failed"
 
 
 @pytest.fixture
@@ -138,10 +135,10 @@ async def test_cancel_a_running_job_after_confirmation(slow_workspace):
         await pilot.press("3")
         for _ in range(50):
             await pilot.pause(0.1)
-            rows = table_rows(app.screen.query_one("#job-table", DataTable))
-            if rows and rows[0][0] == "▶ running":
+            rows = keyed_rows(app.screen.query_one("#job-table", DataTable))
+            if rows and rows[0]["status"] == "▶ running":
                 break
-        assert rows[0][0] == "▶ running" and rows[0][2] == "big"
+        assert rows[0]["status"] == "▶ running" and rows[0]["subject"] == "big"
         await pilot.press("c")
         await pilot.pause()
         assert type(app.screen).__name__ == "ConfirmDialog", (app.focused, app.screen.selected_id(), rows)
@@ -154,8 +151,8 @@ async def test_cancel_a_running_job_after_confirmation(slow_workspace):
         await settle(app, pilot, 0.3)
         job = next(iter(app.console_jobs.values()))
         assert job.status == "cancelled"
-        rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][0].startswith("■ cancelled by ")
+        rows = keyed_rows(app.screen.query_one("#job-table", DataTable))
+        assert rows[0]["status"].startswith("■ cancelled by ")
     backup = slow_workspace.catalog.backups(policy="big")[0]
     assert backup["status"] == "cancelled"
 
@@ -487,8 +484,8 @@ async def test_detached_backup_runs_in_its_own_session(console_workspace):
         assert job.status == "succeeded", job.error
         await pilot.press("3")
         await pilot.pause(0.3)
-        rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][8] == f"{who.user()}@{socket.gethostname()} · console" and rows[0][0] == "✓ ok"
+        rows = keyed_rows(app.screen.query_one("#job-table", DataTable))
+        assert rows[0]["origin"] == f"{who.user()}@{socket.gethostname()} · console" and rows[0]["status"] == "✓ ok"
         assert "this console (detached)" in static_text(app, "#job-facts")
     assert console_workspace.catalog.backups(policy="etc")[0]["id"] == job.result["id"]
 

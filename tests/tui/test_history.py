@@ -9,7 +9,8 @@ import socket
 from textual.widgets import DataTable, Input
 
 from insite_console import restore, who
-from tests.tui.test_console import _wizard_to_plan, settle, static_text, table_rows
+from tests.tui.tables import keyed_rows
+from tests.tui.test_console import _wizard_to_plan, settle, static_text
 
 
 async def test_history_screen_lists_a_restore_with_who_where_and_why(make_app, console_workspace, tmp_path):
@@ -22,9 +23,10 @@ async def test_history_screen_lists_a_restore_with_who_where_and_why(make_app, c
         await pilot.press("6")
         await settle(app, pilot)
         assert app.current_mode == "history"
-        rows = table_rows(app.screen.query_one("#history-table", DataTable))
+        rows = keyed_rows(app.screen.query_one("#history-table", DataTable))
         assert len(rows) == 1
-        status, _started, by, why, kind, took, where, what = rows[0]
+        status, by, why, kind, took, where, what = (rows[0][key] for key in (
+            "status", "who", "why", "kind", "duration", "where", "what"))
         assert (status, kind, why) == ("✓ ok", "restore", "CHG-9: config check")
         assert by == f"{who.user()}@{socket.gethostname()}" and where == (str(target) if len(str(target)) <= 32 else str(target)[:31] + "…")
         assert what.startswith(etc["id"]) and took != "—"
@@ -64,7 +66,7 @@ async def test_wizard_asks_why_before_a_restore_over_production(make_app, consol
         assert screen.step == 6 and "✓ ok" in static_text(app, "#result-text")
         await pilot.press("6")
         await settle(app, pilot)
-        rows = table_rows(app.screen.query_one("#history-table", DataTable))
-        assert rows[0][6].startswith("▲ ") and rows[0][3] == "INC-77 bad push"
+        rows = keyed_rows(app.screen.query_one("#history-table", DataTable))
+        assert rows[0]["where"].startswith("▲ ") and rows[0]["why"] == "INC-77 bad push"
     row = console_workspace.catalog.restores()[0]
     assert (row["reason"], row["over_source"], row["origin"]) == ("INC-77 bad push", True, "console")

@@ -7,7 +7,8 @@ from textual.widgets import DataTable
 
 from insite_console import clock, copy, restore, who
 from insite_console.tui import model
-from tests.tui.test_console import settle, static_text, table_rows
+from tests.tui.tables import keyed_rows
+from tests.tui.test_console import settle, static_text
 
 
 async def test_copy_and_drill_jobs_are_labelled_with_duration_and_totals(console_workspace, tmp_path):
@@ -27,14 +28,14 @@ async def test_copy_and_drill_jobs_are_labelled_with_duration_and_totals(console
     async with app.run_test(size=(160, 40)) as pilot:
         await pilot.press("3")
         await settle(app, pilot, 0.3)
-        rows = {row[1]: row for row in table_rows(app.screen.query_one("#job-table", DataTable))}
+        rows = {row["kind"]: row for row in keyed_rows(app.screen.query_one("#job-table", DataTable))}
         assert set(rows) >= {"copy", "restore (drill)", "backup"}
         copy_row, drill_row = rows["copy"], rows["restore (drill)"]
-        assert copy_row[0] == "✓ ok" and copy_row[2] == f"{etc['id']} → offsite"[:19] + "…"  # a long subject is marked cut
-        assert drill_row[3] == f"{restored['files']:,} files · {clock.human_bytes(restored['bytes_written'])}"
+        assert copy_row["status"] == "✓ ok" and copy_row["subject"] == f"{etc['id']} → offsite"[:19] + "…"  # a long subject is marked cut
+        assert drill_row["progress"] == f"{restored['files']:,} files · {clock.human_bytes(restored['bytes_written'])}"
         for row in (copy_row, drill_row):
-            assert row[6] != "—" and row[6].endswith("s")  # Took: seconds at most here
-        assert copy_row[3].startswith(f"{etc['files']:,} files · ")
+            assert row["duration"] != "—" and row["duration"].endswith("s")  # Took: seconds at most here
+        assert copy_row["progress"].startswith(f"{etc['files']:,} files · ")
         assert "Done: " in static_text(app, "#job-facts")
     ws.close()
 

@@ -11,7 +11,8 @@ import pytest
 from textual.widgets import DataTable, Input, Select
 
 from tests.tui.conftest import CONFIG, make_workspace
-from tests.tui.test_console import settle, static_text, table_rows
+from tests.tui.tables import keyed_rows, table_rows  # the plan tables: fixed columns
+from tests.tui.test_console import settle, static_text
 
 PLATFORM = """
 [group.both]
@@ -104,7 +105,7 @@ async def test_platform_recovery_through_the_wizard_with_typed_confirmation(plat
         assert all(r[4] not in ("—", "") for r in rows)  # data loss per component
         await pilot.press("3")  # Live jobs: the recovery and each component's restore
         await settle(app, pilot, 0.3)
-        jobs = [(r[1], r[2], r[0]) for r in table_rows(app.screen.query_one("#job-table", DataTable))]
+        jobs = [(r["kind"], r["subject"], r["status"]) for r in keyed_rows(app.screen.query_one("#job-table", DataTable))]
         assert jobs.count(("recover", "platform", "✓ ok")) == 1, jobs  # one row: the console's job is the run
         assert sum(1 for kind, _, status in jobs if kind == "restore" and status == "✓ ok") == 2, jobs
     source = Path(ws.config.sources["etc"]["paths"][0]) / "hosts"
@@ -248,7 +249,7 @@ async def test_cancel_a_rolling_platform_recovery_from_live_jobs(tmp_path, monke
                     break
             assert job.status == "cancelled", job.error
             await settle(app, pilot, 0.5)
-            rows = {(r[1], r[2]): r[0] for r in table_rows(app.screen.query_one("#job-table", DataTable))}
+            rows = {(r["kind"], r["subject"]): r["status"] for r in keyed_rows(app.screen.query_one("#job-table", DataTable))}
             assert rows[("recover", "platform")].startswith("■ cancelled by "), rows
             assert not any(status.startswith("✓") for (kind, _), status in rows.items() if kind == "recover")
 

@@ -9,7 +9,8 @@ import shutil
 from textual.widgets import DataTable, Input, Static
 
 from insite_console import backup
-from tests.tui.test_console import settle, static_text, table_rows
+from tests.tui.tables import column_index, keyed_rows
+from tests.tui.test_console import settle, static_text
 
 
 async def wait_until(pilot, predicate, seconds: float = 3.0) -> bool:
@@ -121,10 +122,10 @@ async def test_the_idle_dashboard_turns_to_breach_and_alerts(make_app, console_w
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause(0.3)
         table = app.screen.query_one("#health", DataTable)
-        assert table_rows(table)[0][0].startswith("✓ ok")
+        assert keyed_rows(table)[0]["status"].startswith("✓ ok")
         monkeypatch.setenv("INSITE_FAKE_NOW", clock.iso(soon + clock.parse_duration("2h")))  # time passes
-        assert await wait_until(pilot, lambda: table_rows(table)[0][0].startswith("✗ RPO breach"))
-        assert "2h" in table_rows(table)[0][3]
+        assert await wait_until(pilot, lambda: keyed_rows(table)[0]["status"].startswith("✗ RPO breach"))
+        assert "2h" in keyed_rows(table)[0]["age"]
         assert await wait_until(pilot, lambda: any("RPO breach: policy app_files" in n.message
                                                    for n in app._notifications))
 
@@ -190,7 +191,7 @@ async def test_a_missed_run_says_the_scheduler_is_not_running(make_app, console_
         table = app.screen.query_one("#health", DataTable)
 
         def next_run(table) -> str:  # by its key: the columns that fit move it
-            return table_rows(table)[0][column_index(table, "next")]
+            return keyed_rows(table)[0]["next"]
 
         assert "missed" not in next_run(table)
         assert "no scheduler has ever run" in static_text(app, "#running")
@@ -205,11 +206,6 @@ async def test_a_missed_run_says_the_scheduler_is_not_running(make_app, console_
         assert await wait_until(pilot, lambda: "Scheduler: running on" in static_text(app, "#running"))
         assert status.scheduler_state(console_workspace)["running"] is True
         assert await wait_until(pilot, lambda: "the scheduler did not start it" in next_run(table))
-
-
-def column_index(table: DataTable, key: str) -> int:
-    """Where a column is now: a narrow terminal drops columns, so positions move."""
-    return [column.key.value for column in table.ordered_columns].index(key)
 
 
 async def test_at_80_columns_a_missed_run_fits_and_its_reason_moves_under_the_scheduler(

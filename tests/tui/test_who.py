@@ -8,7 +8,8 @@ import socket
 from textual.widgets import DataTable
 
 from insite_console import backup, scheduler, who
-from tests.tui.test_console import settle, slow_workspace, static_text, table_rows  # noqa: F401
+from tests.tui.tables import keyed_rows
+from tests.tui.test_console import settle, slow_workspace, static_text  # noqa: F401
 
 
 def test_runs_record_user_host_and_origin(console_workspace, monkeypatch):
@@ -36,17 +37,17 @@ async def test_a_cancel_says_who_and_is_stored_with_the_run(slow_workspace):  # 
         await pilot.press("3")
         for _ in range(50):
             await pilot.pause(0.1)
-            rows = table_rows(app.screen.query_one("#job-table", DataTable))
-            if rows and rows[0][0] == "▶ running" and job.run_id:
+            rows = keyed_rows(app.screen.query_one("#job-table", DataTable))
+            if rows and rows[0]["status"] == "▶ running" and job.run_id:
                 break
-        assert rows[0][8] == f"{me} · console"  # the "Started by" column
+        assert rows[0]["origin"] == f"{me} · console"  # the "Started by" column
         await pilot.press("c")
         await pilot.pause()
         await pilot.press("tab", "enter")
         await settle(app, pilot, 0.3)
         assert job.status == "cancelled"
-        rows = table_rows(app.screen.query_one("#job-table", DataTable))
-        assert rows[0][0] == f"■ cancelled by {me}"
+        rows = keyed_rows(app.screen.query_one("#job-table", DataTable))
+        assert rows[0]["status"] == f"■ cancelled by {me}"
         facts = static_text(app, "#job-facts")
         assert f"■ cancelled by {me}" in facts and "✗" not in facts
         assert any(f"cancelled by {me}" in n.message for n in app._notifications)

@@ -84,3 +84,19 @@ async def test_read_only_answers_a_refused_key_with_a_notice(make_app, console_w
         await pilot.press("1", "2")  # allowed keys: no notice
         await pilot.pause()
         assert len([n for n in notices if n.startswith("read-only mode:")]) == 2, notices
+
+
+async def test_clearing_an_unreadable_time_clears_its_error(make_app, console_workspace, monkeypatch):
+    """Found by hand: after a bad time, emptying the field left '✗ point in time: …' on screen
+    (and on returning to the wizard), though the list choice then applied."""
+    _two_points(console_workspace, monkeypatch)
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _type_at(app, pilot, "teatime")
+        assert "✗ point in time" in static_text(app, "#window")
+        screen.query_one("#at", Input).focus()
+        await pilot.pause()
+        await pilot.press(*["backspace"] * len("teatime"), "tab")
+        await settle(app, pilot)
+        text = static_text(app, "#window")
+        assert "✗" not in text and "Restorable window:" in text and "restore point(s)" in text

@@ -340,6 +340,17 @@ class RestoreWizard(InsiteScreen):
             keep = self.backup["id"] if self.backup and self.backup["source"] == event.value else None
             self.fill_points(event.value, select_id=keep)
 
+    def show_window(self) -> None:
+        """The source's restorable window (also what replaces a time's error once the field is cleared)."""
+        points = list(getattr(self, "_points", {}).values())  # newest first, as listed
+        window = self.query_one("#window", Static)
+        if points:
+            window.update(f"Restorable window: [b]{model.short_time(points[-1]['started_at'])}[/] … "
+                          f"[b]{model.short_time(points[0]['started_at'])}[/] UTC · {len(points)} restore point(s)"
+                          + (" (newest 500 listed)" if len(points) == 500 else ""))
+        else:
+            window.update("[$warning]▲ no successful backup of this source: nothing to restore[/]")
+
     def fill_points(self, source: str, select_id: str | None = None) -> None:
         catalog = self.app.workspace.catalog
         points = catalog.backups(source=source, status="succeeded", limit=500)
@@ -354,13 +365,7 @@ class RestoreWizard(InsiteScreen):
                      f"{backup['files']:>6,} files", f"{model.size_text(backup['bytes_read']):>10}", backup["policy"]]
             kept = fit(parts, [len(p) for p in parts], [0, 0, 0, 2, 1, 3], width, gap=2)
             options.add_option(Option("  ".join(kept), id=backup["id"]))
-        window = self.query_one("#window", Static)
-        if points:
-            window.update(f"Restorable window: [b]{model.short_time(points[-1]['started_at'])}[/] … "
-                          f"[b]{model.short_time(points[0]['started_at'])}[/] UTC · {len(points)} restore point(s)"
-                          + (" (newest 500 listed)" if len(points) == 500 else ""))
-        else:
-            window.update("[$warning]▲ no successful backup of this source: nothing to restore[/]")
+        self.show_window()
         if points:
             chosen = select_id if select_id in self._points else points[0]["id"]
             options.highlighted = options.get_option_index(chosen)
@@ -394,6 +399,7 @@ class RestoreWizard(InsiteScreen):
         self.at = None
         self.plan = None
         if not text:
+            self.show_window()
             return True
         try:
             at = clock.parse_when(text, clock.now(), clock.local_zone())
