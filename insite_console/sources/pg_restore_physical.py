@@ -252,7 +252,7 @@ def _delta_problems(target: str, archived=lambda name: False, source: str = "SOU
 def _flush(target: str) -> None:
     """The laid-out PGDATA is durable before the restore says so (pgBackRest fsyncs what it
     restores): a crash after `succeeded` must not leave a zeroed or missing file behind."""
-    from insite_console.restore import flush_to_disk
+    from insite_console.durable import flush_to_disk
 
     fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -166,8 +166,12 @@ def snapshot_workspace(monkeypatch):
     """A workspace at a fixed path with fixed clock, ids and host, so snapshots are stable:
     two policies, a few backups, a failed one, a verification and a job still running."""
     from insite_console import backup, verify
+    from insite_console.sources import files as files_source
 
     _fixed_environment(monkeypatch)
+    # the tree is written just before its backups: within the racy window every file would be
+    # read again, and the screens would not show an incremental's reuse
+    monkeypatch.setattr(files_source, "RACY_NS", 0)
     root = SNAPSHOT_ROOT / "ws"
     shutil.rmtree(SNAPSHOT_ROOT, ignore_errors=True)
     ws = make_workspace(root, backups=False)
