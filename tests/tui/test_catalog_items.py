@@ -122,3 +122,22 @@ def _ancestors(node):
         yield node
         node = node.parent
 
+
+
+async def test_widening_the_terminal_fills_the_detail_pane_with_the_highlighted_backup(make_app, console_workspace):
+    """Found by hand: at 80 columns the detail pane is hidden and misses every highlight; widened
+    to 120 it showed 'Select a backup' beside a highlighted row."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await pilot.pause()
+        table = app.screen.table
+        table.focus()
+        await pilot.press("down")
+        await pilot.pause()
+        highlighted = table.selected
+        assert highlighted is not None
+        await pilot.resize_terminal(120, 40)
+        await settle(app, pilot)
+        summary = static_text(app, "#detail-summary")
+        assert "Select a backup" not in summary and highlighted["id"] in summary, summary

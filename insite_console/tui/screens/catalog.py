@@ -57,7 +57,12 @@ class CatalogScreen(BackupActions, InsiteScreen):
             self.catalog_changed()
 
     def on_resize(self) -> None:
-        self.query_one("#catalog-detail").display = self.size.width >= 110
+        pane = self.query_one(BackupDetail)
+        wide = self.size.width >= 110
+        if wide and not pane.display and self._ready:
+            pane.display = True
+            pane.show(self.current_backup())  # it missed the highlights made while it was hidden
+        pane.display = wide
         if self._ready:
             self.update_status()
 
