@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from insite_console import clock
 from tests.pg_servers import *  # noqa: F401,F403
 from tests.pg_servers import PG_USER, as_postgres, free_port
 from tests.test_postgresql import CONSOLE, _wait_archived, archiving_cluster, run_as_postgres
@@ -188,6 +189,19 @@ def test_gap_in_the_archive_is_shown_and_refused(archive, pg_factory):
         finally:
             ws.close()
         assert row["shown"] == "wal_gap" and "WAL gap" in model.status_label(row["shown"])[0], row["shown"]
+        # a drill's RPO check does not take the archive lag past a gap (replay stops there)
+        from insite_console.dr.actions import StepContext, run
+        from insite_console.dr.scenarios import Step
+
+        ws = Workspace.load(config)
+        try:
+            step = Step(id="rpo", action="check the RPO", role="dba", kind="check_rpo", policy="db")
+            checked = run(StepContext(ws, "drill-rpo-gap", clock.now(), None), step)
+        finally:
+            ws.close()
+        assert "the WAL archive of db is gap" in checked["notes"] and "newest archived WAL" not in checked["notes"], \
+            checked
+        assert checked["data_loss_seconds"] >= (clock.now() - clock.parse_iso(archive["base"]["finished_at"])).total_seconds() - 5
 
         target = Path(pg_factory.make_dir("walsafe-gap"))
         for extra in ((), ("--at", archive["before_batch"][2])):

@@ -77,8 +77,13 @@ def _check_rpo(ctx: StepContext, step: Step) -> dict[str, Any]:
         # data at risk is the archive lag, not the base backup's age
         from insite_console import wal
 
+        archive = wal.archive_check(ctx.ws, policy["source"])
         lag = wal.restorable_window(ctx.ws, policy["source"], ctx.started)["archive_lag_seconds"]
-        if lag is not None and lag < loss:
+        if archive["status"] != "ok":  # replay stops at a gap: the archive lag would promise too much
+            problem = (archive["problems"] or ["not checked"])[0]
+            said += (f"; the WAL archive of {policy['source']} is {archive['status']} ({problem}), so the loss is "
+                     "judged on the base backup, not on the archive lag")
+        elif lag is not None and lag < loss:
             loss = max(0.0, lag)
             said = (f"newest archived WAL of {policy['source']} is {clock.human_duration(loss)} old "
                     f"(base backup {last['id']}, replayed up to it)")
