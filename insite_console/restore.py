@@ -700,29 +700,29 @@ class _Node:
     def differs(self, before: os.stat_result) -> bool:
         """Would `apply` change anything? Mode, times, owner (when root restores) and extended
         attributes, read only: the plan of a restore over an existing tree counts these."""
-        entry = self.entry
-        if entry.type != "symlink" and stat.S_IMODE(before.st_mode) != entry.mode & 0o7777:
-            return True
-        if before.st_mtime_ns != entry.mtime_ns or (_IS_ROOT and (before.st_uid, before.st_gid) != (entry.uid, entry.gid)):
+        if self._stat_differs(before):
             return True
         wanted = self.entry.xattrs or {}
         try:
             present = [name for name in os.listxattr(self._xpath, **self._nofollow)
-                       if name in wanted or not name.startswith(_SYSTEM_LABELS) or name == _CAPABILITY]
+                       if name in wanted or not _system_label(name)]
             return set(present) != set(wanted) or any(
                 os.getxattr(self._xpath, name, **self._nofollow) != value for name, value in wanted.items())
         except OSError:
             return bool(wanted)  # cannot read them: apply will try, and warn if it cannot
+
+    def _stat_differs(self, before: os.stat_result) -> bool:
+        entry = self.entry
+        return ((entry.type != "symlink" and stat.S_IMODE(before.st_mode) != entry.mode & 0o7777)
+                or before.st_mtime_ns != entry.mtime_ns
+                or (_IS_ROOT and (before.st_uid, before.st_gid) != (entry.uid, entry.gid)))
 
     def apply(self, warnings: _Warnings, before: os.stat_result | None = None) -> bool:
         """Put back owner, extended attributes, mode and times, in that order (a chown clears
         setuid bits and capabilities; an ACL sets the group bits). With `before` (the node's
         state), whether anything differed."""
         entry, path = self.entry, "/" + self.entry.path
-        differed = before is not None and (
-            (entry.type != "symlink" and stat.S_IMODE(before.st_mode) != entry.mode & 0o7777)
-            or before.st_mtime_ns != entry.mtime_ns
-            or (_IS_ROOT and (before.st_uid, before.st_gid) != (entry.uid, entry.gid)))
+        differed = before is not None and self._stat_differs(before)
         if _IS_ROOT:  # owners come back only when root restores (root's own 0:0 included)
             try:
                 if self.fd is not None:
@@ -757,7 +757,7 @@ class _Node:
             return False
         changed = False
         for name in present:
-            if name in wanted or (name.startswith(_SYSTEM_LABELS) and name != _CAPABILITY):
+            if name in wanted or _system_label(name):
                 continue
             try:
                 os.removexattr(self._xpath, name, **self._nofollow)
@@ -773,6 +773,11 @@ class _Node:
             except OSError as exc:
                 warnings.add(f"extended attribute {name} not restored: {exc.strerror}", path)
         return changed
+
+
+def _system_label(name: str) -> bool:
+    """An attribute the system assigns (an SELinux label): left as it is when the backup lacks it."""
+    return name.startswith(_SYSTEM_LABELS) and name != _CAPABILITY
 
 
 def _reapply_metadata(target: _Target, entry: Entry, parts: list[str], warnings: _Warnings) -> bool:
