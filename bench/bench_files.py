@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -122,20 +123,81 @@ def environ(extra: dict | None) -> dict:
     return {k: v for k, v in env.items() if v is not None}
 
 
-#: CPU seconds (user + system) of the last command timed, for the CPU rows
+#: CPU seconds (user + system) and peak summed PSS (KiB) of the last command timed, over its
+#: whole process tree, for the CPU and PSS rows
 last_cpu = [0.0]
+last_pss = [0]
+SAMPLE_SECONDS = 0.02
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (worker processes, a forkserver and its children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    todo.extend(int(child) for child in handle.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def _sample(pid: int) -> tuple[int, int, dict[int, float]]:
+    """Summed RSS and PSS (KiB) of the tree now, and each process's CPU seconds so far."""
+    rss = pss = 0
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for each in _descendants(pid):
+        try:
+            with open(f"/proc/{each}/smaps_rollup") as handle:
+                for line in handle:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+            with open(f"/proc/{each}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            cpu[each] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+    return rss, pss, cpu
 
 
 def timed(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command; its CPU seconds go to last_cpu."""
+    """Wall seconds and peak RSS (KiB) of one command, summed over its process tree (sampled
+    every 20 ms, and never below the main process's own peak); its CPU seconds (every process
+    of the tree) go to last_cpu and its peak summed PSS to last_pss. PSS shares the pages
+    worker processes have in common among them, so it is the tree's real memory; RSS counts
+    them once per process."""
+
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=environ(env), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = {"rss": 0, "pss": 0}
+    cpu: dict[int, float] = {}
+    finished = threading.Event()
+
+    def sample() -> None:
+        while not finished.wait(SAMPLE_SECONDS):
+            rss, pss, seen = _sample(proc.pid)
+            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+            cpu.update(seen)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _pid, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
+    finished.set()
+    sampler.join()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed: {proc.stderr.read().decode()[-2000:]}")
-    last_cpu[0] = usage.ru_utime + usage.ru_stime
-    return seconds, usage.ru_maxrss
+    own = usage.ru_utime + usage.ru_stime
+    others = sum(value for pid, value in cpu.items() if pid != proc.pid)  # last sample of each descendant
+    last_cpu[0] = own + others
+    last_pss[0] = max(peak["pss"], 0)
+    return seconds, max(usage.ru_maxrss, peak["rss"])
 
 
 def dir_size(path: Path) -> int:
@@ -251,7 +313,10 @@ METRICS = (("backup", "first full backup", "s"), ("nochange", "backup, no change
            ("incremental", "backup after a 1% change", "s"), ("restore", "full restore", "s"),
            ("verify", "deep verify", "s"), ("backup_cpu", "CPU time, first full backup", "s"),
            ("restore_cpu", "CPU time, full restore", "s"), ("repo_mb", "repository size", "MiB"),
-           ("backup_rss_mb", "peak RSS, backup", "MiB"), ("restore_rss_mb", "peak RSS, restore", "MiB"),
+           ("backup_rss_mb", "peak RSS, backup (process tree)", "MiB"),
+           ("backup_pss_mb", "peak PSS, backup (process tree)", "MiB"),
+           ("restore_rss_mb", "peak RSS, restore (process tree)", "MiB"),
+           ("restore_pss_mb", "peak PSS, restore (process tree)", "MiB"),
            ("verify_rss_mb", "peak RSS, verify", "MiB"))
 
 
@@ -270,6 +335,7 @@ def measure(tools: list[Tool], tree: Path, original: Path, work: Path, cold: boo
 
     shutil.rmtree(tree)
     shutil.copytree(original, tree, symlinks=True)
+    time.sleep(2.1)  # past insite's racy window (sources/files.py RACY_NS): no file is re-read for its fresh ctime
     for tool in tools:
         shutil.rmtree(tool.repo, ignore_errors=True)
         for extra in ("insite-state", "restic-cache", "borg-base"):
@@ -281,6 +347,7 @@ def measure(tools: list[Tool], tree: Path, original: Path, work: Path, cold: boo
         record(tool, "backup", seconds)
         record(tool, "backup_cpu", last_cpu[0])
         record(tool, "backup_rss_mb", rss / 1024)
+        record(tool, "backup_pss_mb", last_pss[0] / 1024)
     for tool in tools:
         prepare()
         record(tool, "nochange", tool.backup()[0])
@@ -297,6 +364,7 @@ def measure(tools: list[Tool], tree: Path, original: Path, work: Path, cold: boo
         record(tool, "restore", seconds)
         record(tool, "restore_cpu", last_cpu[0])
         record(tool, "restore_rss_mb", rss / 1024)
+        record(tool, "restore_pss_mb", last_pss[0] / 1024)
         shutil.rmtree(target, ignore_errors=True)
     for tool in tools:
         prepare()

@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hmac
 import socket
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from insite_console import clock
+from insite_console import clock, workers
 from insite_console.catalog.db import public_backup
 from insite_console.errors import Cancelled, InsiteError, PolicyBusy
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter, catalog_writer
-from insite_console.repo.repository import MANIFEST_VERSION, PendingStream, Repository
+from insite_console.repo.crypto import Cipher
+from insite_console.repo.repository import MANIFEST_VERSION, PendingStream, Repository, seal_blob
 from insite_console.repo.tree import TreeReader, TreeWriter
 from insite_console.sources import make_source
 from insite_console.repo.entry import Entry
 from insite_console.sources.base import Item, ScanContext
-from insite_console.sources.files import FileChangedWhileReading
+from insite_console.sources.files import FileChangedWhileReading, open_regular
 
 MAX_WARNINGS_KEPT = 200
 
@@ -148,7 +150,8 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
         _start_size_estimate(source, reporter)
         stored_before = repo.stats["bytes_stored"]
         reporter.update(phase="reading", force=True)
-        totals = _store_items(repo, source, ctx, policy["compression"], reporter, warn)
+        totals = _store_items(repo, source, ctx, policy["compression"], reporter, warn,
+                              workers.process_count(ws.config.engine))
         cancel.check()
         reporter.update(phase="finishing", current="", force=True)
         repo.flush()
@@ -268,38 +271,116 @@ class KnownAhead:
 
 
 SOURCE_READERS = 2  # files read at once: hides the latency of cold reads, as restic does
-FILES_IN_FLIGHT = 64
+#: files being read (by the threads or in workers' batches): enough to keep every worker busy
+FILES_IN_FLIGHT = 160
 #: entries (of any kind) waiting behind the oldest unfinished file: a slow file must not let the
 #: scan queue thousands of reused files and directories behind it
-ENTRIES_IN_FLIGHT = 256
+ENTRIES_IN_FLIGHT = 512
 
 
 def _read_item(repo: Repository, item, method: str, reporter: ProgressReporter,
                cancel: CancelToken) -> tuple[PendingStream | None, str | None]:
     """Read one item's content into the pipeline (in a reader thread): the pending content,
     and a warning for the operator if something went wrong that does not fail the backup."""
-    path = "/" + item.entry.path
     pending = None
     try:
         with item.open() as handle:
             pending = repo.submit_stream(handle, method, on_bytes=lambda n: reporter.advance(n), cancel=cancel)
         return pending, None
     except FileChangedWhileReading:
-        return pending, f"{path}: changed while being read; the stored copy may mix old and new content"
-    except FileNotFoundError:
-        return None, f"{path}: vanished before it could be read"
-    except PermissionError as exc:
-        return None, f"{path}: cannot read: {exc.strerror}"
-    except IsADirectoryError:
-        return None, f"{path}: replaced by a directory while being read"
+        return pending, _changed_warning("/" + item.entry.path)
     except OSError as exc:
-        return None, f"{path}: read error: {exc.strerror or exc}"
+        return None, _unreadable_warning("/" + item.entry.path, exc)
+
+
+def _changed_warning(path: str) -> str:
+    return f"{path}: changed while being read; the stored copy may mix old and new content"
+
+
+def _unreadable_warning(path: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: vanished before it could be read"
+    if isinstance(exc, PermissionError):
+        return f"{path}: cannot read: {exc.strerror}"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path}: replaced by a directory while being read"
+    return f"{path}: read error: {exc.strerror or exc}"
+
+
+def _seal_small_files(jobs: list[tuple[str, Entry, str]]) -> list:
+    """In a worker process: read, hash and seal each small file whole (one chunk). Per file:
+    ("stored", chunk or None for an empty file, warning), ("unread", warning), or ("larger",)
+    for a file grown past a chunk since the scan, which the parent reads itself."""
+    if "cipher" not in workers.state:
+        workers.state["cipher"] = Cipher(workers.state["encryption_key"])
+    cipher, mac_key = workers.state["cipher"], workers.state["mac_key"]
+    answers: list = []
+    for path, entry, method in jobs:
+        data, warning = b"", None
+        try:
+            with open_regular(path, entry) as handle:
+                data = handle.read(workers.SMALL_FILE + 1)
+        except FileChangedWhileReading:
+            warning = _changed_warning("/" + entry.path)
+        except OSError as exc:
+            answers.append(("unread", _unreadable_warning("/" + entry.path, exc)))
+            continue
+        if len(data) > workers.SMALL_FILE:
+            answers.append(("larger",))
+            continue
+        chunk = None
+        if data:
+            blob_id = hmac.digest(mac_key, data, "sha256")
+            chunk = (blob_id, len(data), seal_blob(cipher, blob_id, data, method))
+        answers.append(("stored", chunk, warning))
+    return answers
+
+
+class _Stored:
+    """Content already stored: what `PendingStream` gives once its chunks are done."""
+
+    def __init__(self, chunks: list[tuple[str, int]], size: int):
+        self._chunks, self.size = chunks, size
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> list[tuple[str, int]]:
+        return self._chunks
+
+
+class _SmallFile:
+    """A file a worker process reads and seals; packed here once its batch is back, in the
+    same order and with the same warnings as a file read by the threads."""
+
+    def __init__(self, handle, repo: Repository, item: Item, method: str, reporter: ProgressReporter,
+                 cancel: CancelToken):
+        self._handle, self._repo, self._item, self._method = handle, repo, item, method
+        self._reporter, self._cancel = reporter, cancel
+
+    def done(self) -> bool:
+        return self._handle.done()
+
+    def result(self) -> tuple[_Stored | PendingStream | None, str | None]:
+        answer = self._handle.result()
+        if answer[0] == "larger":
+            return _read_item(self._repo, self._item, self._method, self._reporter, self._cancel)
+        if answer[0] == "unread":
+            return None, answer[1]
+        _, chunk, warning = answer
+        if chunk is None:
+            return _Stored([], 0), warning
+        blob_id, length, sealed = chunk
+        stored = _Stored([(self._repo.store_sealed(blob_id, length, sealed), length)], length)
+        self._reporter.advance(length)
+        return stored, warning
 
 
 def _store_items(repo: Repository, source, ctx: ScanContext, method: str, reporter: ProgressReporter,
-                 warn) -> dict[str, Any]:
-    """Feed every item through the repository pipeline, reading a few files at once; write
-    tree lines in order as their chunks complete, so memory holds only the items in flight."""
+                 warn, processes: int = 0) -> dict[str, Any]:
+    """Feed every item through the repository pipeline, reading a few files at once (small
+    files in batches by `processes` worker processes); write tree lines in order as their
+    chunks complete, so memory holds only the items in flight."""
     tree = TreeWriter()
     totals = {"files": 0, "dirs": 0, "symlinks": 0, "special": 0, "bytes_read": 0, "bytes_reused": 0,
               "files_reused": 0}
@@ -328,6 +409,7 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
     slots = threading.BoundedSemaphore(FILES_IN_FLIGHT)
     stop = ctx.cancel.child()
     readers = ThreadPoolExecutor(SOURCE_READERS, thread_name_prefix="insite-source")
+    small = workers.Batches(processes, _seal_small_files, "backup", initial=repo.sealing_keys())
 
     def drain(wait: bool, at_most: int | None = None) -> None:
         """Write finished entries from the front; with wait, block for them (at_most of them)."""
@@ -380,7 +462,11 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
                     reporter.update(current="/" + entry.path)
                     while not slots.acquire(blocking=False):
                         drain(wait=True, at_most=1)  # the oldest file in flight frees a slot
-                    future = readers.submit(_read_item, repo, item, method, reporter, stop)
+                    if item.path is not None and small.wanted(entry.size):
+                        future = _SmallFile(small.add((item.path, entry, method), entry.size), repo, item, method,
+                                            reporter, stop)
+                    else:
+                        future = readers.submit(_read_item, repo, item, method, reporter, stop)
                 else:
                     continue
             elif entry.type == "dir":
@@ -396,9 +482,11 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
         drain(wait=True)
     except BaseException:
         stop.cancel("the backup stopped")
+        small.close(cancel=True)
         raise
     finally:
         readers.shutdown(wait=True, cancel_futures=True)
+        small.close()
     totals["entries"] = tree.count
     totals["tree"] = tree
     return totals

@@ -20,9 +20,9 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from insite_console import alerts, audit, clock, globs, who
+from insite_console import alerts, audit, clock, globs, who, workers
 from insite_console.durable import flush_to_disk
 from insite_console.errors import Cancelled, InsiteError, IntegrityError, RestoreRefused, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
@@ -336,6 +336,11 @@ class _Target:
         #: a folder of each filesystem reached below the target (mount points inside it), to flush
         self._filesystems: dict[int, int] = {os.fstat(self.fd).st_dev: os.dup(self.fd)}
 
+    def devices(self) -> list[int]:
+        """The filesystems (st_dev) the restore reached."""
+        with self._lock:
+            return list(self._filesystems)
+
     def filesystems(self) -> list[int]:
         """A descriptor on each filesystem the restore reached (the target's first)."""
         with self._lock:
@@ -591,6 +596,16 @@ class _Warnings:
     def __bool__(self) -> bool:
         return bool(self._kinds)
 
+    def kinds(self) -> dict[str, list]:
+        with self._lock:
+            return {kind: list(value) for kind, value in self._kinds.items()}
+
+    def merge(self, kinds: dict[str, list]) -> None:
+        """Add what a worker process counted."""
+        with self._lock:
+            for kind, (count, path) in kinds.items():
+                self._kinds.setdefault(kind, [0, path])[0] += count
+
     def lines(self) -> list[str]:
         return [f"{path}: {kind}" if count == 1 else f"{count} items: {kind} (e.g. {path})"
                 for kind, (count, path) in self._kinds.items()]
@@ -613,13 +628,37 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
             failure.append(future.exception())
             ctx.cancel.cancel("a file failed to restore")
 
-    def write_file(entry: Entry, parts: list[str]) -> None:
-        ctx.cancel.check()
-        size = _restore_file(ctx, target, entry, parts, warnings)
+    def count_file(entry: Entry, size: int) -> None:
         with lock:
             done["files"] += 1
             done["bytes"] += size
         ctx.reporter.advance(bytes_done=size, files_done=1, current="/" + entry.path)
+
+    def write_file(entry: Entry, parts: list[str]) -> None:
+        ctx.cancel.check()
+        count_file(entry, _restore_file(ctx, target, entry, parts, warnings))
+
+    small = workers.Batches(workers.process_count(ctx.ws.config.engine), _write_small_files, "restore")
+    written_by_workers: collections.deque = collections.deque()  # (entry, parts, handle), in order
+
+    def collect(wait: bool) -> None:
+        """Count the small files workers have written, oldest first; raise what one failed with."""
+        while written_by_workers and (wait or written_by_workers[0][2].done()):
+            entry, parts, handle = written_by_workers.popleft()
+            answer = handle.result()
+            if answer[0] == "failed":
+                raise answer[1]
+            _, size, kinds, devices = answer
+            warnings.merge(kinds)
+            if not set(devices) <= set(target.devices()):  # a mount point inside the target: flushed too
+                os.close(target.open_dir(parts[:-1], create=True))
+            count_file(entry, size)
+
+    def read_small(entry: Entry) -> bytes:
+        try:
+            return ctx.repo.read_blob(entry.chunks[0][0]) if entry.chunks else b""
+        except IntegrityError as exc:
+            raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: {exc}") from None
 
     with ThreadPoolExecutor(threads, thread_name_prefix="insite-restore") as pool:
         try:
@@ -646,6 +685,10 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                 elif entry.path in identical:
                     if _reapply_metadata(target, entry, parts, warnings):
                         done["repaired"] += 1
+                elif entry.type == "file" and len(entry.chunks or []) <= 1 and small.wanted(entry.size):
+                    handle = small.add((ctx.target, entry, parts, read_small(entry)), entry.size)
+                    written_by_workers.append((entry, parts, handle))
+                    collect(wait=False)
                 elif entry.type == "file":
                     slots.acquire()
                     future = pool.submit(write_file, entry, parts)
@@ -656,7 +699,12 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                 elif _restore_node(ctx, target, entry, parts, warnings):
                     with lock:
                         done["files"] += 1
+            collect(wait=True)
+        except BaseException:
+            small.close(cancel=True)
+            raise
         finally:
+            small.close()
             wait(futures, return_when=FIRST_EXCEPTION if failure else "ALL_COMPLETED")
     if failure:
         raise failure[0]
@@ -842,6 +890,13 @@ def _write_sparse(fd: int, data: bytes, offset: int) -> None:
 
 
 def _restore_file(ctx: RestoreContext, target: _Target, entry: Entry, parts: list[str], warnings: _Warnings) -> int:
+    return _write_file(target, entry, parts, ctx.repo.iter_chunks(entry.chunks or []), warnings, ctx.cancel.check)
+
+
+def _write_file(target: _Target, entry: Entry, parts: list[str], contents: Iterable[bytes], warnings: _Warnings,
+                check: Callable[[], None] = lambda: None) -> int:
+    """Write a file's content under a temporary name, put its metadata on, rename it into
+    place; the bytes written."""
     dir_fd = target.open_dir(parts[:-1], create=True)
     temp = f"{_TEMP}{secrets.token_hex(6)}"
     written = 0
@@ -849,24 +904,24 @@ def _restore_file(ctx: RestoreContext, target: _Target, entry: Entry, parts: lis
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
         try:
             try:
-                for data in ctx.repo.iter_chunks(entry.chunks or []):
-                    ctx.cancel.check()
+                for data in contents:
+                    check()
                     if entry.sparse:
                         _write_sparse(fd, data, written)
                     else:
                         _write_at(fd, data, written)
                     written += len(data)
             except IntegrityError as exc:
-                raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: {exc}") from None
+                raise IntegrityError(f"{os.path.join(target.root, entry.path)}: {exc}") from None
             if written != entry.size:
-                raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: restored {written} bytes, "
+                raise IntegrityError(f"{os.path.join(target.root, entry.path)}: restored {written} bytes, "
                                      f"expected {entry.size}")
             if entry.sparse:
                 os.ftruncate(fd, written)  # a trailing hole
             _Node(entry, fd=fd).apply(warnings)
         finally:
             os.close(fd)
-        _replace(ctx, dir_fd, temp, parts[-1], entry, "a file")
+        _replace(target.root, dir_fd, temp, parts[-1], entry, "a file")
     except BaseException:
         try:
             os.unlink(temp, dir_fd=dir_fd)
@@ -878,11 +933,28 @@ def _restore_file(ctx: RestoreContext, target: _Target, entry: Entry, parts: lis
     return written
 
 
-def _replace(ctx: RestoreContext, dir_fd: int, temp: str, name: str, entry: Entry, what: str) -> None:
+def _write_small_files(jobs: list[tuple[str, Entry, list[str], bytes]]) -> list:
+    """In a worker process: write each small file (content read by the parent). Per file:
+    ("written", bytes, warnings by kind, filesystems this worker has reached) or ("failed", error)."""
+    answers: list = []
+    for root, entry, parts, data in jobs:
+        target = workers.state.get(root)
+        try:
+            if target is None:
+                target = workers.state[root] = _Target(root, create=True)
+            warnings = _Warnings()
+            size = _write_file(target, entry, parts, [data], warnings)
+            answers.append(("written", size, warnings.kinds(), tuple(target.devices())))
+        except Exception as exc:
+            answers.append(("failed", exc))
+    return answers
+
+
+def _replace(root: str, dir_fd: int, temp: str, name: str, entry: Entry, what: str) -> None:
     """Rename the finished temporary node over the entry's name, never over a folder."""
     existing = _lstat_at(dir_fd, name)
     if existing is not None and stat.S_ISDIR(existing.st_mode):
-        raise RestoreRefused(f"{os.path.join(ctx.target, entry.path)} is a directory; not replacing it with {what}")
+        raise RestoreRefused(f"{os.path.join(root, entry.path)} is a directory; not replacing it with {what}")
     os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
@@ -906,7 +978,7 @@ def _restore_node(ctx: RestoreContext, target: _Target, entry: Entry, parts: lis
             raise RestoreRefused(f"refusing stored entry /{entry.path}: unknown type {entry.type!r}")
         try:
             _Node(entry, dir_fd=dir_fd, name=temp).apply(warnings)
-            _replace(ctx, dir_fd, temp, parts[-1], entry, f"a {entry.type}")
+            _replace(ctx.target, dir_fd, temp, parts[-1], entry, f"a {entry.type}")
         except BaseException:
             os.unlink(temp, dir_fd=dir_fd)
             raise
@@ -935,7 +1007,7 @@ def _restore_link(ctx: RestoreContext, target: _Target, entry: Entry, parts: lis
                          "filesystem of the target", "/" + entry.path)
             return _restore_file(ctx, target, entry, parts, warnings)
         try:
-            _replace(ctx, dir_fd, temp, parts[-1], entry, "a hard link")
+            _replace(ctx.target, dir_fd, temp, parts[-1], entry, "a hard link")
         except BaseException:
             os.unlink(temp, dir_fd=dir_fd)
             raise

@@ -180,7 +180,7 @@ def test_files_that_vanish_or_change_while_read_are_reported(workspace, monkeypa
     (workspace.source / "stable.txt").write_text("stable")
     (workspace.source / "vanishing.txt").write_text("gone soon")
     (workspace.source / "growing.log").write_text("first line\n")
-    original = files_source._open_regular
+    original = files_source.open_regular
 
     @contextlib.contextmanager
     def racing_open(path, entry):
@@ -192,7 +192,7 @@ def test_files_that_vanish_or_change_while_read_are_reported(workspace, monkeypa
                     writer.write("second line\n")
             yield handle
 
-    monkeypatch.setattr(files_source, "_open_regular", racing_open)
+    monkeypatch.setattr(files_source, "open_regular", racing_open)
     result = backup.run(workspace.ws, "tree", "full")
     assert result["status"] == "succeeded"
     assert any("vanishing.txt: vanished before it could be read" in w for w in result["warnings"])
@@ -432,7 +432,7 @@ def test_a_fifo_swapped_in_after_the_scan_does_not_block_the_backup(workspace, m
     (workspace.source / "kept.txt").write_text("kept")
     swapped = workspace.source / "swapped.txt"
     swapped.write_text("a file at scan time")
-    original = files_source._open_regular
+    original = files_source.open_regular
     blocked = []
 
     def unblock() -> None:  # on failure: open the FIFO's other end so the test ends
@@ -448,7 +448,7 @@ def test_a_fifo_swapped_in_after_the_scan_does_not_block_the_backup(workspace, m
         with original(path, entry) as handle:
             yield handle
 
-    monkeypatch.setattr(files_source, "_open_regular", swapping_open)
+    monkeypatch.setattr(files_source, "open_regular", swapping_open)
     timer = threading.Timer(10, unblock)
     timer.start()
     try:
@@ -494,7 +494,7 @@ def test_a_hard_link_group_whose_first_file_vanishes_before_its_read_keeps_its_o
     (src / "a.log").write_bytes(content)
     os.link(src / "a.log", src / "b.log")
     os.link(src / "a.log", src / "c.log")
-    original = files_source._open_regular
+    original = files_source.open_regular
 
     @contextlib.contextmanager
     def racing_open(path, entry):
@@ -503,7 +503,7 @@ def test_a_hard_link_group_whose_first_file_vanishes_before_its_read_keeps_its_o
         with original(path, entry) as handle:
             yield handle
 
-    monkeypatch.setattr(files_source, "_open_regular", racing_open)
+    monkeypatch.setattr(files_source, "open_regular", racing_open)
     result, outcome, restored = _round_trip(workspace, tmp_path)
     assert any("a.log: vanished before it could be read" in w for w in result["warnings"]), result["warnings"]
     assert result["bytes_read"] == len(content) and result["files"] == 2  # b.log read once, c.log linked to it

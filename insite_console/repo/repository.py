@@ -421,16 +421,31 @@ class Repository:
     def _store_chunk(self, data: bytes, method: str, blob_type: int) -> tuple[str, int]:
         try:
             blob_id = self.blob_id(data)
-            with self._state_lock:
-                duplicate = blob_id in self._claimed or self.known(blob_id)
-                if not duplicate:
-                    self._claimed.add(blob_id)
-            if not duplicate:
-                sealed = self._cipher.seal(compression.compress(data, method), blob_id)
-                self._add_to_pack(blob_type, blob_id, sealed, len(data))
+            if self._claim(blob_id):
+                self._add_to_pack(blob_type, blob_id, seal_blob(self._cipher, blob_id, data, method), len(data))
             return blob_id.hex(), len(data)
         finally:
             self._budget.release(len(data))
+
+    def _claim(self, blob_id: bytes) -> bool:
+        """True if this run is the one to store `blob_id` (not indexed, not claimed already)."""
+        with self._state_lock:
+            if blob_id in self._claimed or self.known(blob_id):
+                return False
+            self._claimed.add(blob_id)
+            return True
+
+    def sealing_keys(self) -> dict[str, bytes]:
+        """What a worker process needs to cut, hash and seal chunks as this repository does."""
+        return {"mac_key": self._mac_key, "encryption_key": self._master.encryption_key}
+
+    def store_sealed(self, blob_id: bytes, plain_length: int, sealed: bytes | None, blob_type: int = DATA) -> str:
+        """A chunk a worker hashed and sealed (`seal_blob`): packed unless this run or the
+        index has it already. The chunk id."""
+        if sealed is not None and self._claim(blob_id):
+            self._raise_upload_error()
+            self._add_to_pack(blob_type, blob_id, sealed, plain_length)
+        return blob_id.hex()
 
     def copy_sealed_blob(self, blob_type: int, blob_id: bytes, sealed: bytes, plain_length: int) -> None:
         """Add a blob the caller has already authenticated, as sealed: `repair packs` moves
@@ -689,6 +704,11 @@ class Repository:
 
     def delete_manifest(self, backup_id: str) -> None:
         self.storage.delete([SNAPSHOTS + backup_id])
+
+
+def seal_blob(cipher: Cipher, blob_id: bytes, data: bytes | memoryview, method: str) -> bytes:
+    """A chunk as stored in a pack: compressed, then encrypted with its id as associated data."""
+    return cipher.seal(compression.compress(data, method), blob_id)
 
 
 class _ChunkStream(io.RawIOBase):

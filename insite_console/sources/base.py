@@ -26,6 +26,9 @@ class Item:
 
     entry: Entry
     open: Callable[[], ContextManager[BinaryIO]] | None = None
+    #: a regular file's absolute path, when a worker process may open and read it itself
+    #: (`sources.files.open_regular` with the entry): set by the files source
+    path: str | None = None
 
 
 @dataclass

@@ -156,7 +156,7 @@ class FilesSource(Source):
                 entry.xattrs = previous.xattrs  # setting an xattr changes the ctime
             else:
                 entry.xattrs = _read_xattrs(path, ctx)
-            yield Item(entry, open=lambda p=path, e=entry: _open_regular(p, e))
+            yield Item(entry, open=lambda p=path, e=entry: open_regular(p, e), path=path)
             return
         yield Item(entry)
         if entry.type != "dir":
@@ -207,7 +207,7 @@ def _read_xattrs(path: str, ctx: ScanContext) -> dict[str, bytes] | None:
 
 
 @contextlib.contextmanager
-def _open_regular(path: str, entry: Entry) -> Iterator[BinaryIO]:
+def open_regular(path: str, entry: Entry) -> Iterator[BinaryIO]:
     """Open without following a symlink swapped in since the scan, and without blocking on a
     FIFO swapped in (O_NONBLOCK, then S_ISREG on the descriptor); report a change after reading."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -233,7 +233,7 @@ def _open_member(path: str, entry: Entry, ctx: ScanContext) -> Iterator[BinaryIO
     """A hard link read in place of its group's first file, which could not be read: its own
     extended attributes too, as that first file's would have been."""
     entry.xattrs = _read_xattrs(path, ctx)
-    with _open_regular(path, entry) as handle:
+    with open_regular(path, entry) as handle:
         yield handle
 
 

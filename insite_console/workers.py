@@ -1,0 +1,170 @@
+"""Worker processes for the per-file work of file-tree backups and restores (docs/PARALLEL.md).
+
+Why processes: a tree of 24,000 small files costs more in Python per file (and in handing the
+GIL between threads: a third of the CPU time was futex wake-ups) than in hashing, compressing
+and encrypting, and a restore's file creation is kernel work that threads serialize behind the
+GIL. Small files are therefore sent in batches to processes with their own interpreters; large
+files stay in the threads, where the work per byte runs in C without the GIL.
+
+Workers are started by `forkserver`, not `fork`: the parent has threads (the lock refresher,
+uploaders) whose locks a fork would copy in whatever state they are in. Keys reach a worker as
+initializer arguments, through the forkserver's pipe: never in argv, the environment or a file.
+The pool starts only once a run has seen `START_AFTER` small files, so small trees (and most
+tests) never pay its start-up. A worker that dies breaks the pool: every result still pending
+raises `WorkerDied`, and the run fails; nothing a dead worker did is counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import fcntl
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable
+
+from insite_console.errors import InsiteError
+
+#: files up to this size are one chunk (the chunker's minimum), so a worker handles each whole
+SMALL_FILE = 256 * 1024
+BATCH_FILES = 32
+BATCH_BYTES = 256 * 1024
+#: the pipe that carries batches to the workers holds every batch the pool queues (one per
+#: worker, one more) whole: a worker that dies mid-read must not leave the pool's feeder thread
+#: blocked on a full pipe nobody reads, which made the pool's own threads wait forever (3.11)
+PIPE_BYTES = 1024 * 1024
+_F_SETPIPE_SZ = 1031  # fcntl.h (Linux)
+#: small files a run sees before it starts workers; below this, start-up would cost more
+START_AFTER = 256
+#: what a worker was started with (keys, settings); set by `_init` in the worker
+state: dict[str, Any] = {}
+
+
+class WorkerDied(InsiteError):
+    """A worker process ended without answering (killed, out of memory, crashed)."""
+
+
+def process_count(engine: dict) -> int:
+    """`[engine] processes`: worker processes for small files; default one per core, none on
+    a single core (0 turns them off)."""
+    configured = engine.get("processes")
+    if configured is not None:
+        return int(configured)
+    cores = os.cpu_count() or 1
+    return cores if cores > 1 else 0
+
+
+def _init(initial: dict[str, Any]) -> None:
+    state.clear()
+    state.update(initial)
+
+
+class Batches:
+    """Small jobs grouped into batches for a worker pool, results taken in submission order.
+
+    `add` returns a handle whose `result()` is the worker's answer for that one job. At most
+    `2 × processes` batches are in flight, so memory holds a few MiB of jobs whatever the tree.
+    `what` names the run in the error when a worker dies ("backup", "restore")."""
+
+    def __init__(self, processes: int, function: Callable, what: str, initial: dict[str, Any] | None = None):
+        self._function = function
+        self._what = what
+        self._processes = processes
+        self._initial = initial or {}
+        self._pool: ProcessPoolExecutor | None = None
+        self._jobs: list = []
+        self._handles: list[_Handle] = []
+        self._bytes = 0
+        self._in_flight: collections.deque[Future] = collections.deque()
+        self.seen = 0
+
+    def wanted(self, size: int) -> bool:
+        """Whether a job of `size` bytes should go to the workers: counts small jobs until
+        there are enough to pay for starting them."""
+        if self._processes <= 0 or size > SMALL_FILE:
+            return False
+        self.seen += 1
+        return self.seen > START_AFTER or self._pool is not None
+
+    def add(self, job, size: int) -> "_Handle":
+        if self._jobs and self._bytes + size > BATCH_BYTES:
+            self.flush()  # a batch stays within BATCH_BYTES (or one file): see PIPE_BYTES
+        handle = _Handle(self, len(self._jobs))
+        self._jobs.append(job)
+        self._handles.append(handle)
+        self._bytes += size
+        if len(self._jobs) >= BATCH_FILES:
+            self.flush()
+        return handle
+
+    def flush(self) -> None:
+        """Send the open batch (a handle waited on calls this itself)."""
+        if not self._jobs:
+            return
+        if self._pool is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([self._function.__module__])
+            self._pool = ProcessPoolExecutor(self._processes, mp_context=context, initializer=_init,
+                                             initargs=(self._initial,))
+            _widen_pipe(self._pool)
+        while len(self._in_flight) >= 2 * self._processes:
+            oldest = self._in_flight.popleft()
+            self._wait(oldest)
+        jobs, handles = self._jobs, self._handles
+        self._jobs, self._handles, self._bytes = [], [], 0
+        try:
+            future = self._pool.submit(self._function, jobs)
+        except BrokenProcessPool:
+            raise self._died() from None
+        self._in_flight.append(future)
+        for handle in handles:
+            handle.future = future
+
+    def _wait(self, future: Future) -> list:
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self.close(cancel=True)
+            raise self._died() from None
+
+    def _died(self) -> WorkerDied:
+        return WorkerDied(f"a {self._what} worker process died before it finished (killed, or out of memory); "
+                          f"the {self._what} is not complete")
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the workers: after the batches sent, or with cancel at once (after a failure)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if not cancel:
+            pool.shutdown(wait=True)
+            return
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _widen_pipe(pool: ProcessPoolExecutor) -> None:
+    """Make the pool's call pipe hold PIPE_BYTES; a no-op where that cannot be set."""
+    try:
+        fcntl.fcntl(pool._call_queue._writer.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
+    except (AttributeError, OSError):
+        pass
+
+
+class _Handle:
+    """One job's place in a batch."""
+
+    def __init__(self, batches: Batches, position: int):
+        self._batches = batches
+        self._position = position
+        self.future: Future | None = None
+
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    def result(self):
+        if self.future is None:
+            self._batches.flush()
+        return self._batches._wait(self.future)[self._position]

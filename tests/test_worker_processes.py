@@ -1,0 +1,121 @@
+"""Small files go through worker processes (insite_console/workers.py) in backups and restores:
+the round trip keeps everything the threads keep, and a worker that dies fails the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from insite_console import backup, restore, workers
+from insite_console.errors import InsiteError
+from tests.treeutil import assert_same_tree
+
+SMALL_FILES = workers.START_AFTER + 2 * workers.BATCH_FILES + 7  # past the start, several batches
+
+
+@pytest.fixture
+def batches_sent(monkeypatch):
+    """How many batches the parent sent to worker processes, by run kind."""
+    sent = {"backup": 0, "restore": 0}
+    original = workers.Batches.flush
+
+    def counting_flush(self):
+        if self._jobs:
+            sent[self._what] += 1
+        original(self)
+
+    monkeypatch.setattr(workers.Batches, "flush", counting_flush)
+    return sent
+
+
+def _small_tree(root, count: int = SMALL_FILES) -> None:
+    for i in range(count):
+        folder = root / f"d{i % 7}"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"f{i:04d}.txt"
+        path.write_bytes(b"%d\n" % i * (1 + i % 300))
+        os.chmod(path, (0o600, 0o640, 0o755)[i % 3])
+        os.utime(path, ns=(1_700_000_000_000_000_000 + i, 1_700_000_000_123_456_789 + i))
+
+
+def test_small_files_written_by_workers_keep_content_metadata_links_and_holes(workspace, tmp_path, batches_sent):
+    src = workspace.source
+    _small_tree(src)
+    (src / "empty.txt").write_bytes(b"")
+    os.setxattr(src / "d1" / "f0001.txt", "user.note", b"kept by a worker")
+    os.link(src / "d2" / "f0002.txt", src / "hard-link.txt")
+    with open(src / "holes.img", "wb") as handle:  # small and sparse: 192 KiB, 8 KiB of data
+        handle.truncate(192 * 1024)
+        handle.write(os.urandom(4096))
+        handle.seek(188 * 1024)
+        handle.write(os.urandom(4096))
+    os.mkfifo(src / "pipe")
+    if os.geteuid() == 0:
+        os.chown(src / "d3" / "f0003.txt", 1234, 5678)
+    result = backup.run(workspace.ws, "tree", "full")
+    assert result["status"] == "succeeded" and result["warnings"] == []
+    assert batches_sent["backup"] >= 2  # the small files went to the workers
+
+    target = tmp_path / "target"
+    outcome = restore.run(workspace.ws, result["id"], str(target))
+    restored = workspace.restored(target)
+    assert outcome["status"] == "succeeded"
+    assert batches_sent["restore"] >= 2
+    assert_same_tree(src, restored)  # content, modes, owners, times, xattrs, link groups, the FIFO
+    assert os.stat(restored / "hard-link.txt").st_ino == os.stat(restored / "d2" / "f0002.txt").st_ino
+    assert os.stat(restored / "holes.img").st_blocks * 512 <= 64 * 1024
+
+    # the workers' chunks are the threads' chunks: an unchanged tree stores nothing new
+    again = backup.run(workspace.ws, "tree", "full")
+    assert again["bytes_stored"] < 64 * 1024
+
+
+def _kill_a_worker_after(monkeypatch, kind: str, batches: int) -> None:
+    """SIGKILL one worker process of the first `kind` run once it has been sent `batches`."""
+    original = workers.Batches.flush
+    sent = [0]
+
+    def flush_then_kill(self):
+        original(self)
+        if self._what == kind and self._pool is not None:
+            sent[0] += 1
+            if sent[0] == batches:
+                os.kill(next(iter(self._pool._processes)), signal.SIGKILL)
+
+    monkeypatch.setattr(workers.Batches, "flush", flush_then_kill)
+
+
+def test_a_backup_whose_worker_is_killed_fails_and_the_next_one_is_whole(workspace, tmp_path, monkeypatch):
+    _small_tree(workspace.source, count=SMALL_FILES + 600)
+    _kill_a_worker_after(monkeypatch, "backup", 3)
+    with pytest.raises(InsiteError, match="a backup worker process died"):
+        backup.run(workspace.ws, "tree", "full")
+    failed = workspace.ws.catalog.backups(policy="tree")[0]
+    assert failed["status"] == "failed" and "worker process died" in failed["error"]
+
+    monkeypatch.undo()
+    result = backup.run(workspace.ws, "tree", "full")
+    assert result["status"] == "succeeded"
+    target = tmp_path / "target"
+    restore.run(workspace.ws, result["id"], str(target))
+    assert_same_tree(workspace.source, workspace.restored(target))
+
+
+def test_a_restore_whose_worker_is_killed_fails_and_names_it(workspace, tmp_path, monkeypatch):
+    _small_tree(workspace.source, count=SMALL_FILES + 600)
+    result = backup.run(workspace.ws, "tree", "full")
+    _kill_a_worker_after(monkeypatch, "restore", 3)
+    target = tmp_path / "target"
+    with pytest.raises(InsiteError, match="a restore worker process died"):
+        restore.run(workspace.ws, result["id"], str(target))
+    # what is in place is whole: every file under its own name has the backup's content
+    restored = workspace.restored(target)
+    for path in restored.rglob("*.txt"):
+        assert path.read_bytes() == (workspace.source / path.relative_to(restored)).read_bytes()
+
+    monkeypatch.undo()
+    again = tmp_path / "again"
+    restore.run(workspace.ws, result["id"], str(again))
+    assert_same_tree(workspace.source, workspace.restored(again))
