@@ -30,6 +30,8 @@ from insite_console.errors import InsiteError
 SMALL_FILE = 256 * 1024
 BATCH_FILES = 32
 BATCH_BYTES = 256 * 1024
+#: batches sent and not yet answered, per worker
+IN_FLIGHT_PER_PROCESS = 2
 #: the pipe that carries batches to the workers holds every batch the pool queues (one per
 #: worker, one more) whole: a worker that dies mid-read must not leave the pool's feeder thread
 #: blocked on a full pipe nobody reads, which made the pool's own threads wait forever (3.11)
@@ -108,7 +110,7 @@ class Batches:
             self._pool = ProcessPoolExecutor(self._processes, mp_context=context, initializer=_init,
                                              initargs=(self._initial,))
             _widen_pipe(self._pool)
-        while len(self._in_flight) >= 2 * self._processes:
+        while len(self._in_flight) >= IN_FLIGHT_PER_PROCESS * self._processes:
             oldest = self._in_flight.popleft()
             self._wait(oldest)
         jobs, handles = self._jobs, self._handles

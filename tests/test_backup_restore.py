@@ -172,6 +172,23 @@ def test_progress_is_throttled_and_reaches_done(workspace):
     assert len(events) < 200
 
 
+def test_an_incremental_backups_progress_counts_reused_files_and_reaches_its_total(workspace, monkeypatch):
+    from insite_console.sources import files as files_source
+
+    monkeypatch.setattr(files_source, "RACY_NS", 0)  # build_tree's files are fresh: reuse them anyway
+    build_tree(workspace.source, files=500)
+    backup.run(workspace.ws, "tree", "full")
+    (workspace.source / "added.txt").write_text("one new file\n")
+    events = []
+    result = backup.run(workspace.ws, "tree", "incremental", progress=events.append)
+    reading = [e for e in events if e.phase == "finishing"][0]
+    totals = workspace.ws.repository("local").load_manifest(result["id"])["totals"]
+    assert totals["bytes_reused"] > 3 * 1024 * 1024  # big.bin among them
+    # done is every byte of the tree, read or reused, not only the few read (a bar stuck near 0 %)
+    assert reading.bytes_done == totals["bytes_read"] + totals["bytes_reused"]
+    assert reading.bytes_total is not None and reading.bytes_done >= 0.99 * reading.bytes_total
+
+
 def test_files_that_vanish_or_change_while_read_are_reported(workspace, monkeypatch):
     import contextlib
 
