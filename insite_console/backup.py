@@ -275,7 +275,9 @@ class KnownAhead:
         yield from block
 
 
-SOURCE_READERS = 2  # files read at once: hides the latency of cold reads, as restic does
+#: large files read at once (small ones are read by the worker processes): a second reader
+#: measured no faster and held ~10 MiB more of read blocks at the backup's peak
+SOURCE_READERS = 1
 #: files being read (by the threads or in workers' batches): enough to keep every worker busy
 FILES_IN_FLIGHT = 160
 #: entries (of any kind) waiting behind the oldest unfinished file: a slow file must not let the
