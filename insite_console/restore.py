@@ -638,7 +638,7 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
         ctx.cancel.check()
         count_file(entry, _restore_file(ctx, target, entry, parts, warnings))
 
-    small = workers.Batches(workers.process_count(ctx.ws.config.engine), _write_small_files, "restore")
+    small = workers.Batches(workers.process_count(ctx.ws.config.engine), _write_small_files, "restore", bulky=True)
     written_by_workers: collections.deque = collections.deque()  # (entry, parts, handle), in order
 
     def collect(wait: bool) -> None:

@@ -67,10 +67,15 @@ class Batches:
     """Small jobs grouped into batches for a worker pool, results taken in submission order.
 
     `add` returns a handle whose `result()` is the worker's answer for that one job. At most
-    `2 × processes` batches are in flight, so memory holds a few MiB of jobs whatever the tree.
-    `what` names the run in the error when a worker dies ("backup", "restore")."""
+    `IN_FLIGHT_PER_PROCESS × processes` batches are in flight, so memory holds a few MiB of jobs
+    whatever the tree. `what` names the run in the error when a worker dies ("backup",
+    "restore"). `bulky`: jobs carry content (a restore's), so the call pipe must be widened
+    (PIPE_BYTES); where it cannot be, the jobs stay in the threads."""
 
-    def __init__(self, processes: int, function: Callable, what: str, initial: dict[str, Any] | None = None):
+    def __init__(self, processes: int, function: Callable, what: str, initial: dict[str, Any] | None = None,
+                 bulky: bool = False):
+        if bulky and processes > 0 and not _pipes_widen():
+            processes = 0
         self._function = function
         self._what = what
         self._processes = processes
@@ -120,6 +125,7 @@ class Batches:
         try:
             future = self._pool.submit(self._function, jobs)
         except BrokenProcessPool:
+            self.close(cancel=True)
             raise self._died() from None
         self._in_flight.append(future)
         for handle in handles:
@@ -156,6 +162,19 @@ def _give_back_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _pipes_widen() -> bool:
+    """Whether this process may make a pipe hold PIPE_BYTES (`/proc/sys/fs/pipe-max-size`)."""
+    read, write = os.pipe()
+    try:
+        fcntl.fcntl(write, _F_SETPIPE_SZ, PIPE_BYTES)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 def _widen_pipe(pool: ProcessPoolExecutor) -> None:

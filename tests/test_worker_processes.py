@@ -119,3 +119,17 @@ def test_a_restore_whose_worker_is_killed_fails_and_names_it(workspace, tmp_path
     again = tmp_path / "again"
     restore.run(workspace.ws, result["id"], str(again))
     assert_same_tree(workspace.source, workspace.restored(again))
+
+
+def test_where_a_pipe_cannot_be_widened_a_restore_keeps_its_small_files_in_threads(
+        workspace, tmp_path, monkeypatch, batches_sent):
+    # a restore's batches carry content; through a 64 KiB pipe a dead worker could hang the pool
+    _small_tree(workspace.source)
+    result = backup.run(workspace.ws, "tree", "full")
+    assert batches_sent["backup"] >= 2  # backups send only paths: they still use the workers
+    monkeypatch.setattr(workers, "_pipes_widen", lambda: False)
+    target = tmp_path / "target"
+    outcome = restore.run(workspace.ws, result["id"], str(target))
+    assert outcome["status"] == "succeeded"
+    assert batches_sent["restore"] == 0
+    assert_same_tree(workspace.source, workspace.restored(target))
