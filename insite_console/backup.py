@@ -283,6 +283,10 @@ FILES_IN_FLIGHT = 160
 #: entries (of any kind) waiting behind the oldest unfinished file: a slow file must not let the
 #: scan queue thousands of reused files and directories behind it
 ENTRIES_IN_FLIGHT = 512
+#: entries waiting behind a small file whose batch is still open: send that batch, so the
+#: worker reads while the scan goes on (an incremental's few changed files would otherwise be
+#: sent only once ENTRIES_IN_FLIGHT wait, the scan stopped for each round trip)
+SEND_BEHIND = ENTRIES_IN_FLIGHT // 2
 
 
 def _read_item(repo: Repository, item, method: str, reporter: ProgressReporter,
@@ -368,6 +372,9 @@ class _SmallFile:
     def done(self) -> bool:
         return self._handle.done()
 
+    def send(self) -> None:
+        self._handle.send()
+
     def result(self) -> tuple[_Stored | PendingStream | None, str | None]:
         answer = self._handle.result()
         if answer[0] == "larger":
@@ -426,6 +433,8 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
             entry, future, reopen = in_flight[0]
             if future is not None:
                 if not wait and not future.done():
+                    if isinstance(future, _SmallFile) and len(in_flight) >= SEND_BEHIND:
+                        future.send()
                     return
                 pending, warning = future.result()
                 if not wait and pending is not None and not pending.done():

@@ -196,7 +196,11 @@ class _Handle:
     def done(self) -> bool:
         return self.future is not None and self.future.done()
 
-    def result(self):
+    def send(self) -> None:
+        """Send this job's batch now if it is still open."""
         if self.future is None:
             self._batches.flush()
+
+    def result(self):
+        self.send()
         return self._batches._wait(self.future)[self._position]

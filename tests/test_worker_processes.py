@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from insite_console import backup, restore, workers
+from insite_console.sources import files
 from insite_console.errors import InsiteError
 from tests.treeutil import assert_same_tree
 
@@ -132,4 +133,32 @@ def test_where_a_pipe_cannot_be_widened_a_restore_keeps_its_small_files_in_threa
     outcome = restore.run(workspace.ws, result["id"], str(target))
     assert outcome["status"] == "succeeded"
     assert batches_sent["restore"] == 0
+    assert_same_tree(workspace.source, workspace.restored(target))
+
+
+def test_an_incrementals_few_changed_files_are_sent_before_the_scan_must_wait_for_them(workspace, tmp_path,
+                                                                                    monkeypatch):
+    # one changed file in 40: a batch of 32 would fill only after ~1,300 entries, so the scan
+    # used to stop at ENTRIES_IN_FLIGHT, send the batch itself and wait for each round trip
+    monkeypatch.setattr(files, "RACY_NS", 0)  # the tree was just written: reuse it all the same
+    _small_tree(workspace.source, count=3000)
+    backup.run(workspace.ws, "tree", "full")
+    changed = sorted(workspace.source.rglob("*.txt"))[::40]
+    for path in changed:
+        path.write_bytes(path.read_bytes() + b"changed\n")
+    monkeypatch.setattr(workers, "START_AFTER", 0)
+    sent_by_waiting = []
+    original = workers._Handle.result
+
+    def result(self):
+        sent_by_waiting.append(self.future is None)
+        return original(self)
+
+    monkeypatch.setattr(workers._Handle, "result", result)
+    result = backup.run(workspace.ws, "tree", "incremental")
+    assert result["status"] == "succeeded" and result["files"] == 3000
+    assert len(sent_by_waiting) == len(changed)  # each changed file went to a worker
+    assert sent_by_waiting.count(True) <= 1  # at most the last batch, at the end of the scan
+    target = tmp_path / "target"
+    restore.run(workspace.ws, result["id"], str(target))
     assert_same_tree(workspace.source, workspace.restored(target))
