@@ -361,22 +361,26 @@ class _Stored:
 
 
 class _SmallFile:
-    """A file a worker process reads and seals; packed here once its batch is back, in the
-    same order and with the same warnings as a file read by the threads."""
+    """A file a worker process reads and seals: packed here once its batch is back (with the
+    others back by then, `_pack_small_files`), and written to the tree in the same order and
+    with the same warnings as a file read by the threads."""
 
     def __init__(self, handle, repo: Repository, item: Item, method: str, reporter: ProgressReporter,
                  cancel: CancelToken):
         self._handle, self._repo, self._item, self._method = handle, repo, item, method
         self._reporter, self._cancel = reporter, cancel
+        self.answer = None  # the worker's, once packed; the chunk then holds its id, not content
 
     def done(self) -> bool:
-        return self._handle.done()
+        return self.answer is not None or self._handle.done()
 
     def send(self) -> None:
         self._handle.send()
 
     def result(self) -> tuple[_Stored | PendingStream | None, str | None]:
-        answer = self._handle.result()
+        if self.answer is None:
+            _pack_small_files(self._repo, [self], self._reporter)
+        answer = self.answer
         if answer[0] == "larger":
             return _read_item(self._repo, self._item, self._method, self._reporter, self._cancel)
         if answer[0] == "unread":
@@ -384,10 +388,21 @@ class _SmallFile:
         _, chunk, warning = answer
         if chunk is None:
             return _Stored([], 0), warning
-        blob_id, length, sealed = chunk
-        stored = _Stored([(self._repo.store_sealed(blob_id, length, sealed), length)], length)
-        self._reporter.advance(length)
-        return stored, warning
+        return _Stored([chunk], chunk[1]), warning
+
+
+def _pack_small_files(repo: Repository, files: list[_SmallFile], reporter: ProgressReporter) -> None:
+    """Pack the sealed chunks of `files` (waiting for their batches), out of the tree's order:
+    what waits behind a large file then holds chunk ids, not content."""
+    answers = [small._handle.result() for small in files]
+    sealed = [answer[1] for answer in answers if answer[0] == "stored" and answer[1] is not None]
+    repo.store_sealed(sealed)
+    for small, answer in zip(files, answers):
+        if answer[0] == "stored" and answer[1] is not None:
+            blob_id, length, _ = answer[1]
+            answer = ("stored", (blob_id.hex(), length), answer[2])
+            reporter.advance(length)
+        small.answer = answer
 
 
 def _store_items(repo: Repository, source, ctx: ScanContext, method: str, reporter: ProgressReporter,
@@ -424,6 +439,7 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
     stop = ctx.cancel.child()
     readers = ThreadPoolExecutor(SOURCE_READERS, thread_name_prefix="insite-source")
     small = workers.Batches(processes, _seal_small_files, "backup", initial=repo.sealing_keys())
+    packing: collections.deque[_SmallFile] = collections.deque()  # sent, not packed yet
 
     def drain(wait: bool, at_most: int | None = None) -> None:
         """Write finished entries from the front; with wait, block for them (at_most of them)."""
@@ -481,6 +497,7 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
                     if item.path is not None and small.wanted(entry.size):
                         future = _SmallFile(small.add((item.path, entry, method), entry.size), repo, item, method,
                                             reporter, stop)
+                        packing.append(future)
                     else:
                         future = readers.submit(_read_item, repo, item, method, reporter, stop)
                 else:
@@ -492,6 +509,13 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
             else:  # FIFOs and devices
                 totals["special"] += 1
             in_flight.append((entry, future, item.open if entry.link_member else None))
+            back = []
+            while packing and packing[0].done():
+                small_file = packing.popleft()
+                if small_file.answer is None:
+                    back.append(small_file)
+            if back:
+                _pack_small_files(repo, back, reporter)
             drain(wait=False)
             while len(in_flight) >= ENTRIES_IN_FLIGHT:
                 drain(wait=True, at_most=1)

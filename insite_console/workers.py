@@ -178,11 +178,12 @@ def _pipes_widen() -> bool:
 
 
 def _widen_pipe(pool: ProcessPoolExecutor) -> None:
-    """Make the pool's call pipe hold PIPE_BYTES; a no-op where that cannot be set."""
-    try:
-        fcntl.fcntl(pool._call_queue._writer.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
-    except (AttributeError, OSError):
-        pass
+    """Make the pool's call and result pipes hold PIPE_BYTES; a no-op where that cannot be set."""
+    for end in (lambda: pool._call_queue._writer, lambda: pool._result_queue._reader):
+        try:
+            fcntl.fcntl(end().fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
+        except (AttributeError, OSError):
+            pass
 
 
 class _Handle:
@@ -202,5 +203,9 @@ class _Handle:
             self._batches.flush()
 
     def result(self):
+        """The worker's answer, taken once: its slot in the batch is cleared, so a batch's
+        content is freed file by file as the answers are taken."""
         self.send()
-        return self._batches._wait(self.future)[self._position]
+        answers = self._batches._wait(self.future)
+        answer, answers[self._position] = answers[self._position], None
+        return answer

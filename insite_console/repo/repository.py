@@ -427,10 +427,13 @@ class Repository:
         finally:
             self._budget.release(len(data))
 
-    def _claim(self, blob_id: bytes) -> bool:
-        """True if this run is the one to store `blob_id` (not indexed, not claimed already)."""
+    def _claim(self, blob_id: bytes, indexed: bool | None = None) -> bool:
+        """True if this run is the one to store `blob_id` (not indexed, not claimed already);
+        `indexed`: what the index answered the caller, None to ask it here."""
         with self._state_lock:
-            if blob_id in self._claimed or self.known(blob_id):
+            if blob_id in self._claimed or blob_id in self._pending:
+                return False
+            if self.index.has(blob_id) if indexed is None else indexed:
                 return False
             self._claimed.add(blob_id)
             return True
@@ -439,13 +442,15 @@ class Repository:
         """What a worker process needs to cut, hash and seal chunks as this repository does."""
         return {"mac_key": self._mac_key, "encryption_key": self._master.encryption_key}
 
-    def store_sealed(self, blob_id: bytes, plain_length: int, sealed: bytes | None, blob_type: int = DATA) -> str:
-        """A chunk a worker hashed and sealed (`seal_blob`): packed unless this run or the
-        index has it already. The chunk id."""
-        if sealed is not None and self._claim(blob_id):
-            self._raise_upload_error()
-            self._add_to_pack(blob_type, blob_id, sealed, plain_length)
-        return blob_id.hex()
+    def store_sealed(self, chunks: list[tuple[bytes, int, bytes]], blob_type: int = DATA) -> None:
+        """Chunks workers hashed and sealed (`seal_blob`), as (id, plain length, sealed): each
+        packed unless this run or the index has it already. The index is asked once for them
+        all: a query per chunk was a sixth of a first backup's parent thread."""
+        indexed = self.index.has_many(blob_id for blob_id, _, _ in chunks)
+        for blob_id, plain_length, sealed in chunks:
+            if self._claim(blob_id, indexed=blob_id in indexed):
+                self._raise_upload_error()
+                self._add_to_pack(blob_type, blob_id, sealed, plain_length)
 
     def copy_sealed_blob(self, blob_type: int, blob_id: bytes, sealed: bytes, plain_length: int) -> None:
         """Add a blob the caller has already authenticated, as sealed: `repair packs` moves
