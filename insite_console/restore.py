@@ -27,9 +27,13 @@ from insite_console.durable import flush_to_disk
 from insite_console.errors import Cancelled, InsiteError, IntegrityError, RestoreRefused, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
 from insite_console.redact import redact, redact_all
-from insite_console.repo.repository import Repository
+from insite_console.repo.crypto import Cipher
+from insite_console.repo.index import BlobLocation
+from insite_console.repo.packs import pack_key
+from insite_console.repo.repository import Repository, open_sealed_blob
 from insite_console.repo.tree import TreeReader
 from insite_console.sources import source_module
+from insite_console.storage.local import LocalStorage
 from insite_console.repo.entry import Entry
 
 DEFAULT_THROUGHPUT = 150 * 1024 * 1024  # bytes/s assumed for an estimate before any restore was measured
@@ -611,6 +615,10 @@ class _Warnings:
                 for kind, (count, path) in self._kinds.items()]
 
 
+#: entries read ahead of the writers, so their small files' chunks are located together
+LOCATE_AHEAD = 512
+
+
 def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warnings: _Warnings) -> dict[str, int]:
     threads = int(ctx.ws.config.engine.get("restore_threads", 0)) or ctx.repo.storage.restore_threads
     done = {"files": 0, "bytes": 0, "repaired": 0}
@@ -638,7 +646,12 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
         ctx.cancel.check()
         count_file(entry, _restore_file(ctx, target, entry, parts, warnings))
 
-    small = workers.Batches(workers.process_count(ctx.ws.config.engine), _write_small_files, "restore", bulky=True)
+    # on a local repository the workers read the small files' chunks from the packs themselves
+    local = ctx.repo.storage if type(ctx.repo.storage) is LocalStorage else None
+    initial = {"encryption_key": ctx.repo.sealing_keys()["encryption_key"],
+               "storage": local and (local.name, str(local.root))}
+    small = workers.Batches(workers.process_count(ctx.ws.config.engine), _write_small_files, "restore",
+                            initial=initial, bulky=local is None)
     written_by_workers: collections.deque = collections.deque()  # (entry, parts, handle), in order
 
     def collect(wait: bool) -> None:
@@ -654,15 +667,40 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                 os.close(target.open_dir(parts[:-1], create=True))
             count_file(entry, size)
 
-    def read_small(entry: Entry) -> bytes:
+    located: dict[bytes, BlobLocation] = {}  # where the one-chunk files read ahead lie
+
+    def entries() -> Iterator[Entry]:
+        """The tree in order, read LOCATE_AHEAD entries ahead to locate their small files'
+        chunks in a few index queries instead of one per file."""
+        block: list[Entry] = []
+        for entry in ctx.entries():
+            block.append(entry)
+            if len(block) == LOCATE_AHEAD:
+                yield from located_block(block)
+                block = []
+        yield from located_block(block)
+
+    def located_block(block: list[Entry]) -> list[Entry]:
+        located.clear()
+        located.update(ctx.repo.locate_many(
+            bytes.fromhex(e.chunks[0][0]) for e in block if e.type == "file" and len(e.chunks or []) == 1))
+        return block
+
+    def small_blob(entry: Entry) -> tuple | None:
+        """What a worker needs to write a small file's content: its chunk's id and location,
+        and the chunk as stored unless the worker reads it from the local pack itself."""
+        if not entry.chunks:
+            return None
+        blob_id = bytes.fromhex(entry.chunks[0][0])
         try:
-            return ctx.repo.read_blob(entry.chunks[0][0]) if entry.chunks else b""
+            location = located.get(blob_id) or ctx.repo.locate(blob_id)
         except IntegrityError as exc:
             raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: {exc}") from None
+        return blob_id, location, None if local else ctx.repo.read_sealed(location)
 
     with ThreadPoolExecutor(threads, thread_name_prefix="insite-restore") as pool:
         try:
-            for entry in ctx.entries():
+            for entry in entries():
                 if failure:
                     break
                 ctx.cancel.check()
@@ -686,7 +724,7 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                     if _reapply_metadata(target, entry, parts, warnings):
                         done["repaired"] += 1
                 elif entry.type == "file" and len(entry.chunks or []) <= 1 and small.wanted(entry.size):
-                    handle = small.add((ctx.target, entry, parts, read_small(entry)), entry.size)
+                    handle = small.add((ctx.target, entry, parts, small_blob(entry)), entry.size)
                     written_by_workers.append((entry, parts, handle))
                     collect(wait=False)
                 elif entry.type == "file":
@@ -933,21 +971,35 @@ def _write_file(target: _Target, entry: Entry, parts: list[str], contents: Itera
     return written
 
 
-def _write_small_files(jobs: list[tuple[str, Entry, list[str], bytes]]) -> list:
-    """In a worker process: write each small file (content read by the parent). Per file:
-    ("written", bytes, warnings by kind, filesystems this worker has reached) or ("failed", error)."""
+def _write_small_files(jobs: list[tuple[str, Entry, list[str], tuple | None]]) -> list:
+    """In a worker process: write each small file, its one chunk read here from a local pack
+    or sent as stored by the parent, authenticated here. Per file: ("written", bytes, warnings
+    by kind, filesystems this worker has reached) or ("failed", error)."""
+    if "cipher" not in workers.state:
+        workers.state["cipher"] = Cipher(workers.state["encryption_key"])
+        workers.state["packs"] = workers.state["storage"] and LocalStorage(*workers.state["storage"])
     answers: list = []
-    for root, entry, parts, data in jobs:
+    for root, entry, parts, blob in jobs:
         target = workers.state.get(root)
         try:
             if target is None:
                 target = workers.state[root] = _Target(root, create=True)
+            data = b"" if blob is None else _open_small_blob(root, entry, *blob)
             warnings = _Warnings()
             size = _write_file(target, entry, parts, [data], warnings)
             answers.append(("written", size, warnings.kinds(), tuple(target.devices())))
         except Exception as exc:
             answers.append(("failed", exc))
     return answers
+
+
+def _open_small_blob(root: str, entry: Entry, blob_id: bytes, location: BlobLocation, sealed: bytes | None) -> bytes:
+    if sealed is None:
+        sealed = workers.state["packs"].get(pack_key(location.pack), location.offset, location.length)
+    try:
+        return open_sealed_blob(workers.state["cipher"], blob_id, location, sealed)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{os.path.join(root, entry.path)}: {exc}") from None
 
 
 def _replace(root: str, dir_fd: int, temp: str, name: str, entry: Entry, what: str) -> None:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from insite_console import backup, restore, workers
 from insite_console.sources import files
-from insite_console.errors import InsiteError
+from insite_console.errors import InsiteError, IntegrityError
+from insite_console.repo.packs import pack_key
+from insite_console.repo.tree import TreeReader
+from tests.conftest import WorkspaceHelper
+from tests.cloud_servers import s3_server, unique_name  # noqa: F401 - the fixture
 from tests.treeutil import assert_same_tree
 
 SMALL_FILES = workers.START_AFTER + 2 * workers.BATCH_FILES + 7  # past the start, several batches
@@ -122,18 +128,59 @@ def test_a_restore_whose_worker_is_killed_fails_and_names_it(workspace, tmp_path
     assert_same_tree(workspace.source, workspace.restored(again))
 
 
-def test_where_a_pipe_cannot_be_widened_a_restore_keeps_its_small_files_in_threads(
-        workspace, tmp_path, monkeypatch, batches_sent):
-    # a restore's batches carry content; through a 64 KiB pipe a dead worker could hang the pool
+def test_a_restore_from_a_local_repository_has_its_workers_read_the_packs(workspace, tmp_path, monkeypatch,
+                                                                         batches_sent):
+    # the jobs carry where each chunk lies, not content: no pipe has to hold a batch's bytes
     _small_tree(workspace.source)
     result = backup.run(workspace.ws, "tree", "full")
-    assert batches_sent["backup"] >= 2  # backups send only paths: they still use the workers
     monkeypatch.setattr(workers, "_pipes_widen", lambda: False)
+    sent = []
+    monkeypatch.setattr(workers.Batches, "add", lambda self, job, size, add=workers.Batches.add: (
+        sent.append(job[3]), add(self, job, size))[1])
     target = tmp_path / "target"
-    outcome = restore.run(workspace.ws, result["id"], str(target))
-    assert outcome["status"] == "succeeded"
-    assert batches_sent["restore"] == 0
+    assert restore.run(workspace.ws, result["id"], str(target))["status"] == "succeeded"
+    assert batches_sent["restore"] >= 2
+    assert sent and all(blob[2] is None for blob in sent if blob is not None)  # nothing read by the parent
     assert_same_tree(workspace.source, workspace.restored(target))
+
+
+@pytest.mark.parametrize("widen", [True, False], ids=["workers", "pipe-cannot-be-widened"])
+def test_a_restore_from_an_object_store_sends_the_chunks_and_needs_a_wide_pipe(s3_server, tmp_path, monkeypatch,
+                                                                            batches_sent, widen):
+    # an object store's chunks are fetched by the parent and sent as stored; through a 64 KiB
+    # pipe a dead worker could hang the pool, so then the small files stay in the threads
+    source = tmp_path / "src"
+    source.mkdir()
+    _small_tree(source)
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent(f"""
+        [catalog]
+        path = "state/catalog.sqlite"
+        [encryption]
+        passphrase_env = "INSITE_PASSPHRASE"
+        [storage.s3]
+        type = "s3"
+        bucket = "{unique_name()}"
+        endpoint_url = "{s3_server.endpoint_url}"
+        [source.tree]
+        type = "files"
+        paths = ["{source}"]
+        [policy.tree]
+        source = "tree"
+        storage = "s3"
+        """))
+    helper = WorkspaceHelper(tmp_path, source, config)
+    helper.cli("init", "--create", check=True)
+    try:
+        result = backup.run(helper.ws, "tree", "full")
+        monkeypatch.setattr(workers, "_pipes_widen", lambda: widen)
+        target = tmp_path / "target"
+        outcome = restore.run(helper.ws, result["id"], str(target))
+        assert outcome["status"] == "succeeded"
+        assert (batches_sent["restore"] >= 2) == widen
+        assert_same_tree(source, helper.restored(target))
+    finally:
+        helper.close()
 
 
 def test_an_incrementals_few_changed_files_are_sent_before_the_scan_must_wait_for_them(workspace, tmp_path,
@@ -162,3 +209,27 @@ def test_an_incrementals_few_changed_files_are_sent_before_the_scan_must_wait_fo
     target = tmp_path / "target"
     restore.run(workspace.ws, result["id"], str(target))
     assert_same_tree(workspace.source, workspace.restored(target))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated"])
+def test_a_damaged_chunk_read_by_a_worker_is_named_and_never_restored(workspace, tmp_path, batches_sent, damage):
+    _small_tree(workspace.source)
+    result = backup.run(workspace.ws, "tree", "full")
+    victim = sorted(workspace.source.rglob("*.txt"))[-1]  # past START_AFTER: written by a worker
+    repo = workspace.ws.repository("local")
+    tree = TreeReader(repo, repo.load_manifest(result["id"])["tree"])
+    entry = next(e for e in tree if e.path == str(victim).lstrip("/"))
+    location = repo.locate(bytes.fromhex(entry.chunks[0][0]))
+    pack = Path(repo.storage.root) / pack_key(location.pack)
+    raw = bytearray(pack.read_bytes())
+    if damage == "flipped":
+        raw[location.offset + location.length // 2] ^= 0x01
+    else:  # the pack ends inside the chunk
+        raw = raw[:location.offset + location.length // 2]
+    pack.write_bytes(bytes(raw))
+
+    target = tmp_path / "target"
+    with pytest.raises(IntegrityError, match=rf"{victim.name}: chunk .* (failed authentication|is truncated)"):
+        restore.run(workspace.ws, result["id"], str(target))
+    assert batches_sent["restore"] >= 1
+    assert not (workspace.restored(target) / victim.relative_to(workspace.source)).exists()

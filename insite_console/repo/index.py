@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -128,14 +129,19 @@ class IndexCache:
 
     def has_many(self, blob_ids) -> set[bytes]:
         """Which of `blob_ids` are indexed: one query per 500, in key order."""
+        return {row[0] for row in self._rows_of("id", blob_ids)}
+
+    def lookup_many(self, blob_ids) -> dict[bytes, BlobLocation]:
+        """Where each of `blob_ids` that is indexed lies: one query per 500."""
+        return {row[0]: BlobLocation(*row[1:]) for row in
+                self._rows_of("id, pack, offset, length, plain_length, type", blob_ids)}
+
+    def _rows_of(self, columns: str, blob_ids) -> Iterator[tuple]:
         ids = sorted(set(blob_ids))
-        found: set[bytes] = set()
         conn = self._reader()
         for start in range(0, len(ids), 500):
             part = ids[start:start + 500]
-            rows = conn.execute(f"SELECT id FROM blobs WHERE id IN ({','.join('?' * len(part))})", part)
-            found.update(row[0] for row in rows)
-        return found
+            yield from conn.execute(f"SELECT {columns} FROM blobs WHERE id IN ({','.join('?' * len(part))})", part)
 
     def packs(self) -> dict[str, int]:
         with self._lock:

@@ -267,6 +267,14 @@ class Repository:
     def known(self, blob_id: bytes) -> bool:
         return blob_id in self._pending or self.index.has(blob_id)
 
+    def locate_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
+        """Where each blob lies, in a few index queries; one not found is left out (`locate`
+        says why)."""
+        ids = set(blob_ids)
+        found = {blob_id: self._pending[blob_id] for blob_id in ids if blob_id in self._pending}
+        found.update(self.index.lookup_many(ids - found.keys()))
+        return found
+
     def locate(self, blob_id: bytes) -> BlobLocation:
         location = self._pending.get(blob_id) or self.index.lookup(blob_id)
         if location is None:
@@ -590,14 +598,11 @@ class Repository:
     def read_blob(self, blob_id_hex: str) -> bytes:
         blob_id = bytes.fromhex(blob_id_hex)
         location = self.locate(blob_id)
-        what = f"chunk {blob_id_hex[:16]} in pack {location.pack[:16]}"
-        sealed = self.storage.get(pack_key(location.pack), location.offset, location.length)
-        if len(sealed) != location.length:
-            raise IntegrityError(f"{what} is truncated ({len(sealed)} of {location.length} bytes)")
-        # AES-GCM with the blob id as associated data authenticates the blob and binds it to
-        # its id, so a tampered, truncated or swapped blob fails here; re-hashing the plain
-        # bytes (what a deep verify does) would add nothing but CPU on the restore path.
-        return compression.decompress(self._cipher.open(sealed, blob_id, what=what), what)
+        return open_sealed_blob(self._cipher, blob_id, location, self.read_sealed(location))
+
+    def read_sealed(self, location: BlobLocation) -> bytes:
+        """A blob's bytes as stored in its pack (not yet checked)."""
+        return self.storage.get(pack_key(location.pack), location.offset, location.length)
 
     def iter_chunks(self, chunks: Iterable[tuple[str, int]], prefetch: int = 4) -> Iterator[bytes]:
         """Each chunk's plain bytes in order, fetching a few ahead in parallel."""
@@ -714,6 +719,18 @@ class Repository:
 def seal_blob(cipher: Cipher, blob_id: bytes, data: bytes | memoryview, method: str) -> bytes:
     """A chunk as stored in a pack: compressed, then encrypted with its id as associated data."""
     return cipher.seal(compression.compress(data, method), blob_id)
+
+
+def open_sealed_blob(cipher: Cipher, blob_id: bytes, location: BlobLocation, sealed: bytes) -> bytes:
+    """A blob's plain bytes from what its pack holds at `location`: checked for length,
+    authenticated and decompressed. AES-GCM with the blob id as associated data authenticates
+    the blob and binds it to its id, so a tampered, truncated or swapped blob fails here;
+    re-hashing the plain bytes (what a deep verify does) would add nothing but CPU on the
+    restore path."""
+    what = f"chunk {blob_id.hex()[:16]} in pack {location.pack[:16]}"
+    if len(sealed) != location.length:
+        raise IntegrityError(f"{what} is truncated ({len(sealed)} of {location.length} bytes)")
+    return compression.decompress(cipher.open(sealed, blob_id, what=what), what)
 
 
 class _ChunkStream(io.RawIOBase):
