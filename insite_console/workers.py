@@ -69,8 +69,8 @@ class Batches:
     `add` returns a handle whose `result()` is the worker's answer for that one job. At most
     `IN_FLIGHT_PER_PROCESS × processes` batches are in flight, so memory holds a few MiB of jobs
     whatever the tree. `what` names the run in the error when a worker dies ("backup",
-    "restore"). `bulky`: jobs carry content (a restore's from an object store), so the call pipe must be widened
-    (PIPE_BYTES); where it cannot be, the jobs stay in the threads."""
+    "restore"). `bulky`: jobs carry content (a restore's from an object store), so the call
+    pipe must be widened (PIPE_BYTES); where it cannot be, the jobs stay in the threads."""
 
     def __init__(self, processes: int, function: Callable, what: str, initial: dict[str, Any] | None = None,
                  bulky: bool = False):
