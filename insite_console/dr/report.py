@@ -95,7 +95,7 @@ def _money(value: float) -> str:
 
 def markdown(report: dict) -> str:
     d = clock.human_duration
-    lines = [f"# DR report", "", f"Generated {report['generated_at']}.", "",
+    lines = ["# DR report", "", f"Generated {report['generated_at']}.", "",
              f"**Total annual risk** (Σ probability × cost): **{_money(report['total_annual_risk'])}**", "",
              "## Scenarios", "", "| Scenario | Type | Tier | Probability/yr | Cost | Risk score | RTO | RPO |",
              "|---|---|---|---|---|---|---|---|"]
