@@ -477,6 +477,7 @@ def _plan_files(ctx: RestoreContext, target: _Target | None) -> dict[str, Any]:
     overwrite_examples: list[str] = []
     groups: dict[str, _LinkGroup] = {}
     orphans: list[str] = []
+    files = 0  # regular files to write (hard links included), as a backup counts them
     for entry in ctx.entries():
         ctx.cancel.check()
         group = _group_of(entry, groups)
@@ -520,9 +521,10 @@ def _plan_files(ctx: RestoreContext, target: _Target | None) -> dict[str, Any]:
         size = entry.size if entry.type == "file" and not linked else 0
         counts[action] += 1
         byte_counts[action] += size
+        files += entry.type == "file" and action in ("create", "overwrite")
         if len(plan) < PLAN_LIMIT:
             plan.append({"path": "/" + entry.path, "type": entry.type, "action": action, "bytes": size})
-    return {"plan": plan, "counts": counts, "bytes": byte_counts, "identical": identical,
+    return {"plan": plan, "counts": counts, "bytes": byte_counts, "files": files, "identical": identical,
             "overwrite_examples": overwrite_examples, "orphans": orphans}
 
 
@@ -554,7 +556,7 @@ def restore_files(ctx: RestoreContext) -> dict[str, Any]:
     for path in planned["orphans"]:
         warnings.add("not restored: a hard link whose first file could not be read when backed up", path)
     if ctx.dry_run:
-        return {"files": counts["create"] + counts["overwrite"], "bytes_written": 0, "summary": summary,
+        return {"files": planned["files"], "bytes_written": 0, "summary": summary,
                 "plan": planned["plan"], "plan_truncated": sum(counts.values()) > PLAN_LIMIT,
                 **({"warnings": warnings.lines()} if warnings else {})}
     if (counts["overwrite"] or counts["repair"]) and not ctx.yes:
@@ -565,8 +567,7 @@ def restore_files(ctx: RestoreContext) -> dict[str, Any]:
                                "item(s)")) if count)
         raise RestoreRefused(f"refusing to {what} in {ctx.target} (e.g. {examples}); use --yes to "
                              "overwrite, or --dry-run to see the plan")
-    ctx.reporter.update(phase="restoring", bytes_total=to_write, files_total=counts["create"] + counts["overwrite"],
-                        force=True)
+    ctx.reporter.update(phase="restoring", bytes_total=to_write, files_total=planned["files"], force=True)
     try:
         target = _Target(ctx.target, create=True)
     except OSError as exc:
@@ -577,7 +578,8 @@ def restore_files(ctx: RestoreContext) -> dict[str, Any]:
             flush_to_disk(fd)
     finally:
         target.close()
-    outcome = {"files": written["files"], "bytes_written": written["bytes"], "summary": summary,
+    outcome = {"files": written["files"], "symlinks": written["symlinks"], "special": written["special"],
+               "bytes_written": written["bytes"], "summary": summary,
                "skipped_identical": counts["skip"], "metadata_repaired": written["repaired"],
                "verified": True, "verification": VERIFICATION}
     if warnings:
@@ -621,7 +623,7 @@ LOCATE_AHEAD = 512
 
 def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warnings: _Warnings) -> dict[str, int]:
     threads = int(ctx.ws.config.engine.get("restore_threads", 0)) or ctx.repo.storage.restore_threads
-    done = {"files": 0, "bytes": 0, "repaired": 0}
+    done = {"files": 0, "symlinks": 0, "special": 0, "bytes": 0, "repaired": 0}
     lock = threading.Lock()
     dirs: list[Entry] = []
     links: list[tuple[Entry, list[str], list[str]]] = []  # hard links, made once their writer is written
@@ -736,7 +738,7 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                         futures = [f for f in futures if not f.done()]
                 elif _restore_node(ctx, target, entry, parts, warnings):
                     with lock:
-                        done["files"] += 1
+                        done["symlinks" if entry.type == "symlink" else "special"] += 1
             collect(wait=True)
         except BaseException:
             small.close(cancel=True)
@@ -749,8 +751,7 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
     for future in futures:
         future.result()
     for entry, parts, writer_parts in links:
-        done["bytes"] += _restore_link(ctx, target, entry, parts, writer_parts, warnings)
-        done["files"] += 1
+        count_file(entry, _restore_link(ctx, target, entry, parts, writer_parts, warnings))
     # Directory modes and mtimes last (deepest first): writing files inside changes them.
     for entry in reversed(dirs):
         fd = target.open_dir(check_relative_path(entry.path), create=True)

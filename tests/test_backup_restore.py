@@ -237,6 +237,27 @@ def _round_trip(workspace, tmp_path, name: str = "target", **kwargs):
     return result, outcome, workspace.restored(target)
 
 
+def test_a_restore_counts_files_as_its_backup_does_and_its_plan_says_the_same(workspace, tmp_path):
+    src = workspace.source
+    (src / "docs").mkdir()
+    (src / "docs" / "a.txt").write_text("a\n")
+    (src / "b.txt").write_text("b\n")
+    os.link(src / "b.txt", src / "docs" / "b-again.txt")
+    os.symlink("a.txt", src / "docs" / "latest")
+    os.mkfifo(src / "queue")
+    result = backup.run(workspace.ws, "tree", "full")
+    assert result["files"] == 3  # regular files, the hard link included
+
+    plan = restore.run(workspace.ws, result["id"], str(tmp_path / "t"), dry_run=True)
+    seen = []
+    outcome = restore.run(workspace.ws, result["id"], str(tmp_path / "t"), progress=seen.append)
+    assert plan["files"] == outcome["files"] == result["files"]
+    assert outcome["symlinks"] == 1 and outcome["special"] == 1
+    last = seen[-1]
+    assert last.files_done == last.files_total == 3  # the bar ends full, hard link included
+    assert_same_tree(src, workspace.restored(tmp_path / "t"))
+
+
 def test_hard_links_come_back_as_hard_links(workspace, tmp_path):
     src = workspace.source
     (src / "a").mkdir()
