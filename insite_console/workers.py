@@ -21,6 +21,9 @@ import ctypes
 import multiprocessing
 import fcntl
 import os
+import select
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
@@ -58,9 +61,34 @@ def process_count(engine: dict) -> int:
     return cores if cores > 1 else 0
 
 
-def _init(initial: dict[str, Any]) -> None:
+def _init(run: int, initial: dict[str, Any]) -> None:
     state.clear()
     state.update(initial)
+    threading.Thread(target=_exit_when_gone, args=(run,), name="insite-watch-run", daemon=True).start()
+
+
+def _exit_when_gone(run: int) -> None:
+    """End this worker once the run that started it has ended. Its parent is the forkserver,
+    so nothing else would: a killed run's workers waited forever on their call queue, holding
+    its keys and its stdout (a pipeline from `backup --json` never ended)."""
+    try:
+        handle = os.pidfd_open(run)
+    except (AttributeError, OSError):  # no pidfd (Linux < 5.3), or the run has ended already
+        while _alive(run):
+            time.sleep(1)
+    else:
+        select.select([handle], [], [])
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 class Batches:
@@ -115,7 +143,7 @@ class Batches:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([self._function.__module__])
             self._pool = ProcessPoolExecutor(self._processes, mp_context=context, initializer=_init,
-                                             initargs=(self._initial,))
+                                             initargs=(os.getpid(), self._initial))
             _widen_pipe(self._pool)
         while len(self._in_flight) >= IN_FLIGHT_PER_PROCESS * self._processes:
             oldest = self._in_flight.popleft()

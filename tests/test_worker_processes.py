@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +236,50 @@ def test_a_damaged_chunk_read_by_a_worker_is_named_and_never_restored(workspace,
         restore.run(workspace.ws, result["id"], str(target))
     assert batches_sent["restore"] >= 1
     assert not (workspace.restored(target) / victim.relative_to(workspace.source)).exists()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_end_when_their_run_is_killed(workspace):
+    # a worker's parent is the forkserver: killing the run used to leave the forkserver and
+    # its workers waiting forever, holding the keys and the run's stdout
+    _small_tree(workspace.source, count=6000)
+    process = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(workspace.config),
+                                "backup", "tree", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    helpers: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        helpers = _children(process.pid)  # the forkserver and the resource tracker
+        workers_of = [worker for helper in helpers for worker in _children(helper)]
+        if workers_of:
+            helpers += workers_of
+            break
+        time.sleep(0.01)
+    assert workers_of, "the backup finished before its workers could be seen"
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(pid) for pid in helpers):
+        time.sleep(0.1)
+    assert not [pid for pid in helpers if _running(pid)]
+    assert process.stdout.read() == b""  # the pipe ends: no process holds it any more
