@@ -22,6 +22,7 @@ import multiprocessing
 import fcntl
 import os
 import select
+import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -102,7 +103,7 @@ class Batches:
 
     def __init__(self, processes: int, function: Callable, what: str, initial: dict[str, Any] | None = None,
                  bulky: bool = False):
-        if bulky and processes > 0 and not _pipes_widen():
+        if processes > 0 and (not _stderr_has_descriptor() or bulky and not _pipes_widen()):
             processes = 0
         self._function = function
         self._what = what
@@ -190,6 +191,17 @@ def _give_back_free_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _stderr_has_descriptor() -> bool:
+    """Whether sys.stderr is a real descriptor, which multiprocessing hands to the processes it
+    starts: inside the console, Textual's capture has none (`fileno()` is -1) and starting a
+    pool fails ("bad value(s) in fds_to_keep"), so work run in the console's process (a
+    drill's restore) stays in the threads."""
+    try:
+        return sys.stderr is not None and sys.stderr.fileno() >= 0
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _pipes_widen() -> bool:

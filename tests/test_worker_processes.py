@@ -283,3 +283,30 @@ def test_workers_end_when_their_run_is_killed(workspace):
         time.sleep(0.1)
     assert not [pid for pid in helpers if _running(pid)]
     assert process.stdout.read() == b""  # the pipe ends: no process holds it any more
+
+
+class _CapturedStderr:
+    """What Textual puts in sys.stderr while the console runs: no descriptor behind it."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def fileno(self):
+        return -1
+
+
+def test_a_run_inside_the_console_process_keeps_its_small_files_in_threads(workspace, tmp_path, monkeypatch,
+                                                                          batches_sent):
+    # a drill's restore runs in the console's process, where starting a pool failed with
+    # "bad value(s) in fds_to_keep"
+    _small_tree(workspace.source)
+    monkeypatch.setattr(sys, "stderr", _CapturedStderr())
+    result = backup.run(workspace.ws, "tree", "full")
+    target = tmp_path / "target"
+    outcome = restore.run(workspace.ws, result["id"], str(target))
+    assert result["status"] == outcome["status"] == "succeeded"
+    assert batches_sent == {"backup": 0, "restore": 0}
+    assert_same_tree(workspace.source, workspace.restored(target))
