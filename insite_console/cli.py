@@ -864,8 +864,10 @@ def _print_drill(result: dict) -> None:
         return
     loss = result["data_loss_seconds"]
     rpo_word = {True: "met", False: "MISSED", None: "not measured"}[result.get("meets_rpo")]
-    print(f"recovery time {clock.human_duration(result['recovery_seconds'])} against RTO "
-          f"{clock.human_duration(result['rto_seconds'])}: {'met' if result['meets_rto'] else 'MISSED'}; "
+    recovery = result["recovery_seconds"]
+    rto_word = "not measured" if recovery is None else "met" if result["meets_rto"] else "MISSED"
+    print(f"recovery time {clock.human_duration(recovery)} against RTO "
+          f"{clock.human_duration(result['rto_seconds'])}: {rto_word}; "
           f"data loss {clock.human_duration(loss) if loss is not None else 'n/a'} against RPO "
           f"{clock.human_duration(result['rpo_seconds'])}: {rpo_word}")
     for item in result.get("missing", []):

@@ -99,8 +99,11 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
-def human_duration(seconds: float) -> str:
-    """3725 -> '1h 2m'; short enough for a table cell."""
+def human_duration(seconds: float | None) -> str:
+    """3725 -> '1h 2m'; short enough for a table cell. None (a drill that stopped before it
+    measured its recovery) -> 'not measured'."""
+    if seconds is None:
+        return "not measured"
     seconds = int(max(0, seconds))
     if seconds < 60:
         return f"{seconds}s"

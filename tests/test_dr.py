@@ -521,3 +521,34 @@ def test_an_incomplete_drill_keeps_what_was_not_carried_out_in_its_findings():
     assert [(f["kind"], f["owner"]) for f in found] == [("not_carried_out", "dba"), ("not_carried_out", "dba")]
     assert found[0]["text"].startswith("step 2 (restore): no policy matches @databases")
     assert "data loss not measured" in found[1]["text"]
+
+
+def test_a_step_that_stops_on_a_bug_fails_itself_and_a_drill_that_measured_nothing_still_shows(tmp_path,
+                                                                                              monkeypatch):
+    from insite_console.dr import actions, drill, report
+
+    helper = _workspace(tmp_path)
+    helper.cli("backup", "tree", check=True)
+
+    def broken(ctx, step):
+        raise ValueError("bad value(s) in fds_to_keep")
+
+    monkeypatch.setitem(actions._KINDS, "restore", broken)
+    fake = FakeTime()
+    record = drill.run(helper.ws, "data_corruption", auto=True,
+                       drill_clock=drill.DrillClock(1.0, fake.monotonic, fake.sleep))
+    restores = [s for s in record["steps"] if s["kind"] == "restore"]
+    assert record["status"] == "failed" and record["recovery_seconds"] is not None
+    assert restores and all(s["status"] in ("failed", "not run") for s in restores)
+    assert not [s for s in record["steps"] if s["status"] == "running"]
+    notes = json.dumps(record["events"])
+    assert "the step stopped on an unexpected error: ValueError: bad value(s) in fds_to_keep" in notes
+
+    # a record from a drill that stopped before measuring (as one a bug ended is kept)
+    stopped = {**record, "id": "0123456789abcdef", "recovery_seconds": None, "meets_rto": None}
+    helper.ws.catalog.insert_drill(stopped)
+    points = report.trend([record, stopped])  # newest first, as the catalog lists them
+    assert report.sparkline(points)[0] == "·" and report.trend_text(points).startswith("not measured ✗")
+    shown = helper.cli("drill", "show", stopped["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "recovery time not measured against RTO 1h: not measured" in shown.stdout

@@ -49,6 +49,8 @@ def run(ctx: StepContext, step: Step) -> dict[str, Any]:
         return {"status": "skipped", "notes": str(exc)}
     except InsiteError as exc:
         return {"status": "failed", "notes": str(exc)}
+    except Exception as exc:  # a bug fails its step, not the drill: the rest is still carried out and timed
+        return {"status": "failed", "notes": f"the step stopped on an unexpected error: {type(exc).__name__}: {exc}"}
 
 
 def _restore_point(ctx: StepContext, step: Step) -> dict:

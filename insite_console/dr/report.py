@@ -29,8 +29,10 @@ def sparkline(points: list[dict]) -> str:
     """The trend as bars, scaled to the largest of the measured RTOs and the target."""
     if not points:
         return ""
-    top = max([p["recovery_seconds"] for p in points] + [points[-1]["rto_seconds"] or 0]) or 1
-    return "".join(BARS[min(len(BARS) - 1, int(p["recovery_seconds"] / top * (len(BARS) - 1) + 0.5))] for p in points)
+    top = max([p["recovery_seconds"] or 0 for p in points] + [points[-1]["rto_seconds"] or 0]) or 1
+    return "".join("·" if p["recovery_seconds"] is None  # a drill that stopped before it measured
+                   else BARS[min(len(BARS) - 1, int(p["recovery_seconds"] / top * (len(BARS) - 1) + 0.5))]
+                   for p in points)
 
 
 def trend_text(points: list[dict]) -> str:
