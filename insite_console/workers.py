@@ -172,16 +172,12 @@ class Batches:
                           f"the {self._what} is not complete")
 
     def close(self, cancel: bool = False) -> None:
-        """Stop the workers: after the batches sent, or with cancel at once (after a failure)."""
+        """Stop the workers: after the batches sent, or with cancel (a cancelled or failed run)
+        after the batches they are at, the others dropped. Never mid-batch: a worker stopped
+        while writing a restored file would leave its temporary file in the target."""
         pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        if not cancel:
-            pool.shutdown(wait=True)
-            return
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=cancel)
 
 
 def _give_back_free_memory() -> None:

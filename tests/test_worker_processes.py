@@ -310,3 +310,34 @@ def test_a_run_inside_the_console_process_keeps_its_small_files_in_threads(works
     assert result["status"] == outcome["status"] == "succeeded"
     assert batches_sent == {"backup": 0, "restore": 0}
     assert_same_tree(workspace.source, workspace.restored(target))
+
+
+def test_a_cancelled_restore_leaves_no_temporary_file_behind(workspace, tmp_path, monkeypatch):
+    from insite_console.errors import Cancelled
+    from insite_console.events import CancelToken
+
+    for i in range(workers.START_AFTER + 40 * workers.BATCH_FILES):  # one file a batch: 200 KiB each
+        folder = workspace.source / f"d{i % 5}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"f{i:04d}.bin").write_bytes(os.urandom(200 * 1024))
+    result = backup.run(workspace.ws, "tree", "full")
+    cancel = CancelToken()
+    original = workers.Batches.flush
+    sent = [0]
+
+    def flush_then_cancel(self):
+        original(self)
+        if self._what == "restore" and self._pool is not None:
+            sent[0] += 1
+            if sent[0] == 6:  # workers are writing: the run stops now
+                cancel.cancel("the operator cancelled")
+
+    monkeypatch.setattr(workers.Batches, "flush", flush_then_cancel)
+    target = tmp_path / "target"
+    with pytest.raises(Cancelled):
+        restore.run(workspace.ws, result["id"], str(target), cancel=cancel)
+    left = [p for p in target.rglob("*") if p.name.startswith(".insite-restore-")]
+    assert left == []
+    restored = workspace.restored(target)
+    for path in restored.rglob("*.bin"):  # what is there is whole
+        assert path.read_bytes() == (workspace.source / path.relative_to(restored)).read_bytes()
