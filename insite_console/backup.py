@@ -158,7 +158,8 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
         totals = _store_items(repo, source, ctx, policy["compression"], reporter, warn,
                               workers.process_count(ws.config.engine))
         cancel.check()
-        reporter.update(phase="finishing", current="", force=True)
+        # everything is read: the total is known now (the estimate, passed by a tree that grew, was dropped)
+        reporter.update(phase="finishing", current="", bytes_total=reporter.current.bytes_done, force=True)
         repo.flush()
         tree_chunks = totals.pop("tree").save(repo)
         repo.flush()

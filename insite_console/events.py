@@ -111,7 +111,10 @@ class ProgressReporter:
         with self._lock:
             changes = self._changes
             if bytes_done:
-                changes["bytes_done"] = changes.get("bytes_done", self._snapshot.bytes_done) + bytes_done
+                done = changes["bytes_done"] = changes.get("bytes_done", self._snapshot.bytes_done) + bytes_done
+                total = changes.get("bytes_total", self._snapshot.bytes_total)
+                if total is not None and done > total:
+                    changes["bytes_total"] = None  # an estimate passed (a tree grew): not "100 %, ETA 0s"
             if files_done:
                 changes["files_done"] = changes.get("files_done", self._snapshot.files_done) + files_done
             if current is not None:

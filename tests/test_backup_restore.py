@@ -189,6 +189,31 @@ def test_an_incremental_backups_progress_counts_reused_files_and_reaches_its_tot
     assert reading.bytes_total is not None and reading.bytes_done >= 0.99 * reading.bytes_total
 
 
+def test_an_incremental_of_a_tree_that_grew_never_shows_more_done_than_its_total(workspace, monkeypatch):
+    # the total is the parent's size: past it the bar sat at "100 %, ETA 0s" while reading went on
+    from insite_console.sources import files as files_source
+
+    monkeypatch.setattr(files_source, "RACY_NS", 0)
+    build_tree(workspace.source, files=50)
+    backup.run(workspace.ws, "tree", "full")
+    (workspace.source / "grown.bin").write_bytes(os.urandom(4 * 1024 * 1024))  # more than the tree was
+    events = []
+    backup.run(workspace.ws, "tree", "incremental", progress=events.append)
+    assert all(e.bytes_total is None or e.bytes_done <= e.bytes_total for e in events)
+    finishing = [e for e in events if e.phase == "finishing"][0]
+    assert finishing.bytes_total == finishing.bytes_done  # known once all is read: the bar ends full
+
+    # what the bar is told between two reports: past the estimate, the total is unknown
+    from insite_console.events import ProgressReporter
+
+    reporter = ProgressReporter("backup", rate=1e9)
+    reporter.update(bytes_total=100)
+    reporter.advance(80)
+    assert reporter.current.bytes_total == 100
+    reporter.advance(40)
+    assert reporter.current.bytes_done == 120 and reporter.current.bytes_total is None
+
+
 def test_files_that_vanish_or_change_while_read_are_reported(workspace, monkeypatch):
     import contextlib
 
