@@ -263,7 +263,7 @@ def _running(pid: int) -> bool:
 def test_workers_end_when_their_run_is_killed(workspace):
     # a worker's parent is the forkserver: killing the run used to leave the forkserver and
     # its workers waiting forever, holding the keys and the run's stdout
-    _small_tree(workspace.source, count=6000)
+    _small_tree(workspace.source, count=3000)
     process = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(workspace.config),
                                 "backup", "tree", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     helpers: list[int] = []
@@ -316,10 +316,10 @@ def test_a_cancelled_restore_leaves_no_temporary_file_behind(workspace, tmp_path
     from insite_console.errors import Cancelled
     from insite_console.events import CancelToken
 
-    for i in range(workers.START_AFTER + 40 * workers.BATCH_FILES):  # one file a batch: 200 KiB each
-        folder = workspace.source / f"d{i % 5}"
+    for i in range(workers.START_AFTER + 300):  # past the start, one file a batch: 200 KiB each
+        folder = workspace.source / f"d{i // 64}"
         folder.mkdir(exist_ok=True)
-        (folder / f"f{i:04d}.bin").write_bytes(os.urandom(200 * 1024))
+        (folder / f"f{i:04d}.bin").write_bytes(os.urandom(200 * 1024 if i >= workers.START_AFTER else 1024))
     result = backup.run(workspace.ws, "tree", "full")
     cancel = CancelToken()
     original = workers.Batches.flush
@@ -329,7 +329,7 @@ def test_a_cancelled_restore_leaves_no_temporary_file_behind(workspace, tmp_path
         original(self)
         if self._what == "restore" and self._pool is not None:
             sent[0] += 1
-            if sent[0] == 6:  # workers are writing: the run stops now
+            if sent[0] == 40:  # workers are writing: the run stops now
                 cancel.cancel("the operator cancelled")
 
     monkeypatch.setattr(workers.Batches, "flush", flush_then_cancel)
