@@ -196,7 +196,9 @@ def _run(ws, policy_name: str, backup_id: str, backup_type: str | None, progress
             message = "interrupted"
         catalog.update_backup(backup_id, status=status, error=message, finished_at=clock.iso(clock.now()))
         catalog.finish_run(backup_id, status, message)
-        catalog.event(backup_id, f"backup {backup_id} {status}: {message}", level="error")
+        # a cancel is not an error (README, Live jobs): it is listed, marked as a warning
+        catalog.event(backup_id, f"backup {backup_id} {status}: {message}",
+                      level="warning" if status == "cancelled" else "error")
         reporter.update(phase=status, message=message, force=True)
         raise
     finally:

@@ -253,7 +253,8 @@ def run(ws, backup_ref: str, target: str, includes: list[str] | None = None, dry
                                     "finished_at": clock.iso(clock.now())})
             catalog.finish_run(restore_id, status, message)
             audit.seal_restore(ws, restore_id)
-            catalog.event(restore_id, f"restore {restore_id} {status}: {message}", level="error")
+            catalog.event(restore_id, f"restore {restore_id} {status}: {message}",
+                          level="warning" if status == "cancelled" else "error")
             alerts.fire(ws, "restore_finished", backup["policy"], f"restore {restore_id} of {backup['id']} {status}: "
                         f"{message}", {"restore_id": restore_id, "backup_id": backup["id"], "target": shown,
                                        "status": status, "error": message})

@@ -157,6 +157,9 @@ def test_cancelled_backup_is_not_a_restore_point(workspace):
         backup.run(workspace.ws, "tree", "full", progress=progress, cancel=token)
     rows = workspace.ws.catalog.backups()
     assert rows[0]["status"] == "cancelled"
+    # a cancel is not an error: Recent events marks it as a warning
+    assert [e["level"] for e in workspace.ws.catalog.events(rows[0]["id"]) if "cancelled" in e["message"]] \
+        == ["warning"]
     with pytest.raises(RestoreRefused, match="not a restore point"):
         restore.run(workspace.ws, rows[0]["id"], str(workspace.root / "t"))
     assert workspace.ws.repository("local").list_manifest_ids() == []
