@@ -23,7 +23,7 @@ from insite_console.errors import Cancelled, InsiteError, PolicyBusy
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter, catalog_writer
 from insite_console.repo.crypto import Cipher
 from insite_console.repo.repository import MANIFEST_VERSION, PendingStream, Repository, seal_blob
-from insite_console.repo.tree import TreeReader, TreeWriter
+from insite_console.repo.tree import TreeReader, TreeWriter, in_blocks
 from insite_console.sources import make_source
 from insite_console.repo.entry import Entry
 from insite_console.sources.base import Item, ScanContext
@@ -264,13 +264,9 @@ class KnownAhead:
         self.ids: set[bytes] = set()
 
     def __iter__(self):
-        block = []
-        for entry in self._parent:
-            block.append(entry)
-            if len(block) == self.BLOCK:
-                yield from self._with_ids(block)
-                block = []
-        yield from self._with_ids(block)
+        for block in in_blocks(self._parent, self.BLOCK):
+            yield from self._with_ids(block)
+        self.ids = set()  # past the parent: the scan asks the index itself
 
     def _with_ids(self, block: list[Entry]):
         self.ids = self._repo.index.has_many(

@@ -31,7 +31,7 @@ from insite_console.repo.crypto import Cipher
 from insite_console.repo.index import BlobLocation
 from insite_console.repo.packs import pack_key
 from insite_console.repo.repository import Repository, open_sealed_blob
-from insite_console.repo.tree import TreeReader
+from insite_console.repo.tree import TreeReader, in_blocks
 from insite_console.sources import source_module
 from insite_console.storage.local import LocalStorage
 from insite_console.repo.entry import Entry
@@ -675,19 +675,11 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
     def entries() -> Iterator[Entry]:
         """The tree in order, read LOCATE_AHEAD entries ahead to locate their small files'
         chunks in a few index queries instead of one per file."""
-        block: list[Entry] = []
-        for entry in ctx.entries():
-            block.append(entry)
-            if len(block) == LOCATE_AHEAD:
-                yield from located_block(block)
-                block = []
-        yield from located_block(block)
-
-    def located_block(block: list[Entry]) -> list[Entry]:
-        located.clear()
-        located.update(ctx.repo.locate_many(
-            bytes.fromhex(e.chunks[0][0]) for e in block if e.type == "file" and len(e.chunks or []) == 1))
-        return block
+        for block in in_blocks(ctx.entries(), LOCATE_AHEAD):
+            located.clear()
+            located.update(ctx.repo.locate_many(
+                bytes.fromhex(e.chunks[0][0]) for e in block if e.type == "file" and len(e.chunks or []) == 1))
+            yield from block
 
     def small_blob(entry: Entry) -> tuple | None:
         """What a worker needs to write a small file's content: its chunk's id and location,

@@ -54,6 +54,18 @@ class TreeWriter:
         self._spool.close()
 
 
+def in_blocks(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
+    """Entries in lists of `size` (the last one shorter), for index lookups made a block at a time."""
+    block: list[Entry] = []
+    for entry in entries:
+        block.append(entry)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
 class TreeReader:
     """Iterates the entries of a stored tree, streaming."""
 
