@@ -153,9 +153,12 @@ def _fixed_environment(monkeypatch) -> None:
                         lambda path: shutil._ntuple_diskusage(100 << 30, 60 << 30, 40 << 30))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Snapshot workspaces live at one fixed path (it shows on screen): under pytest-xdist,
-    every test using one runs on the same worker (`--dist loadgroup`)."""
+    every test using one runs on the same worker (`--dist loadgroup`). First, before xdist
+    reads the marks: run as `pytest tests/tui` this conftest came after it, and two workers
+    shared the path."""
     for item in items:
         if "snapshot_workspace" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("tui-snapshots"))

@@ -3,7 +3,9 @@ each step's first field, and read-only mode's notice for a refused key."""
 
 from __future__ import annotations
 
-from textual.widgets import Input
+from textual.widgets import Input, OptionList
+
+from insite_console import backup
 
 from tests.tui.test_console import settle, static_text
 from tests.tui.test_truth import _two_points
@@ -100,3 +102,21 @@ async def test_clearing_an_unreadable_time_clears_its_error(make_app, console_wo
         await settle(app, pilot)
         text = static_text(app, "#window")
         assert "✗" not in text and "Restorable window:" in text and "restore point(s)" in text
+
+
+async def test_a_backup_taken_while_the_wizard_is_open_is_listed_and_picked(make_app, console_workspace, monkeypatch):
+    """Found by a tmux walk: the list was read once, so a backup that finished later (by cron,
+    in another shell) was missing, and a time typed after it picked the older point."""
+    early, late = _two_points(console_workspace, monkeypatch)  # 19:00 and 19:11
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("4")
+        await settle(app, pilot)
+        monkeypatch.setenv("INSITE_FAKE_NOW", "2030-01-01T19:30:00Z")
+        newest = backup.run(console_workspace, "app_files", "full")["id"]  # as another process would
+        monkeypatch.setenv("INSITE_FAKE_NOW", "2030-01-01T19:40:00Z")
+        screen = await _type_at(app, pilot, "2030-01-01T19:35:00Z")
+        assert screen.backup["id"] == newest, (early, late, newest)
+        assert "restore point " + newest in static_text(app, "#window")
+        ids = [option.id for option in screen.query_one("#points", OptionList).options]
+        assert ids[:3] == [newest, late, early], ids

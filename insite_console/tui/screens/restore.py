@@ -78,6 +78,8 @@ class RestoreWizard(InsiteScreen):
         self._ready = False
         self._pending_preset: str | None = None
         self.at = None  # a point in time: picks the restore point; replayed to for physical PostgreSQL
+        self._at_text = ""  # the time as typed, once applied
+        self._points: dict[str, dict] = {}  # the source's restore points listed, newest first
 
     # ----- layout ---------------------------------------------------------------------------
 
@@ -146,6 +148,8 @@ class RestoreWizard(InsiteScreen):
         self.query_one("#confirm-input", Input).display = False
         self.query_one("#reason-input", Input).display = False
         self.watch(self.app, "jobs_version", lambda _: self.job_changed(), init=False)
+        # a backup that finished since the list was read (in the console, by cron): listed
+        self.watch(self.app, "catalog_version", lambda _: self.refresh_points(), init=False)
         self._ready = True
         self.show_step(WHAT)
         if self._pending_preset:
@@ -342,7 +346,7 @@ class RestoreWizard(InsiteScreen):
 
     def show_window(self) -> None:
         """The source's restorable window (also what replaces a time's error once the field is cleared)."""
-        points = list(getattr(self, "_points", {}).values())  # newest first, as listed
+        points = list(self._points.values())  # newest first, as listed
         window = self.query_one("#window", Static)
         if points:
             window.update(f"Restorable window: [b]{model.short_time(points[-1]['started_at'])}[/] … "
@@ -373,9 +377,32 @@ class RestoreWizard(InsiteScreen):
         else:
             self.backup = None
 
+    def refresh_points(self) -> None:
+        """Re-read the restore points when the catalog has others than those listed, keeping
+        the one chosen, and apply the time typed again over the list as it is now."""
+        if self.reload_points() and self._at_text:
+            self._at_text = ""
+            self.apply_at()
+
+    def reload_points(self) -> bool:
+        """List the catalog's restore points again if they changed (a backup finished in the
+        console or by cron): a stale list would pick an older point for a time typed."""
+        source = self.query_one("#source", Select).value
+        if self.step != WHAT or not isinstance(source, str):
+            return False
+        ids = [b["id"] for b in self.app.workspace.catalog.backups(source=source, status="succeeded", limit=500)]
+        if ids == list(self._points):
+            return False
+        keep = self.backup["id"] if self.backup and self.backup["source"] == source else None
+        self.fill_points(source, select_id=keep)
+        return True
+
+    def on_screen_resume(self) -> None:
+        self.refresh_points()
+
     @on(OptionList.OptionHighlighted, "#points")
     def point_highlighted(self, event: OptionList.OptionHighlighted) -> None:
-        backup = getattr(self, "_points", {}).get(event.option.id)
+        backup = self._points.get(event.option.id)
         if backup is not None:
             self.choose(backup)
 
@@ -393,9 +420,10 @@ class RestoreWizard(InsiteScreen):
         """Apply the typed point in time (whatever leaves the field: enter, tab, ctrl+n, a click):
         pick the newest restore point taken at or before it. False when it cannot be applied."""
         text = self.query_one("#at", Input).value.strip()
-        if text == getattr(self, "_at_text", ""):
+        if text == self._at_text:
             return self.at is not None or not text
         self._at_text = text
+        self.reload_points()  # the newest point taken before the time, not the newest when the list was read
         self.at = None
         self.plan = None
         if not text:
@@ -406,7 +434,7 @@ class RestoreWizard(InsiteScreen):
         except ValueError as exc:
             self.query_one("#window", Static).update(f"[$error]✗ point in time: {escape(str(exc))}[/]")
             return False
-        candidates = [b for b in getattr(self, "_points", {}).values() if restore_engine.taken_at(b) <= at]
+        candidates = [b for b in self._points.values() if restore_engine.taken_at(b) <= at]
         if not candidates:
             self.query_one("#window", Static).update(
                 f"[$error]✗ no restore point of this source was taken at or before {clock.iso(at)}[/]")
