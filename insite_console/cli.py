@@ -48,6 +48,25 @@ def _progress_printer(enabled: bool):
     return show
 
 
+def _run_seen(show):
+    """The progress callback `show` (or none), noting the run id the engine reports, so that a
+    run stopped by a cancel or an error can still be printed: `--json` prints one object."""
+    seen: dict[str, str] = {}
+
+    def track(progress: Progress) -> None:
+        if progress.run_id:
+            seen["id"] = progress.run_id
+        if show is not None:
+            show(progress)
+
+    return track, seen
+
+
+#: the contract's keys of `restore --json`, and the record's that say why
+RESTORE_FIELDS = ("id", "backup_id", "status", "target", "files", "bytes_written", "started_at", "finished_at",
+                  "error", "over_source", "reason")
+
+
 def _cancel_on_signals() -> CancelToken:
     """Ctrl-C or SIGTERM cancel cleanly: the engine stops between units of work and cleans up."""
     token = CancelToken()
@@ -91,6 +110,7 @@ def cmd_init(args) -> int:
 
 def cmd_backup(args) -> int:
     from insite_console import alerts, backup
+    from insite_console.catalog.db import public_backup
     from insite_console.errors import PolicyBusy
 
     ws = _workspace(args)
@@ -99,13 +119,18 @@ def cmd_backup(args) -> int:
     token = _cancel_on_signals()
     if args.group:
         return _backup_group(ws, args, token)
+    progress, seen = _run_seen(_progress_printer(not args.json))
     try:
-        result = backup.run(ws, args.policy, args.type, progress=_progress_printer(not args.json), cancel=token)
-    except (Cancelled, PolicyBusy):
-        raise  # not a failed backup: the operator stopped it, or another run holds the policy
-    except InsiteError as exc:
-        if args.policy in ws.config.policies:  # (an unknown policy is a usage error, not a failure)
+        result = backup.run(ws, args.policy, args.type, progress=progress, cancel=token)
+    except BaseException as exc:
+        # a cancel, or another run holding the policy, is not a failed backup; an unknown
+        # policy is a usage error, not a failure
+        if isinstance(exc, InsiteError) and not isinstance(exc, (Cancelled, PolicyBusy)) \
+                and args.policy in ws.config.policies:
             alerts.backup_outcome(ws, args.policy, error=str(exc))
+        row = ws.catalog.backup(seen["id"]) if args.json and "id" in seen else None
+        if row is not None:  # the stopped run, as recorded
+            _print_json(public_backup(row, ws.catalog.backup_storages(row["id"])))
         raise
     alerts.backup_outcome(ws, args.policy, result)
     if args.json:
@@ -265,9 +290,16 @@ def cmd_restore(args) -> int:
                "as_primary": args.as_primary, "with_globals": args.with_globals, "no_owner": args.no_owner,
                "no_acl": args.no_acl, "target_password_env": args.target_password_env, "delta": args.delta}
     token = _cancel_on_signals()
-    result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
-                         yes=args.yes, at=at, progress=_progress_printer(not args.json), cancel=token,
-                         options=options, reason=args.reason)
+    progress, seen = _run_seen(_progress_printer(not args.json))
+    try:
+        result = restore.run(ws, args.backup_id, args.target, includes=args.include, dry_run=args.dry_run,
+                             yes=args.yes, at=at, progress=progress, cancel=token, options=options,
+                             reason=args.reason)
+    except BaseException:
+        row = ws.catalog.restore(seen["id"]) if args.json and "id" in seen else None
+        if row is not None:  # the stopped run, as recorded (a refused one has none)
+            _print_json({key: row.get(key) for key in RESTORE_FIELDS})
+        raise
     failed_preflight = 1 if args.dry_run and result.get("problems") else 0  # a plan that would be refused
     if args.json:
         _print_json(result)

@@ -219,3 +219,42 @@ def test_restore_at_takes_relative_and_local_times_and_explains_a_bad_one(worksp
     bad = workspace.cli("restore", "tree", "--at", "half past two", "--target", str(tmp_path / "t"), env=later)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "isoformat" not in bad.stderr
     assert "use one of" in bad.stderr and "-2h" in bad.stderr and "yesterday 14:00" in bad.stderr
+
+
+def test_a_cancelled_backup_json_still_prints_its_object(workspace):
+    """Found by a tmux walk: `backup --json` stopped by SIGTERM printed nothing (exit 130), so a
+    script read no status at all; it prints the run as recorded, `cancelled`, with its error."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with open(workspace.source / "large.bin", "wb") as handle:
+        for _ in range(24):
+            handle.write(os.urandom(8 << 20))
+    workspace.close()
+    proc = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(workspace.config), "backup", "tree",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    data_dir, deadline = workspace.root / "repo" / "data", time.monotonic() + 60
+    while time.monotonic() < deadline and not any(p.is_file() for p in data_dir.rglob("*")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    printed = json.loads(out)
+    assert BACKUP_KEYS <= set(printed) and printed["status"] == "cancelled", printed
+    assert "SIGTERM" in printed["error"] and printed["finished_at"]
+    assert json.loads(workspace.cli("backups", "--json", check=True).stdout)[0] == printed
+
+
+def test_a_failed_restore_json_prints_its_object_with_the_error(workspace, tmp_path):
+    (workspace.source / "a.bin").write_bytes(os.urandom(300_000))
+    made = json.loads(workspace.cli("backup", "tree", "--json", check=True).stdout)
+    for pack in (workspace.root / "repo" / "data").rglob("*"):
+        if pack.is_file():
+            pack.unlink()
+    result = workspace.cli("restore", made["id"], "--target", str(tmp_path / "t"), "--json")
+    assert result.returncode != 0
+    printed = json.loads(result.stdout)
+    assert printed["status"] == "failed" and printed["backup_id"] == made["id"] and printed["error"]
+    assert printed["error"].splitlines()[0] in result.stderr
