@@ -413,6 +413,30 @@ class _Target:
                 pass
             raise
 
+    def leftovers(self, parts: list[str]) -> list[str]:
+        """The temporary files in folder T/parts that a restore killed while writing left there
+        (no process of that pid is alive)."""
+        fd = self.open_dir(parts, create=False)
+        if fd is None:
+            return []
+        try:
+            with os.scandir(fd) as listing:
+                return ["/".join([*parts, item.name]) for item in listing if item.name.startswith(_TEMP)
+                        and not item.is_dir(follow_symlinks=False) and not _writer_alive(item.name)]
+        finally:
+            os.close(fd)
+
+    def remove(self, path: str) -> None:
+        parts = path.split("/")
+        dir_fd = self.open_dir(parts[:-1], create=False)
+        if dir_fd is not None:
+            try:
+                os.unlink(parts[-1], dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(dir_fd)
+
     def lstat(self, parts: list[str]) -> os.stat_result | None:
         dir_fd = self.open_dir(parts[:-1], create=False)
         if dir_fd is None:
@@ -435,6 +459,25 @@ class _LinkGroup:
     xattrs: dict[str, bytes] | None = None
     writer: str | None = None
     writer_action: str = "create"
+
+
+def _temp_name() -> str:
+    """A temporary name saying which process writes it (`.insite-restore-PID-HEX`), so that a
+    later restore removes what a killed one left behind, and never what a running one writes."""
+    return f"{_TEMP}{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _writer_alive(name: str) -> bool:
+    pid, dash, _ = name[len(_TEMP):].partition("-")
+    if not dash or not pid.isdigit():
+        return False  # not a name this version writes: from an older one, long gone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process holds that pid (or a pid from elsewhere): kept
+    return True
 
 
 def _group_of(entry: Entry, groups: dict[str, _LinkGroup]) -> _LinkGroup | None:
@@ -478,6 +521,7 @@ def _plan_files(ctx: RestoreContext, target: _Target | None) -> dict[str, Any]:
     overwrite_examples: list[str] = []
     groups: dict[str, _LinkGroup] = {}
     orphans: list[str] = []
+    leftovers: list[str] = []  # temporary files of a killed restore, removed by this one
     files = 0  # regular files to write (hard links included), as a backup counts them
     for entry in ctx.entries():
         ctx.cancel.check()
@@ -491,6 +535,8 @@ def _plan_files(ctx: RestoreContext, target: _Target | None) -> dict[str, Any]:
         linked = group is not None and group.writer is not None  # restored as a link to the writer
         existing = target.lstat(parts) if target is not None else None
         action = "create"
+        if existing is not None and entry.type == "dir" and stat.S_ISDIR(existing.st_mode):
+            leftovers.extend(target.leftovers(parts))
         if existing is not None:
             if linked:
                 writer = target.lstat(check_relative_path(group.writer))
@@ -526,7 +572,7 @@ def _plan_files(ctx: RestoreContext, target: _Target | None) -> dict[str, Any]:
         if len(plan) < PLAN_LIMIT:
             plan.append({"path": "/" + entry.path, "type": entry.type, "action": action, "bytes": size})
     return {"plan": plan, "counts": counts, "bytes": byte_counts, "files": files, "identical": identical,
-            "overwrite_examples": overwrite_examples, "orphans": orphans}
+            "overwrite_examples": overwrite_examples, "orphans": orphans, "leftovers": leftovers}
 
 
 VERIFICATION = ("every chunk was authenticated (AES-GCM, bound to its id) as it was read and each file's "
@@ -556,6 +602,9 @@ def restore_files(ctx: RestoreContext) -> dict[str, Any]:
     warnings = _Warnings()
     for path in planned["orphans"]:
         warnings.add("not restored: a hard link whose first file could not be read when backed up", path)
+    for path in planned["leftovers"]:
+        warnings.add(("to remove" if ctx.dry_run else "removed")
+                     + ": a temporary file left by a restore that was killed while writing", "/" + path)
     if ctx.dry_run:
         return {"files": planned["files"], "bytes_written": 0, "summary": summary,
                 "plan": planned["plan"], "plan_truncated": sum(counts.values()) > PLAN_LIMIT,
@@ -574,6 +623,8 @@ def restore_files(ctx: RestoreContext) -> dict[str, Any]:
     except OSError as exc:
         raise RestoreRefused(f"cannot create target {ctx.target}: {exc.strerror}") from None
     try:
+        for path in planned["leftovers"]:
+            target.remove(path)
         written = _write_tree(ctx, target, planned["identical"], warnings)
         for fd in target.filesystems():  # a mount point inside the target is another filesystem
             flush_to_disk(fd)
@@ -930,7 +981,7 @@ def _write_file(target: _Target, entry: Entry, parts: list[str], contents: Itera
     """Write a file's content under a temporary name, put its metadata on, rename it into
     place; the bytes written."""
     dir_fd = target.open_dir(parts[:-1], create=True)
-    temp = f"{_TEMP}{secrets.token_hex(6)}"
+    temp = _temp_name()
     written = 0
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
@@ -1011,7 +1062,7 @@ def _restore_node(ctx: RestoreContext, target: _Target, entry: Entry, parts: lis
         warnings.add("device file not recreated: that needs root", "/" + entry.path)
         return False
     dir_fd = target.open_dir(parts[:-1], create=True)
-    temp = f"{_TEMP}{secrets.token_hex(6)}"
+    temp = _temp_name()
     try:
         if entry.type == "symlink":
             os.symlink(entry.target or "", temp, dir_fd=dir_fd)
@@ -1042,7 +1093,7 @@ def _restore_link(ctx: RestoreContext, target: _Target, entry: Entry, parts: lis
     if src_fd is None:
         raise RestoreRefused(f"/{entry.path}: the file it is hard-linked to was not restored")
     dir_fd = target.open_dir(parts[:-1], create=True)
-    temp = f"{_TEMP}{secrets.token_hex(6)}"
+    temp = _temp_name()
     try:
         try:
             os.link(writer_parts[-1], temp, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)

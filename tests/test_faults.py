@@ -273,3 +273,41 @@ def test_kill_9_mid_backup_then_rerun_reuses_data_and_restores(workspace, tmp_pa
     target = tmp_path / "t"
     restore.run(ws, result["id"], str(target))
     assert_same_tree(workspace.source, workspace.restored(target))
+
+
+def test_a_restore_removes_what_a_killed_restore_left_and_keeps_a_running_ones(workspace, tmp_path):
+    """Found by a tmux walk: kill -9 during a restore left a half-written '.insite-restore-…'
+    file in the target, and restoring again reported success with it still there."""
+    folder = workspace.source / "big"
+    folder.mkdir()
+    with open(folder / "large.bin", "wb") as handle:
+        for _ in range(16):
+            handle.write(os.urandom(8 * 1024 * 1024))
+    made = backup.run(workspace.ws, "tree", "full")
+    workspace.close()
+    target = tmp_path / "t"
+    proc = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(workspace.config), "restore",
+                             made["id"], "--target", str(target)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, left = time.monotonic() + 60, []
+    while time.monotonic() < deadline and not left:
+        left = [p for p in target.rglob(".insite-restore-*") if p.stat().st_size > 0]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert left, "the restore was not caught writing"
+    restored = workspace.restored(target) / "big"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # another restore writing into the same folder right now: its file is not touched
+        running = restored / f".insite-restore-{sleeper.pid}-0123456789ab"
+        running.write_bytes(b"being written")
+        plan = json.loads(workspace.cli("restore", made["id"], "--target", str(target), "--dry-run", "--json",
+                                        check=True).stdout)
+        assert any("to remove: a temporary file left by a restore that was killed" in w for w in plan["warnings"])
+        done = json.loads(workspace.cli("restore", made["id"], "--target", str(target), "--yes", "--json",
+                                        check=True).stdout)
+        assert any(w.startswith("/" + str(left[0].relative_to(target))) and "removed" in w
+                   for w in done["warnings"]), done["warnings"]
+        assert sorted(p.name for p in restored.iterdir()) == sorted(["large.bin", running.name])
+        assert (restored / "large.bin").read_bytes() == (folder / "large.bin").read_bytes()
+    finally:
+        sleeper.kill()
