@@ -120,3 +120,20 @@ async def test_a_backup_taken_while_the_wizard_is_open_is_listed_and_picked(make
         assert "restore point " + newest in static_text(app, "#window")
         ids = [option.id for option in screen.query_one("#points", OptionList).options]
         assert ids[:3] == [newest, late, early], ids
+
+
+async def test_another_place_takes_the_path_typed_right_after_it(make_app, console_workspace, tmp_path):
+    """Found by a tmux walk: after choosing 'Another place' the focus stayed on the choices, so
+    the path typed next was taken as keys of the screen ('2' opened the catalog)."""
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("4")
+        await settle(app, pilot)
+        await pilot.press("ctrl+n", "ctrl+n")  # what, parts: everything
+        await settle(app, pilot)
+        screen = app.screen
+        assert screen.step == 2 and app.focused.id == "where"
+        await pilot.press("down", "down", "enter", *"/tmp/r2")  # no pause: typed as one burst
+        await settle(app, pilot)
+        assert app.current_mode == "restore" and screen.where_mode == "custom"
+        assert screen.query_one("#target", Input).value == "/tmp/r2"  # the suggestion is replaced

@@ -580,6 +580,8 @@ class RestoreWizard(InsiteScreen):
         elif mode == "original":
             target.value = self.default_target(self.backup, "original")
         target.disabled = mode != "custom"
+        if mode == "custom" and event is not None:
+            target.focus()  # the path is what comes next: typed there, not taken as keys of the screen
         self.check_target()
 
     @property
