@@ -48,3 +48,24 @@ def test_a_running_job_counts_its_duration_and_a_drill_says_so():
     assert view.progress_text().endswith("?%")  # running: a bar
     view.status, view.finished_at, view.files_done, view.bytes_done = "failed", "2026-11-27T09:01:00Z", 7, 2048
     assert view.duration_text() == clock.human_duration(60) and view.progress_text() == "7 files · 2.0 KiB"
+
+
+async def test_a_cancelled_row_keeps_the_progress_column_at_80_columns(make_app, console_workspace):
+    """Found by a tmux walk: '■ cancelled by USER@HOST' widened Status so much that the 80-column
+    table dropped Progress for every row; the status is cut (the detail box names who in full)."""
+    catalog = console_workspace.catalog
+    catalog.start_run("c0ffee0000000001", "backup", "app_files")
+    catalog.cancel_requested("c0ffee0000000001", "operator-on-call@bastion-eu-west-1.example.net")
+    catalog.finish_run("c0ffee0000000001", "cancelled", "cancelled by the operator")
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        await settle(app, pilot, 0.3)
+        table = app.screen.query_one("#job-table", DataTable)
+        assert "progress" in [str(key.value) for key in table.columns]
+        rows = {row["status"]: row for row in keyed_rows(table)}
+        cancelled = next(row for status, row in rows.items() if status.startswith("■ cancelled"))
+        assert cancelled["status"].endswith("…") or cancelled["status"] == "■ cancelled"
+        table.move_cursor(row=[r["status"] for r in keyed_rows(table)].index(cancelled["status"]))
+        await settle(app, pilot, 0.2)
+        assert "cancelled by operator-on-call@bastion-eu-west-1.example.net" in static_text(app, "#job-facts")

@@ -17,9 +17,10 @@ from insite_console.tui.widgets.footer import InsiteFooter
 from insite_console.tui.widgets.styles import role_style
 
 
-# at 60 columns: what, of what, how far (the selected job's box below says the rest in full)
+# at 60 columns: what, of what, how far (the selected job's box below says the rest in full;
+# "■ cancelled by USER@HOST" is cut where the columns need the room)
 JOB_COLUMNS = [
-    Col("status", "Status"), Col("kind", "Job"), Col("subject", "Subject", max_width=20), Col("progress", "Progress", 1),
+    Col("status", "Status", min_width=len("■ cancelled")), Col("kind", "Job"), Col("subject", "Subject", max_width=20), Col("progress", "Progress", 1),
     Col("rate", "Speed", 5), Col("eta", "ETA", 2), Col("duration", "Took", 3), Col("phase", "Phase", 6),
     Col("origin", "Started by", 7, min_width=12), Col("started", "Started (UTC)", 4),
 ]
