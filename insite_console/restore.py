@@ -1048,11 +1048,12 @@ def _open_small_blob(root: str, entry: Entry, blob_id: bytes, location: BlobLoca
 
 
 def _replace(root: str, dir_fd: int, temp: str, name: str, entry: Entry, what: str) -> None:
-    """Rename the finished temporary node over the entry's name, never over a folder."""
-    existing = _lstat_at(dir_fd, name)
-    if existing is not None and stat.S_ISDIR(existing.st_mode):
-        raise RestoreRefused(f"{os.path.join(root, entry.path)} is a directory; not replacing it with {what}")
-    os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    """Rename the finished temporary node over the entry's name, never over a folder: the
+    kernel refuses that itself (EISDIR), so no lstat is spent per file to check first."""
+    try:
+        os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except IsADirectoryError:
+        raise RestoreRefused(f"{os.path.join(root, entry.path)} is a directory; not replacing it with {what}") from None
 
 
 def _restore_node(ctx: RestoreContext, target: _Target, entry: Entry, parts: list[str], warnings: _Warnings) -> bool:
@@ -1112,12 +1113,5 @@ def _restore_link(ctx: RestoreContext, target: _Target, entry: Entry, parts: lis
         os.close(src_fd)
         os.close(dir_fd)
     return 0
-
-
-def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
 
 

@@ -124,3 +124,19 @@ def test_delta_refuses_unarchived_wal_and_moves_the_old_pg_wal_aside(tmp_path):
     assert physical._remove_not_in_backup(str(data), {"PG_VERSION", "pg_wal"}) == 0
     kept = os.path.join(aside, "000000010000000000000007")
     assert open(kept, "rb").read() == b"last transactions" * 100
+
+
+@pytest.mark.parametrize("name, make", [("small.txt", lambda p: p.write_text("x")),
+                                        ("large.bin", lambda p: p.write_bytes(os.urandom(600_000))),
+                                        ("link", lambda p: p.symlink_to("small.txt"))])
+def test_a_folder_where_the_backup_has_a_file_is_never_replaced(workspace, tmp_path, name, make):
+    make(workspace.source / name)
+    result = backup.run(workspace.ws, "tree", "full")
+    target = tmp_path / "target"
+    folder = workspace.restored(target) / name
+    folder.mkdir(parents=True)
+    (folder / "kept.txt").write_text("the operator's")
+    with pytest.raises(RestoreRefused, match=f"{folder} is a directory; not replacing it with a"):
+        restore.run(workspace.ws, result["id"], str(target), yes=True)
+    assert (folder / "kept.txt").read_text() == "the operator's"
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".insite-restore-")] == []
