@@ -33,7 +33,7 @@ from insite_console.repo.packs import pack_key
 from insite_console.repo.repository import Repository, open_sealed_blob
 from insite_console.repo.tree import TreeReader, in_blocks
 from insite_console.sources import source_module
-from insite_console.storage.local import LocalStorage
+from insite_console.storage.local import LocalStorage, OpenObjects
 from insite_console.repo.entry import Entry
 
 DEFAULT_THROUGHPUT = 150 * 1024 * 1024  # bytes/s assumed for an estimate before any restore was measured
@@ -1022,7 +1022,7 @@ def _write_small_files(jobs: list[tuple[str, Entry, list[str], tuple | None]]) -
     by kind, filesystems this worker has reached) or ("failed", error)."""
     if "cipher" not in workers.state:
         workers.state["cipher"] = Cipher(workers.state["encryption_key"])
-        workers.state["packs"] = workers.state["storage"] and LocalStorage(*workers.state["storage"])
+        workers.state["packs"] = workers.state["storage"] and OpenObjects(LocalStorage(*workers.state["storage"]))
     answers: list = []
     for root, entry, parts, blob in jobs:
         target = workers.state.get(root)

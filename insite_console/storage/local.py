@@ -32,6 +32,29 @@ def _crash_point() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class OpenObjects:
+    """Reads ranges of objects, keeping the last few opened: a restore worker reading one
+    small file's chunk at a time from its pack pays one pread, not open, pread and close."""
+
+    def __init__(self, storage: "LocalStorage", keep: int = 8):
+        self.storage = storage
+        self._keep = keep
+        self._fds: dict[str, int] = {}  # oldest first
+
+    def get(self, key: str, offset: int, length: int) -> bytes:
+        fd = self._fds.pop(key, None)
+        if fd is None:
+            try:
+                fd = os.open(self.storage._path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return self.storage.get(key, offset, length)  # with its errors
+            if len(self._fds) >= self._keep:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[key] = fd
+        data = os.pread(fd, length, offset)
+        return data if len(data) == length else self.storage.get(key, offset, length)
+
+
 class LocalStorage(Storage):
     restore_threads = 1
     upload_slots = 1  # a local write takes milliseconds: more would only hold packs in memory
