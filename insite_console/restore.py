@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator
 
 from insite_console import alerts, audit, clock, globs, who, workers
-from insite_console.durable import flush_to_disk
+from insite_console.durable import flush_to_disk, flushing_along
 from insite_console.errors import Cancelled, InsiteError, IntegrityError, RestoreRefused, UsageError
 from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
 from insite_console.redact import redact, redact_all
@@ -625,7 +625,8 @@ def restore_files(ctx: RestoreContext) -> dict[str, Any]:
     try:
         for path in planned["leftovers"]:
             target.remove(path)
-        written = _write_tree(ctx, target, planned["identical"], warnings)
+        with flushing_along(ctx.target):
+            written = _write_tree(ctx, target, planned["identical"], warnings)
         for fd in target.filesystems():  # a mount point inside the target is another filesystem
             flush_to_disk(fd)
     finally:

@@ -634,3 +634,21 @@ def test_a_restore_flushes_every_filesystem_of_the_target_it_wrote_to(workspace,
         assert (mounted / "data.txt").read_text() == "on a filesystem mounted inside the target"
         assert sorted(flushed) == sorted({os.stat(target).st_dev, os.stat(mounted).st_dev}), flushed
     assert outcome["verified"] is True
+
+
+def test_flushing_along_flushes_while_the_block_runs_and_stops_after_it(tmp_path, monkeypatch):
+    """A restore flushes as it goes (the final flush then has little left); the thread doing it
+    flushes the target's filesystem, on a descriptor of its own, and ends with the block."""
+    import time
+
+    from insite_console import durable
+
+    calls = []
+    monkeypatch.setattr(durable, "flush_to_disk", lambda fd: calls.append(os.path.samestat(os.fstat(fd),
+                                                                                             os.stat(tmp_path))))
+    with durable.flushing_along(str(tmp_path), every=0.02):
+        (tmp_path / "f").write_bytes(b"x" * 100_000)
+        time.sleep(0.3)
+    during = len(calls)
+    time.sleep(0.1)
+    assert during >= 3 and all(calls) and len(calls) == during
