@@ -43,15 +43,17 @@ class OpenObjects:
 
     def get(self, key: str, offset: int, length: int) -> bytes:
         fd = self._fds.pop(key, None)
-        if fd is None:
-            try:
+        try:
+            if fd is None:
                 fd = os.open(self.storage._path(key), os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return self.storage.get(key, offset, length)  # with its errors
-            if len(self._fds) >= self._keep:
-                os.close(self._fds.pop(next(iter(self._fds))))
+                if len(self._fds) >= self._keep:
+                    os.close(self._fds.pop(next(iter(self._fds))))
+            data = os.pread(fd, length, offset)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            return self.storage.get(key, offset, length)  # which names what failed
         self._fds[key] = fd
-        data = os.pread(fd, length, offset)
         return data if len(data) == length else self.storage.get(key, offset, length)
 
 
