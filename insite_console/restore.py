@@ -672,6 +672,10 @@ class _Warnings:
 
 #: entries read ahead of the writers, so their small files' chunks are located together
 LOCATE_AHEAD = 512
+#: large files queued for the writer threads: an entry holds only its chunk list, and the tree
+#: goes on to the small files (for the workers) while the threads write the large ones, instead
+#: of waiting for them (two queued: a cold restore of the bench tree 4.1-4.3 -> 3.7-4.2 s)
+LARGE_QUEUED = 4096
 
 
 def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warnings: _Warnings) -> dict[str, int]:
@@ -681,7 +685,7 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
     dirs: list[Entry] = []
     links: list[tuple[Entry, list[str], list[str]]] = []  # hard links, made once their writer is written
     groups: dict[str, _LinkGroup] = {}
-    slots = threading.BoundedSemaphore(threads * 2)
+    slots = threading.BoundedSemaphore(LARGE_QUEUED)
     futures: list[Future] = []
     failure: list[BaseException] = []
 
