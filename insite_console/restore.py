@@ -749,6 +749,18 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
             raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: {exc}") from None
         return blob_id, location, None if local else ctx.repo.read_sealed(location)
 
+    def located_all(entry: Entry) -> None:
+        """A large file's chunks are looked up before it is queued: one missing fails the
+        restore here, before the tree goes on past it (the threads may be far behind)."""
+        ids = [bytes.fromhex(chunk_id) for chunk_id, _ in entry.chunks or []]
+        found = ctx.repo.locate_many(ids)
+        for blob_id in ids:
+            if blob_id not in found:
+                try:
+                    ctx.repo.locate(blob_id)  # which says why
+                except IntegrityError as exc:
+                    raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: {exc}") from None
+
     with ThreadPoolExecutor(threads, thread_name_prefix="insite-restore") as pool:
         try:
             for entry in entries():
@@ -779,6 +791,7 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                     written_by_workers.append((entry, parts, handle))
                     collect(wait=False)
                 elif entry.type == "file":
+                    located_all(entry)
                     slots.acquire()
                     future = pool.submit(write_file, entry, parts)
                     future.add_done_callback(finished)
