@@ -674,7 +674,8 @@ class _Warnings:
 LOCATE_AHEAD = 512
 #: large files queued for the writer threads: an entry holds only its chunk list, and the tree
 #: goes on to the small files (for the workers) while the threads write the large ones, instead
-#: of waiting for them (two queued: a cold restore of the bench tree 4.1-4.3 -> 3.7-4.2 s)
+#: of waiting for them (with two threads on a local disk: a cold restore of the bench tree
+#: 4.1-4.3 -> 3.7-4.2 s)
 LARGE_QUEUED = 4096
 
 
@@ -737,29 +738,30 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                 bytes.fromhex(e.chunks[0][0]) for e in block if e.type == "file" and len(e.chunks or []) == 1))
             yield from block
 
+    def locate(entry: Entry, blob_id: bytes) -> BlobLocation:
+        """Where a chunk of the file lies; a missing one fails the restore, naming the file."""
+        try:
+            return located.get(blob_id) or ctx.repo.locate(blob_id)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: {exc}") from None
+
     def small_blob(entry: Entry) -> tuple | None:
         """What a worker needs to write a small file's content: its chunk's id and location,
         and the chunk as stored unless the worker reads it from the local pack itself."""
         if not entry.chunks:
             return None
         blob_id = bytes.fromhex(entry.chunks[0][0])
-        try:
-            location = located.get(blob_id) or ctx.repo.locate(blob_id)
-        except IntegrityError as exc:
-            raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: {exc}") from None
+        location = locate(entry, blob_id)
         return blob_id, location, None if local else ctx.repo.read_sealed(location)
 
     def located_all(entry: Entry) -> None:
-        """A large file's chunks are looked up before it is queued: one missing fails the
-        restore here, before the tree goes on past it (the threads may be far behind)."""
+        """A large file's chunks are looked up before it is queued (one query): one missing
+        fails the restore here, before the tree goes on past it (the threads may be far behind)."""
         ids = [bytes.fromhex(chunk_id) for chunk_id, _ in entry.chunks or []]
         found = ctx.repo.locate_many(ids)
         for blob_id in ids:
             if blob_id not in found:
-                try:
-                    ctx.repo.locate(blob_id)  # which says why
-                except IntegrityError as exc:
-                    raise IntegrityError(f"{os.path.join(ctx.target, entry.path)}: {exc}") from None
+                locate(entry, blob_id)  # raises, naming the file and why
 
     with ThreadPoolExecutor(threads, thread_name_prefix="insite-restore") as pool:
         try:

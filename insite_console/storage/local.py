@@ -58,7 +58,7 @@ class OpenObjects:
 
 
 class LocalStorage(Storage):
-    restore_threads = 2  # large files: one decrypts and decompresses while the other writes
+    restore_threads = 2  # large files written at once, beside the small files' worker processes
     upload_slots = 1  # a local write takes milliseconds: more would only hold packs in memory
 
     def __init__(self, name: str, path: str | os.PathLike):

@@ -355,9 +355,13 @@ class RestoreWizard(InsiteScreen):
         else:
             window.update("[$warning]▲ no successful backup of this source: nothing to restore[/]")
 
-    def fill_points(self, source: str, select_id: str | None = None) -> None:
-        catalog = self.app.workspace.catalog
-        points = catalog.backups(source=source, status="succeeded", limit=500)
+    def read_points(self, source: str) -> list[dict]:
+        """The source's restore points in the catalog, newest first (the newest 500)."""
+        return self.app.workspace.catalog.backups(source=source, status="succeeded", limit=500)
+
+    def fill_points(self, source: str, select_id: str | None = None, points: list[dict] | None = None) -> None:
+        if points is None:
+            points = self.read_points(source)
         self._points = {b["id"]: b for b in points}
         options = self.query_one("#points", OptionList)
         options.clear_options()
@@ -390,11 +394,11 @@ class RestoreWizard(InsiteScreen):
         source = self.query_one("#source", Select).value
         if self.step != WHAT or not isinstance(source, str):
             return False
-        ids = [b["id"] for b in self.app.workspace.catalog.backups(source=source, status="succeeded", limit=500)]
-        if ids == list(self._points):
+        points = self.read_points(source)
+        if [b["id"] for b in points] == list(self._points):
             return False
         keep = self.backup["id"] if self.backup and self.backup["source"] == source else None
-        self.fill_points(source, select_id=keep)
+        self.fill_points(source, select_id=keep, points=points)
         return True
 
     def on_screen_resume(self) -> None:
