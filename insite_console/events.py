@@ -152,6 +152,30 @@ class CancelToken:
             self._parent.check()
 
 
+class Budget:
+    """Bounds an amount in flight between a producer and its workers (bytes of chunks being
+    stored, chunks of files queued for restore threads), so memory is set here and not by the
+    data. One request larger than the whole budget still goes through, alone."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, amount: int, cancel: CancelToken | None = None) -> None:
+        with self._cond:
+            while self.used > 0 and self.used + amount > self.limit:
+                self._cond.wait(0.2)
+                if cancel is not None:
+                    cancel.check()
+            self.used += amount
+
+    def release(self, amount: int) -> None:
+        with self._cond:
+            self.used -= amount
+            self._cond.notify_all()
+
+
 def catalog_writer(catalog, run_id: str, interval: float = 1.0) -> ProgressCallback:
     """Mirror progress into the catalog about once a second, so other processes (the console,
     `status`) can watch a run they did not start."""

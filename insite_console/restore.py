@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import os
 import secrets
 import socket
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from insite_console import alerts, audit, clock, globs, who, workers
 from insite_console.durable import flush_to_disk, flushing_along
 from insite_console.errors import Cancelled, InsiteError, IntegrityError, RestoreRefused, UsageError
-from insite_console.events import CancelToken, ProgressCallback, ProgressReporter
+from insite_console.events import Budget, CancelToken, ProgressCallback, ProgressReporter
 from insite_console.redact import redact, redact_all
 from insite_console.repo.crypto import Cipher
 from insite_console.repo.index import BlobLocation
@@ -672,11 +673,12 @@ class _Warnings:
 
 #: entries read ahead of the writers, so their small files' chunks are located together
 LOCATE_AHEAD = 512
-#: large files queued for the writer threads: an entry holds only its chunk list, and the tree
-#: goes on to the small files (for the workers) while the threads write the large ones, instead
-#: of waiting for them (with two threads on a local disk: a cold restore of the bench tree
-#: 4.1-4.3 -> 3.7-4.2 s)
-LARGE_QUEUED = 4096
+#: large files queued for the writer threads, weighed as one plus their chunks: the tree goes on
+#: to the small files (for the workers) while the threads write the large ones, instead of
+#: waiting for them (with two threads on a local disk: a cold restore of the bench tree 4.1-4.3
+#: -> 3.7-4.2 s). A queued file holds its chunk list (~200 bytes a chunk), so the bound is on
+#: chunks, not files (~3 MiB here): 4096 queued files of a few thousand chunks each held gigabytes.
+LARGE_QUEUED = 16384
 
 
 def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warnings: _Warnings) -> dict[str, int]:
@@ -686,12 +688,12 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
     dirs: list[Entry] = []
     links: list[tuple[Entry, list[str], list[str]]] = []  # hard links, made once their writer is written
     groups: dict[str, _LinkGroup] = {}
-    slots = threading.BoundedSemaphore(LARGE_QUEUED)
+    queued = Budget(LARGE_QUEUED)
     futures: list[Future] = []
     failure: list[BaseException] = []
 
-    def finished(future: Future) -> None:
-        slots.release()
+    def finished(future: Future, weight: int) -> None:
+        queued.release(weight)
         if future.exception() is not None and not failure:
             failure.append(future.exception())
             ctx.cancel.cancel("a file failed to restore")
@@ -794,9 +796,10 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                     collect(wait=False)
                 elif entry.type == "file":
                     located_all(entry)
-                    slots.acquire()
+                    weight = 1 + len(entry.chunks or [])
+                    queued.acquire(weight)  # the threads release it, failing or cancelled too
                     future = pool.submit(write_file, entry, parts)
-                    future.add_done_callback(finished)
+                    future.add_done_callback(functools.partial(finished, weight=weight))
                     futures.append(future)
                     if len(futures) > 1000:
                         futures = [f for f in futures if not f.done()]

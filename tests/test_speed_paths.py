@@ -4,6 +4,8 @@ and must still land every file in the right one; wal-push never touches the chun
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 from insite_console import backup, restore, wal
 from insite_console.storage.local import LocalStorage
@@ -82,4 +84,34 @@ def test_incremental_reuses_across_index_lookup_blocks_and_rereads_what_the_inde
     assert 0 < files - totals["files_reused"] < files
     target = workspace.root / "out"
     restore.run(workspace.ws, third["id"], str(target))
+    assert_same_tree(workspace.source, workspace.restored(target))
+
+
+def test_large_files_queued_for_the_restore_threads_are_bounded_by_their_chunks(workspace, tmp_path, monkeypatch):
+    """The tree goes on past large files while the threads write them, but the files it queues
+    hold their chunk lists: at most LARGE_QUEUED chunks' worth wait, however many files."""
+    for i in range(10):
+        (workspace.source / f"big{i:02}.bin").write_bytes(os.urandom(2 * 1024 * 1024))  # 2+ chunks each
+    os.symlink("big00.bin", workspace.source / "zz-link")  # made by the walk itself, after the files
+    done = backup.run(workspace.ws, "tree", "full")
+    monkeypatch.setattr(restore, "LARGE_QUEUED", 6)
+    release, submitted = threading.Event(), []
+    original = restore._restore_file
+
+    def held(ctx, target, entry, parts, warnings):
+        submitted.append(entry.path)
+        assert release.wait(30)
+        return original(ctx, target, entry, parts, warnings)
+
+    monkeypatch.setattr(restore, "_restore_file", held)
+    target = tmp_path / "out"
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(restore.run(workspace.ws, done["id"], str(target))))
+    runner.start()
+    time.sleep(2)  # the walk queues what the budget lets it, then waits for the held threads
+    walked_past = os.path.islink(workspace.restored(target) / "zz-link")
+    release.set()
+    runner.join(60)
+    assert submitted and not walked_past  # each file weighs 1 + its 2 or more chunks: two fit in 6, not ten
+    assert result["status"] == "succeeded"
     assert_same_tree(workspace.source, workspace.restored(target))

@@ -31,7 +31,7 @@ from pyfastcdc import FastCDC
 
 from insite_console import clock
 from insite_console.errors import IntegrityError, ObjectNotFound, RepositoryError
-from insite_console.events import CancelToken
+from insite_console.events import Budget, CancelToken
 from insite_console.repo import compression, keys, objects
 from insite_console.repo.crypto import Cipher
 from insite_console.repo.index import BlobLocation, IndexCache
@@ -56,28 +56,6 @@ INDEX_CHECKPOINT_PACKS = 64
 _SYNC_ATTEMPTS = 10  # listings of index/ tried while a prune elsewhere replaces the index
 
 log = logging.getLogger("insite_console.repo")
-
-
-class _ByteBudget:
-    """Bounds the bytes in flight between reader and workers: memory is set here, not by file sizes."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.used = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, amount: int, cancel: CancelToken | None = None) -> None:
-        with self._cond:
-            while self.used > 0 and self.used + amount > self.limit:
-                self._cond.wait(0.2)
-                if cancel is not None:
-                    cancel.check()
-            self.used += amount
-
-    def release(self, amount: int) -> None:
-        with self._cond:
-            self.used -= amount
-            self._cond.notify_all()
 
 
 class PendingStream:
@@ -119,7 +97,7 @@ class Repository:
         self._workers: ThreadPoolExecutor | None = None
         self._uploaders: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
-        self._budget = _ByteBudget(memory_limit)
+        self._budget = Budget(memory_limit)
         self._upload_slots = threading.BoundedSemaphore(storage.upload_slots)
         self._state_lock = threading.Lock()
         self._pack_lock = threading.Lock()
