@@ -8,7 +8,6 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-SPECIAL_TYPES = ("fifo", "chardev", "blockdev")  # recreated by a restore, no content
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ContextManager, Iterator
 
-from insite_console.repo.entry import SPECIAL_TYPES, Entry  # noqa: F401 - what sources build their items of
+from insite_console.repo.entry import Entry  # noqa: F401 - what sources build their items of
 
 if TYPE_CHECKING:
     from insite_console.events import CancelToken, ProgressReporter
