@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-
 @dataclass
 class Entry:
     """One node of a stored tree. `path` is relative and '/'-separated (no leading '/').
