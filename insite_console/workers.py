@@ -238,6 +238,11 @@ class _Handle:
         if self.future is None:
             self._batches.flush()
 
+    def wait(self) -> None:
+        """Until the worker has answered this job's batch (sending it if still open)."""
+        self.send()
+        self._batches._wait(self.future)
+
     def result(self):
         """The worker's answer, taken once: its slot in the batch is cleared, so a batch's
         content is freed file by file as the answers are taken."""
