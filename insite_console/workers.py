@@ -8,10 +8,13 @@ files stay in the threads, where the work per byte runs in C without the GIL.
 
 Workers are started by `forkserver`, not `fork`: the parent has threads (the lock refresher,
 uploaders) whose locks a fork would copy in whatever state they are in. Keys reach a worker as
-initializer arguments, through the forkserver's pipe: never in argv, the environment or a file.
-The pool starts only once a run has seen `START_AFTER` small files, so small trees (and most
-tests) never pay its start-up. A worker that dies breaks the pool: every result still pending
-raises `WorkerDied`, and the run fails; nothing a dead worker did is counted.
+arguments of its process, through the forkserver's socket: never in argv, the environment or a
+file. Each worker has a pipe of jobs and a pipe of answers, both used by the run's own thread:
+no helper thread stands between them (a process pool's feeder and manager threads had to take
+the parent's interpreter lock at each hand-off, four thread switches a batch).
+Workers start only once a run has seen `START_AFTER` small files, so small trees (and most
+tests) never pay their start-up. A worker that dies ends its pipe: every batch it had not
+answered raises `WorkerDied`, and the run fails; nothing a dead worker did is counted.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ import select
 import sys
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
 from insite_console.errors import InsiteError
@@ -37,14 +38,14 @@ BATCH_FILES = 32
 BATCH_BYTES = 256 * 1024
 #: batches sent and not yet answered, per worker
 IN_FLIGHT_PER_PROCESS = 2
-#: the pipe that carries batches to the workers holds every batch the pool queues (one per
-#: worker, one more) whole: a worker that dies mid-read must not leave the pool's feeder thread
-#: blocked on a full pipe nobody reads, which made the pool's own threads wait forever (3.11)
+#: each pipe (jobs, answers) holds the batches in flight of its worker whole: the run never
+#: blocks sending jobs to a worker that is itself blocked sending an answer the run has not read
+#: yet, and a worker writes a batch's sealed chunks in one write
 PIPE_BYTES = 1024 * 1024
 _F_SETPIPE_SZ = 1031  # fcntl.h (Linux)
 #: small files a run sees before it starts workers; below this, start-up would cost more
 START_AFTER = 256
-#: what a worker was started with (keys, settings); set by `_init` in the worker
+#: what a worker was started with (keys, settings); set by `_serve` in the worker
 state: dict[str, Any] = {}
 
 
@@ -62,10 +63,27 @@ def process_count(engine: dict) -> int:
     return cores if cores > 1 else 0
 
 
-def _init(run: int, initial: dict[str, Any]) -> None:
+def _serve(jobs, answers, function: Callable, run: int, initial: dict[str, Any]) -> None:
+    """A worker's life: answer each batch of jobs in order, until told to stop (None) or the
+    run's end of the pipe closes."""
     state.clear()
     state.update(initial)
     threading.Thread(target=_exit_when_gone, args=(run,), name="insite-watch-run", daemon=True).start()
+    while True:
+        try:
+            batch = jobs.recv()
+        except EOFError:
+            return
+        if batch is None:
+            return
+        try:
+            answer = ("answered", function(batch))
+        except Exception as exc:  # a bug, not a file's problem (those are answers): the run fails with it
+            answer = ("raised", InsiteError(f"a worker process failed: {type(exc).__name__}: {exc}"))
+        try:
+            answers.send(answer)
+        except OSError:  # the run is gone
+            return
 
 
 def _exit_when_gone(run: int) -> None:
@@ -93,13 +111,14 @@ def _alive(pid: int) -> bool:
 
 
 class Batches:
-    """Small jobs grouped into batches for a worker pool, results taken in submission order.
+    """Small jobs grouped into batches for worker processes, results taken in submission order.
 
     `add` returns a handle whose `result()` is the worker's answer for that one job. At most
     `IN_FLIGHT_PER_PROCESS × processes` batches are in flight, so memory holds a few MiB of jobs
     whatever the tree. `what` names the run in the error when a worker dies ("backup",
-    "restore"). `bulky`: jobs carry content (a restore's from an object store), so the call
-    pipe must be widened (PIPE_BYTES); where it cannot be, the jobs stay in the threads."""
+    "restore"). `bulky`: jobs carry content (a restore's from an object store), so the pipes
+    must be widened (PIPE_BYTES); where they cannot be, the jobs stay in the threads. Used by one
+    thread (the run's), which sends the batches and reads the answers itself."""
 
     def __init__(self, processes: int, function: Callable, what: str, initial: dict[str, Any] | None = None,
                  bulky: bool = False):
@@ -109,11 +128,11 @@ class Batches:
         self._what = what
         self._processes = processes
         self._initial = initial or {}
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: list[_Worker] | None = None
         self._jobs: list = []
         self._handles: list[_Handle] = []
         self._bytes = 0
-        self._in_flight: collections.deque[Future] = collections.deque()
+        self._in_flight: collections.deque[_Sent] = collections.deque()
         self.seen = 0
 
     def wanted(self, size: int) -> bool:
@@ -143,41 +162,125 @@ class Batches:
             _give_back_free_memory()
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([self._function.__module__])
-            self._pool = ProcessPoolExecutor(self._processes, mp_context=context, initializer=_init,
-                                             initargs=(os.getpid(), self._initial))
-            _widen_pipe(self._pool)
+            self._pool = [_Worker(context, self._function, self._initial) for _ in range(self._processes)]
         while len(self._in_flight) >= IN_FLIGHT_PER_PROCESS * self._processes:
-            oldest = self._in_flight.popleft()
-            self._wait(oldest)
+            self._wait(self._in_flight.popleft())
         jobs, handles = self._jobs, self._handles
         self._jobs, self._handles, self._bytes = [], [], 0
-        try:
-            future = self._pool.submit(self._function, jobs)
-        except BrokenProcessPool:
+        sent = min(self._pool, key=lambda worker: len(worker.sent)).send(jobs)
+        if sent.died:
             self.close(cancel=True)
-            raise self._died() from None
-        self._in_flight.append(future)
+            raise self._died()
+        self._in_flight.append(sent)
         for handle in handles:
-            handle.future = future
+            handle.sent = sent
 
-    def _wait(self, future: Future) -> list:
-        try:
-            return future.result()
-        except BrokenProcessPool:
+    def _wait(self, sent: "_Sent") -> list:
+        sent.wait()
+        if sent.died:
             self.close(cancel=True)
-            raise self._died() from None
+            raise self._died()
+        return sent.result()
 
     def _died(self) -> WorkerDied:
         return WorkerDied(f"a {self._what} worker process died before it finished (killed, or out of memory); "
                           f"the {self._what} is not complete")
 
     def close(self, cancel: bool = False) -> None:
-        """Stop the workers: after the batches sent, or with cancel (a cancelled or failed run)
-        after the batches they are at, the others dropped. Never mid-batch: a worker stopped
-        while writing a restored file would leave its temporary file in the target."""
+        """Stop the workers once they have answered the batches sent (at most
+        IN_FLIGHT_PER_PROCESS each: a few milliseconds), a cancelled or failed run's too. Never
+        mid-batch: a worker stopped while writing a restored file would leave its temporary
+        file in the target."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=cancel)
+        for worker in pool or []:
+            worker.ask_to_stop()
+        for worker in pool or []:
+            worker.stop()
+
+
+class _Worker:
+    """One worker process and its two pipes (jobs in, answers out): it answers the batches in
+    the order they were sent."""
+
+    def __init__(self, context, function: Callable, initial: dict[str, Any]):
+        jobs_end, self._jobs = context.Pipe(duplex=False)
+        self._answers, answers_end = context.Pipe(duplex=False)
+        for end in (self._jobs, self._answers):
+            _widen(end.fileno())
+        self.process = context.Process(target=_serve, args=(jobs_end, answers_end, function, os.getpid(), initial),
+                                       name="insite-worker", daemon=True)
+        self.process.start()
+        jobs_end.close()
+        answers_end.close()
+        self.sent: collections.deque[_Sent] = collections.deque()  # not answered yet, in order
+
+    def send(self, batch: list) -> "_Sent":
+        sent = _Sent(self)
+        self.sent.append(sent)
+        try:
+            self._jobs.send(batch)
+        except OSError:  # the worker is gone
+            self._gone()
+        return sent
+
+    def take(self, block: bool) -> bool:
+        """Take the next answer into its batch: waiting for it, or only if one is there."""
+        try:
+            if not self.sent or not block and not self._answers.poll():
+                return False
+            kind, value = self._answers.recv()
+        except (EOFError, OSError):  # the worker is gone (killed, out of memory)
+            self._gone()
+            return False
+        self.sent.popleft().answer = (kind, value)
+        return True
+
+    def _gone(self) -> None:
+        while self.sent:
+            self.sent.popleft().died = True
+
+    def ask_to_stop(self) -> None:
+        try:
+            self._jobs.send(None)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        """After ask_to_stop: read (and drop) what the worker still answers until it ends, so
+        it is never left blocked on a full pipe, then reap it."""
+        try:
+            while True:
+                self._answers.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        self.process.join()
+        self._gone()
+        self._jobs.close()
+        self._answers.close()
+
+
+class _Sent:
+    """A batch sent to a worker, until its answer is taken."""
+
+    def __init__(self, worker: _Worker):
+        self._worker = worker
+        self.answer: tuple[str, Any] | None = None
+        self.died = False
+
+    def done(self) -> bool:
+        while self.answer is None and not self.died and self._worker.take(block=False):
+            pass
+        return self.answer is not None or self.died
+
+    def wait(self) -> None:
+        while self.answer is None and not self.died:
+            self._worker.take(block=True)
+
+    def result(self) -> list:
+        kind, value = self.answer
+        if kind == "raised":
+            raise value
+        return value
 
 
 def _give_back_free_memory() -> None:
@@ -213,13 +316,12 @@ def _pipes_widen() -> bool:
         os.close(write)
 
 
-def _widen_pipe(pool: ProcessPoolExecutor) -> None:
-    """Make the pool's call and result pipes hold PIPE_BYTES; a no-op where that cannot be set."""
-    for end in (lambda: pool._call_queue._writer, lambda: pool._result_queue._reader):
-        try:
-            fcntl.fcntl(end().fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
-        except (AttributeError, OSError):
-            pass
+def _widen(fd: int) -> None:
+    """Make a pipe hold PIPE_BYTES; a no-op where that cannot be set (see `Batches`' bulky)."""
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass
 
 
 class _Handle:
@@ -228,25 +330,25 @@ class _Handle:
     def __init__(self, batches: Batches, position: int):
         self._batches = batches
         self._position = position
-        self.future: Future | None = None
+        self.sent: _Sent | None = None
 
     def done(self) -> bool:
-        return self.future is not None and self.future.done()
+        return self.sent is not None and self.sent.done()
 
     def send(self) -> None:
         """Send this job's batch now if it is still open."""
-        if self.future is None:
+        if self.sent is None:
             self._batches.flush()
 
     def wait(self) -> None:
         """Until the worker has answered this job's batch (sending it if still open)."""
         self.send()
-        self._batches._wait(self.future)
+        self._batches._wait(self.sent)
 
     def result(self):
         """The worker's answer, taken once: its slot in the batch is cleared, so a batch's
         content is freed file by file as the answers are taken."""
         self.send()
-        answers = self._batches._wait(self.future)
+        answers = self._batches._wait(self.sent)
         answer, answers[self._position] = answers[self._position], None
         return answer

@@ -92,7 +92,7 @@ def _kill_a_worker_after(monkeypatch, kind: str, batches: int) -> None:
         if self._what == kind and self._pool is not None:
             sent[0] += 1
             if sent[0] == batches:
-                os.kill(next(iter(self._pool._processes)), signal.SIGKILL)
+                os.kill(self._pool[0].process.pid, signal.SIGKILL)
 
     monkeypatch.setattr(workers.Batches, "flush", flush_then_kill)
 
@@ -201,7 +201,7 @@ def test_an_incrementals_few_changed_files_are_sent_before_the_scan_must_wait_fo
     original = workers._Handle.result
 
     def result(self):
-        sent_by_waiting.append(self.future is None)
+        sent_by_waiting.append(self.sent is None)
         return original(self)
 
     monkeypatch.setattr(workers._Handle, "result", result)
@@ -341,3 +341,16 @@ def test_a_cancelled_restore_leaves_no_temporary_file_behind(workspace, tmp_path
     restored = workspace.restored(target)
     for path in restored.rglob("*.bin"):  # what is there is whole
         assert path.read_bytes() == (workspace.source / path.relative_to(restored)).read_bytes()
+
+
+def _refuse(jobs: list) -> list:
+    """A job function with a bug, run in a worker process."""
+    raise ValueError(f"cannot handle {jobs[0]}")
+
+
+def test_a_job_function_that_raises_fails_the_run_with_its_error():
+    batches = workers.Batches(1, _refuse, "backup")
+    handle = batches.add("job-1", 10)
+    with pytest.raises(InsiteError, match="a worker process failed: ValueError: cannot handle job-1"):
+        handle.result()
+    batches.close()
