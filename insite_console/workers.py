@@ -161,7 +161,9 @@ class Batches:
         if self._pool is None:
             _give_back_free_memory()
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([self._function.__module__])
+            # the main script too: each worker imported it (and the CLI) again, privately
+            # (restore of the bench tree: 27 -> 24 MiB RSS, 12 -> 10 MiB PSS a worker)
+            context.set_forkserver_preload(["__main__", self._function.__module__])
             self._pool = [_Worker(context, self._function, self._initial) for _ in range(self._processes)]
         while len(self._in_flight) >= IN_FLIGHT_PER_PROCESS * self._processes:
             self._wait(self._in_flight.popleft())
