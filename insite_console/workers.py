@@ -161,9 +161,11 @@ class Batches:
         if self._pool is None:
             _give_back_free_memory()
             context = multiprocessing.get_context("forkserver")
-            # the main script too: each worker imported it (and the CLI) again, privately
-            # (restore of the bench tree: 27 -> 24 MiB RSS, 12 -> 10 MiB PSS a worker)
-            context.set_forkserver_preload(["__main__", self._function.__module__])
+            # worker_signals first (see there); the main script too: each worker imported it (and
+            # the CLI) again, privately (restore of the bench tree: 27 -> 24 MiB RSS, 12 -> 10
+            # MiB PSS a worker)
+            context.set_forkserver_preload(["insite_console.worker_signals", "__main__",
+                                            self._function.__module__])
             self._pool = [_Worker(context, self._function, self._initial) for _ in range(self._processes)]
         while len(self._in_flight) >= IN_FLIGHT_PER_PROCESS * self._processes:
             self._wait(self._in_flight.popleft())

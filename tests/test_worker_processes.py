@@ -260,22 +260,41 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _helpers_once_workers_run(process: subprocess.Popen) -> list[int]:
+    """The run's helper processes (forkserver, resource tracker) and workers, once there are workers."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        helpers = _children(process.pid)  # the forkserver and the resource tracker
+        workers_of = [worker for helper in helpers for worker in _children(helper)]
+        if workers_of:
+            return helpers + workers_of
+        time.sleep(0.01)
+    raise AssertionError("the run finished before its workers could be seen")
+
+
+def test_ctrl_c_cancels_a_run_whose_workers_get_it_too(workspace):
+    # the terminal sends SIGINT to its whole process group: the workers died of it mid-batch,
+    # printing tracebacks, and the backup failed as "a backup worker process died"
+    _small_tree(workspace.source, count=3000)
+    process = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(workspace.config),
+                                "backup", "tree"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    _helpers_once_workers_run(process)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, (out, err)
+    assert b"cancelled by signal SIGINT" in out + err
+    assert b"Traceback" not in err and b"died" not in err
+    assert workspace.ws.catalog.backups(policy="tree")[0]["status"] == "cancelled"
+
+
 def test_workers_end_when_their_run_is_killed(workspace):
     # a worker's parent is the forkserver: killing the run used to leave the forkserver and
     # its workers waiting forever, holding the keys and the run's stdout
     _small_tree(workspace.source, count=3000)
     process = subprocess.Popen([sys.executable, "-m", "insite_console", "-c", str(workspace.config),
                                 "backup", "tree", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    helpers: list[int] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        helpers = _children(process.pid)  # the forkserver and the resource tracker
-        workers_of = [worker for helper in helpers for worker in _children(helper)]
-        if workers_of:
-            helpers += workers_of
-            break
-        time.sleep(0.01)
-    assert workers_of, "the backup finished before its workers could be seen"
+    helpers = _helpers_once_workers_run(process)
     process.kill()
     process.wait()
     deadline = time.monotonic() + 10
