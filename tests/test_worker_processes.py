@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -80,6 +81,31 @@ def test_small_files_written_by_workers_keep_content_metadata_links_and_holes(wo
     # the workers' chunks are the threads' chunks: an unchanged tree stores nothing new
     again = backup.run(workspace.ws, "tree", "full")
     assert again["bytes_stored"] < 64 * 1024
+
+
+def test_a_fifo_swapped_in_for_a_worker_s_file_after_the_scan_is_skipped_not_waited_on(workspace, monkeypatch):
+    # the worker opens each file of its batch ahead of reading it (read-ahead), then reads it:
+    # neither open may block on a FIFO that took a scanned file's place
+    _small_tree(workspace.source)
+    number = max(i for i in range(SMALL_FILES) if i % 7 == 6)  # in the last folder: past the start
+    swapped = workspace.source / f"d{number % 7}" / f"f{number:04d}.txt"
+    assert swapped.exists()
+    original = workers.Batches.add
+
+    def swap_then_add(self, job, size):
+        if job[0] == str(swapped):
+            swapped.unlink()
+            os.mkfifo(swapped)
+        return original(self, job, size)
+
+    monkeypatch.setattr(workers.Batches, "add", swap_then_add)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(backup.run(workspace.ws, "tree", "full")), daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "the backup waited on a FIFO"
+    assert outcome["status"] == "succeeded"
+    assert [w for w in outcome["warnings"] if "no longer a regular file" in w and swapped.name in w], outcome["warnings"]
 
 
 def _kill_a_worker_after(monkeypatch, kind: str, batches: int) -> None:
