@@ -704,9 +704,9 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
             done["bytes"] += size
         ctx.reporter.advance(bytes_done=size, files_done=1, current="/" + entry.path)
 
-    def write_file(entry: Entry, parts: list[str]) -> None:
+    def write_file(entry: Entry, parts: list[str], located_here: dict[bytes, BlobLocation]) -> None:
         ctx.cancel.check()
-        count_file(entry, _restore_file(ctx, target, entry, parts, warnings))
+        count_file(entry, _restore_file(ctx, target, entry, parts, warnings, located_here))
 
     # on a local repository the workers read the small files' chunks from the packs themselves
     local = ctx.repo.storage if type(ctx.repo.storage) is LocalStorage else None
@@ -756,14 +756,16 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
         location = locate(entry, blob_id)
         return blob_id, location, None if local else ctx.repo.read_sealed(location)
 
-    def located_all(entry: Entry) -> None:
-        """A large file's chunks are looked up before it is queued (one query): one missing
-        fails the restore here, before the tree goes on past it (the threads may be far behind)."""
+    def located_all(entry: Entry) -> dict[bytes, BlobLocation]:
+        """A large file's chunks, looked up before it is queued (one query) and handed to the
+        thread that writes it: one missing fails the restore here, before the tree goes on
+        past it (the threads may be far behind)."""
         ids = [bytes.fromhex(chunk_id) for chunk_id, _ in entry.chunks or []]
         found = ctx.repo.locate_many(ids)
         for blob_id in ids:
             if blob_id not in found:
                 locate(entry, blob_id)  # raises, naming the file and why
+        return found
 
     with ThreadPoolExecutor(threads, thread_name_prefix="insite-restore") as pool:
         try:
@@ -795,10 +797,10 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                     written_by_workers.append((entry, parts, handle))
                     collect(wait=False)
                 elif entry.type == "file":
-                    located_all(entry)
+                    chunks_located = located_all(entry)
                     weight = 1 + len(entry.chunks or [])
                     queued.acquire(weight)  # the threads release it, failing or cancelled too
-                    future = pool.submit(write_file, entry, parts)
+                    future = pool.submit(write_file, entry, parts, chunks_located)
                     future.add_done_callback(functools.partial(finished, weight=weight))
                     futures.append(future)
                     if len(futures) > 1000:
@@ -995,8 +997,10 @@ def _write_sparse(fd: int, data: bytes, offset: int) -> None:
         _write_at(fd, memoryview(data)[run:], offset + run)
 
 
-def _restore_file(ctx: RestoreContext, target: _Target, entry: Entry, parts: list[str], warnings: _Warnings) -> int:
-    return _write_file(target, entry, parts, ctx.repo.iter_chunks(entry.chunks or []), warnings, ctx.cancel.check)
+def _restore_file(ctx: RestoreContext, target: _Target, entry: Entry, parts: list[str], warnings: _Warnings,
+                  located: dict[bytes, BlobLocation] | None = None) -> int:
+    chunks = ctx.repo.iter_chunks(entry.chunks or [], located=located)
+    return _write_file(target, entry, parts, chunks, warnings, ctx.cancel.check)
 
 
 def _write_file(target: _Target, entry: Entry, parts: list[str], contents: Iterable[bytes], warnings: _Warnings,

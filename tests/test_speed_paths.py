@@ -98,10 +98,10 @@ def test_large_files_queued_for_the_restore_threads_are_bounded_by_their_chunks(
     release, submitted = threading.Event(), []
     original = restore._restore_file
 
-    def held(ctx, target, entry, parts, warnings):
+    def held(ctx, target, entry, *rest):
         submitted.append(entry.path)
         assert release.wait(30)
-        return original(ctx, target, entry, parts, warnings)
+        return original(ctx, target, entry, *rest)
 
     monkeypatch.setattr(restore, "_restore_file", held)
     target = tmp_path / "out"

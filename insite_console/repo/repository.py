@@ -573,21 +573,28 @@ class Repository:
     def pack_size(self) -> int:
         return self._pack_size
 
-    def read_blob(self, blob_id_hex: str) -> bytes:
+    def read_blob(self, blob_id_hex: str, location: BlobLocation | None = None) -> bytes:
         blob_id = bytes.fromhex(blob_id_hex)
-        location = self.locate(blob_id)
+        location = location or self.locate(blob_id)
         return open_sealed_blob(self._cipher, blob_id, location, self.read_sealed(location))
 
     def read_sealed(self, location: BlobLocation) -> bytes:
         """A blob's bytes as stored in its pack (not yet checked)."""
         return self.storage.get(pack_key(location.pack), location.offset, location.length)
 
-    def iter_chunks(self, chunks: Iterable[tuple[str, int]], prefetch: int = 4) -> Iterator[bytes]:
-        """Each chunk's plain bytes in order, fetching a few ahead in parallel."""
+    def iter_chunks(self, chunks: Iterable[tuple[str, int]], prefetch: int = 4,
+                    located: dict[bytes, BlobLocation] | None = None) -> Iterator[bytes]:
+        """Each chunk's plain bytes in order, fetching a few ahead in parallel; `located`: where
+        the caller has found them already (else each is looked up in the index)."""
         chunks = list(chunks)
+        located = located or {}
+
+        def read(chunk_id: str) -> bytes:
+            return self.read_blob(chunk_id, located.get(bytes.fromhex(chunk_id)))
+
         if len(chunks) <= 1:  # small files: no thread hand-off
             for chunk_id, _length in chunks:
-                yield self.read_blob(chunk_id)
+                yield read(chunk_id)
             return
         with self._pack_lock:
             if self._readers is None:
@@ -596,14 +603,14 @@ class Repository:
         queue: list[Future] = []
         iterator = iter(chunks)
         for chunk_id, _length in iterator:
-            queue.append(workers.submit(self.read_blob, chunk_id))
+            queue.append(workers.submit(read, chunk_id))
             if len(queue) >= prefetch:
                 break
         while queue:
             data = queue.pop(0).result()
             nxt = next(iterator, None)
             if nxt is not None:
-                queue.append(workers.submit(self.read_blob, nxt[0]))
+                queue.append(workers.submit(read, nxt[0]))
             yield data
 
     def open_chunks(self, chunks: Iterable[tuple[str, int]]) -> BinaryIO:
