@@ -676,8 +676,9 @@ LOCATE_AHEAD = 512
 #: large files queued for the writer threads, weighed as one plus their chunks: the tree goes on
 #: to the small files (for the workers) while the threads write the large ones, instead of
 #: waiting for them (with two threads on a local disk: a cold restore of the bench tree 4.1-4.3
-#: -> 3.7-4.2 s). A queued file holds its chunk list (~200 bytes a chunk), so the bound is on
-#: chunks, not files (~3 MiB here): 4096 queued files of a few thousand chunks each held gigabytes.
+#: -> 3.7-4.2 s). A queued file holds its chunk list and their locations (~400 bytes a chunk),
+#: so the bound is on chunks, not files (~6 MiB at most): 4096 queued files of a few thousand
+#: chunks each held gigabytes.
 LARGE_QUEUED = 16384
 
 
