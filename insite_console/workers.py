@@ -14,7 +14,9 @@ no helper thread stands between them (a process pool's feeder and manager thread
 the parent's interpreter lock at each hand-off, four thread switches a batch).
 Workers start only once a run has seen `START_AFTER` small files, so small trees (and most
 tests) never pay their start-up. A worker that dies ends its pipe: every batch it had not
-answered raises `WorkerDied`, and the run fails; nothing a dead worker did is counted.
+answered raises `WorkerDied`, and the run fails; nothing a dead worker did is counted. Workers
+are born ignoring Ctrl-C and SIGTERM (`worker_signals`): the run cancels on them and stops its
+workers between batches.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def _serve(jobs, answers, function: Callable, run: int, initial: dict[str, Any])
 
 def _exit_when_gone(run: int) -> None:
     """End this worker once the run that started it has ended. Its parent is the forkserver,
-    so nothing else would: a killed run's workers waited forever on their call queue, holding
+    so nothing else would: a killed run's workers waited forever for jobs, holding
     its keys and its stdout (a pipeline from `backup --json` never ended)."""
     try:
         handle = os.pidfd_open(run)
