@@ -559,7 +559,6 @@ def _store_items(repo: Repository, source, ctx: ScanContext, method: str, report
         drain(wait=True)
     except BaseException:
         stop.cancel("the backup stopped")
-        small.close(cancel=True)
         raise
     finally:
         readers.shutdown(wait=True, cancel_futures=True)

@@ -810,9 +810,6 @@ def _write_tree(ctx: RestoreContext, target: _Target, identical: set[str], warni
                     with lock:
                         done["symlinks" if entry.type == "symlink" else "special"] += 1
             collect(wait=True)
-        except BaseException:
-            small.close(cancel=True)
-            raise
         finally:
             small.close()
             wait(futures, return_when=FIRST_EXCEPTION if failure else "ALL_COMPLETED")

@@ -175,8 +175,7 @@ class Batches:
         self._jobs, self._handles, self._bytes = [], [], 0
         sent = min(self._pool, key=lambda worker: len(worker.sent)).send(jobs)
         if sent.died:
-            self.close(cancel=True)
-            raise self._died()
+            self._wait(sent)  # raises: the worker is gone
         self._in_flight.append(sent)
         for handle in handles:
             handle.sent = sent
@@ -184,7 +183,7 @@ class Batches:
     def _wait(self, sent: "_Sent") -> list:
         sent.wait()
         if sent.died:
-            self.close(cancel=True)
+            self.close()
             raise self._died()
         return sent.result()
 
@@ -192,7 +191,7 @@ class Batches:
         return WorkerDied(f"a {self._what} worker process died before it finished (killed, or out of memory); "
                           f"the {self._what} is not complete")
 
-    def close(self, cancel: bool = False) -> None:
+    def close(self) -> None:
         """Stop the workers once they have answered the batches sent (at most
         IN_FLIGHT_PER_PROCESS each: a few milliseconds), a cancelled or failed run's too. Never
         mid-batch: a worker stopped while writing a restored file would leave its temporary
