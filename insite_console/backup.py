@@ -12,9 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hmac
-import os
 import socket
-import stat
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
@@ -29,7 +27,7 @@ from insite_console.repo.tree import TreeReader, TreeWriter, in_blocks
 from insite_console.sources import make_source
 from insite_console.repo.entry import Entry
 from insite_console.sources.base import Item, ScanContext
-from insite_console.sources.files import FileChangedWhileReading, open_regular
+from insite_console.sources.files import FileChangedWhileReading, open_regular, read_ahead
 
 MAX_WARNINGS_KEPT = 200
 
@@ -327,7 +325,7 @@ def _seal_small_files(jobs: list[tuple[str, Entry, str]]) -> list:
         workers.state["cipher"] = Cipher(workers.state["encryption_key"])
     cipher, mac_key = workers.state["cipher"], workers.state["mac_key"]
     answers: list = []
-    _read_ahead(path for path, _, _ in jobs)
+    read_ahead(path for path, _, _ in jobs)
     for path, entry, method in jobs:
         data, warning = b"", None
         try:
@@ -347,26 +345,6 @@ def _seal_small_files(jobs: list[tuple[str, Entry, str]]) -> list:
             chunk = (blob_id, len(data), seal_blob(cipher, blob_id, data, method))
         answers.append(("stored", chunk, warning))
     return answers
-
-
-def _read_ahead(paths) -> None:
-    """Ask the kernel to start reading each of the files at once (POSIX_FADV_WILLNEED), before
-    they are read one by one: from a cold cache, each small file was otherwise one random read
-    waited for in turn, two at a time with two workers (cold first backup of the bench tree,
-    4 interleaved runs each: 8.7-9.5 -> 6.6-7.4 s). Best effort: a file that cannot be opened
-    here is named when it is read."""
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
 
 class _Stored:

@@ -206,15 +206,19 @@ def _read_xattrs(path: str, ctx: ScanContext) -> dict[str, bytes] | None:
     return values or None
 
 
+#: how a scanned file is opened to be read: never following a symlink swapped in since the
+#: scan, never blocking on a FIFO swapped in (then S_ISREG is checked on the descriptor)
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 @contextlib.contextmanager
 def open_regular(path: str, entry: Entry) -> Iterator[BinaryIO]:
     """Open without following a symlink swapped in since the scan, and without blocking on a
     FIFO swapped in (O_NONBLOCK, then S_ISREG on the descriptor); report a change after reading."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
+        fd = os.open(path, _READ_FLAGS | getattr(os, "O_NOATIME", 0))
     except PermissionError:
-        fd = os.open(path, flags)
+        fd = os.open(path, _READ_FLAGS)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "no longer a regular file (replaced since the scan); skipped", path)
@@ -226,6 +230,26 @@ def open_regular(path: str, entry: Entry) -> Iterator[BinaryIO]:
             raise FileChangedWhileReading(path)
     finally:
         handle.close()
+
+
+def read_ahead(paths) -> None:
+    """Ask the kernel to start reading each of the files at once (POSIX_FADV_WILLNEED), before
+    they are read one by one: from a cold cache, each small file was otherwise one random read
+    waited for in turn, two at a time with two backup workers (cold first backup of the bench
+    tree, 4 interleaved runs each: 8.7-9.5 -> 6.6-7.4 s). Opened as `open_regular` opens;
+    best effort: a file that cannot be opened here is named when it is read."""
+    for path in paths:
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
